@@ -1,0 +1,1 @@
+"""Shared models and the pipeline between collectors and exporters."""

@@ -1,0 +1,206 @@
+"""One TOML file, validated at start.
+
+Every error names the file, the key and what was expected, so that
+``trapline run`` can print one line and exit 2.  Plugins validate their own
+section with :class:`Section`, which also rejects keys it was never asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration mistake; ``str()`` is the one line shown to the user."""
+
+
+class _Missing:
+    pass
+
+
+MISSING: Final = _Missing()
+
+
+class Secret:
+    """A secret value that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+def read_secret_file(path: Path) -> Secret:
+    """Read a secret from a file that only its owner can read.
+
+    Group- or world-readable files are refused: a leaked token is worse than a
+    service that does not start.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read secret file ({exc.strerror})") from None
+    if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWOTH):
+        raise ConfigError(
+            f"{path}: secret file is readable by group or others (mode {stat.S_IMODE(mode):04o}); "
+            "chmod 600 it"
+        )
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read secret file ({type(exc).__name__})") from None
+    if not value:
+        raise ConfigError(f"{path}: secret file is empty")
+    return Secret(value)
+
+
+class Section:
+    """A validated view of one TOML table.
+
+    Getters take a default; without one the key is required.  ``done()``
+    rejects every key that no getter asked for, which catches typos.
+    """
+
+    def __init__(self, file: Path, name: str, data: dict[str, Any]) -> None:
+        self.file = file
+        self.name = name
+        self._data = data
+        self._seen: set[str] = set()
+
+    # -- helpers -----------------------------------------------------------
+    def error(self, key: str, message: str) -> ConfigError:
+        if not self.name:
+            where = key or "top level"
+        else:
+            where = f"[{self.name}].{key}" if key else f"[{self.name}]"
+        return ConfigError(f"{self.file}: {where}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def _get(self, key: str, types: tuple[type, ...], expected: str, default: object) -> Any:
+        self._seen.add(key)
+        if key not in self._data:
+            if isinstance(default, _Missing):
+                raise self.error(key, f"missing, expected {expected}")
+            return default
+        value = self._data[key]
+        # bool is an int in Python; a TOML true is never a valid number here.
+        if isinstance(value, bool) and bool not in types:
+            raise self.error(key, f"expected {expected}, got {value!r}")
+        if not isinstance(value, types):
+            raise self.error(key, f"expected {expected}, got {type(value).__name__} {value!r}")
+        return value
+
+    # -- typed getters -----------------------------------------------------
+    def text(self, key: str, default: str | _Missing = MISSING) -> str:
+        value: str = self._get(key, (str,), "a string", default)
+        return value
+
+    def integer(self, key: str, default: int | _Missing = MISSING, minimum: int | None = None) -> int:
+        value: int = self._get(key, (int,), "an integer", default)
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    def number(
+        self, key: str, default: float | _Missing = MISSING, minimum: float | None = None
+    ) -> float:
+        value = self._get(key, (int, float), "a number", default)
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"expected a number >= {minimum}, got {value}")
+        return float(value)
+
+    def boolean(self, key: str, default: bool | _Missing = MISSING) -> bool:
+        value: bool = self._get(key, (bool,), "true or false", default)
+        return value
+
+    def strings(self, key: str, default: list[str] | _Missing = MISSING) -> list[str]:
+        value = self._get(key, (list,), "a list of strings", default)
+        if not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"expected a list of strings, got {value!r}")
+        return list(value)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | _Missing = MISSING) -> str:
+        value = self.text(key, default)
+        if value not in choices:
+            raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def path(self, key: str, default: Path | _Missing = MISSING) -> Path:
+        """A file path; relative paths are relative to the config file."""
+        if isinstance(default, Path):
+            raw = self.text(key, str(default))
+        else:
+            raw = self.text(key)
+        p = Path(os.path.expanduser(raw))
+        return p if p.is_absolute() else self.file.parent / p
+
+    def secret(self, key: str, required: bool = True) -> Secret | None:
+        """A secret from ``<key>_file`` (0600 file) or ``<key>_env`` (variable name)."""
+        file_key, env_key = f"{key}_file", f"{key}_env"
+        if self.has(file_key):
+            return read_secret_file(self.path(file_key))
+        if self.has(env_key):
+            var = self.text(env_key)
+            value = os.environ.get(var, "")
+            if not value:
+                raise self.error(env_key, f"environment variable {var} is not set or empty")
+            return Secret(value)
+        if required:
+            raise self.error(file_key, f"missing, expected {file_key} (a 0600 file) or {env_key}")
+        return None
+
+    def table(self, key: str, required: bool = False) -> Section:
+        default: dict[str, Any] | _Missing = MISSING if required else {}
+        value = self._get(key, (dict,), "a table", default)
+        return Section(self.file, f"{self.name}.{key}", value)
+
+    def tables(self, key: str) -> list[Section]:
+        """An array of tables (``[[name.key]]``)."""
+        value = self._get(key, (list,), "an array of tables", [])
+        out = []
+        for i, entry in enumerate(value):
+            if not isinstance(entry, dict):
+                raise self.error(f"{key}[{i}]", f"expected a table, got {entry!r}")
+            out.append(Section(self.file, f"{self.name}.{key}[{i}]", entry))
+        return out
+
+    def subsections(self) -> Iterator[tuple[str, Section]]:
+        """Every key of this table, each of which must itself be a table."""
+        for key in list(self._data):
+            yield key, self.table(key, required=True)
+
+    def done(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key (misspelt?)")
+
+
+def load_toml(path: Path) -> Section:
+    """Parse a TOML file into the root :class:`Section`."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return Section(path, "", data)

@@ -1,0 +1,79 @@
+"""The two small interfaces every plugin implements.
+
+A *collector* produces readings; a *destination* delivers spooled readings
+somewhere that acknowledges them (a Zabbix server, an MQTT broker); an
+*observer* watches the live stream without acknowledgement (Prometheus).
+
+Adding a collector: a module in ``collectors/`` with ``build(section) ->
+Collector``, an entry in ``collectors.REGISTRY``, a sample config section in its
+docstring and the README, and tests.  Exporters work the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from trapline.middleware.config import Section
+from trapline.middleware.model import Item
+
+
+class Outbox(Protocol):
+    """Where a collector puts what it collected.  Never blocks."""
+
+    def put(self, item: Item) -> None: ...
+
+    def error(self, reason: str) -> None:
+        """Count and log one collector error (bad frame, lost adapter...)."""
+        ...
+
+
+class Collector(Protocol):
+    name: str
+
+    async def run(self, out: Outbox) -> None:
+        """Collect until cancelled.  Must survive every error of its source."""
+        ...
+
+
+CollectorFactory = Callable[[str, Section], Collector]
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """A reading as it sits in the spool, waiting for one destination."""
+
+    id: int
+    item: Item
+    first_try: float  # epoch seconds when it entered the spool
+    attempts: int
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What a destination did with a batch.  Every spool id lands in one bucket."""
+
+    accepted: list[int] = field(default_factory=list)
+    retry: dict[int, str] = field(default_factory=dict)  # id -> why, stays spooled
+    rejected: dict[int, str] = field(default_factory=dict)  # id -> why, dropped and counted
+
+
+class Destination(Protocol):
+    """An acknowledging receiver; the pipeline keeps a spool queue per destination."""
+
+    name: str
+
+    async def deliver(self, batch: Sequence[Spooled]) -> Delivery: ...
+
+    async def close(self) -> None: ...
+
+
+class Observer(Protocol):
+    """A non-acknowledging consumer of the live stream (e.g. the Prometheus exporter)."""
+
+    def observe(self, item: Item) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
