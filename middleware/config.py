@@ -90,6 +90,9 @@ class Section:
             where = f"[{self.name}].{key}" if key else f"[{self.name}]"
         return ConfigError(f"{self.file}: {where}: {message}")
 
+    def names(self) -> list[str]:
+        return list(self._data)
+
     def has(self, key: str) -> bool:
         return key in self._data
 
@@ -169,7 +172,7 @@ class Section:
     def table(self, key: str, required: bool = False) -> Section:
         default: dict[str, Any] | _Missing = MISSING if required else {}
         value = self._get(key, (dict,), "a table", default)
-        return Section(self.file, f"{self.name}.{key}", value)
+        return Section(self.file, f"{self.name}.{key}" if self.name else key, value)
 
     def tables(self, key: str) -> list[Section]:
         """An array of tables (``[[name.key]]``)."""
@@ -178,7 +181,8 @@ class Section:
         for i, entry in enumerate(value):
             if not isinstance(entry, dict):
                 raise self.error(f"{key}[{i}]", f"expected a table, got {entry!r}")
-            out.append(Section(self.file, f"{self.name}.{key}[{i}]", entry))
+            prefix = f"{self.name}.{key}" if self.name else key
+            out.append(Section(self.file, f"{prefix}[{i}]", entry))
         return out
 
     def subsections(self) -> Iterator[tuple[str, Section]]:

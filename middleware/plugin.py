@@ -57,6 +57,9 @@ class Delivery:
     accepted: list[int] = field(default_factory=list)
     retry: dict[int, str] = field(default_factory=dict)  # id -> why, stays spooled
     rejected: dict[int, str] = field(default_factory=dict)  # id -> why, dropped and counted
+    # Set when the destination could not be reached at all: nothing was refused,
+    # so the rows do not age towards rejection; the pipeline backs off instead.
+    unreachable: str | None = None
 
 
 class Destination(Protocol):
@@ -77,3 +80,11 @@ class Observer(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class Checkable(Protocol):
+    """Optional: a plugin that can test its endpoint for ``trapline check``."""
+
+    async def check(self) -> str:
+        """Return a one-line success detail; raise with a clear message on failure."""
+        ...

@@ -1,0 +1,154 @@
+"""What the services have in common: a watched resource, its runs, and the cycle's output."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from trapline.collectors.aws.session import describe_failure
+from trapline.middleware.model import Item, Reading, Value, now_clock
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Stop paging a run history after this many pages in one cycle, whatever happened.
+MAX_PAGES = 10
+
+
+def key_param(value: str) -> str:
+    """``value`` as one Zabbix item key parameter, quoted only when it has to be."""
+    if any(c in value for c in ",]") or value.startswith(("[", '"', " ")):
+        return '"' + value.replace('"', '\\"') + '"'
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A discovered cluster, application or job, and where its readings go."""
+
+    service: str
+    id: str  # the CloudWatch dimension value (cluster id, application id, job name)
+    name: str
+    host: str  # Zabbix host that receives its readings
+    key_param: str | None  # parameter appended to item keys; None on a per-resource host
+    lld: Mapping[str, str]
+    flags: frozenset[str] = frozenset()  # job arguments set to "true" (Glue)
+
+    def key(self, base: str) -> str:
+        return base if self.key_param is None else f"{base}[{self.key_param}]"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run (Glue job run, EMR step, EMR Serverless job run) in one state."""
+
+    id: str
+    state: str
+    started: float  # epoch seconds, orders the runs
+    clock: int  # epoch seconds of this state (end time when finished)
+    values: tuple[tuple[str, Value], ...]  # key suffix -> value; "state" comes last
+
+
+def epoch(value: dt.datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+class RunTracker:
+    """Remembers the state each run was last reported in, per job/cluster/application.
+
+    The first time a scope is seen only its newest run is reported (the last
+    state), not the whole history; afterwards every run that is new or changed
+    state since the previous poll, oldest first.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, dict[str, str]] = {}
+
+    def knows_any(self, scope: str, ids: Iterable[str]) -> bool:
+        known = self._states.get(scope)
+        return known is not None and any(i in known for i in ids)
+
+    def primed(self, scope: str) -> bool:
+        return scope in self._states
+
+    def changes(self, scope: str, runs: Sequence[Run]) -> list[Run]:
+        newest_first = sorted(runs, key=lambda r: r.started, reverse=True)
+        previous = self._states.get(scope)
+        self._states[scope] = {r.id: r.state for r in newest_first}
+        if previous is None:
+            return newest_first[:1]
+        return [r for r in reversed(newest_first) if previous.get(r.id) != r.state]
+
+    def keep_only(self, scopes: Iterable[str]) -> None:
+        wanted = set(scopes)
+        for scope in list(self._states):
+            if scope not in wanted:
+                del self._states[scope]
+
+
+def pages_until_known(
+    tracker: RunTracker,
+    scope: str,
+    pages: Iterable[Sequence[T]],
+    run_id: Callable[[T], str],
+) -> list[T]:
+    """Collect pages (newest first) until one holds a run reported before.
+
+    A scope seen for the first time needs only its first page.
+    """
+    collected: list[T] = []
+    for count, page in enumerate(pages, start=1):
+        collected.extend(page)
+        if not tracker.primed(scope) or tracker.knows_any(scope, map(run_id, page)) or count >= MAX_PAGES:
+            break
+    return collected
+
+
+@dataclass(slots=True)
+class Cycle:
+    """Everything one poll cycle produced: items, and errors counted by reason."""
+
+    items: list[Item] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    throttled: bool = False
+    credentials_failed: bool = False
+    halted: bool = False  # endpoint down or credentials refused: skip the rest of the cycle
+
+    def reading(
+        self, host: str, key: str, value: Value, clock: int | None = None, *, unit: str = ""
+    ) -> None:
+        if clock is None:
+            self.items.append(Reading.now(host, key, value, unit))
+        else:
+            self.items.append(Reading(host, key, value, clock, 0, unit))
+
+    def runs(self, resource: Resource, prefix: str, runs: Iterable[Run]) -> None:
+        for run in runs:
+            for suffix, value in run.values:
+                self.reading(resource.host, resource.key(f"{prefix}.{suffix}"), value, run.clock)
+
+    def guard(self, what: str, action: Callable[[], T]) -> T | None:
+        """Run one step; a failure is counted and worded, never raised."""
+        if self.halted:
+            return None
+        try:
+            return action()
+        except Exception as exc:
+            failure = describe_failure(exc)
+            self.errors[failure.reason] += 1
+            self.throttled |= failure.throttled
+            self.credentials_failed |= failure.credentials
+            self.halted |= failure.halts
+            if failure.reason.startswith("unexpected"):
+                log.exception("%s: %s", what, failure.reason)
+            else:
+                log.warning("%s: %s", what, failure.reason)
+            return None
+
+
+def now_epoch() -> int:
+    return now_clock()[0]

@@ -1,0 +1,341 @@
+"""Discovery and run/state health of EMR clusters, EMR Serverless applications and Glue jobs.
+
+The service APIs are the primary health signal: they name the failed run and
+say why, minutes before CloudWatch has a number.  Blocking (boto3); called
+from the collector's worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from trapline.collectors.aws.cloudwatch import Window
+from trapline.collectors.aws.resources import (
+    Cycle,
+    Resource,
+    Run,
+    RunTracker,
+    epoch,
+    key_param,
+    now_epoch,
+    pages_until_known,
+)
+from trapline.collectors.aws.session import RESOURCE_GONE, Clients, error_code
+from trapline.collectors.aws.settings import ServiceSettings
+from trapline.middleware.model import Value
+
+if TYPE_CHECKING:
+    from mypy_boto3_emr.literals import ClusterStateType
+    from mypy_boto3_emr.type_defs import (
+        ClusterSummaryTypeDef,
+        ClusterTypeDef,
+        StepSummaryTypeDef,
+    )
+    from mypy_boto3_emr_serverless.type_defs import ApplicationSummaryTypeDef, JobRunSummaryTypeDef
+    from mypy_boto3_glue.type_defs import JobRunTypeDef
+
+T = TypeVar("T")
+
+EMR_ACTIVE_STATES: tuple[ClusterStateType, ...] = (
+    "STARTING",
+    "BOOTSTRAPPING",
+    "RUNNING",
+    "WAITING",
+    "TERMINATING",
+)
+EMR_METRIC_STATES = frozenset({"RUNNING", "WAITING"})  # clusters that publish metrics
+GLUE_FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED", "TIMEOUT", "ERROR", "EXPIRED"})
+SERVERLESS_METRIC_STATES = frozenset({"STARTED"})
+_PAGE = 50
+_TEXT_LIMIT = 2048  # longest error text sent to Zabbix
+
+
+class Service(Protocol):
+    name: str
+    settings: ServiceSettings
+
+    def discover(self, clients: Clients) -> list[Resource]: ...
+
+    def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None: ...
+
+    def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]: ...
+
+
+def _unless_gone(listing: Callable[[], list[T]]) -> list[T]:
+    """The runs, or none when the job/application was deleted since discovery."""
+    try:
+        return listing()
+    except Exception as exc:
+        if error_code(exc) in RESOURCE_GONE:
+            return []
+        raise
+
+
+def _text(*parts: object) -> str:
+    return ": ".join(str(p) for p in parts if p)[:_TEXT_LIMIT]
+
+
+def _run(
+    run_id: str, state: str, started: int | None, ended: int | None, values: list[tuple[str, Value]]
+) -> Run:
+    clock = ended or started or now_epoch()
+    return Run(run_id, state, float(started or clock), clock, (*values, ("state", state)))
+
+
+class EmrService:
+    """EMR on EC2: one Zabbix host per cluster (``emr-<cluster id>``)."""
+
+    name = "emr"
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.steps = RunTracker()
+        self.states: dict[str, str] = {}
+        self._final: set[str] = set()  # clusters whose terminal state was reported
+
+    def _active(self, clients: Clients) -> list[ClusterSummaryTypeDef]:
+        pages = clients.emr.get_paginator("list_clusters").paginate(ClusterStates=list(EMR_ACTIVE_STATES))
+        return [c for page in pages for c in page.get("Clusters", [])]
+
+    def discover(self, clients: Clients) -> list[Resource]:
+        found = []
+        wanted = self.settings.filter
+        for cluster in self._active(clients):
+            cluster_id, name = cluster.get("Id", ""), cluster.get("Name", "")
+            if not cluster_id or not wanted.matches_name(name):
+                continue
+            if wanted.tags:
+                described = clients.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+                tags = {t.get("Key", ""): t.get("Value", "") for t in described.get("Tags", [])}
+                if not wanted.matches_tags(tags):
+                    continue
+            host = f"{self.settings.host_prefix}{cluster_id}"
+            lld = {"{#CLUSTERID}": cluster_id, "{#CLUSTERNAME}": name, "{#HOST}": host}
+            found.append(Resource(self.name, cluster_id, name, host, None, lld))
+        self.steps.keep_only(r.id for r in found)
+        self._final &= {r.id for r in found}
+        return found
+
+    def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
+        listing = cycle.guard("emr clusters", lambda: {c.get("Id", ""): c for c in self._active(clients)})
+        if listing is None:
+            return
+        for cluster in resources:
+            if cluster.id in self._final:
+                continue
+            summary: Any = listing.get(cluster.id)
+            if summary is None:
+                # Gone from the active list: ask once for its terminal state and reason.
+                summary = cycle.guard(f"emr cluster {cluster.id}", partial(_describe, clients, cluster.id))
+                if summary is None:
+                    continue
+                self._final.add(cluster.id)
+            status = summary.get("Status", {})
+            state = status.get("State", "UNKNOWN")
+            self.states[cluster.id] = state
+            reason = status.get("StateChangeReason", {})
+            why = _text(reason.get("Code"), reason.get("Message"))
+            cycle.reading(cluster.host, "emr.cluster.state.reason", why)
+            cycle.reading(cluster.host, "emr.cluster.state", state)
+            if cluster.id not in self._final:
+                cycle.guard(f"emr steps {cluster.id}", partial(self._steps, clients, cluster, cycle))
+
+    def _steps(self, clients: Clients, cluster: Resource, cycle: Cycle) -> None:
+        pages = (
+            page.get("Steps", [])
+            for page in clients.emr.get_paginator("list_steps").paginate(ClusterId=cluster.id)
+        )
+        steps = pages_until_known(self.steps, cluster.id, pages, lambda s: s.get("Id", ""))
+        cycle.runs(cluster, "emr.step", self.steps.changes(cluster.id, [_step_run(s) for s in steps]))
+
+    def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
+        return [r for r in resources if self.states.get(r.id) in EMR_METRIC_STATES]
+
+
+def _describe(clients: Clients, cluster_id: str) -> ClusterTypeDef:
+    return clients.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+
+
+def _step_run(step: StepSummaryTypeDef) -> Run:
+    status = step.get("Status", {})
+    timeline = status.get("Timeline", {})
+    failure = status.get("FailureDetails", {})
+    change = status.get("StateChangeReason", {})
+    error = _text(failure.get("Reason"), failure.get("Message")) or _text(
+        change.get("Code"), change.get("Message")
+    )
+    started = epoch(timeline.get("StartDateTime")) or epoch(timeline.get("CreationDateTime"))
+    step_id = step.get("Id", "")
+    values: list[tuple[str, Value]] = [("id", step_id), ("name", step.get("Name", "")), ("error", error)]
+    return _run(step_id, status.get("State", "UNKNOWN"), started, epoch(timeline.get("EndDateTime")), values)
+
+
+class ServerlessService:
+    """EMR Serverless: one Zabbix host per application (``emr-serverless-<application id>``)."""
+
+    name = "emr_serverless"
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.job_runs = RunTracker()
+        self.states: dict[str, str] = {}
+
+    def _applications(self, clients: Clients) -> list[ApplicationSummaryTypeDef]:
+        pages = clients.emr_serverless.get_paginator("list_applications").paginate()
+        return [a for page in pages for a in page.get("applications", [])]
+
+    def discover(self, clients: Clients) -> list[Resource]:
+        found = []
+        wanted = self.settings.filter
+        for app in self._applications(clients):
+            app_id, name = app.get("id", ""), app.get("name", "")
+            if not app_id or app.get("state") == "TERMINATED" or not wanted.matches_name(name):
+                continue
+            if wanted.tags:
+                described = clients.emr_serverless.get_application(applicationId=app_id)["application"]
+                tags = described.get("tags", {})
+                if not wanted.matches_tags(tags):
+                    continue
+            host = f"{self.settings.host_prefix}{app_id}"
+            lld = {"{#APPID}": app_id, "{#APPNAME}": name, "{#APPTYPE}": app.get("type", ""), "{#HOST}": host}
+            found.append(Resource(self.name, app_id, name, host, None, lld))
+        self.job_runs.keep_only(r.id for r in found)
+        return found
+
+    def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
+        listing = cycle.guard("emr-serverless applications", lambda: self._applications(clients))
+        if listing is None:
+            return
+        self.states = {a.get("id", ""): a.get("state", "UNKNOWN") for a in listing}
+        for app in resources:
+            state = self.states.get(app.id)
+            if state is not None:
+                cycle.reading(app.host, "emr.serverless.app.state", state)
+            cycle.guard(f"emr-serverless job runs {app.id}", partial(self._job_runs, clients, app, cycle))
+
+    def _job_runs(self, clients: Clients, app: Resource, cycle: Cycle) -> None:
+        paginator = clients.emr_serverless.get_paginator("list_job_runs")
+        pages = (
+            page.get("jobRuns", [])
+            for page in paginator.paginate(applicationId=app.id, PaginationConfig={"PageSize": _PAGE})
+        )
+        newest = partial(pages_until_known, self.job_runs, app.id, pages, lambda r: r.get("id", ""))
+        runs = _unless_gone(newest)
+        changed = self.job_runs.changes(app.id, [_serverless_run(r) for r in runs])
+        cycle.runs(app, "emr.serverless.job.run", changed)
+
+    def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
+        return [r for r in resources if self.states.get(r.id) in SERVERLESS_METRIC_STATES]
+
+
+def _serverless_run(run: JobRunSummaryTypeDef) -> Run:
+    values: list[tuple[str, Value]] = [
+        ("id", run.get("id", "")),
+        ("name", run.get("name", "")),
+        ("error", _text(run.get("stateDetails"))),
+    ]
+    state = run.get("state", "UNKNOWN")
+    final = state in ("SUCCESS", "FAILED", "CANCELLED")
+    ended = epoch(run.get("updatedAt")) if final else None
+    return _run(run.get("id", ""), state, epoch(run.get("createdAt")), ended, values)
+
+
+class GlueService:
+    """Glue jobs: items on the poller host, one item prototype per job (``[{#JOBKEY}]``)."""
+
+    name = "glue"
+
+    def __init__(self, settings: ServiceSettings, host: str) -> None:
+        self.settings = settings
+        self.host = host
+        self.job_runs = RunTracker()
+        self.last_success: dict[str, int] = {}
+        self.active_until: dict[str, int] = {}  # job -> last epoch a run was seen running or ending
+
+    def discover(self, clients: Clients) -> list[Resource]:
+        wanted = self.settings.filter
+        tagged: set[str] | None = None
+        if wanted.tags:
+            # ListJobs filters by tags server-side; GetJobs does not return tags.
+            pages = clients.glue.get_paginator("list_jobs").paginate(Tags=dict(wanted.tags))
+            tagged = {name for page in pages for name in page.get("JobNames", [])}
+        found = []
+        for page in clients.glue.get_paginator("get_jobs").paginate():
+            for job in page.get("Jobs", []):
+                name = job.get("Name", "")
+                if not name or not wanted.matches_name(name) or (tagged is not None and name not in tagged):
+                    continue
+                arguments = job.get("DefaultArguments", {})
+                flags = frozenset(k for k, v in arguments.items() if v.lower() == "true")
+                param = key_param(name)
+                lld = {
+                    "{#JOBNAME}": name,
+                    "{#JOBKEY}": param,
+                    "{#GLUEVERSION}": job.get("GlueVersion", ""),
+                    "{#WORKERTYPE}": job.get("WorkerType", ""),
+                }
+                found.append(Resource(self.name, name, name, self.host, param, lld, flags))
+        self.job_runs.keep_only(r.id for r in found)
+        return found
+
+    def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
+        for job in resources:
+            cycle.guard(f"glue job runs {job.id}", partial(self._job_runs, clients, job, cycle))
+
+    def _job_runs(self, clients: Clients, job: Resource, cycle: Cycle) -> None:
+        paginator = clients.glue.get_paginator("get_job_runs")
+        pages = (
+            page.get("JobRuns", [])
+            for page in paginator.paginate(JobName=job.id, PaginationConfig={"PageSize": _PAGE})
+        )
+        newest = partial(pages_until_known, self.job_runs, job.id, pages, lambda r: r.get("Id", ""))
+        runs = _unless_gone(newest)
+        cycle.runs(job, "glue.job.run", self.job_runs.changes(job.id, [_glue_run(r) for r in runs]))
+        self._note_activity(job, runs, cycle)
+
+    def _note_activity(self, job: Resource, runs: Iterable[JobRunTypeDef], cycle: Cycle) -> None:
+        now = now_epoch()
+        for run in runs:
+            state = run.get("JobRunState", "")
+            ended = epoch(run.get("CompletedOn"))
+            seen = now if state not in GLUE_FINAL_STATES else (ended or 0)
+            self.active_until[job.id] = max(self.active_until.get(job.id, 0), seen)
+            if state == "SUCCEEDED" and ended and ended > self.last_success.get(job.id, 0):
+                self.last_success[job.id] = ended
+                cycle.reading(job.host, job.key("glue.job.last_success"), ended, ended, unit="unixtime")
+
+    def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
+        # Only jobs that ran during the window have datapoints: asking for the
+        # others would cost money and return nothing.
+        return [r for r in resources if self.active_until.get(r.id, 0) >= window.start]
+
+
+def _glue_run(run: JobRunTypeDef) -> Run:
+    state = run.get("JobRunState", "UNKNOWN")
+    started, ended = epoch(run.get("StartedOn")), epoch(run.get("CompletedOn"))
+    values: list[tuple[str, Value]] = [("id", run.get("Id", "")), ("attempt", run.get("Attempt", 0))]
+    if started is not None:
+        values.append(("started", started))
+    if state in GLUE_FINAL_STATES:
+        if ended is not None:
+            values.append(("ended", ended))
+        execution = run.get("ExecutionTime")
+        if execution is not None:
+            values.append(("duration", execution))
+        dpu_seconds = _dpu_seconds(run)
+        if dpu_seconds is not None:
+            values.append(("dpu_seconds", dpu_seconds))
+    values.append(("error", _text(run.get("ErrorMessage"))))
+    return _run(run.get("Id", ""), state, started, ended if state in GLUE_FINAL_STATES else None, values)
+
+
+def _dpu_seconds(run: JobRunTypeDef) -> float | None:
+    """DPU-seconds as billed: AWS reports it for auto-scaling/Flex runs, else capacity x time."""
+    if "DPUSeconds" in run:
+        return float(run["DPUSeconds"])
+    capacity, execution = run.get("MaxCapacity"), run.get("ExecutionTime")
+    if capacity is None or execution is None:
+        return None
+    return round(capacity * execution, 3)

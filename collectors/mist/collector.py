@@ -1,0 +1,155 @@
+"""The Mist collector: site lookup, stream connections, the AP fleet and its output."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy
+from trapline.collectors.mist.frames import DataFrame, FrameError, device_stats_channel, site_of_channel
+from trapline.collectors.mist.rest import MistRest, RateLimited, RestBudget, SiteDirectory
+from trapline.collectors.mist.settings import MistSettings
+from trapline.collectors.mist.stream import StreamConnection
+from trapline.middleware.backoff import Backoff
+from trapline.middleware.config import Secret
+from trapline.middleware.plugin import Outbox
+
+logger = logging.getLogger(__name__)
+
+
+class MistCollector:
+    def __init__(self, name: str, settings: MistSettings, token: Secret) -> None:
+        self.name = name
+        self.settings = settings
+        self._token = token
+        self.fleet = Fleet(
+            FleetPolicy(
+                discovery_host=settings.discovery_host,
+                node_prefix=settings.node_prefix,
+                device_types=settings.device_types,
+                stale_after=settings.stale_after,
+                min_interval=settings.min_interval,
+                lld_min_interval=settings.lld_min_interval,
+                lld_refresh=settings.lld_refresh,
+            ),
+            FieldSchema.load(),
+        )
+        rest = MistRest(
+            settings.rest_url, token, RestBudget(settings.rest_calls_per_hour), settings.rest_timeout
+        )
+        self.directory = SiteDirectory(rest, settings.orgs, settings.sites)
+        self.connections: dict[int, StreamConnection] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._assignment: dict[str, int] = {}  # channel -> connection index; stable across refreshes
+        self._rest_backoff = Backoff(settings.retry_min, settings.retry_max)
+
+    def __repr__(self) -> str:
+        return f"MistCollector({self.name!r}, {self.settings.stream_url!r})"
+
+    async def run(self, out: Outbox) -> None:
+        try:
+            self._apply_sites(out)  # configured sites are subscribed before any REST call
+            await asyncio.gather(
+                self._forever(out, "site lookup", self._refresh_sites),
+                self._forever(out, "housekeeping", self._housekeeping),
+            )
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            self._tasks.clear()
+            for item in self.fleet.flush():  # what arrived is sent, even on shutdown
+                out.put(item)
+
+    # -- data ----------------------------------------------------------------
+    def accept(self, event: DataFrame, out: Outbox) -> None:
+        """One data frame from any connection."""
+        site_id = site_of_channel(event.channel)
+        if site_id is None or site_id not in self.fleet.sites:
+            out.error(f"mist {self.name}: data on a channel not subscribed: {event.channel[:80]!r}")
+            return
+        try:
+            problems = self.fleet.update(site_id, event.payload, time.monotonic())
+        except FrameError as exc:
+            out.error(f"mist {self.name}: site {site_id}: {exc}")
+            return
+        if problems:
+            more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+            out.error(f"mist {self.name}: site {site_id}: dropped {'; '.join(problems[:3])}{more}")
+        for item in self.fleet.due(time.monotonic(), sweep=False):
+            out.put(item)
+
+    # -- background loops ----------------------------------------------------
+    async def _forever(self, out: Outbox, what: str, step: Callable[[Outbox], Awaitable[float]]) -> None:
+        """Run ``step`` again and again, sleeping what it returns; no failure ends the loop."""
+        while True:
+            try:
+                delay = await step(out)
+            except Exception as exc:
+                logger.debug("mist %s: %s failed", self.name, what, exc_info=True)
+                out.error(f"mist {self.name}: {what} failed: {type(exc).__name__}: {exc}")
+                delay = self.settings.retry_max
+            await asyncio.sleep(delay)
+
+    async def _housekeeping(self, out: Outbox) -> float:
+        for item in self.fleet.due(time.monotonic()):
+            out.put(item)
+        return self.settings.tick
+
+    async def _refresh_sites(self, out: Outbox) -> float:
+        failures = await self.directory.refresh()
+        self._apply_sites(out)
+        if not failures:
+            self._rest_backoff.reset()
+            return self.settings.site_refresh
+        delay = self._rest_backoff.next_delay()
+        for failure in failures:
+            if isinstance(failure, RateLimited) and failure.retry_after is not None:
+                delay = max(delay, failure.retry_after)
+        more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
+        out.error(f"mist {self.name}: site lookup: {failures[0]}{more}; retrying in {delay:.3g}s")
+        return delay
+
+    # -- connections ---------------------------------------------------------
+    def _apply_sites(self, out: Outbox) -> None:
+        sites = self.directory.known()
+        self.fleet.set_sites(sites)
+        self._rebalance({device_stats_channel(s) for s in sites}, out)
+
+    def _rebalance(self, channels: set[str], out: Outbox) -> None:
+        """Spread channels over connections; only connections whose set changed restart."""
+        limit = self.settings.channels_per_connection
+        assignment = {ch: i for ch, i in self._assignment.items() if ch in channels}
+        load = Counter(assignment.values())
+        for channel in sorted(channels - assignment.keys()):
+            index = next(i for i in itertools.count() if load[i] < limit)
+            assignment[channel] = index
+            load[index] += 1
+        self._assignment = assignment
+        groups: dict[int, set[str]] = {}
+        for channel, index in assignment.items():
+            groups.setdefault(index, set()).add(channel)
+        for index in list(self.connections):
+            if frozenset(groups.get(index, ())) != self.connections[index].channels:
+                self._tasks.pop(index).cancel()
+                del self.connections[index]
+        for index, group in sorted(groups.items()):
+            if index not in self.connections:
+                self._start(index, frozenset(group), out)
+
+    def _start(self, index: int, channels: frozenset[str], out: Outbox) -> None:
+        connection = StreamConnection(
+            f"mist {self.name} connection {index}",
+            self.settings,
+            self._token,
+            channels,
+            on_data=lambda event: self.accept(event, out),
+            out=out,
+        )
+        self.connections[index] = connection
+        self._tasks[index] = asyncio.create_task(connection.run(), name=connection.label)
+        logger.info("%s: %d channels", connection.label, len(channels))

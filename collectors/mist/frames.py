@@ -1,0 +1,100 @@
+"""Decoding of Mist stream frames.
+
+Every frame is a JSON object with ``event`` and ``channel``.  ``data`` frames
+carry the payload as a JSON *string* inside the JSON envelope, so it is decoded
+a second time.  Anything that does not fit raises :class:`FrameError` with a
+short reason that is safe to log (it never quotes more than a few characters
+of the frame).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_SITE_DEVICE_STATS = re.compile(r"/sites/([0-9A-Za-z-]{1,64})/stats/devices")
+
+
+class FrameError(ValueError):
+    """A frame that cannot be used; ``str()`` is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeFailed:
+    channel: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class DataFrame:
+    channel: str
+    payload: dict[str, Any]
+
+
+Event = Subscribed | SubscribeFailed | DataFrame
+
+
+def device_stats_channel(site_id: str) -> str:
+    return f"/sites/{site_id}/stats/devices"
+
+
+def site_of_channel(channel: str) -> str | None:
+    """The site id of a ``/sites/<id>/stats/devices`` channel, else None."""
+    match = _SITE_DEVICE_STATS.fullmatch(channel)
+    return match.group(1) if match else None
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; Zabbix would refuse them downstream.
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _loads(text: str | bytes) -> Any:
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def decode_frame(frame: str | bytes, max_bytes: int) -> Event:
+    if len(frame) > max_bytes:
+        raise FrameError(f"frame of {len(frame)} bytes exceeds max_frame_bytes={max_bytes}")
+    try:
+        envelope = _loads(frame)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
+        raise FrameError("frame is not JSON") from None
+    if not isinstance(envelope, dict):
+        raise FrameError(f"frame is a JSON {type(envelope).__name__}, not an object")
+    event, channel = envelope.get("event"), envelope.get("channel")
+    if not isinstance(event, str):
+        raise FrameError("frame has no event name")
+    if not isinstance(channel, str):
+        raise FrameError(f"{_short(event)} frame has no channel")
+    if event == "channel_subscribed":
+        return Subscribed(channel)
+    if event == "subscribe_failed":
+        detail = next(
+            (v for k in ("detail", "reason", "message") if isinstance(v := envelope.get(k), str)), ""
+        )
+        return SubscribeFailed(channel, detail[:200])
+    if event != "data":
+        raise FrameError(f"unknown event {_short(event)} on channel {_short(channel)}")
+    data = envelope.get("data")
+    if isinstance(data, str):
+        try:
+            payload = _loads(data)
+        except (ValueError, RecursionError):
+            raise FrameError(f"data on {_short(channel)} is not valid JSON") from None
+    else:
+        payload = data
+    if not isinstance(payload, dict):
+        raise FrameError(f"data on {_short(channel)} is a JSON {type(payload).__name__}, not an object")
+    return DataFrame(channel, payload)

@@ -1,0 +1,173 @@
+"""One websocket connection to the Mist stream, carrying a fixed set of channels.
+
+It connects, subscribes every channel, waits for each ack, then feeds frames
+to the collector until the connection ends; then it reconnects after a capped,
+jittered exponential backoff and subscribes everything again.  A fault that
+repeats (a refused token, an unreachable host) is reported once, not per try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from trapline.collectors.mist.frames import (
+    DataFrame,
+    FrameError,
+    Subscribed,
+    SubscribeFailed,
+    decode_frame,
+)
+from trapline.collectors.mist.settings import MistSettings
+from trapline.middleware.backoff import Backoff
+from trapline.middleware.config import Secret
+from trapline.middleware.plugin import Outbox
+
+logger = logging.getLogger(__name__)
+
+# Frames above max_frame_bytes are dropped and counted; the websocket library's
+# own limit, far above, only guards memory (it closes the connection).
+_LIBRARY_SIZE_FACTOR = 8
+
+
+class AckTimeout(Exception):
+    pass
+
+
+def _some(channels: Iterable[str], limit: int = 3) -> str:
+    names = sorted(channels)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+class StreamConnection:
+    def __init__(
+        self,
+        label: str,
+        settings: MistSettings,
+        token: Secret,
+        channels: frozenset[str],
+        *,
+        on_data: Callable[[DataFrame], None],
+        out: Outbox,
+    ) -> None:
+        self.label = label
+        self.settings = settings
+        self._token = token
+        self.channels = channels
+        self._on_data = on_data
+        self._out = out
+        self.backoff = Backoff(settings.retry_min, settings.retry_max)
+        self.attempts = 0  # connection attempts, successful or not
+        self.sessions = 0  # connections that completed the websocket upgrade
+        self.subscribed: set[str] = set()  # acked on the current connection
+        self.refused: dict[str, str] = {}  # channel -> detail of subscribe_failed
+        self._awaiting: set[str] = set()
+        self._last_problem: str | None = None
+
+    def __repr__(self) -> str:
+        return f"StreamConnection({self.label!r}, {len(self.channels)} channels)"
+
+    # -- frames --------------------------------------------------------------
+    def handle(self, frame: str | bytes) -> None:
+        """Use one frame; a bad frame is counted and reported, never raised."""
+        try:
+            event = decode_frame(frame, self.settings.max_frame_bytes)
+        except FrameError as exc:
+            self._out.error(f"{self.label}: {exc}")
+            return
+        if isinstance(event, DataFrame):
+            self._on_data(event)
+        elif isinstance(event, Subscribed):
+            self._awaiting.discard(event.channel)
+            self.subscribed.add(event.channel)
+        elif isinstance(event, SubscribeFailed):
+            self._awaiting.discard(event.channel)
+            self.refused[event.channel] = event.detail
+            detail = f" ({event.detail})" if event.detail else ""
+            self._out.error(f"{self.label}: Mist refused the subscription to {event.channel}{detail}")
+
+    # -- connection ----------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, subscribe, receive; forever, until cancelled."""
+        while True:
+            self.attempts += 1
+            healthy_since: list[float] = []
+            try:
+                await self._session(healthy_since)
+                problem = "the server closed the stream"
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    problem = f"Mist refused the API token (HTTP {status})"
+                else:
+                    problem = f"the stream upgrade was refused with HTTP {status}"
+            except AckTimeout as exc:
+                problem = str(exc)
+            except ConnectionClosed as exc:
+                problem = f"the stream was closed ({exc})"
+            except (OSError, TimeoutError, WebSocketException) as exc:
+                problem = f"cannot connect: {type(exc).__name__}: {exc}"
+            except Exception as exc:  # survive anything; the traceback goes to the debug log
+                logger.debug("%s: unexpected failure", self.label, exc_info=True)
+                problem = f"unexpected {type(exc).__name__}: {exc}"
+            if healthy_since and time.monotonic() - healthy_since[0] >= self.settings.retry_max:
+                self.backoff.reset()  # only a connection that stayed up earns a quick retry
+            delay = self.backoff.next_delay()
+            self._report(problem, delay, was_healthy=bool(healthy_since))
+            await asyncio.sleep(delay)
+
+    def _report(self, problem: str, delay: float, was_healthy: bool) -> None:
+        line = f"{self.label}: {problem}; reconnecting in {delay:.3g}s"
+        if was_healthy:
+            logger.warning("%s", line)  # servers drop long-lived streams now and then
+        elif problem != self._last_problem:
+            self._out.error(f"{line} (repeats are logged at debug level)")
+        else:
+            logger.debug("%s (attempt %d)", line, self.attempts)
+        self._last_problem = None if was_healthy else problem
+
+    async def _session(self, healthy_since: list[float]) -> None:
+        settings = self.settings
+        async with connect(
+            settings.stream_url,
+            additional_headers={"Authorization": f"Token {self._token.reveal()}"},
+            user_agent_header="trapline",
+            open_timeout=settings.subscribe_timeout,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            max_size=settings.max_frame_bytes * _LIBRARY_SIZE_FACTOR,
+        ) as ws:
+            self.sessions += 1
+            self.subscribed.clear()
+            self.refused.clear()
+            self._awaiting = set(self.channels)
+            for channel in sorted(self.channels):
+                await ws.send(json.dumps({"subscribe": channel}))
+            deadline = time.monotonic() + settings.subscribe_timeout
+            while self._awaiting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AckTimeout(
+                        f"no subscribe ack within {settings.subscribe_timeout:g}s for {_some(self._awaiting)}"
+                    )
+                try:
+                    frame = await asyncio.wait_for(ws.recv(), remaining)  # recv is cancel-safe
+                except TimeoutError:
+                    continue
+                self.handle(frame)
+            healthy_since.append(time.monotonic())
+            if self._last_problem is not None:
+                logger.info("%s: connected again", self.label)
+            self._last_problem = None
+            logger.info(
+                "%s: subscribed %d of %d channels", self.label, len(self.subscribed), len(self.channels)
+            )
+            async for frame in ws:
+                self.handle(frame)

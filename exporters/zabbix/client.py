@@ -1,0 +1,222 @@
+"""Moving sender requests to a Zabbix server or proxy over asyncio streams.
+
+One request per connection, as the server expects (it closes after replying).
+A *cluster* is the ``;``-separated list of HA nodes of one server: standby
+nodes do not listen, so failover is by connection failure, and the node that
+answered last is tried first next time.
+
+TLS: certificates only.  Python's :mod:`ssl` module has no TLS-PSK support
+(not in 3.11), so a PSK-only server or proxy cannot be reached directly; put a
+local Zabbix proxy (which speaks PSK upstream) in between, or use certificates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from trapline.exporters.zabbix.protocol import (
+    DEFAULT_MAX_REPLY,
+    HEADER_SIZE,
+    ProtocolError,
+    Reply,
+    parse_header,
+    parse_reply,
+    unpack_body,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 10051
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """``host``, ``host:port``, ``[v6addr]`` or ``[v6addr]:port``, like the agent's ``ServerActive``."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty address")
+    port_text: str | None = None  # None: no port given; "": a colon without a port
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not host:
+            raise ValueError(f"bad IPv6 address {text!r}")
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"bad address {text!r}")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:  # a name, an IPv4 address, or a bare IPv6 address (which cannot carry a port)
+        host = text
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if port_text is None:
+        return Endpoint(host, DEFAULT_PORT)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return Endpoint(host, int(port_text))
+
+
+def parse_cluster(entry: str) -> list[Endpoint]:
+    """One ``servers`` entry: HA nodes of one cluster separated by ``;``."""
+    nodes = [parse_endpoint(part) for part in entry.split(";")]
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"the same node twice in {entry!r}")
+    return nodes
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """Certificate TLS towards the server (see the module docstring about PSK)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+        return ctx
+
+
+class SendError(Exception):
+    """A request whose fate is unknown or negative; ``str()`` is the reason to log and retry with."""
+
+
+class _ConnectError(SendError):
+    """Could not even connect: safe to try the next HA node."""
+
+
+class ClusterClient:
+    """Sends framed requests to one cluster, following HA failover and 7.0 redirects."""
+
+    def __init__(
+        self,
+        nodes: list[Endpoint],
+        timeout: float = 10.0,
+        tls: TlsSettings | None = None,
+        max_reply: int = DEFAULT_MAX_REPLY,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a cluster needs at least one node")
+        self.nodes = list(nodes)
+        self.timeout = timeout
+        self._tls = tls
+        self._ssl = tls.context() if tls is not None else None
+        self._max_reply = max_reply
+        self._active = 0  # index of the node that answered last
+
+    @property
+    def active_node(self) -> Endpoint:
+        return self.nodes[self._active]
+
+    async def send(self, framed: bytes) -> Reply:
+        """Deliver one framed request and return the server's reply.
+
+        Raises :class:`SendError` for anything but a parsed reply: no node
+        reachable, timeout, reset, garbage, or a second redirect.
+        """
+        reply = await self._send_to_cluster(framed)
+        redirect = reply.redirect
+        if redirect is None:
+            return reply
+        # A proxy of a 7.0 proxy group that does not own the host answers with
+        # the proxy that does; like the C sender we follow that once.
+        if redirect.reset:
+            log.info("zabbix %s asked to reset its redirect; resending to the configured nodes", self)
+            reply = await self._send_to_cluster(framed)
+        else:
+            assert redirect.address is not None
+            try:
+                target = parse_endpoint(redirect.address)
+            except ValueError as exc:
+                raise SendError(f"unusable redirect address {redirect.address!r}: {exc}") from None
+            log.info("zabbix %s redirected to %s", self.active_node, target)
+            reply = await self._exchange(target, framed)
+        if reply.redirect is not None:
+            raise SendError(f"redirected twice (last to {reply.redirect.address or 'reset'}); giving up")
+        return reply
+
+    async def _send_to_cluster(self, framed: bytes) -> Reply:
+        failures: list[str] = []
+        count = len(self.nodes)
+        for step in range(count):
+            index = (self._active + step) % count
+            try:
+                reply = await self._exchange(self.nodes[index], framed)
+            except _ConnectError as exc:
+                failures.append(str(exc))
+                continue
+            if index != self._active:
+                log.warning("zabbix cluster failover: now sending to %s", self.nodes[index])
+                self._active = index
+            return reply
+        raise SendError("; ".join(failures))
+
+    async def _exchange(self, node: Endpoint, framed: bytes) -> Reply:
+        """One connection: connect, write, read one reply frame, close."""
+        server_name = None
+        if self._ssl is not None:
+            server_name = (self._tls.server_name if self._tls else None) or node.host
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_connection(
+                    node.host, node.port, ssl=self._ssl, server_hostname=server_name
+                )
+        except TimeoutError:
+            raise _ConnectError(f"{node}: connect timed out after {self.timeout:g} s") from None
+        except OSError as exc:
+            raise _ConnectError(f"{node}: cannot connect ({_describe(exc)})") from None
+        try:
+            return await self._talk(node, reader, writer, framed)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.timeout):
+                    await writer.wait_closed()
+
+    async def _talk(
+        self, node: Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, framed: bytes
+    ) -> Reply:
+        stage = "sending"
+        try:
+            async with asyncio.timeout(self.timeout):
+                writer.write(framed)
+                await writer.drain()
+            stage = "waiting for the reply"
+            async with asyncio.timeout(self.timeout):
+                header = parse_header(await reader.readexactly(HEADER_SIZE), self._max_reply)
+                stage = "reading the reply"
+                body = await reader.readexactly(header.length)
+            return parse_reply(unpack_body(header, body))
+        except TimeoutError:
+            raise SendError(f"{node}: no answer within {self.timeout:g} s while {stage}") from None
+        except asyncio.IncompleteReadError as exc:
+            if stage == "waiting for the reply" and not exc.partial:
+                raise SendError(f"{node}: connection closed without a reply") from None
+            raise SendError(f"{node}: truncated reply (connection closed while {stage})") from None
+        except ProtocolError as exc:
+            raise SendError(f"{node}: bad reply: {exc}") from None
+        except OSError as exc:
+            raise SendError(f"{node}: connection failed while {stage} ({_describe(exc)})") from None
+
+    def __str__(self) -> str:
+        return ";".join(str(n) for n in self.nodes)
+
+
+def _describe(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -1,0 +1,114 @@
+"""Normalization: one spelling for units, keys and values before anything is filtered or spooled.
+
+A reading that cannot be made valid raises :class:`Rejected` with the reason;
+the pipeline counts and logs it instead of passing garbage to Zabbix, where it
+would fail silently (or turn the item unsupported).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass, replace
+from functools import cache
+from importlib import resources
+
+from trapline.middleware.model import Discovery, Item, Reading, Value
+
+# Zabbix item key: name [a-zA-Z0-9_.-]+ with optional [params] (params are free text).
+_KEY_RE = re.compile(r"^([A-Za-z0-9_.\-]+)(\[.*\])?$", re.DOTALL)
+# Zabbix technical host name: alphanumerics, space, dot, dash, underscore; max 128.
+_HOST_RE = re.compile(r"^[A-Za-z0-9 ._\-]{1,128}$")
+MAX_KEY_LENGTH = 2048  # items.key_ in the Zabbix schema
+MAX_VALUE_LENGTH = 65535  # a TEXT history value; longer would be cut by the server
+
+
+class Rejected(ValueError):
+    """The reading is invalid; ``str()`` is the reason counted in self-metrics."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRule:
+    unit: str
+    factor: float = 1.0
+    offset: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UnitTable:
+    rules: dict[str, UnitRule]
+    prometheus_suffix: dict[str, str]
+
+
+@cache
+def unit_table() -> UnitTable:
+    raw = tomllib.loads(resources.files("trapline.middleware").joinpath("units.toml").read_text("utf-8"))
+    rules = {name: UnitRule(name) for name in raw["canonical"]}
+    for alias, spec in raw["alias"].items():
+        rules[alias] = UnitRule(spec["unit"], spec.get("factor", 1.0), spec.get("offset", 0.0))
+    suffix = {name: spec["prometheus"] for name, spec in raw["canonical"].items()}
+    return UnitTable(rules, suffix)
+
+
+def normalize_key(key: str) -> str:
+    """Lowercase the key name (not its parameters) and check it is a valid Zabbix key."""
+    if len(key) > MAX_KEY_LENGTH:
+        raise Rejected("item key longer than 2048 characters")
+    m = _KEY_RE.match(key)
+    if m is None:
+        raise Rejected(f"invalid item key {key[:80]!r}")
+    name, params = m.group(1), m.group(2) or ""
+    return name.lower() + params if not name.islower() else key
+
+
+def check_host(host: str) -> None:
+    if not _HOST_RE.match(host):
+        raise Rejected(f"invalid Zabbix host name {host[:80]!r}")
+
+
+def coerce_value(value: object) -> Value:
+    """Turn what a collector produced into int, float or str, or reject it."""
+    if isinstance(value, bool):  # before int: bool is an int subclass
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise Rejected("value is not a finite number")
+        return value
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        if len(value) > MAX_VALUE_LENGTH:
+            raise Rejected(f"value longer than {MAX_VALUE_LENGTH} characters")
+        return value
+    if value is None:
+        raise Rejected("missing value")
+    raise Rejected(f"unsupported value type {type(value).__name__}")
+
+
+def convert_unit(value: Value, unit: str) -> tuple[Value, str]:
+    """Convert a numeric value to the canonical unit; unknown units pass unchanged."""
+    rule = unit_table().rules.get(unit)
+    if rule is None:
+        return value, unit
+    if rule.factor == 1.0 and rule.offset == 0.0:
+        return value, rule.unit
+    if isinstance(value, str):
+        raise Rejected(f"non-numeric value for unit {unit!r}")
+    return value * rule.factor + rule.offset, rule.unit
+
+
+def normalize(item: Item) -> Item:
+    """Validate and canonicalize one item; raises Rejected."""
+    check_host(item.host)
+    if isinstance(item, Discovery):
+        key = normalize_key(item.rule)
+        return item if key == item.rule else replace(item, rule=key)
+    key = normalize_key(item.key)
+    value = coerce_value(item.value)
+    value, unit = convert_unit(value, item.unit) if item.unit else (value, "")
+    if key is item.key and value is item.value and unit == item.unit:
+        return item
+    return Reading(item.host, key, value, item.clock, item.ns, unit, item.labels)

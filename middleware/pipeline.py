@@ -1,0 +1,318 @@
+"""The asyncio pipeline: collectors -> normalize -> filter -> spool -> destinations.
+
+Collectors put items into an in-memory intake; every ``flush_interval`` the
+intake is normalized, filtered, shown to observers and committed to the spool
+in one transaction.  One delivery loop per destination claims due rows from
+the spool, hands them to the destination and applies the outcome: accepted
+rows are deleted, refused rows are retried with backoff until
+``max_retry_age`` and then rejected (counted, logged), rows of an unreachable
+destination wait with capped backoff and never age.  SIGTERM stops the
+collectors, commits what is in memory, gives the destinations a last chance
+within ``shutdown_timeout`` and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+
+from trapline.middleware.backoff import Backoff, retry_delay
+from trapline.middleware.filters import Filters
+from trapline.middleware.logutil import ThrottledLog
+from trapline.middleware.model import Item
+from trapline.middleware.normalize import Rejected, normalize
+from trapline.middleware.plugin import Collector, Delivery, Destination, Observer, Spooled
+from trapline.middleware.settings import AgentSettings, SpoolSettings
+from trapline.middleware.spool import Spool
+from trapline.middleware.stats import AgentStats, CollectorStats
+
+log = logging.getLogger(__name__)
+
+# Wake the intake early when this many items wait, so a burst is committed promptly.
+_INTAKE_HIGH_WATER = 5000
+
+
+class _Outbox:
+    """The Outbox a collector writes to: counts, never blocks."""
+
+    def __init__(self, pipeline: Pipeline, name: str) -> None:
+        self._pipeline = pipeline
+        self._stats: CollectorStats = pipeline.stats.collector(name)
+        self._name = name
+        self._throttled = ThrottledLog(logging.getLogger(f"trapline.collector.{name}"))
+
+    def put(self, item: Item) -> None:
+        self._stats.readings += 1
+        self._pipeline.accept(item)
+
+    def error(self, reason: str) -> None:
+        self._stats.errors += 1
+        self._throttled.warning(reason, "collector %s: %s", self._name, reason)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        agent: AgentSettings,
+        spool_settings: SpoolSettings,
+        spool: Spool,
+        filters: Filters,
+        collectors: Sequence[Collector] = (),
+        destinations: Sequence[Destination] = (),
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self.agent = agent
+        self.spool_settings = spool_settings
+        self.spool = spool
+        self.filters = filters
+        self.collectors = list(collectors)
+        self.destinations = list(destinations)
+        self.observers = list(observers)
+        self.stats = AgentStats()
+        self._intake: list[Item] = []
+        self._intake_wake = asyncio.Event()
+        self._dest_wake = {d.name: asyncio.Event() for d in self.destinations}
+        self._stop = asyncio.Event()
+        self._throttled = ThrottledLog(log)
+        for d in self.destinations:
+            self.stats.destination(d.name)
+        for c in self.collectors:
+            self.stats.collector(c.name)
+
+    # -- intake ----------------------------------------------------------------
+    def outbox(self, name: str) -> _Outbox:
+        return _Outbox(self, name)
+
+    def accept(self, item: Item) -> None:
+        self._intake.append(item)
+        if len(self._intake) >= _INTAKE_HIGH_WATER:
+            self._intake_wake.set()
+
+    def flush_intake(self) -> int:
+        """Normalize, filter and spool everything waiting; returns rows spooled."""
+        items, self._intake = self._intake, []
+        admitted: list[Item] = []
+        for raw in items:
+            try:
+                item = normalize(raw)
+            except Rejected as why:
+                self.reject_reading(raw, str(why))
+                continue
+            for obs in self.observers:
+                obs.observe(item)
+            if self.filters.admit(item):
+                admitted.append(item)
+            else:
+                self.stats.filtered += 1
+        if not admitted:
+            return 0
+        dropped = self.spool.put(admitted, [d.name for d in self.destinations])
+        if dropped:
+            self.stats.dropped += dropped
+            self._throttled.error(
+                "spool-full",
+                "spool full (max_readings=%d): dropped the %d oldest readings",
+                self.spool.max_readings,
+                dropped,
+            )
+        for ev in self._dest_wake.values():
+            ev.set()
+        return len(admitted)
+
+    def reject_reading(self, item: Item, reason: str) -> None:
+        self.stats.rejected[reason] += 1
+        key = getattr(item, "key", None) or getattr(item, "rule", "?")
+        self._throttled.warning("reject:" + reason, "rejected %s:%s: %s", item.host, key, reason)
+
+    async def _intake_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._intake_wake.wait(), self.agent.flush_interval)
+            self._intake_wake.clear()
+            self.flush_intake()
+
+    # -- delivery --------------------------------------------------------------
+    async def deliver_once(self, dest: Destination) -> Delivery | None:
+        """One delivery round for ``dest``; None when nothing was due."""
+        batch = self.spool.claim(dest.name, self.spool_settings.batch)
+        if not batch:
+            return None
+        started = time.monotonic()
+        try:
+            outcome = await dest.deliver(batch)
+        except Exception as exc:  # a destination bug must not stop delivery
+            log.exception("destination %s failed unexpectedly", dest.name)
+            outcome = Delivery(unreachable=f"internal error: {type(exc).__name__}")
+        self.stats.destination(dest.name).record_latency(time.monotonic() - started)
+        self._apply(dest.name, batch, outcome)
+        return outcome
+
+    def _apply(self, dest: str, batch: list[Spooled], outcome: Delivery) -> None:
+        stats = self.stats.destination(dest)
+        now = time.time()
+        self.spool.ack(outcome.accepted)
+        stats.sent += len(outcome.accepted)
+        for reason in outcome.rejected.values():
+            self.stats.rejected[reason] += 1
+        if outcome.rejected:
+            self._throttled.warning(
+                "dest-reject:" + dest, "%s rejected %d values: %s",
+                dest, len(outcome.rejected), next(iter(outcome.rejected.values())),
+            )
+            self.spool.reject(outcome.rejected)
+        settled = set(outcome.accepted) | set(outcome.rejected) | set(outcome.retry)
+        unsettled = [s.id for s in batch if s.id not in settled]
+        if outcome.unreachable is not None:
+            # Nothing was refused: the rows wait for the destination without ageing.
+            # They are due again at once; the delivery loop sleeps with backoff first.
+            self.spool.defer(unsettled, 0.0, refused=False)
+            return
+        refused = dict(outcome.retry)
+        refused.update((sid, "destination returned no outcome") for sid in unsettled)
+        if refused:
+            self._retry_refused(dest, batch, refused, now)
+
+    def _retry_refused(self, dest: str, batch: list[Spooled], refused: dict[int, str], now: float) -> None:
+        stats = self.stats.destination(dest)
+        stats.failed += len(refused)
+        first = self.spool.first_refused(refused)
+        attempts = {s.id: s.attempts for s in batch}
+        expired = {sid: why for sid, why in refused.items()
+                   if now - first.get(sid, now) >= self.spool_settings.max_retry_age}
+        for why in expired.values():
+            self.stats.rejected[f"not accepted within max_retry_age: {why}"] += 1
+        if expired:
+            self._throttled.error(
+                "expired:" + dest,
+                "%s: %d values still refused after %.0fs, rejected: %s",
+                dest, len(expired), self.spool_settings.max_retry_age, next(iter(expired.values())),
+            )
+            self.spool.reject(expired)
+        by_delay: dict[float, list[int]] = {}
+        for sid in refused.keys() - expired.keys():
+            delay = retry_delay(attempts.get(sid, 0) + 1, self.spool_settings.retry_initial,
+                                self.spool_settings.retry_cap)
+            by_delay.setdefault(round(now + delay, 1), []).append(sid)
+        for due, ids in by_delay.items():
+            self.spool.defer(ids, due, refused=True)
+
+    async def _delivery_loop(self, dest: Destination) -> None:
+        backoff = Backoff(initial=1.0, cap=60.0)
+        wake = self._dest_wake[dest.name]
+        # Stops with the pipeline: after stop() the final drain takes over.
+        while not self._stop.is_set():
+            outcome = await self.deliver_once(dest)
+            if outcome is None:
+                wake.clear()
+                due = self.spool.next_due(dest.name)
+                wait = 1.0 if due is None else min(max(due - time.time(), 0.05), 1.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), wait)
+                continue
+            if outcome.unreachable is not None:
+                delay = backoff.next_delay()
+                self._throttled.warning(
+                    "unreachable:" + dest.name, "%s unreachable (%s); retrying in %.1fs, data kept in spool",
+                    dest.name, outcome.unreachable, delay,
+                )
+                await self._sleep_unless_stopping(delay)
+            else:
+                backoff.reset()
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    # -- self-monitoring -------------------------------------------------------
+    def self_readings(self) -> list[Item]:
+        stats = self.spool.stats()
+        for d in self.destinations:
+            self.stats.destination(d.name).backlog = self.spool.depth(d.name)
+        host = self.agent.host or "trapline"
+        return self.stats.readings(host, stats.depth, stats.oldest_enqueued)
+
+    async def _self_loop(self) -> None:
+        outbox = self.outbox("self")
+        while True:
+            for item in self.self_readings():
+                if self.agent.host or not self.destinations:
+                    outbox.put(item)
+                else:  # no agent host: only observers (Prometheus) see them
+                    for obs in self.observers:
+                        obs.observe(item)
+            await asyncio.sleep(self.agent.self_interval)
+
+    # -- lifecycle -------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, install_signal_handlers: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        for obs in self.observers:
+            await obs.start()
+        collector_tasks = [
+            asyncio.create_task(self._run_collector(c), name=f"collector:{c.name}") for c in self.collectors
+        ]
+        service_tasks = [asyncio.create_task(self._intake_loop(), name="intake"),
+                         asyncio.create_task(self._self_loop(), name="self")]
+        service_tasks += [asyncio.create_task(self._delivery_loop(d), name=f"deliver:{d.name}")
+                          for d in self.destinations]
+        log.info("trapline running: %d collectors, %d destinations, %d observers, spool %s (%d waiting)",
+                 len(self.collectors), len(self.destinations), len(self.observers),
+                 self.spool.path, self.spool.depth())
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("stopping: committing readings in memory, last delivery attempt")
+            await _cancel(collector_tasks)
+            await _cancel(service_tasks)
+            self.flush_intake()
+            await self._drain(self.agent.shutdown_timeout)
+            for d in self.destinations:
+                await d.close()
+            for obs in self.observers:
+                await obs.close()
+            log.info("stopped; %d readings stay in the spool for the next start", self.spool.depth())
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    async def _drain(self, seconds: float) -> None:
+        async def drain_one(dest: Destination) -> None:
+            while (outcome := await self.deliver_once(dest)) is not None:
+                if outcome.unreachable is not None or not outcome.accepted:
+                    return
+
+        if seconds <= 0 or not self.destinations:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(drain_one(d) for d in self.destinations)), seconds)
+
+    async def _run_collector(self, collector: Collector) -> None:
+        outbox = self.outbox(collector.name)
+        backoff = Backoff(initial=1.0, cap=60.0)
+        while True:
+            try:
+                await collector.run(outbox)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a collector bug must not take the agent down
+                delay = backoff.next_delay()
+                outbox.error(f"crashed with {type(exc).__name__}; restarting in {delay:.1f}s")
+                log.debug("collector %s crash", collector.name, exc_info=True)
+                await asyncio.sleep(delay)
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

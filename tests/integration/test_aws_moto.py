@@ -1,0 +1,424 @@
+"""The AWS poller against a real moto server (in-process, on loopback).
+
+In-process so the tests can reach moto's backends for what its API cannot do
+(a FAILED Glue run, a FAILED EMR step); everything the poller does goes over
+HTTP through boto3 exactly as against AWS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fnmatch
+import json
+import logging
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.peers import missing_peer, wait_port
+from trapline.collectors.aws import build
+from trapline.collectors.aws.cloudwatch import aligned_window
+from trapline.collectors.aws.poller import AwsPoller
+from trapline.middleware.config import Section
+from trapline.middleware.model import Discovery, Item, Reading
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "eu-west-1"
+POLICY = Path(__file__).resolve().parents[2] / "deploy" / "aws" / "iam-policy.json"
+SOURCE_POLICY = POLICY.with_name("source-identity-policy.json")
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    try:
+        from moto.server import ThreadedMotoServer  # noqa: PLC0415 (optional test peer)
+    except ImportError:
+        missing_peer("moto[server] is not installed")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    if not wait_port(port, host):
+        missing_peer("moto server did not start")
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _post(endpoint: str, path: str, body: bytes = b"") -> None:
+    # text/plain: moto reads the raw body, which a form content type would hide.
+    request = urllib.request.Request(
+        f"{endpoint}{path}", data=body, method="POST", headers={"Content-Type": "text/plain"}
+    )
+    with urllib.request.urlopen(request):
+        pass
+
+
+@pytest.fixture
+def endpoint(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    _post(moto_endpoint, "/moto-api/reset")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    return moto_endpoint
+
+
+class ListOutbox:
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.errors: list[str] = []
+
+    def put(self, item: Item) -> None:
+        self.items.append(item)
+
+    def error(self, reason: str) -> None:
+        self.errors.append(reason)
+
+
+def client(endpoint: str, service: str) -> Any:
+    return boto3.client(service, region_name=REGION, endpoint_url=endpoint)
+
+
+def poller(endpoint: str, **values: Any) -> AwsPoller:
+    data = {
+        "type": "aws",
+        "host": "aws-test",
+        "region": REGION,
+        "endpoint_url": endpoint,
+        "max_attempts": 1,
+        **values,
+    }
+    return build("aws", Section(Path("/etc/trapline/trapline.toml"), "collectors.aws", data)).poller
+
+
+def values(items: list[Item], key: str, host: str = "aws-test") -> list[Any]:
+    return [i.value for i in items if isinstance(i, Reading) and i.key == key and i.host == host]
+
+
+def discovery(items: list[Item], rule: str) -> list[dict[str, str]]:
+    found = [i for i in items if isinstance(i, Discovery) and i.rule == rule]
+    assert len(found) == 1, f"expected one {rule} value, got {len(found)}"
+    return [dict(row) for row in found[0].rows]
+
+
+def make_cluster(emr: Any, name: str, tags: dict[str, str] | None = None, step: bool = False) -> str:
+    response = emr.run_job_flow(
+        Name=name,
+        ReleaseLabel="emr-6.15.0",
+        Instances={
+            "MasterInstanceType": "m5.xlarge",
+            "InstanceCount": 1,
+            "KeepJobFlowAliveWhenNoSteps": True,
+        },
+        Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()],
+        Steps=[
+            {"Name": "load", "ActionOnFailure": "CONTINUE", "HadoopJarStep": {"Jar": "command-runner.jar"}}
+        ]
+        if step
+        else [],
+    )
+    return str(response["JobFlowId"])
+
+
+def make_job(glue: Any, name: str, tags: dict[str, str] | None = None, metrics: bool = False) -> None:
+    arguments = {"--enable-metrics": "true"} if metrics else {}
+    glue.create_job(
+        Name=name,
+        Role="arn:aws:iam::123456789012:role/glue",
+        Command={"Name": "glueetl"},
+        Tags=tags or {},
+        DefaultArguments=arguments,
+    )
+
+
+def make_app(serverless: Any, name: str, tags: dict[str, str] | None = None) -> str:
+    response = serverless.create_application(
+        name=name, releaseLabel="emr-6.15.0", type="SPARK", tags=tags or {}
+    )
+    return str(response["applicationId"])
+
+
+# -- discovery ------------------------------------------------------------------------
+
+
+def test_clusters_apps_and_jobs_are_discovered_through_the_async_loop(endpoint: str) -> None:
+    emr, glue, serverless = (client(endpoint, s) for s in ("emr", "glue", "emr-serverless"))
+    wanted_cluster = make_cluster(emr, "prod-a", {"team": "data"})
+    make_cluster(emr, "prod-b", {"team": "ops"})
+    make_cluster(emr, "dev-c", {"team": "data"})
+    gone = make_cluster(emr, "prod-d", {"team": "data"})
+    emr.terminate_job_flows(JobFlowIds=[gone])
+    app = make_app(serverless, "app-x")
+    make_app(serverless, "other")
+    make_job(glue, "etl-a", {"team": "data"})
+    make_job(glue, "etl-b")
+    make_job(glue, "misc", {"team": "data"})
+
+    collector = build(
+        "aws",
+        Section(
+            Path("/etc/trapline/trapline.toml"),
+            "collectors.aws",
+            {
+                "type": "aws",
+                "host": "aws-test",
+                "region": REGION,
+                "endpoint_url": endpoint,
+                "max_attempts": 1,
+                "emr": {"name_regex": "^prod-", "tags": {"team": "data"}},
+                "emr_serverless": {"name_regex": "^app-"},
+                "glue": {"name_regex": "^etl-", "tags": {"team": "data"}},
+            },
+        ),
+    )
+    out = ListOutbox()
+
+    async def one_cycle() -> None:
+        task = asyncio.create_task(collector.run(out))
+        while not any(isinstance(i, Reading) and i.key == "aws.poller.error" for i in out.items):
+            assert not task.done(), "the collector loop ended"
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(one_cycle(), timeout=60))
+    assert out.errors == []
+    assert discovery(out.items, "emr.cluster.discovery") == [
+        {"{#CLUSTERID}": wanted_cluster, "{#CLUSTERNAME}": "prod-a", "{#HOST}": f"emr-{wanted_cluster}"}
+    ]
+    assert discovery(out.items, "emr.serverless.app.discovery") == [
+        {"{#APPID}": app, "{#APPNAME}": "app-x", "{#APPTYPE}": "Spark", "{#HOST}": f"emr-serverless-{app}"}
+    ]
+    assert [row["{#JOBNAME}"] for row in discovery(out.items, "glue.job.discovery")] == ["etl-a"]
+    assert values(out.items, "emr.cluster.state", f"emr-{wanted_cluster}") == ["WAITING"]
+    assert values(out.items, "emr.serverless.app.state", f"emr-serverless-{app}") == ["STARTED"]
+    assert values(out.items, "aws.poller.error") == ["ok"]
+
+
+# -- run and state health --------------------------------------------------------------
+
+
+def test_failed_glue_run_then_a_successful_one(endpoint: str) -> None:
+    from moto.glue.models import glue_backends  # noqa: PLC0415 (in-process backend of the peer)
+
+    glue = client(endpoint, "glue")
+    make_job(glue, "etl-a")
+    aws = poller(endpoint)
+    first = aws.cycle()
+    assert values(first.items, "glue.job.run.state[etl-a]") == []  # no runs yet
+
+    failed_id = glue.start_job_run(JobName="etl-a")["JobRunId"]
+    # FAILED cannot be produced through moto's API: set it in its backend.
+    glue_backends[ACCOUNT][REGION].jobs["etl-a"].job_runs[-1].status = "FAILED"
+    second = aws.cycle()
+    assert values(second.items, "glue.job.run.state[etl-a]") == ["FAILED"]
+    assert values(second.items, "glue.job.run.id[etl-a]") == [failed_id]
+    assert values(second.items, "glue.job.run.error[etl-a]") == [""]
+    assert values(second.items, "glue.job.last_success[etl-a]") == []
+    assert values(aws.cycle().items, "glue.job.run.state[etl-a]") == []  # reported once
+
+    ok_id = glue.start_job_run(JobName="etl-a")["JobRunId"]
+    fourth = aws.cycle()
+    assert values(fourth.items, "glue.job.run.state[etl-a]") == ["SUCCEEDED"]
+    assert values(fourth.items, "glue.job.run.id[etl-a]") == [ok_id]
+    assert len(values(fourth.items, "glue.job.last_success[etl-a]")) == 1
+    assert values(fourth.items, "aws.poller.error") == ["ok"]
+
+
+def _moto_emr_cluster(cluster_id: str) -> Any:
+    from moto.emr.models import emr_backends  # noqa: PLC0415 (in-process backend of the peer)
+
+    for region, backend in emr_backends[ACCOUNT].items():
+        if cluster_id in backend.clusters:
+            return emr_backends[ACCOUNT][region].clusters[cluster_id]
+    raise AssertionError(f"cluster {cluster_id} not in moto")
+
+
+def test_failed_emr_step_is_reported_on_the_cluster_host(endpoint: str) -> None:
+    emr = client(endpoint, "emr")
+    cluster_id = make_cluster(emr, "prod-a", step=True)
+    host = f"emr-{cluster_id}"
+    aws = poller(endpoint)
+    first = aws.cycle()
+    assert values(first.items, "emr.step.state", host) == ["RUNNING"]  # newest step, first time
+
+    step = _moto_emr_cluster(cluster_id).steps[0]
+    step.state = "FAILED"
+    step.end_date_time = dt.datetime.now(dt.UTC)
+    step.last_state_change_reason = "Step failed: exit code 1"
+    second = aws.cycle()
+    assert values(second.items, "emr.step.state", host) == ["FAILED"]
+    assert values(second.items, "emr.step.id", host) == [step.id]
+    assert values(second.items, "emr.step.name", host) == ["load"]
+    assert values(second.items, "emr.step.error", host) == ["Step failed: exit code 1"]
+
+
+def test_failed_emr_serverless_job_run_is_reported_on_the_application_host(endpoint: str) -> None:
+    from moto.emrserverless.models import emrserverless_backends  # noqa: PLC0415
+
+    serverless = client(endpoint, "emr-serverless")
+    app = make_app(serverless, "app-x")
+    aws = poller(endpoint)
+    aws.cycle()
+    run_id = serverless.start_job_run(
+        applicationId=app,
+        executionRoleArn="arn:aws:iam::123456789012:role/job",
+        name="daily",
+        jobDriver={"sparkSubmit": {"entryPoint": "s3://bucket/job.py"}},
+    )["jobRunId"]
+    run = next(r for r in emrserverless_backends[ACCOUNT][REGION].job_runs[app] if r.id == run_id)
+    run.state, run.state_details = "FAILED", "Job failed, ExitCode: 1"
+    result = aws.cycle()
+    host = f"emr-serverless-{app}"
+    assert values(result.items, "emr.serverless.job.run.state", host) == ["FAILED"]
+    assert values(result.items, "emr.serverless.job.run.id", host) == [run_id]
+    assert values(result.items, "emr.serverless.job.run.error", host) == ["Job failed, ExitCode: 1"]
+
+
+# -- CloudWatch -----------------------------------------------------------------------------
+
+
+def test_idle_cluster_and_glue_task_metrics_are_read_back_and_missing_is_not_zero(endpoint: str) -> None:
+    emr, glue, cloudwatch = (client(endpoint, s) for s in ("emr", "glue", "cloudwatch"))
+    cluster_id = make_cluster(emr, "prod-a")
+    make_job(glue, f"etl-{cluster_id}", metrics=True)  # distinct dimension values per test (moto)
+    job = f"etl-{cluster_id}"
+    glue.start_job_run(JobName=job)
+
+    now = dt.datetime.now(dt.UTC).timestamp()
+    emr_window = aligned_window(now, period=300, delay=300, periods=3)
+    glue_window = aligned_window(now, period=60, delay=30, periods=3)
+    cloudwatch.put_metric_data(
+        Namespace="AWS/ElasticMapReduce",
+        MetricData=[
+            {
+                "MetricName": "IsIdle",
+                "Dimensions": [{"Name": "JobFlowId", "Value": cluster_id}],
+                "Value": 1.0,
+                "Timestamp": dt.datetime.fromtimestamp(emr_window.end - 150, dt.UTC),
+            }
+        ],
+    )
+    cloudwatch.put_metric_data(
+        Namespace="Glue",
+        MetricData=[
+            {
+                "MetricName": "glue.driver.aggregate.numFailedTasks",
+                "Dimensions": [
+                    {"Name": "JobName", "Value": job},
+                    {"Name": "JobRunId", "Value": "ALL"},
+                    {"Name": "Type", "Value": "count"},
+                ],
+                "Value": 3.0,
+                "Timestamp": dt.datetime.fromtimestamp(glue_window.end - 30, dt.UTC),
+            }
+        ],
+    )
+
+    result = poller(endpoint, emr_serverless={"enabled": False}).cycle()
+    host = f"emr-{cluster_id}"
+    assert values(result.items, "emr.cluster.idle", host) == [1.0]
+    # The ten other EMR metrics have no data: counted as missing, never sent as 0.
+    assert values(result.items, "aws.poller.metrics.missing[emr]") == [10]
+    cluster_keys = {i.key for i in result.items if isinstance(i, Reading) and i.host == host}
+    assert not {"emr.yarn.apps.pending", "emr.hdfs.utilization"} & cluster_keys
+    assert values(result.items, f"glue.job.tasks.failed[{job}]") == [3.0]
+    assert values(result.items, "aws.poller.metrics.requested") == [11 + 7]  # 7 metrics need --enable-metrics
+    cost = values(result.items, "aws.poller.cloudwatch.cost")[0]
+    assert cost == pytest.approx((11 * 3600 / 300 + 7 * 3600 / 60) * 0.01 / 1000)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_access_denied_and_bad_credentials_become_the_poller_error(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iam = client(endpoint, "iam")
+    iam.create_user(UserName="nobody")
+    key = iam.create_access_key(UserName="nobody")["AccessKey"]
+    _post(endpoint, "/moto-api/reset-auth", b"0")  # moto checks IAM from now on
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        denied = poller(endpoint).cycle()
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+        unknown = poller(endpoint).cycle()
+    finally:
+        _post(endpoint, "/moto-api/reset-auth", b"inf")
+    # moto answers JSON-protocol calls with an XML error botocore cannot parse: code "403".
+    assert any(e.startswith("ListClusters: access denied (") for e in denied.errors)
+    assert "access denied" in values(denied.items, "aws.poller.error")[0]
+    assert values(denied.items, "aws.poller.errors")[0] >= 1
+    assert not [i for i in denied.items if isinstance(i, Discovery)]  # no empty LLD on failure
+    # An unknown key is refused too; moto's unreadable error body hides the
+    # InvalidClientTokenId code, so the wording is checked in the unit tests.
+    assert any(e.startswith("ListClusters: access denied (") for e in unknown.errors)
+    assert key["SecretAccessKey"] not in json.dumps(
+        [str(v) for v in values(denied.items, "aws.poller.error")]
+    )
+
+
+# -- least privilege -----------------------------------------------------------------------------
+
+
+def _allowed(policy_file: Path, action: str) -> bool:
+    policy = json.loads(policy_file.read_text())
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if statement["Effect"] == "Allow" and any(
+            fnmatch.fnmatch(action.lower(), a.lower()) for a in actions
+        ):
+            return True
+    return False
+
+
+def _policy_actions(policy_file: Path) -> set[str]:
+    actions: set[str] = set()
+    for statement in json.loads(policy_file.read_text())["Statement"]:
+        listed = statement["Action"]
+        actions.update(listed if isinstance(listed, list) else [listed])
+    return actions
+
+
+def test_the_iam_policy_allows_exactly_the_calls_the_poller_makes(endpoint: str) -> None:
+    emr, glue, serverless = (client(endpoint, s) for s in ("emr", "glue", "emr-serverless"))
+    make_cluster(emr, "prod-a", {"team": "data"}, step=True)
+    make_app(serverless, "app-x", {"team": "data"})
+    make_job(glue, "etl-a", {"team": "data"}, metrics=True)
+    glue.start_job_run(JobName="etl-a")
+    tagged = {"tags": {"team": "data"}}
+    aws = poller(
+        endpoint,
+        role_arn="arn:aws:iam::123456789012:role/trapline-aws-reader",
+        emr=tagged,
+        emr_serverless=tagged,
+        glue=tagged,
+    )
+    aws.cycle()
+    result = aws.cycle()
+    assert result.errors == []
+
+    # Every API call is counted by the collector's own botocore hook, keyed by IAM action.
+    prefix = "aws.poller.api.calls["
+    made = {
+        i.key[len(prefix) : -1] for i in result.items if isinstance(i, Reading) and i.key.startswith(prefix)
+    }
+    assert "cloudwatch:GetMetricData" in made and "elasticmapreduce:DescribeCluster" in made
+    assert made - {"sts:AssumeRole"} == _policy_actions(POLICY)
+    assert all(_allowed(POLICY, action) for action in made - {"sts:AssumeRole"})
+    assert _allowed(SOURCE_POLICY, "sts:AssumeRole") and "sts:AssumeRole" in made
+    assert not _allowed(POLICY, "glue:StartJobRun") and not _allowed(
+        POLICY, "elasticmapreduce:TerminateJobFlows"
+    )

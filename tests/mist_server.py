@@ -1,0 +1,261 @@
+"""A small Mist-compatible server for tests: the websocket stream and a few REST calls.
+
+The Mist cloud cannot be reached from tests, so this speaks its documented
+protocol on one local port:
+
+* ``/api-ws/v1/stream``: ``Authorization: Token <t>`` checked on the upgrade (a
+  bad token gets HTTP 401, as the cloud does); ``{"subscribe": ch}`` answered by
+  ``channel_subscribed`` for ``/sites/<known site>/stats/devices`` and
+  ``subscribe_failed`` otherwise; data as ``{"event": "data", "channel": ...,
+  "data": "<JSON string>"}``.
+* REST ``/api/v1/orgs/<org>``, ``/api/v1/orgs/<org>/sites`` (limit/page),
+  ``/api/v1/sites/<site>``; ``rate_limit_next`` answers that many calls with 429.
+
+Tests drive it: :meth:`push` sends a device update to every subscriber of a
+site, :meth:`push_raw` sends any frame, :meth:`drop_all` closes every
+connection from the server side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from trapline.middleware.model import Discovery, Item, Reading
+
+STREAM_PATH = "/api-ws/v1/stream"
+WAIT_LIMIT = 10.0  # seconds a test waits for the collector before failing
+_CHANNEL = re.compile(r"/sites/([^/]+)/stats/devices")
+
+
+@dataclass
+class Client:
+    """One connected stream client and what it subscribed."""
+
+    ws: ServerConnection
+    channels: set[str] = field(default_factory=set)
+
+
+@dataclass
+class MistServer:
+    token: str = "test-token"
+    sites: dict[str, tuple[str, str]] = field(default_factory=dict)  # site id -> (name, org id)
+    orgs: dict[str, str] = field(default_factory=dict)  # org id -> name
+    silent_channels: set[str] = field(default_factory=set)  # subscribes never acked
+    rate_limit_next: int = 0  # answer this many REST calls with HTTP 429
+    retry_after: str = "1"
+    clients: list[Client] = field(default_factory=list)  # currently connected
+    upgrade_attempts: int = 0
+    refused_upgrades: int = 0
+    rest_calls: list[str] = field(default_factory=list)
+    subscriptions: list[str] = field(default_factory=list)  # every subscribe ever received
+    _server: Server | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self._server = await serve(
+            self._serve_client, "127.0.0.1", 0, process_request=self._process_request, max_size=None
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> MistServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = next(iter(self._server.sockets)).getsockname()[1]
+        return port
+
+    @property
+    def stream_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{STREAM_PATH}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- test controls -------------------------------------------------------
+    def subscribers(self, site_id: str) -> list[Client]:
+        channel = f"/sites/{site_id}/stats/devices"
+        return [c for c in self.clients if channel in c.channels]
+
+    async def push(self, site_id: str, device: dict[str, Any]) -> int:
+        """Send one device update to every subscriber of the site; returns how many got it."""
+        channel = f"/sites/{site_id}/stats/devices"
+        frame = json.dumps({"event": "data", "channel": channel, "data": json.dumps(device)})
+        return await self._send(self.subscribers(site_id), frame)
+
+    async def push_raw(self, frame: str | bytes) -> int:
+        """Send any frame to every connected client."""
+        return await self._send(list(self.clients), frame)
+
+    async def drop_all(self) -> None:
+        """Server-side disconnect of every client (close code 1001, going away)."""
+        for client in list(self.clients):
+            await client.ws.close(1001, "going away")
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` about this server (or anything else) holds."""
+        async with asyncio.timeout(WAIT_LIMIT):
+            # Polling: what tests wait for changes in many places (server, outbox, collector).
+            while not predicate():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+    # -- internals -----------------------------------------------------------
+    async def _send(self, clients: list[Client], frame: str | bytes) -> int:
+        sent = 0
+        for client in clients:
+            try:
+                await client.ws.send(frame)
+                sent += 1
+            except ConnectionClosed:
+                pass
+        return sent
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        authorized = request.headers.get("Authorization") == f"Token {self.token}"
+        path = urlsplit(request.path).path
+        if path == STREAM_PATH:
+            self.upgrade_attempts += 1
+            if not authorized:
+                self.refused_upgrades += 1
+                return connection.respond(HTTPStatus.UNAUTHORIZED, '{"detail":"Authentication failed"}\n')
+            return None
+        if not path.startswith("/api/v1/"):
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        self.rest_calls.append(request.path)
+        if not authorized:
+            return connection.respond(HTTPStatus.UNAUTHORIZED, '{"detail":"Authentication failed"}\n')
+        if self.rate_limit_next > 0:
+            self.rate_limit_next -= 1
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "rate limited\n")
+            response.headers["Retry-After"] = self.retry_after
+            return response
+        body = self._rest_reply(request.path)
+        if body is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, '{"detail":"not found"}\n')
+        headers = Headers({"Content-Type": "application/json", "Content-Length": str(len(body))})
+        return Response(200, "OK", headers, body)
+
+    def _rest_reply(self, target: str) -> bytes | None:
+        parts = urlsplit(target)
+        segments = parts.path.strip("/").split("/")[2:]  # after api/v1
+        reply: Any = None
+        if len(segments) == 2 and segments[0] == "orgs" and segments[1] in self.orgs:
+            reply = {"id": segments[1], "name": self.orgs[segments[1]]}
+        elif len(segments) == 3 and segments[0] == "orgs" and segments[2] == "sites":
+            if segments[1] not in self.orgs:
+                return None
+            query = parse_qs(parts.query)
+            limit = int(query.get("limit", ["100"])[0])
+            page = int(query.get("page", ["1"])[0])
+            sites = [
+                {"id": sid, "name": name, "org_id": org}
+                for sid, (name, org) in sorted(self.sites.items())
+                if org == segments[1]
+            ]
+            reply = sites[(page - 1) * limit : page * limit]
+        elif len(segments) == 2 and segments[0] == "sites" and segments[1] in self.sites:
+            name, org = self.sites[segments[1]]
+            reply = {"id": segments[1], "name": name, "org_id": org}
+        return None if reply is None else json.dumps(reply).encode()
+
+    async def _serve_client(self, ws: ServerConnection) -> None:
+        client = Client(ws)
+        self.clients.append(client)
+        try:
+            async for message in ws:
+                await self._on_message(client, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.clients.remove(client)
+
+    async def _on_message(self, client: Client, message: str | bytes) -> None:
+        try:
+            request = json.loads(message)
+            channel = request["subscribe"]
+        except (ValueError, KeyError, TypeError):
+            return  # the cloud ignores what it does not understand
+        self.subscriptions.append(channel)
+        if channel in self.silent_channels:
+            return
+        match = _CHANNEL.fullmatch(channel) if isinstance(channel, str) else None
+        if match and match.group(1) in self.sites:
+            client.channels.add(channel)
+            await client.ws.send(json.dumps({"event": "channel_subscribed", "channel": channel}))
+        else:
+            reply = {"event": "subscribe_failed", "channel": channel, "detail": "no such site or no access"}
+            await client.ws.send(json.dumps(reply))
+
+
+def ap_full(mac: str, name: str, **extra: Any) -> dict[str, Any]:
+    """A full AP stats update as Mist sends it (with fields trapline drops)."""
+    update: dict[str, Any] = {
+        "id": f"00000000-0000-0000-1000-{mac}",
+        "mac": mac,
+        "name": name,
+        "type": "ap",
+        "model": "AP43",
+        "status": "connected",
+        "uptime": 1000,
+        "last_seen": 1_700_000_000,
+        "cpu_util": 3,
+        "mem_used_kb": 200_000,
+        "mem_total_kb": 500_000,
+        "num_clients": 4,
+        "lldp_stat": {"system_name": "switch-1"},  # not in fields.toml: dropped
+        "port_stat": {"eth0": {"up": True, "speed": 1000, "rx_bytes": 10, "tx_bytes": 20}},
+        "radio_stat": {
+            "band_24": {"channel": 6, "num_clients": 1, "noise_floor": -90},
+            "band_5": {"channel": 36, "num_clients": 3, "noise_floor": -95},
+        },
+        "env_stat": {"cpu_temp": 55, "ambient_temp": 30},
+    }
+    update.update(extra)
+    return update
+
+
+def ap_basic(mac: str, **changes: Any) -> dict[str, Any]:
+    """A partial ("basic") AP update: identity plus a few changed figures."""
+    return {"id": f"00000000-0000-0000-1000-{mac}", "mac": mac, **changes}
+
+
+@dataclass
+class ListOutbox:
+    """The simplest Outbox: remembers what the collector put and reported."""
+
+    items: list[Item] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def put(self, item: Item) -> None:
+        self.items.append(item)
+
+    def error(self, reason: str) -> None:
+        self.errors.append(reason)
+
+    def readings(self, key: str, host: str | None = None) -> list[Reading]:
+        return [i for i in self.items if isinstance(i, Reading) and i.key == key and host in (None, i.host)]
+
+    def discoveries(self) -> list[Discovery]:
+        return [i for i in self.items if isinstance(i, Discovery)]

@@ -1,0 +1,339 @@
+"""Unit tests of the AWS poller: config, filters, state mapping, errors, backoff, the async loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.stub import Stubber
+
+from tests.peers import free_port
+from trapline.collectors.aws import AwsCollector, build
+from trapline.collectors.aws.poller import AwsPoller
+from trapline.collectors.aws.resources import Run, RunTracker, key_param
+from trapline.collectors.aws.services import _glue_run, _serverless_run, _step_run
+from trapline.collectors.aws.session import ApiCalls, Clients, describe_failure
+from trapline.collectors.aws.settings import ResourceFilter, parse_settings
+from trapline.middleware.config import ConfigError, Section
+from trapline.middleware.model import Item, Reading
+
+
+class ListOutbox:
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.errors: list[str] = []
+
+    def put(self, item: Item) -> None:
+        self.items.append(item)
+
+    def error(self, reason: str) -> None:
+        self.errors.append(reason)
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fake static credentials; no shared files, no instance metadata lookups."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def section(**values: Any) -> Section:
+    data = {"type": "aws", "host": "aws-test", "region": "eu-west-1", **values}
+    return Section(Path("/etc/trapline/trapline.toml"), "collectors.aws", data)
+
+
+def readings(items: list[Item], key: str) -> list[Reading]:
+    return [i for i in items if isinstance(i, Reading) and i.key == key]
+
+
+def _at(epoch: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+# -- configuration and filters --------------------------------------------------
+
+
+def test_section_is_validated_and_typos_rejected() -> None:
+    settings = parse_settings(
+        "aws",
+        section(
+            glue={"name_regex": "^etl-", "tags": {"team": "data"}, "metric_delay": 45},
+            emr_serverless={"enabled": False},
+        ),
+    )
+    assert settings.glue.filter.tags == {"team": "data"}
+    assert settings.glue.metrics is not None and settings.glue.metrics.delay == 45
+    assert settings.emr.metrics is not None and settings.emr.metrics.delay == 300
+    assert not settings.emr_serverless.enabled
+    with pytest.raises(ConfigError, match=r"\[collectors.aws.glue\].name_regx"):
+        parse_settings("aws", section(glue={"name_regx": "x"}))
+    with pytest.raises(ConfigError, match="name_regex: not a valid regular expression"):
+        parse_settings("aws", section(emr={"name_regex": "(unclosed"}))
+    with pytest.raises(ConfigError, match="region"):
+        parse_settings("aws", Section(Path("t.toml"), "collectors.aws", {"type": "aws", "host": "h"}))
+
+
+def test_build_does_not_talk_to_aws() -> None:
+    collector = build("aws", section(endpoint_url="http://127.0.0.1:1"))
+    assert collector.name == "aws" and collector.poller.calls == {}
+
+
+def test_filter_by_name_regex_and_tags() -> None:
+    wanted = ResourceFilter(re.compile(r"^prod-"), {"team": "data", "owner": "*"})
+    assert wanted.matches_name("prod-etl") and not wanted.matches_name("dev-prod-etl")
+    assert wanted.matches_tags({"team": "data", "owner": "ann", "x": "y"})
+    assert not wanted.matches_tags({"team": "data"})  # owner missing
+    assert not wanted.matches_tags({"team": "ops", "owner": "ann"})
+    everything = ResourceFilter()
+    assert everything.matches_name("anything") and everything.matches_tags({})
+
+
+@pytest.mark.parametrize(
+    ("name", "param"),
+    [
+        ("etl-a", "etl-a"),
+        ("a,b", '"a,b"'),
+        ("x]y", '"x]y"'),
+        ('"q', '"\\"q"'),
+        ("[x", '"[x"'),
+        ("a b", "a b"),
+    ],
+)
+def test_key_param_quotes_only_when_zabbix_needs_it(name: str, param: str) -> None:
+    assert key_param(name) == param
+
+
+# -- state mapping ----------------------------------------------------------------
+
+
+def test_failed_glue_run_maps_to_state_error_duration_and_dpu_seconds() -> None:
+    run = _glue_run(
+        {
+            "Id": "jr_1",
+            "Attempt": 1,
+            "JobName": "etl",
+            "JobRunState": "FAILED",
+            "StartedOn": _at(1000),
+            "CompletedOn": _at(1600),
+            "ExecutionTime": 600,
+            "MaxCapacity": 10.0,
+            "ErrorMessage": "OutOfMemoryError: Java heap space",
+        }
+    )
+    values = dict(run.values)
+    assert run.values[-1] == ("state", "FAILED")  # state last: the rest is there when it triggers
+    assert values == {
+        "id": "jr_1",
+        "attempt": 1,
+        "started": 1000,
+        "ended": 1600,
+        "duration": 600,
+        "dpu_seconds": 6000.0,
+        "error": "OutOfMemoryError: Java heap space",
+        "state": "FAILED",
+    }
+    assert run.clock == 1600
+
+
+def test_running_glue_run_has_no_end_and_is_clocked_at_its_start() -> None:
+    run = _glue_run(
+        {"Id": "jr_2", "JobName": "etl", "JobRunState": "RUNNING", "StartedOn": _at(2000), "DPUSeconds": 5.0}
+    )
+    assert "ended" not in dict(run.values) and "dpu_seconds" not in dict(run.values)
+    assert run.clock == 2000
+
+
+def test_failed_emr_step_carries_the_failure_reason() -> None:
+    run = _step_run(
+        {
+            "Id": "s-1",
+            "Name": "load",
+            "Status": {
+                "State": "FAILED",
+                "FailureDetails": {"Reason": "Unknown error.", "Message": "Exception in thread main"},
+                "Timeline": {"CreationDateTime": _at(10), "StartDateTime": _at(20), "EndDateTime": _at(90)},
+            },
+        }
+    )
+    assert dict(run.values) == {
+        "id": "s-1",
+        "name": "load",
+        "error": "Unknown error.: Exception in thread main",
+        "state": "FAILED",
+    }
+    assert (run.started, run.clock) == (20, 90)
+
+
+def test_cancelled_emr_step_falls_back_to_the_state_change_reason() -> None:
+    run = _step_run(
+        {"Id": "s-2", "Status": {"State": "CANCELLED", "StateChangeReason": {"Message": "Cancelled by user"}}}
+    )
+    assert dict(run.values)["error"] == "Cancelled by user"
+
+
+def test_serverless_run_state_and_details() -> None:
+    run = _serverless_run(
+        {
+            "id": "r1",
+            "name": "daily",
+            "state": "FAILED",
+            "stateDetails": "Job failed",
+            "createdAt": _at(5),
+            "updatedAt": _at(50),
+        }
+    )
+    assert dict(run.values) == {"id": "r1", "name": "daily", "error": "Job failed", "state": "FAILED"}
+    assert run.clock == 50
+
+
+def _run(run_id: str, state: str, started: int) -> Run:
+    return Run(run_id, state, float(started), started, (("state", state),))
+
+
+def test_tracker_reports_only_the_newest_run_the_first_time_then_every_change_oldest_first() -> None:
+    tracker = RunTracker()
+    first = tracker.changes("job", [_run("a", "SUCCEEDED", 1), _run("b", "FAILED", 2)])
+    assert [r.id for r in first] == ["b"]
+    assert tracker.changes("job", [_run("a", "SUCCEEDED", 1), _run("b", "FAILED", 2)]) == []
+    later = tracker.changes(
+        "job", [_run("d", "RUNNING", 4), _run("c", "SUCCEEDED", 3), _run("b", "FAILED", 2)]
+    )
+    assert [(r.id, r.state) for r in later] == [("c", "SUCCEEDED"), ("d", "RUNNING")]
+    assert [r.state for r in tracker.changes("job", [_run("d", "FAILED", 4)])] == ["FAILED"]
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+def _client_error(code: str, status: int = 400) -> ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": "User: arn:aws:iam::123456789012:user/x is not authorized"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "ListClusters")
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason", "throttled"),
+    [
+        (
+            _client_error("AccessDeniedException"),
+            "ListClusters: access denied (AccessDeniedException)",
+            False,
+        ),
+        (_client_error("ThrottlingException"), "ListClusters: throttled (ThrottlingException)", True),
+        (
+            _client_error("InvalidClientTokenId", 403),
+            "ListClusters: bad credentials (InvalidClientTokenId)",
+            False,
+        ),
+        (_client_error("InternalFailure", 500), "ListClusters: API error (InternalFailure, HTTP 500)", False),
+        (
+            EndpointConnectionError(endpoint_url="http://x"),
+            "endpoint unreachable (EndpointConnectionError)",
+            False,
+        ),
+        (NoCredentialsError(), "no usable credentials (NoCredentialsError)", False),
+        (KeyError("x"), "unexpected error (KeyError)", False),
+        (_client_error("403", 403), "ListClusters: access denied (403)", False),
+    ],
+)
+def test_failures_are_worded_without_the_aws_message(exc: Exception, reason: str, throttled: bool) -> None:
+    failure = describe_failure(exc)
+    assert (failure.reason, failure.throttled) == (reason, throttled)
+    assert "arn:aws" not in failure.reason
+
+
+def _stubbed_clients(settings: Any, calls: ApiCalls) -> tuple[Clients, dict[str, Stubber]]:
+    def client(service: str) -> Any:
+        made = boto3.client(
+            service, region_name="eu-west-1", aws_access_key_id="k", aws_secret_access_key="s"
+        )
+        calls.watch(made)
+        return made
+
+    clients = Clients(client("emr"), client("emr-serverless"), client("glue"), client("cloudwatch"))
+    stubs = {
+        name: Stubber(getattr(clients, name)) for name in ("emr", "emr_serverless", "glue", "cloudwatch")
+    }
+    return clients, stubs
+
+
+def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() -> None:
+    settings = parse_settings(
+        "aws", section(emr_serverless={"enabled": False}, glue={"enabled": False}, poll_interval=60)
+    )
+    made: dict[str, Any] = {}
+
+    def factory(s: Any, calls: ApiCalls) -> Clients:
+        clients, stubs = _stubbed_clients(s, calls)
+        made.update(stubs)
+        cluster = {"Id": "j-1", "Name": "c", "Status": {"State": "WAITING"}}
+        stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # discovery
+        stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # health
+        stubs["emr"].add_response("list_steps", {"Steps": []})
+        stubs["cloudwatch"].add_client_error("get_metric_data", "ThrottlingException", "Rate exceeded", 400)
+        for stub in stubs.values():
+            stub.activate()
+        return clients
+
+    poller = AwsPoller(settings, client_factory=factory)
+    collector = AwsCollector("aws", settings, poller)
+    result = poller.cycle()
+    assert result.throttled
+    assert result.errors == ["GetMetricData: throttled (ThrottlingException)"]
+    error = readings(result.items, "aws.poller.error")
+    assert error[0].value == "GetMetricData: throttled (ThrottlingException)"
+    assert readings(result.items, "aws.poller.errors")[0].value == 1
+    assert readings(result.items, "emr.cluster.state")[0].value == "WAITING"  # health still reported
+    made["cloudwatch"].assert_no_pending_responses()
+    # Throttled cycles wait 2x the interval and then longer; a clean cycle goes back to the interval.
+    first = collector.next_delay(True, 0.0)
+    second = collector.next_delay(True, 0.0)
+    assert 60 <= first <= 120 and 120 <= second <= 240
+    assert collector.next_delay(False, 10.0) == 50.0
+
+
+def test_unreachable_endpoint_is_an_error_reading_and_the_loop_keeps_running() -> None:
+    port = free_port()  # nothing listens there
+    collector = build(
+        "aws", section(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1, poll_interval=1, timeout=2)
+    )
+    out = ListOutbox()
+
+    async def two_cycles() -> None:
+        task = asyncio.create_task(collector.run(out))
+        while len(readings(out.items, "aws.poller.errors")) < 2:
+            assert not task.done(), "the collector loop ended"
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(two_cycles(), timeout=30))
+    assert out.errors and all("endpoint unreachable (EndpointConnectionError)" in e for e in out.errors)
+    assert "endpoint unreachable" in str(readings(out.items, "aws.poller.error")[-1].value)
+    counts = [r.value for r in readings(out.items, "aws.poller.errors")]
+    assert counts[1] > counts[0] > 0
+    assert not [i for i in out.items if not isinstance(i, Reading)]  # no LLD from a failed discovery
+
+
+def test_missing_credentials_are_one_error_per_cycle_and_no_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    poller = AwsPoller(parse_settings("aws", section(endpoint_url="http://127.0.0.1:1")))
+    result = poller.cycle()
+    assert result.errors == ["no usable credentials (NoCredentialsError)"]
+    assert readings(result.items, "aws.poller.errors")[0].value == 1
+    assert poller.calls == {}  # nothing was sent without credentials

@@ -1,0 +1,125 @@
+"""Config validation: every mistake is one clear line naming file and key, exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trapline.middleware.config import ConfigError, Secret, Section, read_secret_file
+from trapline.middleware.settings import load_settings
+
+GOOD = """
+[agent]
+host = "trapline-agent"
+[spool]
+path = "{dir}/spool.db"
+[collectors.demo]
+type = "synthetic"
+host = "demo"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "trapline.toml"
+    path.write_text(text.replace("{dir}", str(tmp_path)))
+    return path
+
+
+def test_good_config_builds_collectors(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, GOOD))
+    assert [c.name for c in settings.collectors] == ["demo"]
+    assert settings.agent.host == "trapline-agent"
+    assert settings.spool.path == tmp_path / "spool.db"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD.replace('host = "demo"', ""), "[collectors.demo].host: missing, expected a string"),
+        (GOOD.replace('host = "demo"', "host = 5"), "[collectors.demo].host: expected a string, got int 5"),
+        (GOOD + "\n[nonsense]\nx = 1\n", "nonsense: unknown section"),
+        (GOOD.replace('type = "synthetic"', 'type = "warp"'), "unknown collector type"),
+        (GOOD + "\n[zabbix]\nservers = 5\n", "[zabbix].servers: expected a list of strings"),
+        (GOOD.replace("[agent]", "[agent]\nself_intervall = 3"), "[agent].self_intervall: unknown key"),
+        (GOOD.replace("[spool]", "[spool]\nsync = 'sometimes'"), "[spool].sync: expected one of full"),
+        (GOOD.replace("[spool]", "[spool]\nmax_readings = true"), "[spool].max_readings: expected an int"),
+        ("[agent\n", "not valid TOML"),
+    ],
+)
+def test_each_mistake_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value).startswith(str(path))
+    assert expected in str(err.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_secret_file_must_be_private(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("s3cr3t-value\n")
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by group or others") as err:
+        read_secret_file(secret)
+    assert "s3cr3t" not in str(err.value)
+    secret.chmod(0o600)
+    value = read_secret_file(secret)
+    assert value.reveal() == "s3cr3t-value"
+    assert "s3cr3t" not in repr(value) and "s3cr3t" not in str(value)
+
+
+def test_secret_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAPLINE_TEST_TOKEN", "abc")
+    sec = Section(tmp_path / "x.toml", "mist", {"token_env": "TRAPLINE_TEST_TOKEN"})
+    secret = sec.secret("token")
+    assert isinstance(secret, Secret) and secret.reveal() == "abc"
+    sec = Section(tmp_path / "x.toml", "mist", {"token_env": "TRAPLINE_UNSET_VARIABLE"})
+    with pytest.raises(ConfigError, match="TRAPLINE_UNSET_VARIABLE is not set"):
+        sec.secret("token")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trapline", *args], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+@pytest.mark.parametrize(
+    "mistake",
+    [
+        lambda t: t.replace('host = "demo"', ""),  # missing key
+        lambda t: t.replace('host = "demo"', "host = []"),  # wrong type
+        lambda t: t + "\n[bogus]\n",  # unknown section
+    ],
+    ids=["missing-key", "wrong-type", "unknown-section"],
+)
+def test_cli_exits_2_with_one_line(tmp_path: Path, mistake: object) -> None:
+    assert callable(mistake)
+    path = write(tmp_path, mistake(GOOD))
+    result = run_cli("run", "-c", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("trapline: config error: " + str(path))
+
+
+def test_cli_refuses_world_readable_secret(tmp_path: Path) -> None:
+    secret = tmp_path / "api.token"
+    secret.write_text("very-secret-token")
+    secret.chmod(0o644)
+    text = GOOD + f'\n[zabbix]\nservers = ["127.0.0.1:10051"]\napi_url = "http://127.0.0.1:1/"\n' \
+                  f'api_token_file = "{secret}"\n'
+    result = run_cli("run", "-c", str(write(tmp_path, text)))
+    assert result.returncode == 2
+    assert "readable by group or others" in result.stderr
+    assert "very-secret-token" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1

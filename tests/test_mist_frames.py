@@ -1,0 +1,77 @@
+"""Decoding of Mist stream frames: the envelope, the JSON string inside, every way it can be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trapline.collectors.mist.frames import (
+    DataFrame,
+    FrameError,
+    Subscribed,
+    SubscribeFailed,
+    decode_frame,
+    device_stats_channel,
+    site_of_channel,
+)
+
+LIMIT = 1 << 20
+CHANNEL = "/sites/4ac1dcf4-9d8b-7211-65c4-057819f0862b/stats/devices"
+
+
+def test_data_is_decoded_twice() -> None:
+    frame = json.dumps({"event": "data", "channel": CHANNEL, "data": json.dumps({"mac": "5c5b35000001"})})
+    assert decode_frame(frame, LIMIT) == DataFrame(CHANNEL, {"mac": "5c5b35000001"})
+
+
+def test_bytes_frames_are_decoded_too() -> None:
+    frame = json.dumps({"event": "channel_subscribed", "channel": CHANNEL}).encode()
+    assert decode_frame(frame, LIMIT) == Subscribed(CHANNEL)
+
+
+def test_subscribe_failed_keeps_the_detail() -> None:
+    frame = json.dumps({"event": "subscribe_failed", "channel": CHANNEL, "detail": "forbidden"})
+    assert decode_frame(frame, LIMIT) == SubscribeFailed(CHANNEL, "forbidden")
+    bare = json.dumps({"event": "subscribe_failed", "channel": CHANNEL})
+    assert decode_frame(bare, LIMIT) == SubscribeFailed(CHANNEL, "")
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        ("not json", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        ("[1, 2]", "JSON list, not an object"),
+        ('{"channel": "/x"}', "no event name"),
+        ('{"event": "data"}', "no channel"),
+        ('{"event": "data", "channel": "/x", "data": "{broken"}', "is not valid JSON"),
+        ('{"event": "data", "channel": "/x", "data": "[1]"}', "JSON list, not an object"),
+        ('{"event": "data", "channel": "/x", "data": 5}', "JSON int, not an object"),
+        ('{"event": "data", "channel": "/x"}', "JSON NoneType, not an object"),
+        ('{"event": "data", "channel": "/x", "data": "{\\"a\\": NaN}"}', "is not valid JSON"),
+        ('{"event": "surprise", "channel": "/x"}', "unknown event 'surprise'"),
+        ("[" * 100_000, "not JSON"),
+    ],
+)
+def test_bad_frames_raise_a_reason(frame: str | bytes, reason: str) -> None:
+    with pytest.raises(FrameError, match=reason):
+        decode_frame(frame, LIMIT)
+
+
+def test_huge_frames_are_refused_before_parsing() -> None:
+    frame = json.dumps({"event": "data", "channel": CHANNEL, "data": "x" * 2000})
+    with pytest.raises(FrameError, match="exceeds max_frame_bytes=1024"):
+        decode_frame(frame, 1024)
+
+
+def test_reasons_never_quote_much_of_the_frame() -> None:
+    with pytest.raises(FrameError) as caught:
+        decode_frame(json.dumps({"event": "e" * 5000, "channel": "/x"}), LIMIT)
+    assert len(str(caught.value)) < 200
+
+
+def test_channel_names_round_trip() -> None:
+    assert site_of_channel(device_stats_channel("abc-1")) == "abc-1"
+    assert site_of_channel("/sites/abc/stats/clients") is None
+    assert site_of_channel("/sites/a/b/stats/devices") is None

@@ -1,0 +1,113 @@
+"""Hypothesis: no frame, however broken, crashes the collector; every unusable one is counted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.mist_server import ListOutbox, ap_full
+from trapline.collectors.mist import MistCollector, build
+from trapline.collectors.mist.fleet import LLD_KEY, RAW_KEY, STALE_KEY, SiteInfo
+from trapline.collectors.mist.frames import FrameError, decode_frame
+from trapline.collectors.mist.stream import StreamConnection
+from trapline.middleware.config import Section
+from trapline.middleware.model import Discovery, Reading
+
+SITE = "4ac1dcf4-9d8b-7211-65c4-057819f0862b"
+CHANNEL = f"/sites/{SITE}/stats/devices"
+MAX_FRAME = 4096
+
+
+def make_connection(tmp: Path) -> tuple[MistCollector, StreamConnection, ListOutbox]:
+    token = tmp / "token"
+    if not token.exists():
+        token.write_text("fuzz-token")
+        token.chmod(0o600)
+    data = {
+        "type": "mist",
+        "host": "Mist discovery",
+        "sites": [SITE],
+        "token_file": str(token),
+        "max_frame_bytes": MAX_FRAME,
+        "lld_min_interval": 0,
+    }
+    collector = build("fuzz", Section(tmp / "t.toml", "collectors.fuzz", data))
+    collector.fleet.set_sites({SITE: SiteInfo.unnamed(SITE)})
+    out = ListOutbox()
+    connection = StreamConnection(
+        "fuzz",
+        collector.settings,
+        collector._token,
+        frozenset({CHANNEL}),
+        on_data=lambda event: collector.accept(event, out),
+        out=out,
+    )
+    return collector, connection, out
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+field_names = st.sampled_from(
+    ["id", "mac", "name", "type", "model", "num_clients", "radio_stat", "port_stat", "env_stat", "x"]
+)
+ap_like = st.dictionaries(field_names, json_values, max_size=8) | st.builds(
+    lambda mac, extra: ap_full(mac, "ap") | extra,
+    st.from_regex(r"[0-9a-f]{12}", fullmatch=True),
+    st.dictionaries(field_names, json_values, max_size=3),
+)
+data_field = json_values | ap_like.map(json.dumps) | json_values.map(json.dumps) | st.text(max_size=30)
+envelopes = st.fixed_dictionaries(
+    {
+        "event": st.sampled_from(["data", "channel_subscribed", "subscribe_failed"]) | st.text(max_size=10),
+        "channel": st.just(CHANNEL) | st.text(max_size=30),
+    },
+    optional={"data": data_field, "detail": json_values},
+).map(json.dumps)
+frames = (
+    envelopes
+    | st.binary(max_size=200)
+    | st.text(max_size=200)
+    | json_values.map(json.dumps)
+    | st.just("x" * (MAX_FRAME + 1))
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(frames, min_size=1, max_size=10))
+def test_no_frame_crashes_and_bad_ones_are_counted(tmp_path: Path, batch: list[str | bytes]) -> None:
+    _, connection, out = make_connection(tmp_path)
+    for frame in batch:
+        errors_before = len(out.errors)
+        connection.handle(frame)  # must never raise
+        try:
+            decode_frame(frame, MAX_FRAME)
+        except FrameError:
+            assert len(out.errors) == errors_before + 1  # one bad frame, one counted error
+    for item in out.items:
+        if isinstance(item, Discovery):
+            assert item.rule == LLD_KEY
+            json.loads(str(item.as_reading().value))
+        else:
+            assert isinstance(item, Reading)
+            assert item.key in (RAW_KEY, STALE_KEY)
+            assert item.host.startswith("mist-ap-")
+            if item.key == RAW_KEY:
+                assert isinstance(json.loads(str(item.value)), dict)
+
+
+def test_good_aps_keep_flowing_between_bad_frames(tmp_path: Path) -> None:
+    _, connection, out = make_connection(tmp_path)
+    good: list[dict[str, Any]] = [ap_full(f"5c5b350000{i:02x}", f"ap-{i}") for i in range(5)]
+    for update in good:
+        connection.handle("garbage{")
+        connection.handle(json.dumps({"event": "data", "channel": CHANNEL, "data": json.dumps(update)}))
+        connection.handle(json.dumps({"event": "data", "channel": CHANNEL, "data": '{"mac": 1}'}))
+    assert len(out.errors) == 10
+    assert sorted(r.host for r in out.readings(RAW_KEY)) == [f"mist-ap-5c5b350000{i:02x}" for i in range(5)]

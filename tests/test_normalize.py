@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trapline.middleware.model import Discovery, Reading
+from trapline.middleware.normalize import Rejected, normalize
+
+
+def reading(key: str = "a.b", value: object = 1, unit: str = "", host: str = "h1") -> Reading:
+    return Reading(host, key, value, 1_700_000_000, 5, unit)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("unit", "value", "expected_unit", "expected"),
+    [
+        ("mph", 10, "km/h", 16.09344),
+        ("kilopascal", 101, "Pa", 101000),
+        ("degree_Fahrenheit", 212, "°C", 100.0),
+        ("percent", 5, "%", 5),
+        ("ms", 250, "s", 0.25),
+        ("furlongs", 3, "furlongs", 3),  # unknown units pass unchanged
+    ],
+)
+def test_units_convert_to_canonical(unit: str, value: float, expected_unit: str, expected: float) -> None:
+    out = normalize(reading(unit=unit, value=value))
+    assert isinstance(out, Reading)
+    assert out.unit == expected_unit
+    assert math.isclose(float(out.value), expected, rel_tol=1e-9)
+
+
+def test_key_name_lowercased_params_kept() -> None:
+    out = normalize(reading(key="OBD.Pid[Speed]"))
+    assert isinstance(out, Reading) and out.key == "obd.pid[Speed]"
+
+
+def test_clock_and_labels_survive() -> None:
+    r = Reading("h", "k", 1.5, 123, 456, "", {"pid": "RPM"})
+    out = normalize(r)
+    assert (out.clock, out.ns) == (123, 456)
+    assert isinstance(out, Reading) and out.labels == {"pid": "RPM"}
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        (reading(value=float("nan")), "not a finite number"),
+        (reading(value=None), "missing value"),
+        (reading(value=[1]), "unsupported value type"),
+        (reading(key="bad key!"), "invalid item key"),
+        (reading(host="h/1"), "invalid Zabbix host name"),
+        (reading(value="x" * 70000), "longer than"),
+        (reading(value="abc", unit="mph"), "non-numeric value"),
+    ],
+)
+def test_rejections_carry_reason(item: Reading, reason: str) -> None:
+    with pytest.raises(Rejected, match=reason):
+        normalize(item)
+
+
+def test_bool_and_bytes_coerced() -> None:
+    assert normalize(reading(value=True)).value == 1  # type: ignore[union-attr]
+    assert normalize(reading(value=b"caf\xc3\xa9")).value == "café"  # type: ignore[union-attr]
+
+
+def test_discovery_rule_key_checked() -> None:
+    d = Discovery("h", "Obd.Discovery", ({"{#PID}": "0C"},), 1, 0)
+    assert normalize(d).rule == "obd.discovery"  # type: ignore[union-attr]
+    with pytest.raises(Rejected):
+        normalize(Discovery("h", "no spaces", (), 1, 0))
+
+
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary(),
+                 st.lists(st.integers())))
+def test_normalize_never_raises_anything_but_rejected(value: object) -> None:
+    with contextlib.suppress(Rejected):
+        normalize(reading(value=value))

@@ -1,0 +1,180 @@
+"""Pipeline logic with a scripted destination: every reading is delivered, spooled or rejected."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from trapline.middleware.config import Section
+from trapline.middleware.filters import Filters
+from trapline.middleware.model import Reading
+from trapline.middleware.pipeline import Pipeline
+from trapline.middleware.plugin import Delivery, Spooled
+from trapline.middleware.settings import AgentSettings, SpoolSettings
+from trapline.middleware.spool import Spool
+
+
+class ScriptedDestination:
+    """Accepts keys in ``accept``; refuses others; or is unreachable."""
+
+    def __init__(self, name: str = "dest") -> None:
+        self.name = name
+        self.accept: set[str] | None = None  # None = accept everything
+        self.unreachable = False
+        self.delivered: list[Reading] = []
+        self.rounds = 0
+
+    async def deliver(self, batch: Sequence[Spooled]) -> Delivery:
+        self.rounds += 1
+        if self.unreachable:
+            return Delivery(unreachable="connection refused")
+        out = Delivery()
+        for s in batch:
+            assert isinstance(s.item, Reading)
+            if self.accept is None or s.item.key in self.accept:
+                out.accepted.append(s.id)
+                self.delivered.append(s.item)
+            else:
+                out.retry[s.id] = "item missing"
+        return out
+
+    async def close(self) -> None:
+        pass
+
+
+def make_pipeline(tmp_path: Path, dest: ScriptedDestination, max_retry_age: float = 3600) -> Pipeline:
+    agent = AgentSettings(host=None, self_interval=3600, flush_interval=0.01, shutdown_timeout=1)
+    spool_settings = SpoolSettings(tmp_path / "s.db", 100_000, "normal", max_retry_age, 0.01, 0.02, 500)
+    filters = Filters.from_config(Section(Path("t"), "filters", {}))
+    return Pipeline(agent=agent, spool_settings=spool_settings, spool=Spool(spool_settings.path),
+                    filters=filters, destinations=[dest])
+
+
+def put(p: Pipeline, keys: Sequence[str], n: int) -> None:
+    out = p.outbox("test")
+    for i in range(n):
+        for k in keys:
+            out.put(Reading("h", k, i, 1_700_000_000 + i, 0))
+
+
+async def rounds(p: Pipeline, dest: ScriptedDestination, count: int) -> None:
+    for _ in range(count):
+        await p.deliver_once(dest)
+        await asyncio.sleep(0.03)
+
+
+def test_everything_accepted_is_removed(tmp_path: Path) -> None:
+    dest = ScriptedDestination()
+    p = make_pipeline(tmp_path, dest)
+    put(p, ["a", "b"], 600)
+    p.flush_intake()
+    asyncio.run(rounds(p, dest, 4))
+    assert len(dest.delivered) == 1200
+    assert p.spool.depth() == 0
+    assert p.stats.destination("dest").sent == 1200
+
+
+def test_refused_values_retry_until_accepted(tmp_path: Path) -> None:
+    dest = ScriptedDestination()
+    dest.accept = {"a"}
+    p = make_pipeline(tmp_path, dest)
+    put(p, ["a", "new"], 10)
+    p.flush_intake()
+    asyncio.run(rounds(p, dest, 2))
+    assert p.spool.depth() == 10  # the "new" ones wait
+    dest.accept = None  # e.g. Zabbix synced its configuration cache
+    asyncio.run(rounds(p, dest, 5))
+    assert sorted((r.key, r.value) for r in dest.delivered) == sorted(
+        [("a", i) for i in range(10)] + [("new", i) for i in range(10)]
+    )
+    assert p.spool.depth() == 0
+    assert sum(p.stats.rejected.values()) == 0
+
+
+def test_refused_past_max_age_are_rejected_and_counted(tmp_path: Path) -> None:
+    dest = ScriptedDestination()
+    dest.accept = set()
+    p = make_pipeline(tmp_path, dest, max_retry_age=0.05)
+    put(p, ["ghost"], 5)
+    p.flush_intake()
+    asyncio.run(rounds(p, dest, 6))
+    assert p.spool.depth() == 0
+    assert sum(p.stats.rejected.values()) == 5
+    assert any("item missing" in reason for reason in p.stats.rejected)
+
+
+def test_unreachable_destination_never_ages_data(tmp_path: Path) -> None:
+    dest = ScriptedDestination()
+    dest.unreachable = True
+    p = make_pipeline(tmp_path, dest, max_retry_age=0.01)
+    put(p, ["a"], 20)
+    p.flush_intake()
+    asyncio.run(rounds(p, dest, 5))
+    assert p.spool.depth() == 20
+    assert sum(p.stats.rejected.values()) == 0
+    dest.unreachable = False
+    asyncio.run(rounds(p, dest, 1))
+    assert len(dest.delivered) == 20
+
+
+def test_invalid_readings_counted_with_reason(tmp_path: Path) -> None:
+    dest = ScriptedDestination()
+    p = make_pipeline(tmp_path, dest)
+    out = p.outbox("test")
+    out.put(Reading("h", "ok", 1, 1, 0))
+    out.put(Reading("h", "ok", float("inf"), 1, 0))
+    out.put(Reading("bad/host", "ok", 1, 1, 0))
+    p.flush_intake()
+    assert p.spool.depth() == 1
+    assert p.stats.rejected["value is not a finite number"] == 1
+    assert sum(p.stats.rejected.values()) == 2
+
+
+def test_destination_exception_keeps_the_batch(tmp_path: Path) -> None:
+    dest = ScriptedDestination()
+
+    async def broken(batch: Sequence[Spooled]) -> Delivery:
+        raise RuntimeError("bug")
+
+    dest.deliver = broken  # type: ignore[method-assign]
+    p = make_pipeline(tmp_path, dest)
+    put(p, ["a"], 3)
+    p.flush_intake()
+    asyncio.run(rounds(p, dest, 2))
+    assert p.spool.depth() == 3
+
+
+@pytest.mark.parametrize("with_collector_crash", [False, True])
+def test_run_stops_cleanly_and_keeps_unsent(tmp_path: Path, with_collector_crash: bool) -> None:
+    dest = ScriptedDestination()
+    dest.unreachable = True
+
+    class Source:
+        name = "src"
+        crashed = False
+
+        async def run(self, out: object) -> None:
+            put_fn = out.put  # type: ignore[attr-defined]
+            for i in range(50):
+                put_fn(Reading("h", "seq", i, 1_700_000_000 + i, 0))
+            if with_collector_crash and not Source.crashed:
+                Source.crashed = True
+                raise ValueError("garbage from the source")
+            await asyncio.sleep(3600)
+
+    p = make_pipeline(tmp_path, dest)
+    p.collectors = [Source()]
+    p.stats.collector("src")
+
+    async def main() -> None:
+        task = asyncio.create_task(p.run(install_signal_handlers=False))
+        await asyncio.sleep(0.3 if not with_collector_crash else 1.6)
+        p.stop()
+        await task
+
+    asyncio.run(main())
+    assert p.spool.depth() >= 50
+    assert p.stats.collector("src").errors == (1 if with_collector_crash else 0)

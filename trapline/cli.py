@@ -1,0 +1,131 @@
+"""The ``trapline`` command: run, check, templates, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from trapline import __version__
+from trapline.middleware.config import ConfigError
+from trapline.middleware.pipeline import Pipeline
+from trapline.middleware.plugin import Collector, Destination, Observer
+from trapline.middleware.settings import Settings, configure_logging, load_settings
+from trapline.middleware.spool import Spool
+
+EXIT_CONFIG = 2
+
+
+def _load(path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"trapline: config error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    configure_logging(args.log_level or settings.log_level)
+    try:
+        spool = Spool(settings.spool.path, settings.spool.max_readings, settings.spool.sync)
+    except Exception as exc:
+        print(f"trapline: cannot open spool {settings.spool.path}: {exc}", file=sys.stderr)
+        return 1
+    pipeline = Pipeline(
+        agent=settings.agent,
+        spool_settings=settings.spool,
+        spool=spool,
+        filters=settings.filters,
+        collectors=settings.collectors,
+        destinations=settings.destinations,
+        observers=settings.observers,
+    )
+    try:
+        asyncio.run(pipeline.run())
+    finally:
+        spool.close()
+    return 0
+
+
+async def _check_all(settings: Settings) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = [("config", "ok", str(settings.file))]
+    components: list[Destination | Observer | Collector] = [
+        *settings.destinations, *settings.observers, *settings.collectors
+    ]
+    for component in components:
+        name = str(getattr(component, "name", type(component).__name__))
+        check = getattr(component, "check", None)
+        if check is None:
+            rows.append((name, "ok", "configured (no endpoint test)"))
+            continue
+        try:
+            detail = await asyncio.wait_for(check(), 30)
+            rows.append((name, "ok", str(detail)))
+        except Exception as exc:
+            rows.append((name, "FAILED", str(exc) or type(exc).__name__))
+    return rows
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    configure_logging("warning")
+    rows = asyncio.run(_check_all(settings))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'component':<{width}}  status  detail")
+    for name, status, detail in rows:
+        print(f"{name:<{width}}  {status:<6}  {detail}")
+    return 0 if all(r[1] == "ok" for r in rows) else 1
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trapline", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"trapline {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("-c", "--config", type=Path, required=True, help="TOML config file")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate the config and test every endpoint")
+    check.add_argument("-c", "--config", type=Path, required=True, help="TOML config file")
+    check.set_defaults(func=cmd_check)
+
+    # Subcommands with heavy imports (pyzabbix, requests, yaml) load only when chosen,
+    # so `trapline run` stays small.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in _LAZY_SUBCOMMANDS.items():
+        if chosen == name:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
+    return parser
+
+
+_LAZY_SUBCOMMANDS = {
+    "templates": ("trapline.templates", "list, check, import or export the Zabbix templates"),
+    "demo": ("trapline.demo", "run the whole thing locally: Zabbix, templates, demo sources"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as exc:
+        print(f"trapline: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,846 @@
+"""A throwaway Zabbix (server, frontend API, PostgreSQL) on loopback, for tests and ``trapline demo``.
+
+Version "6.0" runs the Debian bookworm packages installed on this machine; version "7.0"
+runs the same Debian packages from trixie inside a ``debootstrap`` chroot kept under
+:data:`CACHE_DIR`.  Every process is started through ``unshare --mount`` so that the
+bind mounts it needs exist only for it and vanish with it:
+
+* the stack's work directory appears at :data:`INNER_STACK_DIR` (and PostgreSQL's own
+  directory at :data:`INNER_POSTGRES_DIR`), a path the ``postgres`` user can reach
+  even when the work directory sits under a root-only temporary directory;
+* the stack's frontend configuration directory covers ``/etc/zabbix``, the only place
+  the Debian frontend reads ``zabbix.conf.php`` from.  The host's ``/etc/zabbix`` is
+  never written, so several stacks (6.0 and 7.0, or two of the same) run side by side.
+
+A ``pg_dump -Fc`` of the freshly loaded schema is cached per package version, so only
+the first start pays the ~25 s schema load; later starts are API-ready in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import gzip
+import json
+import logging
+import os
+import random
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Final
+
+from pyzabbix.api import ZabbixAPI
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR: Final = Path("/var/cache/trapline")
+CHROOT_DIR: Final = CACHE_DIR / "trixie-zabbix70"
+SUPPORTED_VERSIONS: Final = ("6.0", "7.0")
+INNER_STACK_DIR: Final = "/run/trapline/stack"
+INNER_POSTGRES_DIR: Final = "/run/trapline/postgres"
+
+# What the chroot needs; php8.4-cgi satisfies the frontend's web-server dependency without apache.
+CHROOT_SUITE: Final = "trixie"
+CHROOT_PACKAGES: Final = (
+    "postgresql",
+    "zabbix-server-pgsql",
+    "zabbix-frontend-php",
+    "php-pgsql",
+    "php-cli",
+    "php8.4-cgi",
+)
+# Written last by ensure_chroot(): a chroot without it is an interrupted build.
+CHROOT_READY_MARKER: Final = ".trapline-ready"
+
+# What a stack creates in its work directory besides its *.log and *.out files.
+STACK_SUBDIRS: Final = ("postgres", "frontend", "run")
+SCHEMA_FILES: Final = ("schema.sql.gz", "images.sql.gz", "data.sql.gz")
+DEFAULT_SERVER_HOSTID: Final = 10084
+ADMIN_USER: Final = "Admin"
+ADMIN_PASSWORD: Final = "zabbix"
+DEFAULT_CACHE_UPDATE_FREQUENCY: Final = 60
+
+# Small process counts: the stack serves tests, and the machine has two cores.
+SERVER_SETTINGS: Final[Mapping[str, str]] = {
+    "StartPollers": "1",
+    "StartPollersUnreachable": "1",
+    "StartTrappers": "5",
+    "StartPingers": "0",
+    "StartDiscoverers": "0",
+    "StartHTTPPollers": "0",
+    "StartTimers": "1",
+    "StartEscalators": "1",
+    "StartAlerters": "1",
+    "StartDBSyncers": "1",
+    "StartPreprocessors": "1",
+    "StartLLDProcessors": "1",
+    "StartProxyPollers": "0",
+}
+
+PORT_RANGE: Final = (20000, 32767)
+STEP_TIMEOUT: Final = 60.0
+STOP_TIMEOUT: Final = 15.0
+LOG_TAIL_LINES: Final = 25
+BASE_ENV: Final[Mapping[str, str]] = {
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+}
+
+
+class LocalZabbixError(RuntimeError):
+    """A step of starting or driving the local stack failed; the message says which and why."""
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(cannot read {path}: {exc.strerror})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _fail(step: str, reason: str, *logfiles: Path) -> LocalZabbixError:
+    """An error naming the step, with the tail of each given log that has something in it."""
+    message = f"{step}: {reason}"
+    for logfile in logfiles:
+        with contextlib.suppress(OSError):
+            if logfile.stat().st_size:
+                message += f"\n--- last lines of {logfile} ---\n{log_tail(logfile)}"
+    return LocalZabbixError(message)
+
+
+def _free_port() -> int:
+    """A free loopback port below Linux's ephemeral range (Zabbix refuses ListenPort above 32767)."""
+    for _ in range(100):
+        port = random.randint(*PORT_RANGE)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise LocalZabbixError(f"choose ports: no free port found in {PORT_RANGE}")
+
+
+def _wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def _exclusive(name: str) -> Iterator[None]:
+    """Serialize cache builds between processes (parallel test runs, a demo next to tests)."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (CACHE_DIR / f"{name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def namespace_command(
+    root: Path, binds: Sequence[tuple[Path, str]], argv: Sequence[str], *, as_postgres: bool = False
+) -> list[str]:
+    """Wrap ``argv`` to run under ``root`` in a private mount namespace with ``binds`` mounted.
+
+    ``binds`` pairs a host directory with the path where the command sees it.  For a
+    chroot, ``/proc`` and ``/dev`` are mounted too; all mounts disappear with the command.
+    """
+    steps: list[str] = []
+    if root != Path("/"):
+        steps += [
+            f"mount -t proc proc {shlex.quote(str(root / 'proc'))}",
+            f"mount --rbind /dev {shlex.quote(str(root / 'dev'))}",
+        ]
+    for source, target in binds:
+        steps.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(root) + target)}")
+    if root != Path("/"):
+        runner = ["chroot", *(["--userspec=postgres:postgres"] if as_postgres else []), str(root)]
+    else:
+        runner = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] if as_postgres else []
+    script = " && ".join([*steps, 'exec "$@"'])
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", *runner, *argv]
+
+
+def configured_debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian archive URI apt on this machine uses for its release (not -security/-updates)."""
+    release = _os_release_codename()
+    for uri, suites in _apt_sources(apt_dir):
+        if release in suites and "debian-security" not in uri:
+            return uri
+    raise LocalZabbixError(f"find Debian mirror: no apt source under {apt_dir} serves suite {release!r}")
+
+
+def _os_release_codename() -> str:
+    for line in Path("/etc/os-release").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "VERSION_CODENAME":
+            return value.strip().strip('"')
+    raise LocalZabbixError("find Debian mirror: /etc/os-release has no VERSION_CODENAME")
+
+
+def _apt_sources(apt_dir: Path) -> Iterator[tuple[str, set[str]]]:
+    """(URI, suites) of every ``deb`` source, from one-line lists and deb822 ``.sources`` files."""
+    one_line = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]
+    for path in one_line:
+        if not path.is_file():
+            continue
+        for raw in path.read_text().splitlines():
+            words = re.sub(r"\[[^]]*\]", "", raw.split("#", 1)[0]).split()
+            if len(words) >= 3 and words[0] == "deb":
+                yield words[1].rstrip("/"), {words[2]}
+    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
+        for stanza in re.split(r"\n\s*\n", path.read_text()):
+            fields: dict[str, str] = {}
+            for raw in stanza.splitlines():
+                if raw.startswith("#") or ":" not in raw:
+                    continue
+                key, _, value = raw.partition(":")
+                fields[key.strip().lower()] = value.strip()
+            if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes") != "no":
+                for uri in fields.get("uris", "").split():
+                    yield uri.rstrip("/"), set(fields.get("suites", "").split())
+
+
+def ensure_chroot(path: Path = CHROOT_DIR) -> Path:
+    """Make sure the Debian trixie chroot with Zabbix 7.0 exists; idempotent.
+
+    The first build takes about 1.5 minutes and needs the Debian mirror apt uses here.
+    It happens in a sibling directory that is renamed into place only when complete.
+    """
+    if (path / CHROOT_READY_MARKER).exists():
+        return path
+    with _exclusive("chroot"):
+        if (path / CHROOT_READY_MARKER).exists():
+            return path
+        building = path.with_name(path.name + ".partial")
+        if building.exists():
+            shutil.rmtree(building)
+        shutil.rmtree(path, ignore_errors=True)
+        building.parent.mkdir(parents=True, exist_ok=True)
+        buildlog = building.with_name(path.name + ".build.log")
+        with buildlog.open("wb") as out:
+            mirror = configured_debian_mirror()
+            _run_logged(
+                "debootstrap the 7.0 chroot",
+                ["debootstrap", "--variant=minbase", CHROOT_SUITE, str(building), mirror],
+                out,
+                buildlog,
+            )
+            # Keep package scripts from starting services inside the chroot.
+            policy = building / "usr/sbin/policy-rc.d"
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+            install = (
+                "apt-get update -q && apt-get install -y -q --no-install-recommends "
+                + " ".join(CHROOT_PACKAGES)
+                + " && apt-get clean"
+            )
+            env = {**BASE_ENV, "DEBIAN_FRONTEND": "noninteractive"}
+            _run_logged(
+                "install Zabbix 7.0 in the chroot",
+                namespace_command(building, [], ["sh", "-c", install]),
+                out,
+                buildlog,
+                env,
+            )
+        # postgresql's package creates a cluster we never use; it only costs disk.
+        shutil.rmtree(building / "var/lib/postgresql", ignore_errors=True)
+        (building / "var/lib/postgresql").mkdir()
+        (building / CHROOT_READY_MARKER).write_text("")
+        building.rename(path)
+    return path
+
+
+def _run_logged(
+    step: str, argv: Sequence[str], out: IO[bytes], logfile: Path, env: Mapping[str, str] | None = None
+) -> None:
+    out.write(f"$ {shlex.join(argv)}\n".encode())
+    out.flush()
+    try:
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
+    except FileNotFoundError:
+        raise _fail(step, f"{argv[0]} is not installed") from None
+    out.flush()
+    if result.returncode != 0:
+        raise _fail(step, f"exit status {result.returncode}", logfile)
+
+
+@dataclass(frozen=True)
+class _System:
+    """Where one Zabbix version's programs live: the host itself or the trixie chroot."""
+
+    version: str
+    root: Path
+
+    def host_path(self, inner: str) -> Path:
+        return self.root / inner.lstrip("/")
+
+    def package_version(self) -> str:
+        result = subprocess.run(
+            [
+                "dpkg-query",
+                f"--admindir={self.host_path('/var/lib/dpkg')}",
+                "-W",
+                "-f=${Version}",
+                "zabbix-server-pgsql",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0 or not result.stdout:
+            raise _fail("find the Zabbix package", f"zabbix-server-pgsql is not installed under {self.root}")
+        return result.stdout
+
+    def postgres_bin(self) -> str:
+        """Inner path of the newest PostgreSQL's bin directory."""
+        found = sorted(
+            self.host_path("/usr/lib/postgresql").glob("*/bin/postgres"),
+            key=lambda p: int(p.parent.parent.name),
+        )
+        if not found:
+            raise _fail(
+                "find PostgreSQL", f"no postgres binary under {self.host_path('/usr/lib/postgresql')}"
+            )
+        return "/" + str(found[-1].parent.relative_to(self.root))
+
+    def postgres_ids(self) -> tuple[int, int]:
+        """uid and gid of the ``postgres`` user as this system's /etc/passwd has them."""
+        for line in self.host_path("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == "postgres":
+                return int(fields[2]), int(fields[3])
+        raise _fail("find PostgreSQL", f"no postgres user in {self.host_path('/etc/passwd')}")
+
+
+class LocalZabbix:
+    """A private Zabbix server + frontend API + PostgreSQL for one version, on loopback.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.  Everything it
+    writes lives in ``workdir`` (a fresh temporary directory if none is given, removed
+    by :meth:`stop`); everything it starts is stopped by :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        version: str,
+        workdir: Path | None = None,
+        *,
+        cache_update_frequency: int = DEFAULT_CACHE_UPDATE_FREQUENCY,
+        server_config: Mapping[str, str] | None = None,
+    ) -> None:
+        if version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"unsupported Zabbix version {version!r}; choose one of {SUPPORTED_VERSIONS}")
+        self.version = version
+        self._given_workdir = workdir
+        self._workdir: Path | None = None
+        self.cache_update_frequency = cache_update_frequency
+        self._server_config = dict(server_config or {})
+        self._system: _System | None = None
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._postgres_port = 0
+        self.trapper_port = 0
+        self._http_port = 0
+
+    # -- public properties -------------------------------------------------------------
+
+    @property
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            raise LocalZabbixError(f"Zabbix {self.version} stack is not started")
+        return self._workdir
+
+    @property
+    def frontend_url(self) -> str:
+        return f"http://127.0.0.1:{self._http_port}/"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self._http_port}/api_jsonrpc.php"
+
+    @property
+    def trapper_host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def trapper_address(self) -> str:
+        """``host:port`` of the trapper, as a sender configuration takes it."""
+        return f"{self.trapper_host}:{self.trapper_port}"
+
+    @property
+    def server_log(self) -> Path:
+        return self.workdir / "zabbix_server.log"
+
+    @property
+    def package_version(self) -> str:
+        return self._require_system().package_version()
+
+    def api(self) -> Any:
+        """A pyzabbix ``ZabbixAPI`` logged in as Admin."""
+        zapi = ZabbixAPI(self.frontend_url, timeout=30)
+        zapi.login(ADMIN_USER, ADMIN_PASSWORD)
+        return zapi
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def __enter__(self) -> LocalZabbix:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._children:
+            raise LocalZabbixError(f"Zabbix {self.version} stack is already started")
+        root = ensure_chroot() if self.version == "7.0" else Path("/")
+        self._system = _System(self.version, root)
+        package = self._system.package_version()
+        if not re.match(rf"^(\d+:)?{re.escape(self.version)}\.", package):
+            raise _fail(
+                "check the Zabbix package", f"{root} has zabbix-server-pgsql {package}, not {self.version}"
+            )
+        if self._given_workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"trapline-zabbix{self.version}-"))
+        else:
+            self._workdir = self._given_workdir
+            self._workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._prepare_dirs()
+            self._start_postgres()
+            self._load_database()
+            self._start_server()
+            self._start_frontend()
+        except BaseException:
+            self.stop()
+            raise
+        log.info(
+            "Zabbix %s (%s) ready: API %s, trapper %s, work dir %s",
+            self.version,
+            package,
+            self.api_url,
+            self.trapper_address,
+            self.workdir,
+        )
+
+    def stop(self) -> None:
+        """Stop everything this stack started (frontend, server, database), newest first."""
+        for name in ("php", "zabbix_server", "postgres"):
+            child = self._children.pop(name, None)
+            if child is not None:
+                self._terminate(name, child)
+        if self._given_workdir is None and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def _terminate(self, name: str, child: subprocess.Popen[bytes]) -> None:
+        # postgres: SIGINT is its "fast" shutdown; zabbix_server stops its own children on TERM.
+        first = signal.SIGINT if name == "postgres" else signal.SIGTERM
+        if child.poll() is None:
+            child.send_signal(first)
+            try:
+                child.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored %s; killing its process group", name, child.pid, first.name)
+        # Every child leads its own session: kill whatever of its group is left (php workers...).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+    # -- start steps ---------------------------------------------------------------------
+
+    def _require_system(self) -> _System:
+        if self._system is None:
+            raise LocalZabbixError(f"Zabbix {self.version} stack is not started")
+        return self._system
+
+    def _prepare_dirs(self) -> None:
+        system = self._require_system()
+        for inner in (INNER_STACK_DIR, INNER_POSTGRES_DIR, "/etc/zabbix"):
+            system.host_path(inner).mkdir(parents=True, exist_ok=True)
+        # A reused work dir starts clean: an old cluster or log would fool the readiness checks.
+        for sub in STACK_SUBDIRS:
+            shutil.rmtree(self.workdir / sub, ignore_errors=True)
+            (self.workdir / sub).mkdir()
+        for stale in self.workdir.glob("*.log"):
+            stale.unlink()
+        for stale in self.workdir.glob("*.out"):
+            stale.unlink()
+        uid, gid = system.postgres_ids()
+        postgres_dir = self.workdir / "postgres"
+        os.chown(postgres_dir, uid, gid)
+        postgres_dir.chmod(0o700)
+
+    def _command(self, argv: Sequence[str], *, as_postgres: bool = False) -> list[str]:
+        binds = [
+            (self.workdir, INNER_STACK_DIR),
+            (self.workdir / "postgres", INNER_POSTGRES_DIR),
+            (self.workdir / "frontend", "/etc/zabbix"),
+        ]
+        return namespace_command(self._require_system().root, binds, argv, as_postgres=as_postgres)
+
+    def _run(
+        self,
+        step: str,
+        argv: Sequence[str],
+        *,
+        as_postgres: bool = False,
+        stdin: IO[bytes] | None = None,
+        stdout: IO[bytes] | None = None,
+    ) -> None:
+        """Run a short command inside the stack's view; a failure names ``step`` and shows its output."""
+        errors = self.workdir / "last-command.log"
+        with errors.open("wb") as err:
+            result = subprocess.run(
+                self._command(argv, as_postgres=as_postgres),
+                stdin=stdin,
+                stdout=stdout if stdout is not None else err,
+                stderr=err,
+                env=dict(BASE_ENV),
+                check=False,
+            )
+        if result.returncode != 0:
+            raise _fail(step, f"`{shlex.join(argv)}` exited with status {result.returncode}", errors)
+
+    def _spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        as_postgres: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Start a long-running child in its own session; its output goes to ``<name>.out``."""
+        output = self.workdir / f"{name}.out"
+        with output.open("ab") as out:
+            self._children[name] = subprocess.Popen(
+                self._command(argv, as_postgres=as_postgres),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**BASE_ENV, **(env or {})},
+                start_new_session=True,
+            )
+
+    def _await(self, step: str, name: str, ready: Callable[[], bool], *logs: Path) -> None:
+        """Wait until ``ready``; on failure show ``logs`` and the child's own output."""
+        child = self._children[name]
+        logs = (*logs, self.workdir / f"{name}.out")
+
+        def ready_or_dead() -> bool:
+            return child.poll() is not None or ready()
+
+        if not _wait_for(ready_or_dead, STEP_TIMEOUT):
+            raise _fail(step, f"{name} not ready after {STEP_TIMEOUT:.0f} s", *logs)
+        if child.poll() is not None:
+            raise _fail(step, f"{name} exited with status {child.returncode}", *logs)
+
+    def _postgres_args(self, *tool_args: str) -> list[str]:
+        return [*tool_args, "-h", "127.0.0.1", "-p", str(self._postgres_port), "-U", "postgres"]
+
+    def _start_postgres(self) -> None:
+        system = self._require_system()
+        pg_bin = system.postgres_bin()
+        data = f"{INNER_POSTGRES_DIR}/data"
+        self._run(
+            "initdb",
+            [
+                f"{pg_bin}/initdb",
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            as_postgres=True,
+        )
+        self._postgres_port = _free_port()
+        # A throwaway database: durability settings off, TCP on loopback only.
+        settings = {
+            "port": str(self._postgres_port),
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": "",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+        }
+        argv = [f"{pg_bin}/postgres", "-D", data]
+        for key, value in settings.items():
+            argv += ["-c", f"{key}={value}"]
+        self._spawn("postgres", argv, as_postgres=True)
+
+        def accepting() -> bool:
+            probe = subprocess.run(
+                self._command(self._postgres_args(f"{pg_bin}/pg_isready", "-q")),
+                env=dict(BASE_ENV),
+                check=False,
+            )
+            return probe.returncode == 0
+
+        self._await("start PostgreSQL", "postgres", accepting)
+
+    def _psql(self, step: str, sql: str) -> None:
+        pg_bin = self._require_system().postgres_bin()
+        self._run(
+            step,
+            self._postgres_args(f"{pg_bin}/psql", "-v", "ON_ERROR_STOP=1", "-q", "-d", "zabbix", "-c", sql),
+        )
+
+    def _load_database(self) -> None:
+        system = self._require_system()
+        pg_bin = system.postgres_bin()
+        self._run("create the zabbix database", self._postgres_args(f"{pg_bin}/createdb", "zabbix"))
+        package = re.sub(r"[^\w.+-]", "_", system.package_version())
+        dump = CACHE_DIR / f"zabbix{self.version}-{package}-pg{Path(pg_bin).parent.name}.dump"
+        with _exclusive(dump.name):
+            if dump.exists():
+                with dump.open("rb") as source:
+                    self._run(
+                        "restore the cached schema",
+                        self._postgres_args(f"{pg_bin}/pg_restore", "--no-owner", "-d", "zabbix"),
+                        stdin=source,
+                    )
+            else:
+                self._load_schema_files(pg_bin)
+                partial = dump.with_name(dump.name + ".partial")
+                with partial.open("wb") as target:
+                    self._run(
+                        "dump the schema for the cache",
+                        self._postgres_args(f"{pg_bin}/pg_dump", "-Fc", "-d", "zabbix"),
+                        stdout=target,
+                    )
+                partial.rename(dump)
+        # A restored database has no planner statistics: without them 7.0 imports take seconds.
+        self._psql("analyze the database", "ANALYZE")
+        # The default host polls an agent that is not there; keep it out of the logs.
+        self._psql(
+            "disable the default host", f"UPDATE hosts SET status=1 WHERE hostid={DEFAULT_SERVER_HOSTID}"
+        )
+
+    def _load_schema_files(self, pg_bin: str) -> None:
+        system = self._require_system()
+        step = "load the Zabbix schema"
+        errors = self.workdir / "schema-load.log"
+        argv = self._postgres_args(f"{pg_bin}/psql", "-v", "ON_ERROR_STOP=1", "-q", "-1", "-d", "zabbix")
+        with errors.open("wb") as err:
+            loader = subprocess.Popen(
+                self._command(argv), stdin=subprocess.PIPE, stdout=err, stderr=err, env=dict(BASE_ENV)
+            )
+            assert loader.stdin is not None
+            with contextlib.suppress(BrokenPipeError), loader.stdin:
+                for name in SCHEMA_FILES:
+                    with gzip.open(system.host_path(f"/usr/share/zabbix-server-pgsql/{name}")) as sql:
+                        shutil.copyfileobj(sql, loader.stdin)
+            if loader.wait() != 0:
+                raise _fail(step, f"psql exited with status {loader.returncode}", errors)
+
+    def _start_server(self) -> None:
+        self.trapper_port = _free_port()
+        settings = {
+            "ListenIP": "127.0.0.1",
+            "ListenPort": str(self.trapper_port),
+            "LogType": "file",
+            "LogFile": f"{INNER_STACK_DIR}/zabbix_server.log",
+            "LogFileSize": "0",
+            "PidFile": f"{INNER_STACK_DIR}/run/zabbix_server.pid",
+            "SocketDir": f"{INNER_STACK_DIR}/run",
+            "DBHost": "127.0.0.1",
+            "DBPort": str(self._postgres_port),
+            "DBName": "zabbix",
+            "DBUser": "postgres",
+            "AllowRoot": "1",
+            "CacheUpdateFrequency": str(self.cache_update_frequency),
+            **SERVER_SETTINGS,
+            **self._server_config,
+        }
+        (self.workdir / "zabbix_server.conf").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        self._spawn("zabbix_server", ["zabbix_server", "-f", "-c", self._server_conf])
+
+        def trapper_started() -> bool:
+            try:
+                return "[trapper #1]" in self.server_log.read_text(errors="replace")
+            except FileNotFoundError:
+                return False
+
+        self._await("start zabbix_server", "zabbix_server", trapper_started, self.server_log)
+
+    @property
+    def _server_conf(self) -> str:
+        return f"{INNER_STACK_DIR}/zabbix_server.conf"
+
+    def _start_frontend(self) -> None:
+        self._http_port = _free_port()
+        (self.workdir / "frontend" / "zabbix.conf.php").write_text(self._frontend_config())
+        self._spawn(
+            "php",
+            [
+                "php",
+                "-S",
+                f"127.0.0.1:{self._http_port}",
+                "-t",
+                "/usr/share/zabbix",
+                "-d",
+                "memory_limit=512M",
+                "-d",
+                "max_execution_time=300",
+                "-d",
+                "post_max_size=64M",
+            ],
+            env={"PHP_CLI_SERVER_WORKERS": "4"},
+        )
+        self._await("start the frontend (php -S)", "php", self._api_answers)
+
+    def _frontend_config(self) -> str:
+        settings = {
+            "$DB['TYPE']": "POSTGRESQL",
+            "$DB['SERVER']": "127.0.0.1",
+            "$DB['PORT']": str(self._postgres_port),
+            "$DB['DATABASE']": "zabbix",
+            "$DB['USER']": "postgres",
+            "$DB['PASSWORD']": "",
+            "$DB['SCHEMA']": "",
+            "$ZBX_SERVER": "127.0.0.1",
+            "$ZBX_SERVER_PORT": str(self.trapper_port),
+            "$ZBX_SERVER_NAME": f"trapline local {self.version}",
+        }
+        lines = ["<?php", "// Written by trapline.localzabbix for a throwaway stack."]
+        lines += [f"{name} = {json.dumps(value)};" for name, value in settings.items()]
+        lines += ["$DB['DOUBLE_IEEE754'] = true;", "$IMAGE_FORMAT_DEFAULT = IMAGE_FORMAT_PNG;", ""]
+        return "\n".join(lines)
+
+    def _api_answers(self) -> bool:
+        body = json.dumps({"jsonrpc": "2.0", "method": "apiinfo.version", "params": {}, "id": 1}).encode()
+        request = urllib.request.Request(self.api_url, body, {"Content-Type": "application/json-rpc"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return "result" in json.load(response)
+        except (OSError, ValueError):
+            return False
+
+    # -- runtime ---------------------------------------------------------------------------
+
+    def config_cache_reload(self) -> None:
+        """Make the server load its configuration from the database now, and wait until it has.
+
+        Call it after the objects you need are visible through the API.  A reload asked
+        for while a periodic sync runs is dropped by the server, so that case is retried.
+        """
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while time.monotonic() < deadline:
+            syncer = self._config_syncer_pid()
+            before = _process_title(syncer)
+            offset = self.server_log.stat().st_size
+            self._run(
+                "config_cache_reload", ["zabbix_server", "-c", self._server_conf, "-R", "config_cache_reload"]
+            )
+            answer = self._await_log_after(
+                offset,
+                (
+                    "forced reloading of the configuration cache",
+                    "configuration cache reloading is already in progress",
+                ),
+            )
+            if "already in progress" in answer:
+                _wait_for(functools.partial(_not_syncing, syncer), STEP_TIMEOUT)
+                continue
+            if _wait_for(functools.partial(_sync_finished_since, syncer, before), STEP_TIMEOUT, 0.01):
+                return
+        raise _fail("config_cache_reload", "the configuration syncer did not finish a sync", self.server_log)
+
+    def _await_log_after(self, offset: int, needles: Sequence[str]) -> str:
+        found = ""
+
+        def logged() -> bool:
+            nonlocal found
+            with self.server_log.open("rb") as handle:
+                handle.seek(offset)
+                tail = handle.read().decode(errors="replace")
+            found = next((line for line in tail.splitlines() for n in needles if n in line), "")
+            return bool(found)
+
+        if not _wait_for(logged, STEP_TIMEOUT, 0.02):
+            raise _fail(
+                "config_cache_reload", f"none of {list(needles)} appeared in the log", self.server_log
+            )
+        return found
+
+    def _config_syncer_pid(self) -> int:
+        server = self._children.get("zabbix_server")
+        if server is None or server.poll() is not None:
+            raise _fail("config_cache_reload", "zabbix_server is not running", self.server_log)
+        for proc in Path("/proc").iterdir():
+            if (
+                proc.name.isdigit()
+                and _parent_pid(proc) == server.pid
+                and "configuration syncer" in _process_title(int(proc.name))
+            ):
+                return int(proc.name)
+        raise _fail("config_cache_reload", "no configuration syncer process found", self.server_log)
+
+
+def _parent_pid(proc: Path) -> int:
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return -1
+    # The command name in field 2 may contain spaces and parentheses: split after the last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _process_title(pid: int) -> str:
+    """The title a Zabbix process gives itself, e.g. ``configuration syncer [synced ... in 0.01 sec]``."""
+    try:
+        return (
+            (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def _not_syncing(syncer: int) -> bool:
+    return "syncing" not in _process_title(syncer)
+
+
+def _sync_finished_since(syncer: int, before: str) -> bool:
+    # While syncing the title reads "[synced configuration in X sec, syncing configuration]"; once
+    # done it shows the new duration (to the microsecond) and "idle", so it differs from before.
+    now = _process_title(syncer)
+    return "synced configuration" in now and "syncing" not in now and now != before
+
+
+def main() -> None:
+    """``python3 -m trapline.localzabbix``: build the 7.0 chroot and the schema caches ahead of tests."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(f"7.0 chroot ready: {ensure_chroot()}")
+    for version in SUPPORTED_VERSIONS:
+        with LocalZabbix(version) as stack:
+            print(f"Zabbix {version} ({stack.package_version}) starts; schema cache ready")
+
+
+if __name__ == "__main__":
+    main()
