@@ -1,0 +1,304 @@
+"""Throughput into a real Zabbix 6.0 trapper: trapline's sender against the C and zabbix_utils senders.
+
+Every sender delivers the same N values (same host, keys and value layout; only the
+timestamps move from run to run so that history rows never collide) to the same
+server in the same run.  Runs are interleaved (trapline, C, zabbix_utils, ...) so that
+background load on the shared machine hits every sender alike, and the server's
+history cache is drained before each run so that no sender pays for its predecessor.
+
+Load is spread over ``--items`` trapper items because the history syncer writes one
+value per item per pass (FACTS.md): with few items the database, not the sender, is
+measured.
+
+    python3 bench/sender.py [--values 100000] [--items 1000] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zabbix_utils import AsyncSender, ItemValue, Sender
+
+from trapline.exporters.zabbix.client import ClusterClient, Endpoint
+from trapline.exporters.zabbix.destination import ZabbixDestination
+from trapline.localzabbix import LocalZabbix
+from trapline.middleware.model import Reading
+from trapline.middleware.plugin import Spooled
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import machine, median, table  # noqa: E402
+
+HOST = "bench-sender"
+VALUE_TYPE_UNSIGNED = 3
+ITEM_TYPE_TRAPPER = 2
+PIPELINE_BATCH = 2000  # [spool] batch default: rows claimed per delivery round
+C_SENDER = "/usr/bin/zabbix_sender"
+_C_REPLY = re.compile(r"processed: (\d+); failed: (\d+); total: (\d+)")
+
+
+@dataclass
+class Outcome:
+    seconds: float
+    processed: int
+    failed: int
+    requests: int = 0
+
+
+@dataclass
+class Contender:
+    name: str
+    run: Callable[[list[Reading]], Awaitable[Outcome]]
+    results: list[Outcome] = field(default_factory=list)
+
+
+# -- the server -----------------------------------------------------------------------
+
+
+def create_host(stack: LocalZabbix, items: int) -> list[str]:
+    api = stack.api()
+    api.host.update(hostid="10084", status=1)  # the default host polls an agent that is not there
+    group = api.hostgroup.create(name=f"bench {time.time_ns()}")["groupids"][0]
+    hostid = api.host.create(host=HOST, groups=[{"groupid": group}])["hostids"][0]
+    keys = [f"bench.v[{i}]" for i in range(items)]
+    specs = [
+        {"hostid": hostid, "name": k, "key_": k, "type": ITEM_TYPE_TRAPPER, "value_type": VALUE_TYPE_UNSIGNED}
+        for k in keys
+    ]
+    for start in range(0, len(specs), 500):
+        api.item.create(*specs[start : start + 500])
+    stack.config_cache_reload()
+    return keys
+
+
+def server_children(stack: LocalZabbix) -> dict[str, int]:
+    """Process title prefix -> pid of the stack's zabbix_server children."""
+    server_pid = int((stack.workdir / "run" / "zabbix_server.pid").read_text().strip())
+    found: dict[str, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == server_pid:
+            found[title] = int(proc.name)
+    return found
+
+
+def title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def wait_drained(stack: LocalZabbix, timeout: float = 120.0) -> float:
+    """Wait until preprocessing and the history syncer are idle; returns seconds waited."""
+    children = server_children(stack)
+    watched = [pid for t, pid in children.items() if "history syncer" in t or "preprocessing manager" in t]
+    started = time.monotonic()
+    idle_since: float | None = None
+    while time.monotonic() - started < timeout:
+        titles = [title(pid) for pid in watched]
+        busy = any(
+            "syncing" in t or re.search(r"queued [1-9]", t) or re.search(r"processed [1-9]\d* values", t)
+            for t in titles
+        )
+        now = time.monotonic()
+        if busy:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        elif now - idle_since > 1.2:  # titles refresh about every second
+            return now - started
+        time.sleep(0.1)
+    raise RuntimeError(f"server still busy after {timeout}s: {[title(p) for p in watched]}")
+
+
+# -- the senders --------------------------------------------------------------------
+
+
+def trapline_sender(dest: ZabbixDestination, batch: int) -> Callable[[list[Reading]], Awaitable[Outcome]]:
+    async def run(readings: list[Reading]) -> Outcome:
+        spooled = [Spooled(i, r, 0.0, 0) for i, r in enumerate(readings)]
+        before_processed, before_failed = dest.stats.values_processed, dest.stats.values_failed
+        before_requests = dest.stats.requests
+        started = time.perf_counter()
+        unsettled = 0
+        for start in range(0, len(spooled), batch):
+            delivery = await dest.deliver(spooled[start : start + batch])
+            unsettled += len(delivery.retry) + len(delivery.rejected)
+        seconds = time.perf_counter() - started
+        if unsettled:
+            print(f"  trapline: {unsettled} values not accepted", file=sys.stderr)
+        return Outcome(
+            seconds,
+            dest.stats.values_processed - before_processed,
+            dest.stats.values_failed - before_failed,
+            dest.stats.requests - before_requests,
+        )
+
+    return run
+
+
+def c_sender(port: int, workdir: Path) -> Callable[[list[Reading]], Awaitable[Outcome]]:
+    async def run(readings: list[Reading]) -> Outcome:
+        path = workdir / "values.txt"
+        # -T -N: "host key clock ns value" per line, so the values carry their own time like the others.
+        path.write_text("".join(f"{r.host} {r.key} {r.clock} {r.ns} {r.value}\n" for r in readings))
+        started = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            C_SENDER, "-v", "-z", "127.0.0.1", "-p", str(port), "-T", "-N", "-i", str(path),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        seconds = time.perf_counter() - started
+        text = out.decode(errors="replace")
+        replies = [tuple(int(g) for g in m.groups()) for m in _C_REPLY.finditer(text)]
+        if proc.returncode != 0:
+            print(f"  zabbix_sender exit {proc.returncode}: {text[-300:]}", file=sys.stderr)
+        return Outcome(seconds, sum(r[0] for r in replies), sum(r[1] for r in replies), len(replies))
+
+    return run
+
+
+def item_values(readings: list[Reading]) -> list[ItemValue]:
+    return [ItemValue(r.host, r.key, str(r.value), r.clock, r.ns) for r in readings]
+
+
+def zabbix_utils_sender(port: int) -> Callable[[list[Reading]], Awaitable[Outcome]]:
+    sender = Sender(server="127.0.0.1", port=port)
+
+    async def run(readings: list[Reading]) -> Outcome:
+        values = item_values(readings)  # its native input, built outside the clock like the others'
+        started = time.perf_counter()
+        reply = sender.send(values)  # blocking by design; nothing else runs meanwhile
+        seconds = time.perf_counter() - started
+        return Outcome(seconds, reply.processed, reply.failed, reply.chunk)
+
+    return run
+
+
+def zabbix_utils_async_sender(port: int) -> Callable[[list[Reading]], Awaitable[Outcome]]:
+    sender = AsyncSender(server="127.0.0.1", port=port)
+
+    async def run(readings: list[Reading]) -> Outcome:
+        values = item_values(readings)
+        started = time.perf_counter()
+        reply = await sender.send(values)
+        seconds = time.perf_counter() - started
+        return Outcome(seconds, reply.processed, reply.failed, reply.chunk)
+
+    return run
+
+
+# -- the run ------------------------------------------------------------------------
+
+
+class Clocks:
+    """A fresh second for every round of values: history rows (itemid, clock, ns) never repeat."""
+
+    def __init__(self) -> None:
+        self._next = int(time.time()) - 86_400
+
+    def readings(self, keys: list[str], count: int) -> list[Reading]:
+        clock = self._next
+        self._next += 1
+        return [Reading(HOST, keys[i % len(keys)], i, clock, i) for i in range(count)]
+
+
+def new_destination(port: int) -> ZabbixDestination:
+    return ZabbixDestination("bench", ClusterClient([Endpoint("127.0.0.1", port)]), batch_size=250, concurrency=4)
+
+
+async def bench(stack: LocalZabbix, keys: list[str], values: int, runs: int, workdir: Path) -> str:
+    port = stack.trapper_port
+    clocks = Clocks()
+    lines: list[str] = []
+
+    # First contact: a fresh destination knows no key yet, so each key goes in requests of its own.
+    fresh = new_destination(port)
+    wait_drained(stack)
+    first = await trapline_sender(fresh, PIPELINE_BATCH)(clocks.readings(keys, values))
+    lines.append(
+        f"first contact (cold key cache, {len(keys)} new keys): {values / first.seconds:,.0f} values/s, "
+        f"{first.requests} requests, processed {first.processed}/{values}, failed {first.failed}"
+    )
+    print(lines[-1], flush=True)
+
+    contenders = [
+        Contender(f"trapline ZabbixDestination, deliver() per {PIPELINE_BATCH}", trapline_sender(fresh, PIPELINE_BATCH)),
+        Contender(f"trapline ZabbixDestination, one deliver() of {values}", trapline_sender(fresh, values)),
+        Contender("C zabbix_sender -T -N -i FILE", c_sender(port, workdir)),
+        Contender("zabbix_utils Sender", zabbix_utils_sender(port)),
+        Contender("zabbix_utils AsyncSender", zabbix_utils_async_sender(port)),
+    ]
+    for run_index in range(runs):
+        for contender in contenders:
+            readings = clocks.readings(keys, values)
+            drained = wait_drained(stack)
+            outcome = await contender.run(readings)
+            contender.results.append(outcome)
+            print(
+                f"run {run_index + 1} {contender.name}: {values / outcome.seconds:,.0f} values/s, "
+                f"processed {outcome.processed}, failed {outcome.failed}, requests {outcome.requests} "
+                f"(server drained {drained:.1f}s before)",
+                flush=True,
+            )
+    await fresh.close()
+
+    c_rate = next(values / median([o.seconds for o in c.results]) for c in contenders if c.name.startswith("C "))
+    rows: list[list[Any]] = []
+    for contender in contenders:
+        secs = [o.seconds for o in contender.results]
+        rate = values / median(secs)
+        processed = sorted({o.processed for o in contender.results})
+        ok = all(o.processed == values and o.failed == 0 for o in contender.results)
+        rows.append([
+            contender.name,
+            f"{rate:,.0f}",
+            f"{values / max(secs):,.0f} - {values / min(secs):,.0f}",
+            f"{rate / c_rate:.2f}",
+            contender.results[0].requests,
+            "/".join(str(p) for p in processed) + (" OK" if ok else " MISMATCH"),
+        ])
+    lines.append("")
+    lines.append(table(
+        ["sender", "values/s (median)", "range (slowest - fastest)", "vs C sender", "requests/run",
+         f"processed per run (of {values})"],
+        rows,
+    ))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--values", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    print(f"# sender throughput: {args.values} values over {args.items} items, {args.runs} runs each")
+    print(machine(), flush=True)
+    with LocalZabbix("6.0") as stack, tempfile.TemporaryDirectory(prefix="trapline-bench-") as tmp:
+        print(f"Zabbix {stack.package_version}, trapper {stack.trapper_address}", flush=True)
+        keys = create_host(stack, args.items)
+        report = asyncio.run(bench(stack, keys, args.values, args.runs, Path(tmp)))
+    print()
+    print(report)
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()
