@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from trapline.middleware.config import Section
 from trapline.middleware.model import Item, Reading
-from trapline.middleware.normalize import unit_table
+from trapline.middleware.normalize import PrometheusUnit, unit_table
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,15 @@ def catalog() -> dict[str, MetricSpec]:
     }
 
 
-def metric_name(key_name: str, unit: str, kind: str) -> str:
+def prometheus_unit(unit: str) -> PrometheusUnit:
+    """The base unit a metric is exposed in; unknown units become a plain suffix."""
+    known = unit_table().prometheus.get(unit)
+    return known if known is not None else PrometheusUnit(_INVALID.sub("_", unit).lower(), 1.0)
+
+
+def metric_name(key_name: str, suffix: str) -> str:
     base = key_name if key_name.startswith("trapline.") else f"trapline.{key_name}"
     name = _INVALID.sub("_", base.replace(".", "_"))
-    suffix = unit_table().prometheus_suffix.get(unit, _INVALID.sub("_", unit).lower())
     if suffix and not name.endswith("_" + suffix):
         name = f"{name}_{suffix}"
     return name
@@ -101,12 +106,13 @@ class PrometheusExporter:
                 labels[label] = value
         elif params is not None and not item.labels:
             labels["param"] = params
-        name = metric_name(key_name, item.unit, kind)
+        unit = prometheus_unit(item.unit)
+        name = metric_name(key_name, unit.suffix)
         help_text = spec.help if spec else f"trapline reading {key_name}"
         names = tuple(sorted(labels))
         family = self._families.setdefault((name, kind, help_text), {})
         family.setdefault(names, {})[tuple(labels[n] for n in names)] = _Series(
-            float(item.value), time.monotonic()
+            float(item.value) * unit.factor, time.monotonic()
         )
 
     def collect(self) -> Iterator[Metric]:

@@ -36,9 +36,15 @@ class UnitRule:
 
 
 @dataclass(frozen=True, slots=True)
+class PrometheusUnit:
+    suffix: str  # appended to the metric name ("" = none)
+    factor: float  # canonical value * factor = value in the Prometheus base unit
+
+
+@dataclass(frozen=True, slots=True)
 class UnitTable:
     rules: dict[str, UnitRule]
-    prometheus_suffix: dict[str, str]
+    prometheus: dict[str, PrometheusUnit]
 
 
 @cache
@@ -47,8 +53,11 @@ def unit_table() -> UnitTable:
     rules = {name: UnitRule(name) for name in raw["canonical"]}
     for alias, spec in raw["alias"].items():
         rules[alias] = UnitRule(spec["unit"], spec.get("factor", 1.0), spec.get("offset", 0.0))
-    suffix = {name: spec["prometheus"] for name, spec in raw["canonical"].items()}
-    return UnitTable(rules, suffix)
+    prometheus = {
+        name: PrometheusUnit(spec["prometheus"], spec.get("prometheus_factor", 1.0))
+        for name, spec in raw["canonical"].items()
+    }
+    return UnitTable(rules, prometheus)
 
 
 def normalize_key(key: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from trapline.middleware.config import Section
 from trapline.middleware.model import Item
@@ -82,6 +82,7 @@ class Observer(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
 class Checkable(Protocol):
     """Optional: a plugin that can test its endpoint for ``trapline check``."""
 

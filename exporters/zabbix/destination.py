@@ -193,6 +193,19 @@ class ZabbixDestination:
             self._report_failed(state.failed, len(batch))
         return delivery
 
+    async def check(self) -> str:
+        """Send an empty request: a trapper answers it with ``processed: 0``."""
+        try:
+            reply = await self.client.send(frame(encode_request((), 0, 0), self.compress))
+        except SendError as exc:
+            raise RuntimeError(str(exc)) from None
+        if not reply.ok:
+            raise RuntimeError(f"server refused an empty request: {reply.info[:200]}")
+        detail = "trapper answers"
+        if self.diagnoser is not None:
+            detail += f"; {await self.diagnoser.check()}"
+        return detail
+
     async def close(self) -> None:
         for task in list(self._diagnoses):
             task.cancel()

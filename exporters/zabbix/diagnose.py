@@ -59,6 +59,10 @@ class Diagnoser(Protocol):
         """Find and log why these keys (with one sample value each) were refused."""
         ...
 
+    async def check(self) -> str:
+        """Test the connection behind the diagnoses; raise with a clear message."""
+        ...
+
 
 def reason_for(
     ident: Ident, host: Mapping[str, Any] | None, item: Mapping[str, Any] | None, sample: object
@@ -152,6 +156,18 @@ class ApiDiagnoser:
             ttl = min(self.ttl, 60.0) if reason == NOT_YET_SYNCED else self.ttl
             self._cache[ident] = (reason, now + ttl)
         _log_reasons(reasons)
+
+    async def check(self) -> str:
+        """Log in and read the API version, for ``trapline check``."""
+
+        def version() -> str:
+            api = self._connect()
+            return str(api.api_version())
+
+        try:
+            return f"API {self.url} version {await asyncio.to_thread(version)}"
+        except Exception as exc:
+            raise RuntimeError(f"API {self.url}: {_safe(exc)}") from None
 
     # -- runs in a worker thread ------------------------------------------------
     def _connect(self) -> Any:
