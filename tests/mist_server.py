@@ -32,8 +32,6 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from trapline.middleware.model import Discovery, Item, Reading
-
 STREAM_PATH = "/api-ws/v1/stream"
 WAIT_LIMIT = 10.0  # seconds a test waits for the collector before failing
 _CHANNEL = re.compile(r"/sites/([^/]+)/stats/devices")
@@ -239,23 +237,3 @@ def ap_full(mac: str, name: str, **extra: Any) -> dict[str, Any]:
 def ap_basic(mac: str, **changes: Any) -> dict[str, Any]:
     """A partial ("basic") AP update: identity plus a few changed figures."""
     return {"id": f"00000000-0000-0000-1000-{mac}", "mac": mac, **changes}
-
-
-@dataclass
-class ListOutbox:
-    """The simplest Outbox: remembers what the collector put and reported."""
-
-    items: list[Item] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def put(self, item: Item) -> None:
-        self.items.append(item)
-
-    def error(self, reason: str) -> None:
-        self.errors.append(reason)
-
-    def readings(self, key: str, host: str | None = None) -> list[Reading]:
-        return [i for i in self.items if isinstance(i, Reading) and i.key == key and host in (None, i.host)]
-
-    def discoveries(self) -> list[Discovery]:
-        return [i for i in self.items if isinstance(i, Discovery)]

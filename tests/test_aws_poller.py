@@ -13,6 +13,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from botocore.stub import Stubber
 
+from tests.outbox import ListOutbox
 from tests.peers import free_port
 from trapline.collectors.aws import AwsCollector, build
 from trapline.collectors.aws.poller import AwsPoller
@@ -22,18 +23,6 @@ from trapline.collectors.aws.session import ApiCalls, Clients, describe_failure
 from trapline.collectors.aws.settings import ResourceFilter, parse_settings
 from trapline.middleware.config import ConfigError, Section
 from trapline.middleware.model import Item, Reading
-
-
-class ListOutbox:
-    def __init__(self) -> None:
-        self.items: list[Item] = []
-        self.errors: list[str] = []
-
-    def put(self, item: Item) -> None:
-        self.items.append(item)
-
-    def error(self, reason: str) -> None:
-        self.errors.append(reason)
 
 
 @pytest.fixture(autouse=True)

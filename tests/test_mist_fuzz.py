@@ -9,7 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.mist_server import ListOutbox, ap_full
+from tests.mist_server import ap_full
+from tests.outbox import ListOutbox
 from trapline.collectors.mist import MistCollector, build
 from trapline.collectors.mist.fleet import LLD_KEY, RAW_KEY, STALE_KEY, SiteInfo
 from trapline.collectors.mist.frames import FrameError, decode_frame

@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.outbox import ListOutbox
 from tests.peers import missing_peer, wait_port
 from trapline.collectors.aws import build
 from trapline.collectors.aws.cloudwatch import aligned_window
@@ -71,18 +72,6 @@ def endpoint(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     return moto_endpoint
-
-
-class ListOutbox:
-    def __init__(self) -> None:
-        self.items: list[Item] = []
-        self.errors: list[str] = []
-
-    def put(self, item: Item) -> None:
-        self.items.append(item)
-
-    def error(self, reason: str) -> None:
-        self.errors.append(reason)
 
 
 def client(endpoint: str, service: str) -> Any:

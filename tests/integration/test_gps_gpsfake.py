@@ -9,34 +9,18 @@ import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.outbox import ListOutbox
 from tests.peers import free_port, missing_peer, need_binary, wait_port
 from trapline.collectors.gps import build
 from trapline.middleware.config import Section
-from trapline.middleware.model import Item, Reading
 
 pytestmark = pytest.mark.integration
 
 LIMIT = 40.0
 ROUTE = Path(__file__).parent.parent / "data" / "route.nmea"
-
-
-class ListOutbox:
-    def __init__(self) -> None:
-        self.items: list[Item] = []
-        self.errors: list[str] = []
-
-    def put(self, item: Item) -> None:
-        self.items.append(item)
-
-    def error(self, reason: str) -> None:
-        self.errors.append(reason)
-
-    def values(self, key: str) -> list[Any]:
-        return [i.value for i in self.items if isinstance(i, Reading) and i.key == key]
 
 
 class Gpsfake:

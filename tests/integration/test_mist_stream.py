@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.mist_server import ListOutbox, MistServer, ap_basic, ap_full
+from tests.mist_server import MistServer, ap_basic, ap_full
+from tests.outbox import ListOutbox
 from trapline.collectors.mist import MistCollector, build
 from trapline.collectors.mist.fleet import RAW_KEY
 from trapline.middleware.config import Section

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from tests.outbox import ListOutbox
 from tests.peers import free_port, missing_peer, need_binary, wait_port
 from trapline.collectors.obd import build
 from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Item, Reading
 
 pytestmark = pytest.mark.integration
 
@@ -24,30 +24,13 @@ LIMIT = 40.0
 HOST = "van-17"
 
 
-class ListOutbox:
-    def __init__(self) -> None:
-        self.items: list[Item] = []
-        self.errors: list[str] = []
-
-    def put(self, item: Item) -> None:
-        self.items.append(item)
-
-    def error(self, reason: str) -> None:
-        self.errors.append(reason)
-
-    def readings(self, key: str) -> list[Reading]:
-        return [i for i in self.items if isinstance(i, Reading) and i.key == key]
-
-    def discoveries(self, rule: str) -> list[Discovery]:
-        return [i for i in self.items if isinstance(i, Discovery) and i.rule == rule]
-
-    def states(self) -> list[int]:
-        """obd.state values with consecutive repeats folded."""
-        folded: list[int] = []
-        for reading in self.readings("obd.state"):
-            if not folded or folded[-1] != reading.value:
-                folded.append(int(reading.value))
-        return folded
+def states(out: ListOutbox) -> list[int]:
+    """obd.state values with consecutive repeats folded."""
+    folded: list[int] = []
+    for reading in out.readings("obd.state"):
+        if not folded or folded[-1] != reading.value:
+            folded.append(int(reading.value))
+    return folded
 
 
 def section(port: int, **extra: Any) -> Section:
@@ -222,12 +205,12 @@ def test_ignition_cycle_followed_without_restart(emulator: tuple[Any, int]) -> N
     emu.set_sorted_obd_msg("engineoff")
 
     async def scenario(out: ListOutbox) -> None:
-        await until("ignition off", lambda: out.states() == [1] and len(out.readings("obd.voltage")) >= 2)
+        await until("ignition off", lambda: states(out) == [1] and len(out.readings("obd.voltage")) >= 2)
         assert not out.readings("obd.pid[SPEED]")
         emu.set_sorted_obd_msg("car")
-        await until("running", lambda: out.states() == [1, 2] and out.readings("obd.pid[SPEED]"))
+        await until("running", lambda: states(out) == [1, 2] and out.readings("obd.pid[SPEED]"))
         emu.set_sorted_obd_msg("engineoff")
-        await until("off again", lambda: out.states() == [1, 2, 1])
+        await until("off again", lambda: states(out) == [1, 2, 1])
 
     run_collector(section(port, unusable_max=3), scenario)
 
@@ -267,14 +250,14 @@ def test_killed_and_restarted_emulator_is_survived(elm_module: Any, tmp_path: Pa
             await until("running", lambda: len(out.readings("obd.pid[SPEED]")) >= 2)
             proc.kill()  # adapter unplugged
             proc.wait()
-            await until("no adapter", lambda: out.states()[-1:] == [0])
+            await until("no adapter", lambda: states(out)[-1:] == [0])
             await until("retrying", lambda: [r.value for r in out.readings("obd.state")][-3:] == [0, 0, 0])
             speed_before = len(out.readings("obd.pid[SPEED]"))
             proc = await asyncio.to_thread(start)
             await until("back", lambda: len(out.readings("obd.pid[SPEED]")) > speed_before + 2)
 
         out = run_collector(section(port), scenario)
-        assert out.states() == [2, 0, 2]
+        assert states(out) == [2, 0, 2]
     finally:
         proc.kill()
         proc.wait()
