@@ -109,6 +109,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 _LAZY_SUBCOMMANDS = {
     "templates": ("trapline.templates", "list, check, import or export the Zabbix templates"),
+    "provision": ("trapline.provision", "create or update vehicle hosts and the Fleet map dashboard"),
     "demo": ("trapline.demo", "run the whole thing locally: Zabbix, templates, demo sources"),
 }
 

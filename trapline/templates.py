@@ -600,7 +600,7 @@ def _guarded(command: Any) -> Any:
     return run_command
 
 
-def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", required=True, help="Zabbix frontend URL, e.g. https://zabbix.example.org/")
     parser.add_argument("--token-file", type=Path, help="file holding an API token (mode 600)")
     parser.add_argument("--user", help="user name, with --password-file")
@@ -627,13 +627,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "names", nargs="*", metavar="TEMPLATE",
         help="YAML file, or shipped template by folder, file stem or name; default: all shipped",
     )
-    _add_server_arguments(importing)
+    add_server_arguments(importing)
     importing.set_defaults(func=_guarded(_cmd_import))
 
     export = commands.add_parser("export", help="write a template from the server to a YAML file")
     export.add_argument("name", metavar="TEMPLATE", help="technical or visible template name")
     export.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
-    _add_server_arguments(export)
+    add_server_arguments(export)
     export.set_defaults(func=_guarded(_cmd_export))
 
     uuids = commands.add_parser("uuids", help="fill missing uuids in template files (in place)")

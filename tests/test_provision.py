@@ -1,0 +1,162 @@
+"""``trapline provision`` without a server, and the vehicle template against what the collectors send.
+
+Provisioning itself is tested against real Zabbix 6.0 and 7.0 in
+tests/integration/test_vehicle_zabbix.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trapline import provision
+from trapline.collectors.gps import fix_readings
+from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY
+from trapline.templates import check_template, shipped_templates
+
+TEMPLATE = next(p for p in shipped_templates() if p.name == provision.VEHICLE_TEMPLATE_FILE)
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="trapline")
+    provision.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+def test_provision_needs_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli(["provision", "van-17", "--url", "http://127.0.0.1:9/"]) == 2
+    assert "--token-file" in capsys.readouterr().err
+
+
+def test_provision_needs_a_host() -> None:
+    with pytest.raises(SystemExit):
+        _cli(["provision", "--url", "http://127.0.0.1:9/"])
+
+
+def test_provision_refuses_a_readable_secret_and_never_prints_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("tok-very-secret-123\n", encoding="utf-8")
+    os.chmod(secret, 0o644)
+    status = _cli(["provision", "van-17", "--url", "http://127.0.0.1:9/", "--token-file", str(secret)])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert "readable by group or others" in captured.err
+    assert "tok-very-secret" not in captured.out + captured.err
+
+
+def test_an_unreachable_server_is_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("tok-very-secret-123\n", encoding="utf-8")
+    os.chmod(secret, 0o600)
+    # Nothing listens on port 9.
+    status = _cli(
+        ["provision", "van-17", "--url", "http://127.0.0.1:9/", "--token-file", str(secret), "--timeout", "2"]
+    )
+    captured = capsys.readouterr()
+    assert status == 1
+    assert captured.err.startswith("trapline provision: ")
+    assert "Traceback" not in captured.err
+    assert "tok-very-secret" not in captured.out + captured.err
+
+
+# --------------------------------------------------------------------------
+# Geomap widget per server version
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("version", "field", "width"),
+    [((6, 0), "groupids", 24), ((6, 4), "groupids.0", 24), ((7, 0), "groupids.0", 72)],
+)
+def test_geomap_widget_follows_the_dashboard_grid_and_field_names(
+    version: tuple[int, int], field: str, width: int
+) -> None:
+    widget = provision.geomap_widget("42", version)
+    assert widget["type"] == "geomap"
+    assert widget["width"] == width
+    assert widget["fields"] == [{"type": 2, "name": field, "value": "42"}]
+    assert provision._shows_group(widget, "42")
+    assert not provision._shows_group(widget, "43")
+
+
+def test_a_map_of_another_widget_type_does_not_count() -> None:
+    widget = provision.geomap_widget("42", (7, 0)) | {"type": "map"}
+    assert not provision._shows_group(widget, "42")
+
+
+# --------------------------------------------------------------------------
+# The vehicle template matches what the collectors send (no item without a sender, no key without an item)
+# --------------------------------------------------------------------------
+OBD_KEYS = {
+    "obd.state",
+    "obd.voltage",
+    "obd.protocol",
+    "obd.vin",
+    "obd.mil",
+    "obd.dtc.count[stored]",
+    "obd.dtc.count[pending]",
+}
+FULL_GPSD_REPORT = {
+    "class": "POLL",
+    "active": 1,
+    "tpv": [
+        {
+            "mode": 3,
+            "lat": 1.0,
+            "lon": 2.0,
+            "altMSL": 3.0,
+            "speed": 4.0,
+            "track": 5.0,
+            "epx": 6.0,
+            "epy": 7.0,
+            "epv": 8.0,
+            "time": "2024-01-01T00:00:00Z",
+        }
+    ],
+    "sky": [{"uSat": 9}],
+}
+
+
+def _template() -> dict[str, Any]:
+    template: dict[str, Any] = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))["zabbix_export"][
+        "templates"
+    ][0]
+    return template
+
+
+def test_the_vehicle_template_passes_the_checks() -> None:
+    assert check_template(TEMPLATE) == []
+    assert _template()["template"] == provision.VEHICLE_TEMPLATE
+
+
+def test_template_items_are_exactly_what_the_collectors_send() -> None:
+    gps_keys = set(fix_readings(FULL_GPSD_REPORT, datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC)))
+    assert {item["key"] for item in _template()["items"]} == OBD_KEYS | gps_keys
+
+
+def test_discovery_rules_match_the_collector() -> None:
+    rules = {rule["key"]: rule for rule in _template()["discovery_rules"]}
+    assert set(rules) == {PID_DISCOVERY, DTC_DISCOVERY}
+    assert [p["key"] for p in rules[PID_DISCOVERY]["item_prototypes"]] == ["obd.pid[{#PID}]"]
+    assert [p["key"] for p in rules[DTC_DISCOVERY]["item_prototypes"]] == ["obd.dtc[{#DTC},{#STATE}]"]
+
+
+def test_position_items_fill_the_inventory_without_units() -> None:
+    items = {item["key"]: item for item in _template()["items"]}
+    for key, field in (("gps.latitude", "LOCATION_LAT"), ("gps.longitude", "LOCATION_LON")):
+        assert items[key]["inventory_link"] == field
+        # With units, Zabbix writes the formatted value ("52.52 °") and Geomap cannot place the host.
+        assert "units" not in items[key]

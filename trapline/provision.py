@@ -1,0 +1,250 @@
+"""``trapline provision``: put vehicles into Zabbix, ready for the agent to send to.
+
+For each vehicle a host is created (or brought up to date) in a host group,
+with the "Vehicle OBD-II and GPS by Zabbix trapper" template linked and the
+host inventory in automatic mode, so the GPS items fill the inventory's
+location and the vehicle shows up on a Geomap.  A global dashboard ("Fleet
+map") with a Geomap widget over the group is created once.  Running it again
+changes nothing that is already right, and never removes groups, templates or
+dashboard pages someone added by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pyzabbix.api import ZabbixAPIException
+from requests import RequestException
+
+from trapline.middleware.config import ConfigError
+from trapline.templates import (
+    TemplateError,
+    ZabbixApiClient,
+    add_server_arguments,
+    connect,
+    import_templates,
+    server_version,
+    shipped_templates,
+)
+
+log = logging.getLogger(__name__)
+
+VEHICLE_TEMPLATE = "Vehicle OBD-II and GPS by Zabbix trapper"
+VEHICLE_TEMPLATE_FILE = "template_vehicle_obd_gps.yaml"
+DEFAULT_GROUP = "Vehicles"
+DEFAULT_DASHBOARD = "Fleet map"
+
+INVENTORY_AUTOMATIC = 1
+WIDGET_FIELD_HOST_GROUP = 2
+GEOMAP_WIDGET = "geomap"
+# The dashboard grid is 24 columns wide up to 6.4 and 72 from 7.0 on; rows are alike.
+_GRID_COLUMNS_7 = 72
+_GRID_COLUMNS_6 = 24
+_MAP_HEIGHT = 12
+
+Action = Literal["created", "updated", "unchanged"]
+
+
+class ProvisionError(Exception):
+    """The server lacks something provisioning needs; ``str()`` says what."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    objectid: str
+    action: Action
+
+
+def _call(api: ZabbixApiClient, method: str, params: Mapping[str, Any]) -> Any:
+    return api.do_request(method, params)["result"]
+
+
+# --------------------------------------------------------------------------
+# Template, group, host
+# --------------------------------------------------------------------------
+def _template_id(api: ZabbixApiClient) -> str | None:
+    found = _call(api, "template.get", {"output": ["templateid"], "filter": {"host": [VEHICLE_TEMPLATE]}})
+    return str(found[0]["templateid"]) if found else None
+
+
+def ensure_template(api: ZabbixApiClient) -> Outcome:
+    """The vehicle template's id; the shipped file is imported first if the server lacks it.
+
+    An existing template is left as it is: updating it is ``trapline templates import``'s job.
+    """
+    templateid = _template_id(api)
+    if templateid is not None:
+        return Outcome(templateid, "unchanged")
+    paths = [p for p in shipped_templates() if p.name == VEHICLE_TEMPLATE_FILE]
+    if not paths:
+        raise ProvisionError(f"{VEHICLE_TEMPLATE_FILE} is not among the shipped templates")
+    import_templates(api, paths)
+    templateid = _template_id(api)
+    if templateid is None:
+        raise ProvisionError(f"template {VEHICLE_TEMPLATE!r} is still missing after its import")
+    return Outcome(templateid, "created")
+
+
+def ensure_host_group(api: ZabbixApiClient, name: str) -> Outcome:
+    found = _call(api, "hostgroup.get", {"output": ["groupid"], "filter": {"name": [name]}})
+    if found:
+        return Outcome(str(found[0]["groupid"]), "unchanged")
+    created = _call(api, "hostgroup.create", {"name": name})
+    return Outcome(str(created["groupids"][0]), "created")
+
+
+def provision_vehicle(api: ZabbixApiClient, host: str, group: str = DEFAULT_GROUP) -> Outcome:
+    """Create or update the vehicle's host: in ``group``, template linked, inventory automatic.
+
+    The host name is the technical one the agent's collectors send as ``host``.
+    """
+    templateid = ensure_template(api).objectid
+    groupid = ensure_host_group(api, group).objectid
+    # 6.2 renamed host groups in host.get (selectGroups -> selectHostGroups).
+    select_groups, groups_key = (
+        ("selectHostGroups", "hostgroups") if server_version(api) >= (6, 2) else ("selectGroups", "groups")
+    )
+    found = _call(api, "host.get", {
+        "output": ["hostid", "inventory_mode"],
+        "filter": {"host": [host]},
+        "selectParentTemplates": ["templateid"],
+        select_groups: ["groupid"],
+    })
+    if not found:
+        created = _call(api, "host.create", {
+            "host": host,
+            "groups": [{"groupid": groupid}],
+            "templates": [{"templateid": templateid}],
+            "inventory_mode": INVENTORY_AUTOMATIC,
+        })
+        hostid = str(created["hostids"][0])
+        log.info("created vehicle host %s (hostid %s) in group %s", host, hostid, group)
+        return Outcome(hostid, "created")
+
+    existing = found[0]
+    hostid = str(existing["hostid"])
+    groupids = [str(g["groupid"]) for g in existing.get(groups_key, [])]
+    templateids = [str(t["templateid"]) for t in existing.get("parentTemplates", [])]
+    changes: dict[str, Any] = {}
+    if groupid not in groupids:
+        changes["groups"] = [{"groupid": g} for g in [*groupids, groupid]]
+    if templateid not in templateids:
+        # host.update replaces the linked templates: keep the ones already there.
+        changes["templates"] = [{"templateid": t} for t in [*templateids, templateid]]
+    if int(existing.get("inventory_mode", -1)) != INVENTORY_AUTOMATIC:
+        changes["inventory_mode"] = INVENTORY_AUTOMATIC
+    if not changes:
+        return Outcome(hostid, "unchanged")
+    _call(api, "host.update", {"hostid": hostid, **changes})
+    log.info("updated vehicle host %s (%s)", host, ", ".join(sorted(changes)))
+    return Outcome(hostid, "updated")
+
+
+# --------------------------------------------------------------------------
+# Fleet dashboard
+# --------------------------------------------------------------------------
+def geomap_widget(groupid: str, version: tuple[int, int]) -> dict[str, Any]:
+    """A full-width Geomap widget showing the hosts of one host group."""
+    return {
+        "type": GEOMAP_WIDGET,
+        "name": "Fleet",
+        "x": 0,
+        "y": 0,
+        "width": _GRID_COLUMNS_7 if version >= (7, 0) else _GRID_COLUMNS_6,
+        "height": _MAP_HEIGHT,
+        "fields": [{"type": WIDGET_FIELD_HOST_GROUP, "name": _groupids_field(version), "value": groupid}],
+    }
+
+
+def _groupids_field(version: tuple[int, int]) -> str:
+    # 6.4 numbered the values of multi-value widget fields: "groupids.0", "groupids.1", ...
+    return "groupids.0" if version >= (6, 4) else "groupids"
+
+
+def _shows_group(widget: Mapping[str, Any], groupid: str) -> bool:
+    return widget.get("type") == GEOMAP_WIDGET and any(
+        int(field.get("type", -1)) == WIDGET_FIELD_HOST_GROUP
+        and str(field.get("name", "")).split(".")[0] == "groupids"
+        and str(field.get("value")) == groupid
+        for field in widget.get("fields", [])
+    )
+
+
+def ensure_fleet_dashboard(api: ZabbixApiClient, group: str, name: str = DEFAULT_DASHBOARD) -> Outcome:
+    """A shared global dashboard ``name`` with a Geomap widget over the host group ``group``.
+
+    An existing dashboard of that name keeps its pages; if none of them maps the
+    group yet, a page with the map is added.
+    """
+    groupid = ensure_host_group(api, group).objectid
+    version = server_version(api)
+    page = {"name": group, "widgets": [geomap_widget(groupid, version)]}
+    found = _call(api, "dashboard.get", {
+        "output": ["dashboardid"], "filter": {"name": [name]}, "selectPages": "extend",
+    })
+    if not found:
+        created = _call(api, "dashboard.create", {
+            "name": name, "private": 0, "display_period": 30, "auto_start": 1, "pages": [page],
+        })
+        dashboardid = str(created["dashboardids"][0])
+        log.info("created dashboard %r (id %s) mapping host group %s", name, dashboardid, group)
+        return Outcome(dashboardid, "created")
+
+    dashboard = found[0]
+    dashboardid = str(dashboard["dashboardid"])
+    pages = dashboard.get("pages", [])
+    if any(_shows_group(widget, groupid) for p in pages for widget in p.get("widgets", [])):
+        return Outcome(dashboardid, "unchanged")
+    kept = [{"dashboard_pageid": p["dashboard_pageid"]} for p in pages]
+    _call(api, "dashboard.update", {"dashboardid": dashboardid, "pages": [*kept, page]})
+    log.info("added a map of host group %s to dashboard %r", group, name)
+    return Outcome(dashboardid, "updated")
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+def _cmd_provision(args: argparse.Namespace) -> int:
+    api = connect(args)
+    for host in args.hosts:
+        outcome = provision_vehicle(api, host, args.group)
+        print(f"host {host}: {outcome.action} (hostid {outcome.objectid})")
+    if args.dashboard:
+        outcome = ensure_fleet_dashboard(api, args.group, args.dashboard)
+        print(f"dashboard {args.dashboard!r}: {outcome.action} (dashboardid {outcome.objectid})")
+    return 0
+
+
+def _guarded(args: argparse.Namespace) -> int:
+    """Expected failures become one line on stderr and an exit code, never a traceback."""
+    try:
+        return _cmd_provision(args)
+    except ConfigError as exc:
+        print(f"trapline provision: {exc}", file=sys.stderr)
+        return 2
+    except (ProvisionError, TemplateError, ZabbixAPIException, RequestException, OSError) as exc:
+        print(f"trapline provision: {exc}", file=sys.stderr)
+        return 1
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``provision`` on the ``trapline`` command line."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "provision",
+        help="create or update vehicle hosts and the fleet map dashboard in Zabbix",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("hosts", nargs="+", metavar="HOST",
+                        help="technical host name of a vehicle, as its agent's collectors send it")
+    parser.add_argument("--group", default=DEFAULT_GROUP, help=f"host group (default {DEFAULT_GROUP!r})")
+    parser.add_argument("--dashboard", default=DEFAULT_DASHBOARD,
+                        help=f"name of the fleet map dashboard (default {DEFAULT_DASHBOARD!r}); '' for none")
+    add_server_arguments(parser)
+    parser.set_defaults(func=_guarded)
+    return parser
