@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.zabbix_fixtures"]
+pytest_plugins = ["tests.zabbix_fixtures", "tests.elm_fixtures"]

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.elm_fixtures import HOST
+from tests.elm_fixtures import obd_section as section
 from tests.outbox import ListOutbox
 from tests.peers import free_port, missing_peer, need_binary, wait_port
 from trapline.collectors.obd import build
@@ -21,7 +23,6 @@ pytestmark = pytest.mark.integration
 
 # Generous limits: a test that hangs fails here instead of stalling the suite.
 LIMIT = 40.0
-HOST = "van-17"
 
 
 def states(out: ListOutbox) -> list[int]:
@@ -31,26 +32,6 @@ def states(out: ListOutbox) -> list[int]:
         if not folded or folded[-1] != reading.value:
             folded.append(int(reading.value))
     return folded
-
-
-def section(port: int, **extra: Any) -> Section:
-    data: dict[str, Any] = {
-        "type": "obd",
-        "host": HOST,
-        "device": f"socket://127.0.0.1:{port}",
-        "protocol": "6",
-        "call_timeout": 2.0,
-        "connect_timeout": 10.0,
-        "retry_initial": 0.1,
-        "retry_max": 0.5,
-        "idle_interval": 0.3,
-        "dtc_interval": 0.5,
-        "tiers": {
-            "fast": {"interval": 0.1, "pids": ["SPEED", "RPM", "THROTTLE_POS"]},
-            "slow": {"interval": 0.5, "pids": ["COOLANT_TEMP", "INTAKE_TEMP", "FUEL_LEVEL", "OIL_TEMP"]},
-        },
-    }
-    return Section(Path("test.toml"), "collectors.car", data | extra)
 
 
 _waiting_for = [""]
@@ -82,32 +63,6 @@ def run_collector(
 
     asyncio.run(main())
     return out
-
-
-@pytest.fixture
-def elm_module() -> Iterator[Any]:
-    os.environ["ELM_LOG_CFG"] = "/nonexistent"  # else the emulator writes elm.log into the cwd
-    try:
-        import elm  # noqa: PLC0415 - a missing emulator must go through missing_peer
-        from elm import obd_message  # noqa: PLC0415
-    except ImportError:
-        missing_peer("ELM327-emulator is not installed (pip install ELM327-emulator)")
-    obd_message.DTC_STORED.clear()
-    obd_message.DTC_PENDING.clear()
-    yield elm
-    obd_message.DTC_STORED.clear()
-    obd_message.DTC_PENDING.clear()
-
-
-@pytest.fixture
-def emulator(elm_module: Any) -> Iterator[tuple[Any, int]]:
-    """A fresh in-process emulator per test (a client hanging up can crash its worker)."""
-    port = free_port()
-    with elm_module.Elm(net_port=port) as emu:
-        emu.set_sorted_obd_msg("car")
-        if not wait_port(port):
-            missing_peer("ELM327-emulator did not open its TCP port")
-        yield emu, port
 
 
 def test_supported_pids_are_discovered_and_polled(emulator: tuple[Any, int]) -> None:

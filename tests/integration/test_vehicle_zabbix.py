@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 # The emulator fixtures are shared with the collector's own emulator tests.
-from tests.integration.test_obd_emulator import elm_module, emulator, section  # noqa: F401
+from tests.elm_fixtures import obd_section
 from tests.outbox import ListOutbox
 from tests.zabbix_fixtures import unique_name, wait_until
 from trapline.collectors.gps import fix_readings
@@ -95,8 +95,8 @@ async def until(what: str, condition: Callable[[], Any], feed: Feed | None = Non
 
 def test_a_provisioned_vehicle_gets_items_problems_and_a_place_on_the_map(
     zabbix: LocalZabbix,
-    emulator: tuple[Any, int],  # noqa: F811
-    elm_module: Any,  # noqa: F811
+    emulator: tuple[Any, int],
+    elm_module: Any,
 ) -> None:
     _, port = emulator
     obd_message = elm_module.obd_message
@@ -170,7 +170,7 @@ def test_a_provisioned_vehicle_gets_items_problems_and_a_place_on_the_map(
         await until("DTC resolved", lambda: not problems("P0143"), feed)
 
     async def main() -> None:
-        task = asyncio.create_task(build("car", section(port, host=host)).run(out))
+        task = asyncio.create_task(build("car", obd_section(port, host=host)).run(out))
         try:
             async with asyncio.timeout(LIMIT):
                 await drive()
