@@ -40,7 +40,8 @@ from typing import Any
 
 import gpsd
 
-from trapline.collectors.obd.blocking import BlockingWorker, DeadlineMissed
+from trapline.middleware.backoff import Backoff
+from trapline.middleware.blocking import BlockingWorker, DeadlineMissed
 from trapline.middleware.config import Section
 from trapline.middleware.model import Reading, Value
 from trapline.middleware.plugin import Outbox
@@ -183,21 +184,21 @@ class GpsCollector:
 
     async def _run(self, out: Outbox) -> None:
         s = self.settings
-        failures = 0
+        backoff = Backoff(s.retry_initial, max(s.retry_max, s.retry_initial))
+        delay = 0.0
         while True:
-            if failures:
-                await asyncio.sleep(min(s.retry_max, s.retry_initial * 2.0 ** (failures - 1)))
+            await asyncio.sleep(delay)
             worker = BlockingWorker(f"gps-{self.name}")
             try:
                 await worker.call(lambda: _connect(s.server, s.port, s.call_timeout), s.call_timeout,
                                   f"connect to gpsd {s.server}:{s.port}")
-                failures = 0
+                backoff.reset()
                 while True:
                     packet = await worker.call(_poll, s.call_timeout, "gpsd poll")
                     self._emit(out, packet)
                     await asyncio.sleep(s.interval)
             except (DeadlineMissed, GpsdError, OSError, ValueError, KeyError) as exc:
-                failures += 1
+                delay = backoff.next_delay()
                 out.error(f"gps: {type(exc).__name__}: {exc}; reconnecting")
             finally:
                 worker.abandon()

@@ -1,7 +1,7 @@
 """python-OBD behind a small blocking interface.
 
 Every method except :meth:`Adapter.abort` blocks on the serial line and must
-run in the connection's :class:`~trapline.collectors.obd.blocking.BlockingWorker`.
+run in the connection's :class:`~trapline.middleware.blocking.BlockingWorker`.
 Only python-OBD's connection setup (baud, ``ATZ``/``ATE0``/``ATH1``, protocol,
 supported-PID bitmaps) and frame reassembly are used; requests are sent as raw
 commands and their payloads decoded by :mod:`.payload`.

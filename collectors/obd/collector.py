@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from trapline.collectors.obd.adapter import Adapter, Answer, Reach
-from trapline.collectors.obd.blocking import BlockingWorker, DeadlineMissed
 from trapline.collectors.obd.catalog import DecodeError, PidSpec, pid_table
 from trapline.collectors.obd.link import Link, LinkState
 from trapline.collectors.obd.payload import (
@@ -56,6 +55,7 @@ from trapline.collectors.obd.payload import (
     parse_voltage,
     split_pids,
 )
+from trapline.middleware.blocking import BlockingWorker, DeadlineMissed
 from trapline.middleware.config import Section
 from trapline.middleware.model import Discovery, Reading, Value
 from trapline.middleware.plugin import Outbox

@@ -75,4 +75,5 @@ class Link:
         """Seconds to wait before the next connection attempt (exponential backoff)."""
         if self.failed_connects == 0:
             return 0.0
-        return min(self.retry_max, self.retry_initial * 2.0 ** (self.failed_connects - 1))
+        # The exponent is capped: an adapter missing for days must not overflow the float.
+        return min(self.retry_max, self.retry_initial * 2.0 ** min(self.failed_connects - 1, 64))
