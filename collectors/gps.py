@@ -11,12 +11,20 @@ Sample configuration section::
     call_timeout = 5.0       # deadline of every gpsd call
     retry_initial = 1.0      # backoff while gpsd is unreachable ...
     retry_max = 60.0         # ... doubling up to this
+    # Derived at the edge from every fix (see vehicle_derived.py); all optional:
+    home_latitude = 56.9496
+    home_longitude = 24.1052
+    geofence_radius = 50000  # m around home; 0 = none
+    overspeed_limit = 90     # km/h; 0 = none
+    trip_start_speed = 8     # km/h held for trip_start_after s starts a trip ...
+    trip_stop_speed = 3      # ... below this for trip_stop_after s ends it
 
 Items: ``gps.fix.mode`` (0 unknown, 1 no fix, 2 2D, 3 3D), ``gps.satellites.used``;
 with a fix also ``gps.latitude``/``gps.longitude`` (degrees, 6 decimals so they fit
 Zabbix's 16-character inventory fields), ``gps.speed`` (km/h), ``gps.track`` (°),
 ``gps.fix.age`` (s), ``gps.error.horizontal``/``gps.error.vertical`` (m, when gpsd
 gives them) and, with a 3D fix, ``gps.altitude`` (m above mean sea level).
+With a fix, the ``vehicle.*`` items of :mod:`vehicle_derived` too.
 
 gpsd-py3 keeps one connection in module globals, has no socket timeout, raises
 on a missing fix or device, and reads only the pre-3.20 ``alt`` key.  So: one GPS
@@ -34,12 +42,13 @@ import logging
 import socket
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import gpsd
 
+from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.middleware.backoff import Backoff
 from trapline.middleware.blocking import BlockingWorker, DeadlineMissed
 from trapline.middleware.config import Section
@@ -66,6 +75,7 @@ class GpsSettings:
     call_timeout: float = 5.0
     retry_initial: float = 1.0
     retry_max: float = 60.0
+    derived: DerivedSettings = field(default_factory=DerivedSettings)
 
 
 def build(name: str, section: Section) -> GpsCollector:
@@ -77,6 +87,7 @@ def build(name: str, section: Section) -> GpsCollector:
         call_timeout=section.number("call_timeout", 5.0, minimum=0.1),
         retry_initial=section.number("retry_initial", 1.0, minimum=0.01),
         retry_max=section.number("retry_max", 60.0, minimum=0.01),
+        derived=DerivedSettings.from_section(section),
     )
     section.text("type")
     section.done()
@@ -171,6 +182,7 @@ class GpsCollector:
     def __init__(self, name: str, settings: GpsSettings) -> None:
         self.name = name
         self.settings = settings
+        self.derived = EdgeDerivations(settings.derived)
 
     async def run(self, out: Outbox) -> None:
         if not _GPSD_MODULE.acquire(blocking=False):
@@ -205,5 +217,12 @@ class GpsCollector:
                 _drop_connection()
 
     def _emit(self, out: Outbox, packet: Mapping[str, Any]) -> None:
-        for key, (value, unit) in fix_readings(packet, datetime.now(UTC)).items():
+        now = datetime.now(UTC)
+        readings = fix_readings(packet, now)
+        lat, lon = readings.get("gps.latitude"), readings.get("gps.longitude")
+        speed = readings.get("gps.speed")
+        if lat is not None and lon is not None and speed is not None:
+            derived = self.derived.update(now.timestamp(), float(lat[0]), float(lon[0]), float(speed[0]))
+            readings.update(derived)
+        for key, (value, unit) in readings.items():
             out.put(Reading.now(self.settings.host, key, value, unit))

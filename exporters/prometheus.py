@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from trapline.middleware.config import Section
 from trapline.middleware.model import Item, Reading
-from trapline.middleware.normalize import PrometheusUnit, unit_table
+from trapline.middleware.normalize import PrometheusUnit, split_params, unit_table
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class PrometheusExporter:
         labels: dict[str, str] = {"host": item.host}
         labels.update(item.labels)
         if params is not None and spec and spec.param_labels:
-            for label, value in zip(spec.param_labels, params.split(","), strict=False):
+            for label, value in zip(spec.param_labels, split_params(params), strict=False):
                 labels[label] = value
         elif params is not None and not item.labels:
             labels["param"] = params

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from trapline import __version__
 from trapline.middleware.model import Discovery, Item, Reading, now_clock
+from trapline.middleware.normalize import quote_param
 
 
 @dataclass(slots=True)
@@ -69,14 +70,14 @@ class AgentStats:
         ]
         for name, d in sorted(self.destinations.items()):
             items += [
-                r(f"trapline.sent[{name}]", d.sent),
-                r(f"trapline.failed[{name}]", d.failed),
-                r(f"trapline.send.latency[{name}]", round(d.latency_avg, 6), "s"),
-                r(f"trapline.backlog[{name}]", d.backlog),
+                r(f"trapline.sent[{quote_param(name)}]", d.sent),
+                r(f"trapline.failed[{quote_param(name)}]", d.failed),
+                r(f"trapline.send.latency[{quote_param(name)}]", round(d.latency_avg, 6), "s"),
+                r(f"trapline.backlog[{quote_param(name)}]", d.backlog),
             ]
         for name, c in sorted(self.collectors.items()):
             items += [
-                r(f"trapline.collector.readings[{name}]", c.readings),
-                r(f"trapline.collector.errors[{name}]", c.errors),
+                r(f"trapline.collector.readings[{quote_param(name)}]", c.readings),
+                r(f"trapline.collector.errors[{quote_param(name)}]", c.errors),
             ]
         return items

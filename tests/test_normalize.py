@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trapline.middleware.model import Discovery, Reading
-from trapline.middleware.normalize import Rejected, normalize
+from trapline.middleware.normalize import Rejected, normalize, quote_param, split_params
 
 
 def reading(key: str = "a.b", value: object = 1, unit: str = "", host: str = "h1") -> Reading:
@@ -79,3 +79,17 @@ def test_discovery_rule_key_checked() -> None:
 def test_normalize_never_raises_anything_but_rejected(value: object) -> None:
     with contextlib.suppress(Rejected):
         normalize(reading(value=value))
+
+
+@pytest.mark.parametrize(
+    "param", ["zabbix[127.0.0.1:10051]", "a,b", 'say "hi"', "", " padded "],
+)
+def test_quoted_params_round_trip(param: str) -> None:
+    key = f"trapline.sent[{quote_param(param)}]"
+    assert normalize(reading(key=key)).key == key  # type: ignore[union-attr]
+    assert split_params(key[len("trapline.sent[") : -1]) == [param]
+
+
+def test_split_params_of_plain_and_mixed_lists() -> None:
+    assert split_params("eth0,rx") == ["eth0", "rx"]
+    assert split_params('"a,b", c') == ["a,b", "c"]

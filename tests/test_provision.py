@@ -18,6 +18,7 @@ import yaml
 from trapline import provision
 from trapline.collectors.gps import fix_readings
 from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY
+from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.templates import check_template, shipped_templates
 
 TEMPLATE = next(p for p in shipped_templates() if p.name == provision.VEHICLE_TEMPLATE_FILE)
@@ -142,9 +143,21 @@ def test_the_vehicle_template_passes_the_checks() -> None:
     assert _template()["template"] == provision.VEHICLE_TEMPLATE
 
 
+def _derived_keys() -> set[str]:
+    """Every key the edge derivations send, with every option on and one whole trip."""
+    edge = EdgeDerivations(DerivedSettings(home=(0.0, 0.0), geofence_radius=1, overspeed_limit=1,
+                                           trip_start_after=0, trip_stop_after=0))
+    keys: set[str] = set()
+    for t, speed in enumerate([50.0, 50.0, 0.0]):
+        keys |= set(edge.update(t, 0.001 * t, 0.0, speed))
+    return keys
+
+
 def test_template_items_are_exactly_what_the_collectors_send() -> None:
     gps_keys = set(fix_readings(FULL_GPSD_REPORT, datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC)))
-    assert {item["key"] for item in _template()["items"]} == OBD_KEYS | gps_keys
+    derived = _derived_keys()
+    assert "vehicle.trip.last.distance" in derived
+    assert {item["key"] for item in _template()["items"]} == OBD_KEYS | gps_keys | derived
 
 
 def test_discovery_rules_match_the_collector() -> None:

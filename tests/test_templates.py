@@ -12,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trapline import templates
+from trapline.middleware.model import Discovery, Reading
+from trapline.middleware.stats import AgentStats
 from trapline.templates import (
     _referenced_items,
     check_template,
@@ -54,18 +56,25 @@ def test_uuids_are_unique_across_all_shipped_templates() -> None:
 # The agent template is a contract with the pipeline's self-monitoring
 # --------------------------------------------------------------------------
 AGENT_TEMPLATE = template_dir() / "trapline_agent" / "template_trapline_agent.yaml"
-AGENT_KEYS = {
-    "trapline.uptime", "trapline.version", "trapline.spool.depth", "trapline.spool.oldest.age",
-    "trapline.spool.dropped", "trapline.rejected",
-}
-DESTINATION_KEYS = {
-    "trapline.sent[{#DEST}]", "trapline.failed[{#DEST}]", "trapline.send.latency[{#DEST}]",
-    "trapline.backlog[{#DEST}]",
-}
-COLLECTOR_KEYS = {"trapline.collector.readings[{#COLLECTOR}]", "trapline.collector.errors[{#COLLECTOR}]"}
+
+
+def _keys_the_agent_sends() -> tuple[set[str], set[str], set[str], set[str]]:
+    """Plain item keys, LLD rules, destination and collector prototype keys, from the agent's own code."""
+    stats = AgentStats()
+    stats.destination("{#DEST}")
+    stats.collector("{#COLLECTOR}")
+    items = stats.readings("agent", 0, None)
+    keys = {i.key for i in items if isinstance(i, Reading)}
+    rules = {i.rule for i in items if isinstance(i, Discovery)}
+    dest = {k for k in keys if "{#DEST}" in k}
+    collector = {k for k in keys if "{#COLLECTOR}" in k}
+    return keys - dest - collector, rules, dest, collector
+
+
+AGENT_KEYS, AGENT_RULES, DESTINATION_KEYS, COLLECTOR_KEYS = _keys_the_agent_sends()
 COUNTER_KEYS = {
-    "trapline.spool.dropped", "trapline.rejected", "trapline.sent[{#DEST}]", "trapline.failed[{#DEST}]",
-    "trapline.collector.readings[{#COLLECTOR}]", "trapline.collector.errors[{#COLLECTOR}]",
+    "trapline.spool.dropped", "trapline.rejected", 'trapline.sent["{#DEST}"]', 'trapline.failed["{#DEST}"]',
+    'trapline.collector.readings["{#COLLECTOR}"]', 'trapline.collector.errors["{#COLLECTOR}"]',
 }
 
 
@@ -86,7 +95,7 @@ def test_agent_template_has_exactly_the_keys_the_agent_sends() -> None:
     template = _agent_template()
     assert {item["key"] for item in template["items"]} == AGENT_KEYS
     rules = {rule["key"]: rule for rule in template["discovery_rules"]}
-    assert set(rules) == {"trapline.destination.discovery", "trapline.collector.discovery"}
+    assert set(rules) == AGENT_RULES == {"trapline.destination.discovery", "trapline.collector.discovery"}
     assert {p["key"] for p in rules["trapline.destination.discovery"]["item_prototypes"]} == DESTINATION_KEYS
     assert {p["key"] for p in rules["trapline.collector.discovery"]["item_prototypes"]} == COLLECTOR_KEYS
     assert all(rule["type"] == "TRAP" for rule in rules.values())
