@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,17 +120,21 @@ class Cycle:
     halted: bool = False  # endpoint down or credentials refused: skip the rest of the cycle
 
     def reading(
-        self, host: str, key: str, value: Value, clock: int | None = None, *, unit: str = ""
+        self, host: str, key: str, value: Value, clock: int | None = None, *, unit: str = "", ns: int = 0
     ) -> None:
         if clock is None:
             self.items.append(Reading.now(host, key, value, unit))
         else:
-            self.items.append(Reading(host, key, value, clock, 0, unit))
+            self.items.append(Reading(host, key, value, clock, ns, unit))
 
     def runs(self, resource: Resource, prefix: str, runs: Iterable[Run]) -> None:
         for run in runs:
+            # Two runs of one job may end in the same second: a nanosecond part derived from
+            # the run and its state keeps their values apart in Zabbix (one history row per
+            # item, clock and ns), and stays the same when a poll reports the run again.
+            ns = zlib.crc32(f"{run.id}/{run.state}".encode()) % 1_000_000_000
             for suffix, value in run.values:
-                self.reading(resource.host, resource.key(f"{prefix}.{suffix}"), value, run.clock)
+                self.reading(resource.host, resource.key(f"{prefix}.{suffix}"), value, run.clock, ns=ns)
 
     def guard(self, what: str, action: Callable[[], T]) -> T | None:
         """Run one step; a failure is counted and worded, never raised."""

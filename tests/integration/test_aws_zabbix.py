@@ -1,0 +1,370 @@
+"""End to end: moto (AWS) -> the real AWS poller -> ZabbixDestination -> real Zabbix 6.0 and 7.0 with
+the shipped "AWS EMR and Glue by trapline" templates: hosts from discovery, and problems from failed
+runs, an idle cluster and refused credentials.
+
+One scenario per Zabbix version (module-scoped ``world``): discovery and the configuration cache
+reload are paid once; each test then changes its own resource in moto, runs poll cycles and waits
+for Zabbix's verdict.  The poller runs on a virtual clock so that the CloudWatch windows of the idle
+test can be placed where the datapoints are; everything else is real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_aws_moto import (
+    ACCOUNT,
+    REGION,
+    _moto_emr_cluster,
+    _post,
+    client,
+    make_app,
+    make_cluster,
+    make_job,
+    moto_endpoint,  # noqa: F401 (fixture)
+)
+from tests.zabbix_fixtures import TEST_HOST_GROUP, unique_name, wait_until
+from trapline.collectors.aws.poller import AwsPoller, CycleResult
+from trapline.collectors.aws.settings import parse_settings
+from trapline.exporters.zabbix.client import ClusterClient, Endpoint
+from trapline.exporters.zabbix.destination import ZabbixDestination
+from trapline.localzabbix import LocalZabbix
+from trapline.middleware.config import Section
+from trapline.middleware.plugin import Spooled
+from trapline.templates import import_templates, template_dir
+
+pytestmark = pytest.mark.integration
+
+TEMPLATES = template_dir() / "aws_poller" / "template_aws_emr_glue.yaml"
+POLLER_TEMPLATE = "AWS EMR and Glue by trapline"
+CLUSTER_TEMPLATE = "AWS EMR cluster by trapline"
+APP_TEMPLATE = "AWS EMR Serverless application by trapline"
+EMR_PERIOD = 300
+LLD_TIMEOUT = 60.0  # LLD workers and template linking on a busy 2-core machine
+PROBLEM_TIMEOUT = 30.0
+
+
+@dataclass
+class World:
+    zabbix: LocalZabbix
+    api: Any
+    endpoint: str
+    host: str  # the poller host
+    hostid: str
+    poller: AwsPoller
+    clock: list[float]  # the poller's virtual "now", one cell so tests can move it
+    bucket: int  # start of the newest whole EMR period at setup (real time)
+    cluster_id: str
+    app_id: str
+    job: str
+
+    def cycle(self, poller: AwsPoller | None = None) -> CycleResult:
+        """One poll cycle, delivered to Zabbix; values of items that do not exist yet are refused."""
+        result = (poller or self.poller).cycle()
+        deliver(self.zabbix, result)
+        return result
+
+    def hostid_of(self, host: str) -> str:
+        found = self.api.host.get(filter={"host": [host]}, output=["hostid"])
+        assert found, f"no host {host}"
+        return str(found[0]["hostid"])
+
+
+def deliver(zabbix: LocalZabbix, result: CycleResult) -> None:
+    now = time.time()
+    batch = [Spooled(index, item, now, 0) for index, item in enumerate(result.items)]
+
+    async def send() -> None:
+        # A destination per delivery: its semaphore belongs to the event loop it first ran in.
+        node = Endpoint(zabbix.trapper_host, zabbix.trapper_port)
+        destination = ZabbixDestination("aws-e2e", ClusterClient([node], timeout=10), resend_delay=0)
+        try:
+            delivery = await destination.deliver(batch)
+        finally:
+            await destination.close()
+        assert delivery.unreachable is None, delivery.unreachable
+
+    asyncio.run(send())
+
+
+def items(api: Any, host: str, key: str) -> list[dict[str, str]]:
+    found: list[dict[str, str]] = api.item.get(
+        host=host, filter={"key_": [key]}, output=["itemid", "lastvalue"]
+    )
+    return found
+
+
+def open_problems(api: Any, hostid: str) -> list[str]:
+    return [p["name"] for p in api.problem.get(hostids=[hostid], output=["name"])]
+
+
+def wait_problem(api: Any, hostid: str, start: str) -> str:
+    """The name of the open problem that starts with ``start`` (waits for it)."""
+    names: list[str] = wait_until(
+        lambda: [n for n in open_problems(api, hostid) if n.startswith(start)],
+        timeout=PROBLEM_TIMEOUT,
+        what=f"a problem {start!r}",
+    )
+    return names[0]
+
+
+def wait_resolved(api: Any, hostid: str, start: str) -> None:
+    wait_until(
+        lambda: not [n for n in open_problems(api, hostid) if n.startswith(start)],
+        timeout=PROBLEM_TIMEOUT,
+        what=f"problem {start!r} to resolve",
+    )
+
+
+def put_idle(cloudwatch: Any, cluster_id: str, newest_bucket: int) -> None:
+    """IsIdle = 1 for the whole last hour, one datapoint at the start of each 5-minute period."""
+    cloudwatch.put_metric_data(
+        Namespace="AWS/ElasticMapReduce",
+        MetricData=[
+            {
+                "MetricName": "IsIdle",
+                "Dimensions": [{"Name": "JobFlowId", "Value": cluster_id}],
+                "Value": 1.0,
+                "Timestamp": dt.datetime.fromtimestamp(newest_bucket - k * EMR_PERIOD, dt.UTC),
+            }
+            for k in range(12)
+        ],
+    )
+
+
+def make_poller(endpoint: str, host: str, clock: list[float]) -> AwsPoller:
+    data = {
+        "type": "aws",
+        "host": host,
+        "region": REGION,
+        "endpoint_url": endpoint,
+        "max_attempts": 1,
+        # EMR windows end at the period boundary before the virtual now: the idle test
+        # moves the clock to choose which datapoint each fetch returns.
+        "emr": {"metric_delay": 0},
+    }
+    settings = parse_settings("aws", Section(Path("/etc/trapline/trapline.toml"), "collectors.aws", data))
+    return AwsPoller(settings, clock=lambda: clock[0])
+
+
+@pytest.fixture(scope="module")
+def world(
+    zabbix: LocalZabbix, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+) -> Iterator[World]:
+    endpoint = moto_endpoint
+    _post(endpoint, "/moto-api/reset")
+    none = tmp_path_factory.mktemp("aws") / "none"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_CONFIG_FILE", str(none))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(none))
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        env.delenv("AWS_PROFILE", raising=False)
+        env.delenv("AWS_SESSION_TOKEN", raising=False)
+
+        api = zabbix.api()
+        import_templates(api, [TEMPLATES])
+        host = unique_name("aws-e2e")
+        template = api.template.get(filter={"host": [POLLER_TEMPLATE]}, output=["templateid"])[0]
+        groups = api.hostgroup.get(filter={"name": [TEST_HOST_GROUP]}, output=["groupid"])
+        if not groups:
+            groups = [{"groupid": api.hostgroup.create(name=TEST_HOST_GROUP)["groupids"][0]}]
+        hostid = api.host.create(
+            host=host,
+            groups=[{"groupid": groups[0]["groupid"]}],
+            templates=[{"templateid": template["templateid"]}],
+        )["hostids"][0]
+        zabbix.config_cache_reload()
+
+        emr, glue, serverless = (client(endpoint, s) for s in ("emr", "glue", "emr-serverless"))
+        cluster_id = make_cluster(emr, "nightly-etl", step=True)
+        app_id = make_app(serverless, "adhoc-spark")
+        job = "load-orders"
+        make_job(glue, job)
+        bucket = math.floor(time.time() / EMR_PERIOD) * EMR_PERIOD
+        put_idle(client(endpoint, "cloudwatch"), cluster_id, bucket)
+
+        # Setup's virtual now: its EMR window ends 4 periods back, clear of the idle test's windows.
+        clock = [bucket - 4 * EMR_PERIOD + 1.0]
+        world = World(
+            zabbix, api, endpoint, host, hostid, make_poller(endpoint, host, clock), clock, bucket,
+            cluster_id, app_id, job,
+        )
+        first = world.cycle()
+        assert first.errors == []
+
+        # Discovery creates hosts and items a moment after the LLD values arrive; the
+        # trapper takes values for them only after a configuration cache reload.
+        wait_until(
+            lambda: items(api, f"emr-{cluster_id}", "emr.step.state")
+            and items(api, f"emr-serverless-{app_id}", "emr.serverless.job.run.state")
+            and items(api, host, f"glue.job.run.state[{job}]")
+            and api.trigger.get(host=f"emr-{cluster_id}", filter={"description": ["AWS EMR: Step failed"]})
+            and api.trigger.get(hostids=[hostid], search={"description": "Run failed"}),
+            timeout=LLD_TIMEOUT,
+            what="discovered hosts, items and triggers",
+        )
+        zabbix.config_cache_reload()
+        yield world
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+def test_clusters_applications_and_jobs_are_discovered(world: World) -> None:
+    api = world.api
+    cluster = api.host.get(
+        filter={"host": [f"emr-{world.cluster_id}"]},
+        output=["name"],
+        selectParentTemplates=["host"],
+        selectGroups=["name"],  # 6.0 name; 7.0 still accepts it
+        selectTags=["tag", "value"],
+    )
+    assert len(cluster) == 1
+    assert cluster[0]["name"] == f"EMR nightly-etl ({world.cluster_id})"
+    assert [t["host"] for t in cluster[0]["parentTemplates"]] == [CLUSTER_TEMPLATE]
+    assert [g["name"] for g in cluster[0]["groups"]] == ["AWS/EMR"]
+    assert {"tag": "emr.cluster", "value": "nightly-etl"} in cluster[0]["tags"]
+
+    app = api.host.get(
+        filter={"host": [f"emr-serverless-{world.app_id}"]}, output=["name"], selectParentTemplates=["host"]
+    )
+    assert [(a["name"], [t["host"] for t in a["parentTemplates"]]) for a in app] == [
+        (f"EMR Serverless adhoc-spark ({world.app_id})", [APP_TEMPLATE])
+    ]
+
+    glue_items = api.item.get(hostids=[world.hostid], search={"key_": "glue.job."}, output=["key_", "name"])
+    keys = {i["key_"] for i in glue_items}
+    assert {f"glue.job.run.state[{world.job}]", f"glue.job.run.error[{world.job}]",
+            f"glue.job.last_success[{world.job}]"} <= keys
+    assert all(world.job in i["name"] for i in glue_items)
+
+
+# -- run health -------------------------------------------------------------------------------
+
+
+def _fail_glue_run(job: str, message: str) -> None:
+    from moto.glue.models import FakeJobRun, glue_backends  # noqa: PLC0415 (in-process peer)
+
+    run = glue_backends[ACCOUNT][REGION].jobs[job].job_runs[-1]
+    run.status = "FAILED"
+    # Ended a minute ago: the next run's values must not share its second (same clock, ns 0).
+    run.started_on -= dt.timedelta(seconds=120)
+    run.completed_on -= dt.timedelta(seconds=60)
+    # moto's job runs carry no ErrorMessage: add the one Glue sends with a failure.
+    run.as_dict = lambda: {**FakeJobRun.as_dict(run), "ErrorMessage": message}
+
+
+def test_failed_glue_run_is_a_problem_with_its_error_until_a_run_succeeds(world: World) -> None:
+    glue = client(world.endpoint, "glue")
+    failed_id = glue.start_job_run(JobName=world.job)["JobRunId"]
+    message = "An error occurred while calling o103.pyWriteDynamicFrame: Access Denied (S3 403)"
+    _fail_glue_run(world.job, message)
+    world.cycle()
+
+    name = wait_problem(world.api, world.hostid, f"AWS Glue: Job {world.job}: Run ")
+    assert name == f"AWS Glue: Job {world.job}: Run {failed_id} FAILED: {message}"
+
+    glue.start_job_run(JobName=world.job)  # moto: SUCCEEDED at once
+    world.cycle()
+    wait_resolved(world.api, world.hostid, f"AWS Glue: Job {world.job}: Run ")
+    (success,) = items(world.api, world.host, f"glue.job.last_success[{world.job}]")
+    assert int(success["lastvalue"]) > 0
+
+
+def test_failed_emr_step_and_serverless_job_run_are_problems_on_their_hosts(world: World) -> None:
+    from moto.emrserverless.models import emrserverless_backends  # noqa: PLC0415 (in-process peer)
+
+    step = _moto_emr_cluster(world.cluster_id).steps[0]
+    step.state = "FAILED"
+    step.end_date_time = dt.datetime.now(dt.UTC)
+    step.last_state_change_reason = "Step failed: exit code 1"
+
+    serverless = client(world.endpoint, "emr-serverless")
+    run_id = serverless.start_job_run(
+        applicationId=world.app_id,
+        executionRoleArn="arn:aws:iam::123456789012:role/job",
+        name="hourly",
+        jobDriver={"sparkSubmit": {"entryPoint": "s3://bucket/job.py"}},
+    )["jobRunId"]
+    run = next(r for r in emrserverless_backends[ACCOUNT][REGION].job_runs[world.app_id] if r.id == run_id)
+    run.state, run.state_details = "FAILED", "Job failed, ExitCode: 1"
+    world.cycle()
+
+    cluster_host = world.hostid_of(f"emr-{world.cluster_id}")
+    name = wait_problem(world.api, cluster_host, "AWS EMR: Step ")
+    assert name == f"AWS EMR: Step load ({step.id}) failed: Step failed: exit code 1"
+    app_host = world.hostid_of(f"emr-serverless-{world.app_id}")
+    name = wait_problem(world.api, app_host, "AWS EMR Serverless: Job run ")
+    assert name == f"AWS EMR Serverless: Job run hourly ({run_id}) failed: Job failed, ExitCode: 1"
+
+
+# -- CloudWatch --------------------------------------------------------------------------------
+
+
+def test_idle_cluster_raises_the_idle_trigger(world: World) -> None:
+    cluster_host = world.hostid_of(f"emr-{world.cluster_id}")
+    # Zabbix 6.0 refuses macros on discovered hosts: shorten the template's default instead.
+    api = world.api
+    template = api.template.get(filter={"host": [CLUSTER_TEMPLATE]}, output=["templateid"])[0]["templateid"]
+    (macro,) = api.usermacro.get(hostids=[template], filter={"macro": "{$AWS.EMR.IDLE.TIME.MAX}"})
+    api.usermacro.update(hostmacroid=macro["hostmacroid"], value="10m")
+    try:
+        world.zabbix.config_cache_reload()
+        start = "AWS EMR: Cluster has been idle"
+        assert not [n for n in open_problems(api, cluster_host) if n.startswith(start)]
+
+        # Two fetches: the first returns the datapoint 15 minutes before the newest period,
+        # the second the newest one.  Idle in the last 10 minutes AND before them: the trigger
+        # fires; a single idle datapoint (a new cluster) would not be enough.
+        for virtual_now in (world.bucket - 2 * EMR_PERIOD + 1.0, world.bucket + EMR_PERIOD + 1.0):
+            world.clock[0] = virtual_now
+            world.cycle()
+        idle = items(api, f"emr-{world.cluster_id}", "emr.cluster.idle")
+        rows = wait_until(
+            lambda: api.history.get(itemids=[idle[0]["itemid"]], history=0), what="IsIdle in history"
+        )
+        assert sorted(int(r["clock"]) for r in rows) == [world.bucket - 3 * EMR_PERIOD, world.bucket]
+        name = wait_problem(api, cluster_host, start)
+        assert name == "AWS EMR: Cluster has been idle for more than 10m"
+    finally:
+        api.usermacro.update(hostmacroid=macro["hostmacroid"], value=macro["value"])
+
+
+# -- poller errors -------------------------------------------------------------------------------
+
+
+def test_access_denied_is_the_poller_problem_and_clears_when_access_is_back(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iam = client(world.endpoint, "iam")
+    iam.create_user(UserName="no-rights")
+    key = iam.create_access_key(UserName="no-rights")["AccessKey"]
+    _post(world.endpoint, "/moto-api/reset-auth", b"0")  # moto checks IAM from now on
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        denied = world.cycle(make_poller(world.endpoint, world.host, world.clock))
+    finally:
+        _post(world.endpoint, "/moto-api/reset-auth", b"inf")
+    assert any("access denied" in e for e in denied.errors)
+
+    name = wait_problem(world.api, world.hostid, "AWS poller: ")
+    assert name == "AWS poller: Access to AWS refused"
+    (error,) = items(world.api, world.host, "aws.poller.error")
+    assert "access denied" in error["lastvalue"]
+    assert key["SecretAccessKey"] not in error["lastvalue"]
+
+    clean = world.cycle()  # the scenario's poller, with the credentials moto accepts
+    assert clean.errors == []
+    wait_resolved(world.api, world.hostid, "AWS poller: ")
