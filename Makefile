@@ -19,4 +19,4 @@ test: lint
 	python -m pytest -q --durations=20
 
 bench: setup
-	python bench/run_all.py
+	sh bench/run_all.sh

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from trapline.middleware.model import Reading
 from trapline.middleware.plugin import Spooled
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, median, table  # noqa: E402
+from _util import machine, median, table
 
 HOST = "bench-sender"
 VALUE_TYPE_UNSIGNED = 3
@@ -52,6 +53,12 @@ class Outcome:
     processed: int
     failed: int
     requests: int = 0
+    cpu: float = 0.0  # CPU seconds the sender itself used (user + system)
+
+
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -135,12 +142,12 @@ def trapline_sender(dest: ZabbixDestination, batch: int) -> Callable[[list[Readi
         spooled = [Spooled(i, r, 0.0, 0) for i, r in enumerate(readings)]
         before_processed, before_failed = dest.stats.values_processed, dest.stats.values_failed
         before_requests = dest.stats.requests
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         unsettled = 0
         for start in range(0, len(spooled), batch):
             delivery = await dest.deliver(spooled[start : start + batch])
             unsettled += len(delivery.retry) + len(delivery.rejected)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
         if unsettled:
             print(f"  trapline: {unsettled} values not accepted", file=sys.stderr)
         return Outcome(
@@ -148,6 +155,7 @@ def trapline_sender(dest: ZabbixDestination, batch: int) -> Callable[[list[Readi
             dest.stats.values_processed - before_processed,
             dest.stats.values_failed - before_failed,
             dest.stats.requests - before_requests,
+            cpu,
         )
 
     return run
@@ -158,18 +166,28 @@ def c_sender(port: int, workdir: Path) -> Callable[[list[Reading]], Awaitable[Ou
         path = workdir / "values.txt"
         # -T -N: "host key clock ns value" per line, so the values carry their own time like the others.
         path.write_text("".join(f"{r.host} {r.key} {r.clock} {r.ns} {r.value}\n" for r in readings))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
         proc = await asyncio.create_subprocess_exec(
-            C_SENDER, "-v", "-z", "127.0.0.1", "-p", str(port), "-T", "-N", "-i", str(path),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            C_SENDER,
+            "-v",
+            "-z",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-T",
+            "-N",
+            "-i",
+            str(path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         out, _ = await proc.communicate()
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
         text = out.decode(errors="replace")
         replies = [tuple(int(g) for g in m.groups()) for m in _C_REPLY.finditer(text)]
         if proc.returncode != 0:
             print(f"  zabbix_sender exit {proc.returncode}: {text[-300:]}", file=sys.stderr)
-        return Outcome(seconds, sum(r[0] for r in replies), sum(r[1] for r in replies), len(replies))
+        return Outcome(seconds, sum(r[0] for r in replies), sum(r[1] for r in replies), len(replies), cpu)
 
     return run
 
@@ -183,10 +201,10 @@ def zabbix_utils_sender(port: int) -> Callable[[list[Reading]], Awaitable[Outcom
 
     async def run(readings: list[Reading]) -> Outcome:
         values = item_values(readings)  # its native input, built outside the clock like the others'
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         reply = sender.send(values)  # blocking by design; nothing else runs meanwhile
-        seconds = time.perf_counter() - started
-        return Outcome(seconds, reply.processed, reply.failed, reply.chunk)
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        return Outcome(seconds, reply.processed, reply.failed, reply.chunk, cpu)
 
     return run
 
@@ -196,10 +214,10 @@ def zabbix_utils_async_sender(port: int) -> Callable[[list[Reading]], Awaitable[
 
     async def run(readings: list[Reading]) -> Outcome:
         values = item_values(readings)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         reply = await sender.send(values)
-        seconds = time.perf_counter() - started
-        return Outcome(seconds, reply.processed, reply.failed, reply.chunk)
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        return Outcome(seconds, reply.processed, reply.failed, reply.chunk, cpu)
 
     return run
 
@@ -220,7 +238,9 @@ class Clocks:
 
 
 def new_destination(port: int) -> ZabbixDestination:
-    return ZabbixDestination("bench", ClusterClient([Endpoint("127.0.0.1", port)]), batch_size=250, concurrency=4)
+    return ZabbixDestination(
+        "bench", ClusterClient([Endpoint("127.0.0.1", port)]), batch_size=250, concurrency=4
+    )
 
 
 async def bench(stack: LocalZabbix, keys: list[str], values: int, runs: int, workdir: Path) -> str:
@@ -234,12 +254,16 @@ async def bench(stack: LocalZabbix, keys: list[str], values: int, runs: int, wor
     first = await trapline_sender(fresh, PIPELINE_BATCH)(clocks.readings(keys, values))
     lines.append(
         f"first contact (cold key cache, {len(keys)} new keys): {values / first.seconds:,.0f} values/s, "
-        f"{first.requests} requests, processed {first.processed}/{values}, failed {first.failed}"
+        f"{first.requests} requests, processed {first.processed}/{values}, failed {first.failed}, "
+        f"sender CPU {first.cpu / values * 1e6:.1f} us/value"
     )
     print(lines[-1], flush=True)
 
     contenders = [
-        Contender(f"trapline ZabbixDestination, deliver() per {PIPELINE_BATCH}", trapline_sender(fresh, PIPELINE_BATCH)),
+        Contender(
+            f"trapline ZabbixDestination, deliver() per {PIPELINE_BATCH}",
+            trapline_sender(fresh, PIPELINE_BATCH),
+        ),
         Contender(f"trapline ZabbixDestination, one deliver() of {values}", trapline_sender(fresh, values)),
         Contender("C zabbix_sender -T -N -i FILE", c_sender(port, workdir)),
         Contender("zabbix_utils Sender", zabbix_utils_sender(port)),
@@ -253,33 +277,54 @@ async def bench(stack: LocalZabbix, keys: list[str], values: int, runs: int, wor
             contender.results.append(outcome)
             print(
                 f"run {run_index + 1} {contender.name}: {values / outcome.seconds:,.0f} values/s, "
-                f"processed {outcome.processed}, failed {outcome.failed}, requests {outcome.requests} "
+                f"processed {outcome.processed}, failed {outcome.failed}, requests {outcome.requests}, "
+                f"CPU {outcome.cpu / values * 1e6:.1f} us/value "
                 f"(server drained {drained:.1f}s before)",
                 flush=True,
             )
     await fresh.close()
 
-    c_rate = next(values / median([o.seconds for o in c.results]) for c in contenders if c.name.startswith("C "))
+    c_sender_results = next(c.results for c in contenders if c.name.startswith("C "))
+    c_rate = values / median([o.seconds for o in c_sender_results])
     rows: list[list[Any]] = []
     for contender in contenders:
         secs = [o.seconds for o in contender.results]
         rate = values / median(secs)
+        # Same-run ratios: runs are interleaved, so a burst of background load hits a pair alike.
+        paired = median(
+            [c.seconds / o.seconds for o, c in zip(contender.results, c_sender_results, strict=True)]
+        )
+        cpu_us = median([o.cpu / values * 1e6 for o in contender.results])
         processed = sorted({o.processed for o in contender.results})
         ok = all(o.processed == values and o.failed == 0 for o in contender.results)
-        rows.append([
-            contender.name,
-            f"{rate:,.0f}",
-            f"{values / max(secs):,.0f} - {values / min(secs):,.0f}",
-            f"{rate / c_rate:.2f}",
-            contender.results[0].requests,
-            "/".join(str(p) for p in processed) + (" OK" if ok else " MISMATCH"),
-        ])
+        rows.append(
+            [
+                contender.name,
+                f"{rate:,.0f}",
+                f"{values / max(secs):,.0f} - {values / min(secs):,.0f}",
+                f"{rate / c_rate:.2f}",
+                f"{paired:.2f}",
+                f"{cpu_us:.1f}",
+                contender.results[0].requests,
+                "/".join(str(p) for p in processed) + (" OK" if ok else " MISMATCH"),
+            ]
+        )
     lines.append("")
-    lines.append(table(
-        ["sender", "values/s (median)", "range (slowest - fastest)", "vs C sender", "requests/run",
-         f"processed per run (of {values})"],
-        rows,
-    ))
+    lines.append(
+        table(
+            [
+                "sender",
+                "values/s (median)",
+                "range (slowest - fastest)",
+                "vs C (medians)",
+                "vs C (same-run pairs, median)",
+                "sender CPU us/value",
+                "requests/run",
+                f"processed per run (of {values})",
+            ],
+            rows,
+        )
+    )
     return "\n".join(lines)
 
 

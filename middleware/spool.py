@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS queue (
 CREATE INDEX IF NOT EXISTS queue_by_dest ON queue (dest, next_try, id);
 """
 
+# One encoder for every row: json.dumps with options builds a new encoder per call.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
 _Row = tuple[int, int, str, str, object, int, int, str, str | None, float, int]
 
 
@@ -194,9 +197,9 @@ class _Transaction:
 
 def _encode(item: Item, dest: str, now: float) -> tuple[object, ...]:
     if isinstance(item, Discovery):
-        rows = json.dumps([dict(r) for r in item.rows], separators=(",", ":"))
+        rows = _compact_json([dict(r) for r in item.rows])
         return (dest, 1, item.host, item.rule, rows, item.clock, item.ns, "", None, now)
-    labels = json.dumps(dict(item.labels), separators=(",", ":")) if item.labels else None
+    labels = _compact_json(dict(item.labels)) if item.labels else None
     return (dest, 0, item.host, item.key, item.value, item.clock, item.ns, item.unit, labels, now)
 
 

@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from pyzabbix.api import ZabbixAPI
-
 from trapline.middleware.config import Secret
 
 log = logging.getLogger(__name__)
@@ -174,6 +172,9 @@ class ApiDiagnoser:
         # pyzabbix logs whole request payloads (password, token) at DEBUG: never let it.
         if logging.getLogger("pyzabbix.api").getEffectiveLevel() < logging.INFO:
             logging.getLogger("pyzabbix.api").setLevel(logging.INFO)
+        # Imported here: pyzabbix pulls in requests (~8 MB), needed only once a value is refused.
+        from pyzabbix.api import ZabbixAPI  # noqa: PLC0415
+
         api = ZabbixAPI(self.url, timeout=self.timeout)
         if self._token is not None:
             api.login(api_token=self._token.reveal())

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Run every benchmark and keep the raw output beside RESULTS.md.
+# Usage: bench/run_all.sh   (from anywhere; needs root for the local Zabbix stack)
+# The machine should be otherwise idle: the figures are only as quiet as the cores.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+out="$here/out"
+mkdir -p "$out"
+cd "$here/.."
+echo "== middleware"; python3 bench/middleware.py | tee "$out/middleware.txt"
+echo "== rss";        python3 bench/rss.py        | tee "$out/rss.txt"
+echo "== sender";     python3 bench/sender.py     | tee "$out/sender.txt"
+echo "raw output in $out/; copy the tables into bench/RESULTS.md"

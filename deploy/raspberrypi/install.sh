@@ -1,0 +1,364 @@
+#!/usr/bin/env bash
+# Install trapline on a vehicle computer: Raspberry Pi OS bookworm (arm64) or Debian 12, as root.
+#
+#   deploy/raspberrypi/install.sh --server zabbix.example.net --vehicle van-17 [options]
+#
+# Idempotent: a second run with the same options changes nothing and says so. The options of
+# the last run are kept in /etc/trapline/install.env, so a re-run needs only what changes.
+# Every option also comes from the environment variable named beside it; a flag wins over the
+# environment, the environment over install.env. See README.md beside this script.
+set -euo pipefail
+# The braces make bash read the whole script before running it: a `git pull` during a run
+# cannot change the rest of the run.
+{
+
+usage() {
+    cat <<'EOF'
+usage: install.sh [options]
+  --server ADDR           Zabbix server, host[:port]; ";" separates HA nodes  (TRAPLINE_SERVER)
+                          required on the first run
+  --vehicle NAME          Zabbix host of the vehicle (default: this machine's host name)
+                                                                            (TRAPLINE_VEHICLE)
+  --uplink proxy|direct   proxy (default): a Zabbix proxy on this machine buffers the data and
+                          talks PSK to the server; direct: trapline sends to the server itself
+                                                                            (TRAPLINE_UPLINK)
+  --direct                same as --uplink direct
+  --proxy-name NAME       the proxy's name in Zabbix (default: <vehicle>-proxy)
+                                                                            (TRAPLINE_PROXY_NAME)
+  --psk-identity ID       PSK identity (default: the proxy name)          (TRAPLINE_PSK_IDENTITY)
+  --offline-buffer-hours N  how long the proxy keeps data while offline, 1-720 (default 72)
+                                                                 (TRAPLINE_OFFLINE_BUFFER_HOURS)
+  --elm327-mac MAC        a Bluetooth ELM327 bound to /dev/rfcomm0 (default: a USB ELM327,
+                          /dev/elm327); "usb" switches back                (TRAPLINE_ELM327_MAC)
+  --gps-device PATH       the GPS receiver for gpsd (default /dev/ttyACM0) (TRAPLINE_GPS_DEVICE)
+  --source PATH           a trapline checkout or wheel (default: the checkout holding this
+                          script)                                           (TRAPLINE_SOURCE)
+  -h, --help
+EOF
+}
+
+here=$(cd "$(dirname "$0")" && pwd)
+prefix=/opt/trapline
+etc=/etc/trapline
+saved=$etc/install.env
+psk_file=/etc/zabbix/trapline-proxy.psk
+proxy_conf=/etc/zabbix/trapline_proxy.conf
+units=/etc/systemd/system
+changes=0
+
+say() { echo "install.sh: $*"; }
+die() { echo "install.sh: error: $*" >&2; exit 1; }
+changed() { changes=$((changes + 1)); say "changed: $*"; }
+
+# ---------------------------------------------------------------- options
+[ "$(id -u)" = 0 ] || die "run as root"
+# Saved options are defaults only: the environment and the flags below override them.
+if [ -f "$saved" ]; then
+    while IFS='=' read -r key value; do
+        case $key in
+            TRAPLINE_[A-Z_]*) [ -n "${!key+x}" ] || printf -v "$key" '%s' "$value" ;;
+        esac
+    done <"$saved"
+fi
+server=${TRAPLINE_SERVER:-}
+vehicle=${TRAPLINE_VEHICLE:-}
+uplink=${TRAPLINE_UPLINK:-proxy}
+proxy_name=${TRAPLINE_PROXY_NAME:-}
+psk_identity=${TRAPLINE_PSK_IDENTITY:-}
+offline_hours=${TRAPLINE_OFFLINE_BUFFER_HOURS:-72}
+elm327_mac=${TRAPLINE_ELM327_MAC:-usb}
+gps_device=${TRAPLINE_GPS_DEVICE:-/dev/ttyACM0}
+source=${TRAPLINE_SOURCE:-}
+
+while (($#)); do
+    case $1 in
+        --server) server=${2:?}; shift ;;
+        --vehicle) vehicle=${2:?}; shift ;;
+        --uplink) uplink=${2:?}; shift ;;
+        --direct) uplink=direct ;;
+        --proxy-name) proxy_name=${2:?}; shift ;;
+        --psk-identity) psk_identity=${2:?}; shift ;;
+        --offline-buffer-hours) offline_hours=${2:?}; shift ;;
+        --elm327-mac) elm327_mac=${2:?}; shift ;;
+        --gps-device) gps_device=${2:?}; shift ;;
+        --source) source=${2:?}; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option $1" ;;
+    esac
+    shift
+done
+
+vehicle=${vehicle:-$(hostname -s)}
+proxy_name=${proxy_name:-$vehicle-proxy}
+psk_identity=${psk_identity:-$proxy_name}
+elm327_mac=${elm327_mac^^}
+[ "$elm327_mac" = USB ] && elm327_mac=usb
+
+# Every value ends up in a config file; a strict character set keeps quoting trivial.
+[ -n "$server" ] || die "--server is required on the first run"
+server_pattern='^[][A-Za-z0-9.:;-]+$'  # names, IPv4, [IPv6], ports, ";" between HA nodes
+[[ $server =~ $server_pattern ]] || die "--server: unexpected characters in '$server'"
+for pair in "vehicle:$vehicle" "proxy-name:$proxy_name" "psk-identity:$psk_identity"; do
+    [[ ${pair#*:} =~ ^[A-Za-z0-9._\ -]{1,128}$ ]] || die "--${pair%%:*}: expected letters, digits, '.', '_', '-' or spaces"
+done
+[[ $uplink == proxy || $uplink == direct ]] || die "--uplink: expected proxy or direct"
+if ! [[ $offline_hours =~ ^[0-9]+$ ]] || ((offline_hours < 1 || offline_hours > 720)); then
+    die "--offline-buffer-hours: expected 1-720"
+fi
+[[ $elm327_mac == usb || $elm327_mac =~ ^([0-9A-F]{2}:){5}[0-9A-F]{2}$ ]] ||
+    die "--elm327-mac: expected a Bluetooth address like 00:1D:A5:68:98:8B, or usb"
+[[ $gps_device =~ ^/dev/[A-Za-z0-9/._-]+$ ]] || die "--gps-device: expected a /dev path"
+if [ -z "$source" ]; then
+    source=$(cd "$here/../.." && pwd)
+fi
+[ -f "$source/pyproject.toml" ] || [[ -f $source && $source == *.whl ]] ||
+    die "--source: $source is neither a trapline checkout nor a wheel"
+source=$(realpath "$source")
+
+# systemd may be installed but not running (a chroot, an image build): then only enable units.
+if [ -d /run/systemd/system ]; then systemd_running=yes; else systemd_running=no; fi
+
+# ---------------------------------------------------------------- helpers
+# put_file SRC DEST MODE OWNER:GROUP - install SRC as DEST unless identical in content and mode.
+put_file() {
+    local src=$1 dest=$2 mode=$3 owner=$4
+    if [ -f "$dest" ] && cmp -s "$src" "$dest" &&
+        [ "$(stat -c '%a %U:%G' "$dest")" = "${mode#0} $owner" ]; then
+        return
+    fi
+    install -D -m "$mode" -o "${owner%:*}" -g "${owner#*:}" "$src" "$dest"
+    changed "$dest"
+}
+
+# render TEMPLATE - the template with every @KEY@ replaced (values are validated above).
+render() {
+    sed -e "s|@VEHICLE@|$vehicle|g" -e "s|@SERVER@|$server|g" \
+        -e "s|@PROXY_NAME@|$proxy_name|g" -e "s|@PSK_IDENTITY@|$psk_identity|g" \
+        -e "s|@OFFLINE_BUFFER_HOURS@|$offline_hours|g" -e "s|@GPS_DEVICE@|$gps_device|g" \
+        -e "s|@OBD_DEVICE@|$obd_device|g" -e "s|@TRAPLINE_SERVERS@|$trapline_servers|g" \
+        -e "s|@UPLINK_COMMENT@|$uplink_comment|g" "$1"
+}
+
+# put_rendered TEMPLATE DEST MODE OWNER:GROUP
+put_rendered() {
+    local tmp
+    tmp=$(mktemp)
+    render "$1" >"$tmp"
+    put_file "$tmp" "$2" "$3" "$4"
+    rm -f "$tmp"
+}
+
+ensure_dir() { # ensure_dir PATH MODE OWNER:GROUP
+    if [ -d "$1" ] && [ "$(stat -c '%a %U:%G' "$1")" = "${2#0} $3" ]; then return; fi
+    install -d -m "$2" -o "${3%:*}" -g "${3#*:}" "$1"
+    changed "$1/"
+}
+
+remove_file() {
+    if [ -e "$1" ]; then rm -f "$1"; changed "removed $1"; fi
+}
+
+unit_enable() {
+    if ! systemctl is-enabled --quiet "$1" 2>/dev/null; then
+        systemctl enable --quiet "$1"
+        changed "enabled $1"
+    fi
+}
+
+unit_disable() {
+    if systemctl is-enabled --quiet "$1" 2>/dev/null; then
+        systemctl disable --quiet "$1"
+        changed "disabled $1"
+    fi
+}
+
+# ---------------------------------------------------------------- packages
+if [[ $elm327_mac == usb ]]; then
+    obd_device=/dev/elm327
+else
+    obd_device=/dev/rfcomm0
+fi
+if [[ $uplink == proxy ]]; then
+    trapline_servers=127.0.0.1:10051
+    uplink_comment="the Zabbix proxy on this machine (install.sh --uplink proxy)"
+else
+    trapline_servers=$server
+    uplink_comment="straight to the Zabbix server (install.sh --uplink direct)"
+fi
+
+packages=(python3 python3-venv openssl gpsd udev systemd)
+[[ $uplink == proxy ]] && packages+=(zabbix-proxy-sqlite3)
+[[ $elm327_mac != usb ]] && packages+=(bluez)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# Only when something is missing: a vehicle re-running this offline must not need the mirror.
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    changed "packages ${missing[*]}"
+fi
+
+# ---------------------------------------------------------------- user, directories
+if ! getent passwd trapline >/dev/null; then
+    useradd --system --user-group --home-dir /var/lib/trapline --no-create-home \
+        --shell /usr/sbin/nologin --comment "trapline vehicle agent" trapline
+    changed "user trapline"
+fi
+# The ELM327 device nodes belong to group dialout (udev rule, rfcomm).
+if ! id -nG trapline | tr ' ' '\n' | grep -qx dialout; then
+    usermod -a -G dialout trapline
+    changed "trapline joins group dialout"
+fi
+ensure_dir "$etc" 0750 root:trapline
+# Secret files named by *_file keys live here; the agent refuses group- or world-readable ones.
+ensure_dir "$etc/secrets" 0700 trapline:trapline
+for secret in "$etc"/secrets/*; do
+    [ -f "$secret" ] || continue
+    if [ "$(stat -c '%a %U:%G' "$secret")" != "600 trapline:trapline" ]; then
+        chown trapline:trapline "$secret"
+        chmod 0600 "$secret"
+        changed "$secret (mode 0600, owner trapline)"
+    fi
+done
+ensure_dir /var/lib/trapline 0750 trapline:trapline
+
+# ---------------------------------------------------------------- trapline in a virtualenv
+if ! "$prefix/bin/python" -c "" 2>/dev/null; then
+    # Missing, or broken by a Python upgrade: start over.
+    rm -rf "$prefix"
+    python3 -m venv "$prefix"
+    changed "virtualenv $prefix"
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+if [ -d "$source" ]; then
+    # Build from a clean copy: pip would otherwise leave build/ and *.egg-info in the checkout.
+    tar -C "$source" -c --exclude=.git --exclude=.venv --exclude=build --exclude='*.egg-info' \
+        --exclude=__pycache__ --exclude=.mypy_cache --exclude=.pytest_cache --exclude=.ruff_cache \
+        --exclude=.hypothesis . | tar -C "$work" -x
+    install_from=$work
+    fingerprint=$(cd "$work" && {
+        find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+        find . -type l -printf '%p -> %l\n' | LC_ALL=C sort
+    } | sha256sum | cut -d' ' -f1)
+else
+    install_from=$source
+    fingerprint=$(sha256sum "$source" | cut -d' ' -f1)
+fi
+stamp=$prefix/.trapline-source.sha256
+if [ "$(cat "$stamp" 2>/dev/null)" != "$fingerprint" ] || [ ! -x "$prefix/bin/trapline" ]; then
+    say "installing trapline from $source into $prefix"
+    "$prefix/bin/pip" install -q --disable-pip-version-check "$install_from"
+    echo "$fingerprint" >"$stamp"
+    changed "trapline in $prefix"
+fi
+"$prefix/bin/trapline" --version >/dev/null || die "$prefix/bin/trapline does not run"
+
+# ---------------------------------------------------------------- configuration
+if [ ! -e "$etc/trapline.toml" ]; then
+    put_rendered "$here/trapline.toml.in" "$etc/trapline.toml" 0640 root:trapline
+elif ! grep -qF "servers = [\"$trapline_servers\"]" "$etc/trapline.toml"; then
+    # The config is the owner's after the first run: point out the mismatch, never rewrite it.
+    say "WARNING: $etc/trapline.toml does not send to $trapline_servers ($uplink uplink);"
+    say "         set [zabbix] servers = [\"$trapline_servers\"] there if that is what you want"
+fi
+
+saved_tmp=$(mktemp)
+cat >"$saved_tmp" <<EOF
+TRAPLINE_SERVER=$server
+TRAPLINE_VEHICLE=$vehicle
+TRAPLINE_UPLINK=$uplink
+TRAPLINE_PROXY_NAME=$proxy_name
+TRAPLINE_PSK_IDENTITY=$psk_identity
+TRAPLINE_OFFLINE_BUFFER_HOURS=$offline_hours
+TRAPLINE_ELM327_MAC=$elm327_mac
+TRAPLINE_GPS_DEVICE=$gps_device
+EOF
+put_file "$saved_tmp" "$saved" 0600 root:root
+rm -f "$saved_tmp"
+
+# ---------------------------------------------------------------- devices
+put_file "$here/70-trapline-elm327.rules" /etc/udev/rules.d/70-trapline-elm327.rules 0644 root:root
+put_file "$here/trapline-rfcomm.service" "$units/trapline-rfcomm.service" 0644 root:root
+if [[ $elm327_mac != usb ]]; then
+    bt_tmp=$(mktemp)
+    printf 'ELM327_MAC=%s\nELM327_CHANNEL=1\n' "$elm327_mac" >"$bt_tmp"
+    put_file "$bt_tmp" "$etc/elm327-bluetooth.conf" 0644 root:root
+    rm -f "$bt_tmp"
+else
+    remove_file "$etc/elm327-bluetooth.conf"
+fi
+put_rendered "$here/gpsd.default.in" /etc/default/gpsd 0644 root:root
+unit_enable gpsd.socket
+# -n keeps the receiver busy from boot, so the service starts without waiting for a client.
+unit_enable gpsd.service
+
+# ---------------------------------------------------------------- uplink
+dropin=$units/trapline.service.d/uplink.conf
+if [[ $uplink == proxy ]]; then
+    if [ ! -s "$psk_file" ]; then
+        # 256 bits, hex as Zabbix wants it; written straight to the file, never shown.
+        (umask 077 && openssl rand -hex 32 >"$psk_file")
+        changed "$psk_file (new PSK)"
+    fi
+    if [ "$(stat -c '%a %U:%G' "$psk_file")" != "640 root:zabbix" ]; then
+        chown root:zabbix "$psk_file"
+        chmod 0640 "$psk_file"
+        changed "$psk_file (mode 0640, root:zabbix)"
+    fi
+    put_rendered "$here/zabbix_proxy.conf.in" "$proxy_conf" 0640 root:zabbix
+    put_file "$here/zabbix-proxy.service.d/trapline.conf" \
+        "$units/zabbix-proxy.service.d/trapline.conf" 0644 root:root
+    # Only the proxy on loopback is reachable: the agent has no business anywhere else.
+    dropin_tmp=$(mktemp)
+    printf '# Written by install.sh (--uplink proxy).\n[Service]\nIPAddressDeny=any\nIPAddressAllow=localhost\n' \
+        >"$dropin_tmp"
+    put_file "$dropin_tmp" "$dropin" 0644 root:root
+    rm -f "$dropin_tmp"
+else
+    remove_file "$dropin"
+    remove_file "$units/zabbix-proxy.service.d/trapline.conf"
+    if [ -f /lib/systemd/system/zabbix-proxy.service ]; then unit_disable zabbix-proxy.service; fi
+fi
+
+# ---------------------------------------------------------------- the agent's unit
+put_file "$here/trapline.service" "$units/trapline.service" 0644 root:root
+put_file "$here/README.md" /usr/local/share/doc/trapline/raspberrypi.md 0644 root:root
+
+if [[ $systemd_running == yes ]]; then
+    systemctl daemon-reload
+    udevadm control --reload
+    udevadm trigger --subsystem-match=tty --action=change
+fi
+[[ $uplink == proxy ]] && unit_enable zabbix-proxy.service
+if [[ $elm327_mac != usb ]]; then
+    unit_enable bluetooth.service
+    unit_enable trapline-rfcomm.service
+else
+    unit_disable trapline-rfcomm.service
+fi
+unit_enable trapline.service
+
+if [[ $systemd_running == yes ]] && ((changes > 0)); then
+    # Restart what this run changed the configuration of; harmless when nothing else changed.
+    systemctl restart gpsd.socket gpsd.service
+    [[ $uplink == proxy ]] && systemctl restart zabbix-proxy.service
+    [[ $elm327_mac != usb ]] && systemctl restart trapline-rfcomm.service
+    systemctl restart trapline.service
+elif [[ $systemd_running == no ]]; then
+    say "systemd is not running here: units enabled, not started"
+fi
+
+say "done: $changes change(s)"
+if [[ $uplink == proxy ]]; then
+    say "in Zabbix: proxy '$proxy_name' (active), PSK identity '$psk_identity', key in $psk_file"
+    say "           (read it there as root; it is not printed); host '$vehicle' monitored by that proxy"
+else
+    say "in Zabbix: host '$vehicle', sending straight to $server"
+fi
+exit 0
+}

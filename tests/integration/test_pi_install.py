@@ -1,0 +1,221 @@
+"""deploy/raspberrypi/install.sh, run twice in a fresh Debian bookworm chroot.
+
+The first run installs everything for real (apt packages, the virtualenv with
+trapline and its dependencies from PyPI, the proxy, the units); the second run
+must change nothing.  Then systemd checks the agent's unit and its sandbox.
+
+Caches under /var/cache/trapline keep later runs short: the debootstrapped base
+system (copied, never modified), apt's downloaded packages and pip's cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.peers import missing_peer, need_binary
+from trapline.localzabbix import BASE_ENV, configured_debian_mirror, namespace_command
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path("/var/cache/trapline")
+BASE = CACHE / "bookworm-pi-base"
+READY = ".trapline-ready"
+APT_ARCHIVES = CACHE / "pi-apt-archives"
+PIP_CACHE = CACHE / "pi-pip"
+SOURCE_IN_CHROOT = "/srv/trapline"
+BT_MAC = "00:1D:A5:68:98:8B"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CA_IN_CHROOT = "/usr/local/share/host-ca-bundle.crt"
+MAX_EXPOSURE = 2.0
+# What the install script owns; a second run must leave all of it alone.
+WATCHED = ("etc", "opt/trapline", "var/lib/trapline", "var/lib/zabbix", "usr/local/share/doc/trapline")
+
+
+def ensure_base() -> Path:
+    """A minimal bookworm, built once with debootstrap and kept read-only in the cache."""
+    if (BASE / READY).exists():
+        return BASE
+    need_binary("debootstrap")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "bookworm-pi-base.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (BASE / READY).exists():
+            return BASE
+        building = BASE.with_name(BASE.name + ".partial")
+        shutil.rmtree(building, ignore_errors=True)
+        log = BASE.with_name(BASE.name + ".build.log")
+        with log.open("wb") as out:
+            argv = ["debootstrap", "--variant=minbase", "bookworm", str(building), configured_debian_mirror()]
+            if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode:
+                missing_peer(f"debootstrap of bookworm failed (the Debian mirror?), see {log}")
+        (building / READY).write_text("")
+        building.rename(BASE)
+    return BASE
+
+
+@pytest.fixture(scope="module")
+def chroot() -> Iterator[Path]:
+    base = ensure_base()
+    work = CACHE / f"pi-install-test.{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(base), str(work)], check=True)
+    # Package scripts and install.sh alike must not start services here.
+    policy = work / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    # This machine may reach PyPI through a TLS-intercepting proxy: give pip the host's CAs.
+    shutil.copy(HOST_CA_BUNDLE, work / CA_IN_CHROOT.lstrip("/"))
+    (work / "var/cache/pip").mkdir(parents=True, exist_ok=True)
+    # A copy, not a bind mount: other work in the checkout must not change it between the runs.
+    ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*_cache", ".hypothesis", "build")
+    shutil.copytree(REPO, work / SOURCE_IN_CHROOT.lstrip("/"), symlinks=True, ignore=ignore)
+    APT_ARCHIVES.joinpath("partial").mkdir(parents=True, exist_ok=True)
+    PIP_CACHE.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def in_chroot(root: Path, argv: Sequence[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    binds = [
+        (APT_ARCHIVES, "/var/cache/apt/archives"),
+        (PIP_CACHE, "/var/cache/pip"),
+    ]
+    env = {**BASE_ENV, "DEBIAN_FRONTEND": "noninteractive", "PIP_CACHE_DIR": "/var/cache/pip"}
+    env["HOME"] = "/root"  # pip and apt look for their per-user files there
+    env["PIP_CERT"] = CA_IN_CHROOT
+    command = namespace_command(root, binds, argv)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Path -> type, mode, owner and content hash of everything the script owns."""
+    listing: dict[str, str] = {}
+    for top in WATCHED:
+        for path in sorted((root / top).rglob("*")):
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                what = "-> " + os.readlink(path)
+            elif stat.S_ISREG(info.st_mode):
+                what = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                what = "dir" if stat.S_ISDIR(info.st_mode) else "other"
+            listing[str(path.relative_to(root))] = f"{info.st_mode:o} {info.st_uid}:{info.st_gid} {what}"
+    return listing
+
+
+def ids(root: Path, database: str, name: str) -> int:
+    for line in (root / "etc" / database).read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    raise AssertionError(f"{name} missing from the chroot's /etc/{database}")
+
+
+@pytest.fixture(scope="module")
+def installed(chroot: Path) -> tuple[Path, str, str]:
+    """The chroot after two runs: the first with options, the second with none (install.env)."""
+    script = f"{SOURCE_IN_CHROOT}/deploy/raspberrypi/install.sh"
+    first = in_chroot(
+        chroot,
+        [script, "--server", "zbx.example.net:10051", "--vehicle", "van-17", "--elm327-mac", BT_MAC],
+    )
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    before = snapshot(chroot)
+    second = in_chroot(chroot, [script])
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    after = snapshot(chroot)
+    differences = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert differences == [], f"the second run changed: {differences[:20]}"
+    assert "done: 0 change(s)" in second.stdout, second.stdout
+    return chroot, first.stdout + first.stderr, second.stdout + second.stderr
+
+
+def test_second_run_changes_nothing_and_secrets_stay_hidden(installed: tuple[Path, str, str]) -> None:
+    root, first_output, second_output = installed
+    assert "changed: /etc/trapline/trapline.toml" in first_output
+    assert "systemd is not running here" in first_output
+    psk_file = root / "etc/zabbix/trapline-proxy.psk"
+    psk = psk_file.read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", psk)
+    assert psk not in first_output and psk not in second_output
+    info = psk_file.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o640, 0, ids(root, "group", "zabbix"))
+
+
+def test_files_modes_and_enabled_units(installed: tuple[Path, str, str]) -> None:
+    root = installed[0]
+    trapline_uid, trapline_gid = ids(root, "passwd", "trapline"), ids(root, "group", "trapline")
+    expected = {
+        "etc/trapline": (0o750, 0, trapline_gid),
+        "etc/trapline/trapline.toml": (0o640, 0, trapline_gid),
+        "etc/trapline/secrets": (0o700, trapline_uid, trapline_gid),
+        "var/lib/trapline": (0o750, trapline_uid, trapline_gid),
+    }
+    for inner, (mode, uid, gid) in expected.items():
+        info = (root / inner).stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (mode, uid, gid), inner
+    groups = (root / "etc/group").read_text().splitlines()
+    dialout = next(line for line in groups if line.startswith("dialout:"))
+    assert "trapline" in dialout.rsplit(":", 1)[1].split(","), dialout
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    for unit in ("trapline.service", "trapline-rfcomm.service", "zabbix-proxy.service"):
+        assert (wants / unit).is_symlink(), f"{unit} not enabled"
+    gpsd = (root / "etc/default/gpsd").read_text()
+    assert 'GPSD_OPTIONS="-n"' in gpsd and 'USBAUTO="false"' in gpsd
+    assert f"ELM327_MAC={BT_MAC}" in (root / "etc/trapline/elm327-bluetooth.conf").read_text()
+    toml = (root / "etc/trapline/trapline.toml").read_text()
+    assert 'servers = ["127.0.0.1:10051"]' in toml and 'device = "/dev/rfcomm0"' in toml
+
+
+def test_installed_agent_accepts_the_vehicle_config(installed: tuple[Path, str, str]) -> None:
+    load = (
+        "from pathlib import Path; from trapline.middleware.settings import load_settings; "
+        "s = load_settings(Path('/etc/trapline/trapline.toml')); "
+        "print(sorted(type(c).__name__ for c in s.collectors), len(s.destinations))"
+    )
+    result = in_chroot(installed[0], ["/opt/trapline/bin/python", "-c", load], timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("]")[1].strip() == "1", result.stdout
+    assert "Gps" in result.stdout and "Obd" in result.stdout, result.stdout
+
+
+def test_proxy_accepts_its_config(installed: tuple[Path, str, str]) -> None:
+    # 6.0 has no config test switch: a runtime command parses the whole file first,
+    # and only then fails for want of a running proxy.
+    argv = ["/usr/sbin/zabbix_proxy", "-c", "/etc/zabbix/trapline_proxy.conf", "-R", "config_cache_reload"]
+    result = in_chroot(installed[0], argv, timeout=60)
+    output = result.stdout + result.stderr
+    assert "config file" not in output, output
+    assert "Cannot perform runtime control command" in output, output
+
+
+def test_unit_verifies_and_its_sandbox_scores_at_most_2(installed: tuple[Path, str, str]) -> None:
+    root = installed[0]
+    analyze = need_binary("systemd-analyze")
+    verify = subprocess.run(
+        [analyze, "verify", f"--root={root}", "/etc/systemd/system/trapline.service"],
+        capture_output=True, text=True, check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    security = subprocess.run(
+        [analyze, "security", "--offline=yes", f"--root={root}", "trapline.service"],
+        capture_output=True, text=True, check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security.stdout)
+    assert found, security.stdout + security.stderr
+    exposure = float(found.group(1))
+    print(f"systemd-analyze security: trapline.service exposure {exposure}")
+    assert exposure <= MAX_EXPOSURE, security.stdout
