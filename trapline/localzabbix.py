@@ -679,15 +679,32 @@ class LocalZabbix:
             **self._server_config,
         }
         (self.workdir / "zabbix_server.conf").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        self.start_server()
+
+    def start_server(self) -> None:
+        """(Re)start only the server, with the port and database it had; wait for its trapper."""
+        offset = self.server_log.stat().st_size if self.server_log.exists() else 0
         self._spawn("zabbix_server", ["zabbix_server", "-f", "-c", self._server_conf])
 
         def trapper_started() -> bool:
             try:
-                return "[trapper #1]" in self.server_log.read_text(errors="replace")
+                with self.server_log.open("rb") as log:
+                    log.seek(offset)
+                    return b"[trapper #1]" in log.read()
             except FileNotFoundError:
                 return False
 
         self._await("start zabbix_server", "zabbix_server", trapper_started, self.server_log)
+
+    def stop_server(self) -> None:
+        """Stop only the server (SIGTERM: it flushes its history cache first); the API stays up."""
+        child = self._children.pop("zabbix_server", None)
+        if child is not None:
+            self._terminate("zabbix_server", child)
+
+    def server_running(self) -> bool:
+        child = self._children.get("zabbix_server")
+        return child is not None and child.poll() is None
 
     @property
     def _server_conf(self) -> str:

@@ -39,6 +39,7 @@ from typing import Protocol
 from trapline.exporters.zabbix.client import SendError
 from trapline.exporters.zabbix.diagnose import Diagnoser, Ident, listing
 from trapline.exporters.zabbix.protocol import Reply, encode_request, frame
+from trapline.middleware.logutil import ThrottledLog
 from trapline.middleware.model import Discovery, Reading
 from trapline.middleware.plugin import Delivery, Spooled
 
@@ -155,6 +156,9 @@ class ZabbixDestination:
         self._slots = asyncio.Semaphore(concurrency)
         self._good = _BoundedSet(_KEY_CACHE_MAX)
         self._diagnoses: set[asyncio.Task[None]] = set()
+        # Refused values are retried every few seconds for up to max_retry_age: say so
+        # once a minute per set of hosts, not on every retry.
+        self._refusals = ThrottledLog(log)
 
     # -- Destination protocol -------------------------------------------------
     async def deliver(self, batch: Sequence[Spooled]) -> Delivery:
@@ -320,7 +324,8 @@ class ZabbixDestination:
         for entry in failed:
             by_host.setdefault(entry.reading.host, set()).add(entry.reading.key)
         summary = "; ".join(f"{host}: {listing(keys)}" for host, keys in sorted(by_host.items()))
-        log.warning(
+        self._refusals.warning(
+            "refused:" + ",".join(sorted(by_host)),
             "zabbix %s: %d of %d values not accepted (kept for retry): %s",
             self.name,
             len(failed),
