@@ -26,7 +26,7 @@ from trapline.middleware.logutil import ThrottledLog
 from trapline.middleware.model import Item
 from trapline.middleware.normalize import Rejected, normalize
 from trapline.middleware.plugin import Collector, Delivery, Destination, Observer, Spooled
-from trapline.middleware.settings import AgentSettings, SpoolSettings
+from trapline.middleware.settings import AgentSettings, Settings, SpoolSettings
 from trapline.middleware.spool import Spool
 from trapline.middleware.stats import AgentStats, CollectorStats
 
@@ -53,6 +53,9 @@ class _Outbox:
         self._stats.errors += 1
         self._throttled.warning(reason, "collector %s: %s", self._name, reason)
 
+    def committed(self) -> asyncio.Future[None]:
+        return self._pipeline.committed()
+
 
 class Pipeline:
     def __init__(
@@ -75,6 +78,7 @@ class Pipeline:
         self.observers = list(observers)
         self.stats = AgentStats()
         self._intake: list[Item] = []
+        self._commit_waiters: list[asyncio.Future[None]] = []
         self._intake_wake = asyncio.Event()
         self._dest_wake = {d.name: asyncio.Event() for d in self.destinations}
         self._stop = asyncio.Event()
@@ -83,6 +87,20 @@ class Pipeline:
             self.stats.destination(d.name)
         for c in self.collectors:
             self.stats.collector(c.name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        """The agent as ``trapline run`` builds it: every plugin of the config, its spool opened."""
+        spool = Spool(settings.spool.path, settings.spool.max_readings, settings.spool.sync)
+        return cls(
+            agent=settings.agent,
+            spool_settings=settings.spool,
+            spool=spool,
+            filters=settings.filters,
+            collectors=settings.collectors,
+            destinations=settings.destinations,
+            observers=settings.observers,
+        )
 
     # -- intake ----------------------------------------------------------------
     def outbox(self, name: str) -> _Outbox:
@@ -93,9 +111,29 @@ class Pipeline:
         if len(self._intake) >= _INTAKE_HIGH_WATER:
             self._intake_wake.set()
 
+    def committed(self) -> asyncio.Future[None]:
+        """Resolves when everything accepted so far has been through the next flush_intake()."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_waiters.append(waiter)
+        return waiter
+
     def flush_intake(self) -> int:
         """Normalize, filter and spool everything waiting; returns rows spooled."""
         items, self._intake = self._intake, []
+        waiters, self._commit_waiters = self._commit_waiters, []
+        try:
+            spooled = self._spool_items(items)
+        except Exception as exc:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            raise
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        return spooled
+
+    def _spool_items(self, items: list[Item]) -> int:
         admitted: list[Item] = []
         for raw in items:
             try:

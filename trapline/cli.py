@@ -15,7 +15,6 @@ from trapline.middleware.config import ConfigError
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.plugin import Collector, Destination, Observer
 from trapline.middleware.settings import Settings, configure_logging, load_settings
-from trapline.middleware.spool import Spool
 
 EXIT_CONFIG = 2
 
@@ -32,23 +31,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     configure_logging(args.log_level or settings.log_level)
     try:
-        spool = Spool(settings.spool.path, settings.spool.max_readings, settings.spool.sync)
+        pipeline = Pipeline.from_settings(settings)
     except Exception as exc:
         print(f"trapline: cannot open spool {settings.spool.path}: {exc}", file=sys.stderr)
         return 1
-    pipeline = Pipeline(
-        agent=settings.agent,
-        spool_settings=settings.spool,
-        spool=spool,
-        filters=settings.filters,
-        collectors=settings.collectors,
-        destinations=settings.destinations,
-        observers=settings.observers,
-    )
     try:
         asyncio.run(pipeline.run())
     finally:
-        spool.close()
+        pipeline.spool.close()
     return 0
 
 
