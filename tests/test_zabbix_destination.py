@@ -75,7 +75,7 @@ def deliver(server_kwargs: Mapping[str, Any], batches: list[list[Spooled]], **kw
 def test_all_accepted_with_counters() -> None:
     async def scenario() -> None:
         async with fake_zabbix() as server:
-            dest = destination(server, batch_size=100)
+            dest = destination(server, batch_size=100, concurrency=1)
             batch = spool(readings("h", [f"k{i}" for i in range(250)]))
             first = await dest.deliver(batch)
             # First contact: one request per key, so each verdict is exact.
@@ -101,6 +101,29 @@ def test_values_keep_their_own_clock_and_ns() -> None:
             item = Reading("h", "k", 1.5, 1_650_000_000, 123_456_789)
             await destination(server).deliver(spool([item]))
             assert server.stored == [("h", "k", "1.5", 1_650_000_000, 123_456_789)]
+
+    asyncio.run(scenario())
+
+
+def test_values_of_one_item_never_travel_in_parallel_or_out_of_order() -> None:
+    """Zabbix evaluates values in arrival order: one item's values go in one lane, in order."""
+
+    async def scenario() -> None:
+        async with fake_zabbix(delay=0.02) as server:
+            dest = destination(server, batch_size=10, concurrency=4)
+            keys = [f"k{i}" for i in range(8)]
+            await dest.deliver(spool(readings("h", keys)))  # keys now known
+            server.requests.clear()
+            outcome = await dest.deliver(spool(readings("h", keys, per_key=30)))
+            assert len(outcome.accepted) == 240
+            arrival: dict[str, list[int]] = {}
+            for request in server.requests:
+                for value in request:
+                    arrival.setdefault(str(value["key"]), []).append(int(str(value["ns"])))
+            assert all(ns == sorted(ns) and len(ns) == 30 for ns in arrival.values())
+            assert max(len(r) for r in server.requests) <= 10
+            # several lanes were used: the work was spread, not serialised
+            assert server.max_busy > 1
 
     asyncio.run(scenario())
 

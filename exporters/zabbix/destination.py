@@ -153,7 +153,7 @@ class ZabbixDestination:
         self.stats = SenderStats()
         self.diagnoser = diagnoser
         self.resend_delay = resend_delay
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
         self._good = _BoundedSet(_KEY_CACHE_MAX)
         self._diagnoses: set[asyncio.Task[None]] = set()
         # Refused values are retried every few seconds for up to max_retry_age: say so
@@ -240,8 +240,24 @@ class ZabbixDestination:
         return [part[i : i + size] for part in parts for i in range(0, len(part), size)]
 
     async def _send_all(self, entries: list[_Entry], state: _Round) -> None:
-        if entries:
-            await asyncio.gather(*(self._send_chunk(chunk, state) for chunk in self._chunks(entries)))
+        """Send in ``concurrency`` lanes; every value of one item travels in the same lane.
+
+        Zabbix evaluates values in the order they arrive, also late ones, so two
+        requests in flight at once must never carry values of the same item:
+        within a lane requests go one after another, in spool order.
+        """
+        if not entries:
+            return
+        # No more lanes than full requests: a small batch stays one request.
+        count = max(1, min(self.concurrency, -(-len(entries) // self.batch_size)))
+        lanes: list[list[_Entry]] = [[] for _ in range(count)]
+        for entry in entries:
+            lanes[hash(entry.ident) % count].append(entry)
+        await asyncio.gather(*(self._send_lane(lane, state) for lane in lanes if lane))
+
+    async def _send_lane(self, entries: list[_Entry], state: _Round) -> None:
+        for chunk in self._chunks(entries):
+            await self._send_chunk(chunk, state)
 
     async def _request(self, entries: list[_Entry]) -> Reply:
         """One request on its own connection; raises SendError without a usable verdict."""
@@ -250,27 +266,26 @@ class ZabbixDestination:
             encode_request((e.reading for e in entries), clock_ns // 1_000_000_000, clock_ns % 1_000_000_000),
             self.compress,
         )
-        async with self._slots:
-            self.stats.requests += 1
-            self.stats.values_sent += len(entries)
-            started = time.monotonic()
-            try:
-                reply = await self.client.send(payload)
-            except SendError:
-                self.stats.errors += 1
-                raise
-            if not reply.ok:
-                self.stats.errors += 1
-                raise SendError(f"server refused the request: {reply.info[:300] or 'no reason given'}")
-            if reply.total != len(entries):
-                self.stats.errors += 1
-                raise SendError(f"server counted {reply.total} values of {len(entries)} sent")
-            latency = time.monotonic() - started
-            self.stats.last_latency = latency
-            self.stats.latency_sum += latency
-            self.stats.values_processed += reply.processed
-            self.stats.values_failed += reply.failed
-            return reply
+        self.stats.requests += 1
+        self.stats.values_sent += len(entries)
+        started = time.monotonic()
+        try:
+            reply = await self.client.send(payload)
+        except SendError:
+            self.stats.errors += 1
+            raise
+        if not reply.ok:
+            self.stats.errors += 1
+            raise SendError(f"server refused the request: {reply.info[:300] or 'no reason given'}")
+        if reply.total != len(entries):
+            self.stats.errors += 1
+            raise SendError(f"server counted {reply.total} values of {len(entries)} sent")
+        latency = time.monotonic() - started
+        self.stats.last_latency = latency
+        self.stats.latency_sum += latency
+        self.stats.values_processed += reply.processed
+        self.stats.values_failed += reply.failed
+        return reply
 
     async def _send_chunk(self, entries: list[_Entry], state: _Round) -> None:
         try:
