@@ -237,9 +237,9 @@ class Clocks:
         return [Reading(HOST, keys[i % len(keys)], i, clock, i) for i in range(count)]
 
 
-def new_destination(port: int) -> ZabbixDestination:
+def new_destination(port: int, batch_size: int = 250) -> ZabbixDestination:
     return ZabbixDestination(
-        "bench", ClusterClient([Endpoint("127.0.0.1", port)]), batch_size=250, concurrency=4
+        "bench", ClusterClient([Endpoint("127.0.0.1", port)]), batch_size=batch_size, concurrency=4
     )
 
 
@@ -259,12 +259,20 @@ async def bench(stack: LocalZabbix, keys: list[str], values: int, runs: int, wor
     )
     print(lines[-1], flush=True)
 
+    # The C sender cannot put more than 250 values in a request; trapline can (batch_size).
+    big = new_destination(port, batch_size=1000)
+    wait_drained(stack)
+    await trapline_sender(big, PIPELINE_BATCH)(clocks.readings(keys, len(keys)))  # learn the keys
+
     contenders = [
         Contender(
             f"trapline ZabbixDestination, deliver() per {PIPELINE_BATCH}",
             trapline_sender(fresh, PIPELINE_BATCH),
         ),
         Contender(f"trapline ZabbixDestination, one deliver() of {values}", trapline_sender(fresh, values)),
+        Contender(
+            f"trapline, batch_size=1000, deliver() per {PIPELINE_BATCH}", trapline_sender(big, PIPELINE_BATCH)
+        ),
         Contender("C zabbix_sender -T -N -i FILE", c_sender(port, workdir)),
         Contender("zabbix_utils Sender", zabbix_utils_sender(port)),
         Contender("zabbix_utils AsyncSender", zabbix_utils_async_sender(port)),
@@ -283,6 +291,7 @@ async def bench(stack: LocalZabbix, keys: list[str], values: int, runs: int, wor
                 flush=True,
             )
     await fresh.close()
+    await big.close()
 
     c_sender_results = next(c.results for c in contenders if c.name.startswith("C "))
     c_rate = values / median([o.seconds for o in c_sender_results])

@@ -11,4 +11,5 @@ REGISTRY: dict[str, str] = {
     "gps": "trapline.collectors.gps:build",
     "mist": "trapline.collectors.mist:build",
     "aws": "trapline.collectors.aws:build",
+    "mqtt_bridge": "trapline.collectors.mqtt_bridge:build",
 }

@@ -7,6 +7,7 @@ independent servers); an observer builder returns one observer.
 
 DESTINATIONS: dict[str, str] = {
     "zabbix": "trapline.exporters.zabbix:build_destinations",
+    "mqtt": "trapline.exporters.mqtt:build_destinations",
 }
 
 OBSERVERS: dict[str, str] = {

@@ -29,6 +29,7 @@ from importlib import resources
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from trapline.exporters.prometheus_expand import Expander, Sample
 from trapline.middleware.config import Section
 from trapline.middleware.model import Item, Reading
 from trapline.middleware.normalize import PrometheusUnit, split_params, unit_table
@@ -85,12 +86,17 @@ class PrometheusExporter:
         self.stale_after = stale_after
         # (metric name, kind, help) -> label names -> label values -> series
         self._families: dict[tuple[str, str, str], dict[tuple[str, ...], dict[tuple[str, ...], _Series]]] = {}
+        # JSON master values (mist.ap.raw) become many series: prometheus_expand.toml
+        self.expander = Expander.shipped()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._server: asyncio.Server | None = None
 
     # -- Observer ---------------------------------------------------------------
     def observe(self, item: Item) -> None:
+        if isinstance(item, Reading) and (samples := self.expander.expand(item)) is not None:
+            self._store_expanded(item, samples)
+            return
         if not isinstance(item, Reading) or isinstance(item.value, str):
             return  # text and discovery have no place in a numeric time series
         m = _KEY.match(item.key)
@@ -106,13 +112,24 @@ class PrometheusExporter:
                 labels[label] = value
         elif params is not None and not item.labels:
             labels["param"] = params
-        unit = prometheus_unit(item.unit)
-        name = metric_name(key_name, unit.suffix)
         help_text = spec.help if spec else f"trapline reading {key_name}"
+        self._store(key_name, kind, help_text, unit=item.unit, labels=labels, value=float(item.value))
+
+    def _store_expanded(self, item: Reading, samples: list[Sample]) -> None:
+        for sample in samples:
+            m = sample.metric
+            labels = {"host": item.host, **item.labels, **sample.labels}
+            self._store(m.name, m.kind, m.help, unit=m.unit, labels=labels, value=sample.value)
+
+    def _store(
+        self, key_name: str, kind: str, help_text: str, *, unit: str, labels: dict[str, str], value: float
+    ) -> None:
+        base = prometheus_unit(unit)
+        name = metric_name(key_name, base.suffix)
         names = tuple(sorted(labels))
         family = self._families.setdefault((name, kind, help_text), {})
         family.setdefault(names, {})[tuple(labels[n] for n in names)] = _Series(
-            float(item.value) * unit.factor, time.monotonic()
+            value * base.factor, time.monotonic()
         )
 
     def collect(self) -> Iterator[Metric]:

@@ -11,7 +11,7 @@ docstring and the README, and tests.  Exporters work the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -27,6 +27,18 @@ class Outbox(Protocol):
     def error(self, reason: str) -> None:
         """Count and log one collector error (bad frame, lost adapter...)."""
         ...
+
+
+@runtime_checkable
+class CommittingOutbox(Outbox, Protocol):
+    """An Outbox that can tell when what was put is safe on disk.
+
+    For collectors that must acknowledge their source (an MQTT bridge): ack
+    only after ``committed()`` resolved.  It resolves once every item put
+    before the call is in the spool, or was rejected or filtered on the way.
+    """
+
+    def committed(self) -> Awaitable[None]: ...
 
 
 class Collector(Protocol):

@@ -100,9 +100,6 @@ def load_settings(path: Path) -> Settings:
             settings.observers.append(_load_builder(spec)(root.table(kind)))
     for name, sec in root.table("collectors").subsections():
         settings.collectors.append(_build_collector(name, sec))
-    if root.has("mqtt"):
-        # Named by the design, not built yet: refuse rather than ignore it silently.
-        raise root.error("mqtt", "the MQTT exporter is not available in this version of trapline")
     return settings
 
 

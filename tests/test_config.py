@@ -48,7 +48,7 @@ def test_good_config_builds_collectors(tmp_path: Path) -> None:
         (GOOD.replace("[spool]", "[spool]\nsync = 'sometimes'"), "[spool].sync: expected one of full"),
         (GOOD.replace("[spool]", "[spool]\nmax_readings = true"), "[spool].max_readings: expected an int"),
         ("[agent\n", "not valid TOML"),
-        (GOOD + "\n[mqtt]\nhost = 'broker'\n", "mqtt: the MQTT exporter is not available"),
+        (GOOD + "\n[mqtt]\nhost = 'broker'\nqos = 3\n", "[mqtt].qos"),
     ],
 )
 def test_each_mistake_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:

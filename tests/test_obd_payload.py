@@ -56,7 +56,9 @@ def test_missing_consecutive_frame_loses_the_message() -> None:
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        (bytes.fromhex("410d330c35cb0400410400"), "unrequested PID 41"),  # emulator merging two ECUs
+        (bytes.fromhex("410d33420000"), "unrequested PID 42"),
+        (bytes.fromhex("410d3341"), "empty ECU answer"),  # a second ECU that says nothing
+        (bytes.fromhex("410d33410d"), "truncated"),  # a second ECU cut short
         (bytes.fromhex("410c14"), "truncated"),
         (bytes.fromhex("410d0a0d0b"), "repeats"),
         (bytes.fromhex("7f0112"), "does not start with 41"),

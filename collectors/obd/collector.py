@@ -53,6 +53,7 @@ from trapline.collectors.obd.payload import (
     describe_dtc,
     ecu_answered_0100,
     parse_voltage,
+    pids_from_ecus,
     split_pids,
 )
 from trapline.middleware.blocking import BlockingWorker, DeadlineMissed
@@ -323,15 +324,10 @@ class ObdCollector:
         if answer is None:
             return {}
         by_pid = {spec.pid: spec for spec in group}
-        found: dict[PidSpec, bytes] = {}
-        for payload in answer.payloads:  # one per ECU; the engine's answer comes first
-            try:
-                values = split_pids(payload, {pid: spec.size for pid, spec in by_pid.items()})
-            except PayloadError as exc:
-                self.out.error(f"obd: {exc}")
-                continue
-            for pid, data in values.items():
-                found.setdefault(by_pid[pid], data)
+        values, rejected = pids_from_ecus(answer.payloads, {pid: spec.size for pid, spec in by_pid.items()})
+        for reason in rejected:
+            self.out.error(f"obd: {reason}")
+        found = {by_pid[pid]: data for pid, data in values.items()}
         if found:
             self.link.answered()
         else:

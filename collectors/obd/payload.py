@@ -35,25 +35,57 @@ def split_pids(payload: bytes, sizes: Mapping[int, int]) -> dict[int, bytes]:
     """Split a (multi-)PID mode 01 answer into {pid: data}.
 
     ``sizes`` maps each *requested* PID to its data length.  The ECU may answer
-    in any order and leave out PIDs it does not support; an unrequested PID or
-    a truncated answer makes the whole payload suspect, so it is rejected.
+    in any order and leave out PIDs it does not support.  A ``41`` where a PID
+    should start (and PID 41 was not requested, or already read) opens another
+    ECU's answer merged into the same message, as in ``41 04 00 41 04 00``
+    (engine and transmission); the first answer of a PID wins.  An unrequested
+    PID, a truncated answer or a PID repeated by one ECU makes the whole payload
+    suspect, so it is rejected.
     """
     if not payload or payload[0] != MODE_01_ANSWER:
         raise PayloadError(f"mode 01 answer does not start with 41: {payload.hex()!r}")
     values: dict[int, bytes] = {}
+    this_ecu: set[int] = set()
     at = 1
     while at < len(payload):
         pid = payload[at]
+        if pid == MODE_01_ANSWER and (pid not in sizes or pid in this_ecu):
+            this_ecu = set()  # the next ECU's answer starts here
+            at += 1
+            if at == len(payload):
+                raise PayloadError(f"mode 01 answer ends in an empty ECU answer: {payload.hex()}")
+            continue
         if pid not in sizes:
             raise PayloadError(f"mode 01 answer carries unrequested PID {pid:02X}: {payload.hex()}")
         end = at + 1 + sizes[pid]
         if end > len(payload):
             raise PayloadError(f"mode 01 answer truncated in PID {pid:02X}: {payload.hex()}")
-        if pid in values:
+        if pid in this_ecu:
             raise PayloadError(f"mode 01 answer repeats PID {pid:02X}: {payload.hex()}")
-        values[pid] = payload[at + 1 : end]
+        this_ecu.add(pid)
+        values.setdefault(pid, payload[at + 1 : end])
         at = end
     return values
+
+
+def pids_from_ecus(payloads: Sequence[bytes], sizes: Mapping[int, int]) -> tuple[dict[int, bytes], list[str]]:
+    """Merge the mode 01 answers of every ECU that answered one request.
+
+    ``payloads`` holds one message per ECU, lowest transmitter id first (python-OBD
+    sorts them, so the engine's 7E8 comes before the transmission's 7E9).  For a
+    PID answered by several ECUs the first one wins.  Returns the values and the
+    reasons a payload was rejected (one per malformed ECU answer; the others are
+    still used).
+    """
+    values: dict[int, bytes] = {}
+    rejected: list[str] = []
+    for payload in payloads:
+        try:
+            for pid, data in split_pids(payload, sizes).items():
+                values.setdefault(pid, data)
+        except PayloadError as exc:
+            rejected.append(str(exc))
+    return values, rejected
 
 
 def decode_dtc(high: int, low: int) -> str:

@@ -1,0 +1,591 @@
+"""Mist: AP updates per second through collector -> pipeline -> Zabbix sender, requests, memory per AP.
+
+(a) Throughput.  A peer process runs the Mist stream (tests/mist_server.py) and a
+    minimal Zabbix trapper that answers every request with "processed: N; failed: 0".
+    This process is the agent as `trapline run` builds it from a TOML file: the
+    real Mist collector (websocket client, frame decoding, fleet merge), the real
+    Pipeline (normalize, filter, SQLite spool with its defaults) and the real
+    ZabbixDestination.  A warm-up round sends one update per AP (LLD, first
+    contact with every key); then ``--updates`` full AP updates (round robin over
+    ``--aps``) are pushed as fast as the peer can and the clock stops when the
+    trapper-side destination has acknowledged all of them.  The agent's own CPU
+    time (getrusage of this process) over that window gives CPU per update.
+    ``--direct`` does the same without the websocket: the same frames go straight
+    into the stream connection's frame handler (decode included).
+(b) Requests.  The destination's request count for the warm-up (first contact)
+    and the measured round, against one request per Mist message.
+(c) Memory per tracked AP: tracemalloc of the collector's fleet state after
+    ``--fleet`` APs sent one full update each (LLD rows built); also the
+    Prometheus series the expansion keeps per AP.
+
+    python3 bench/mist.py [--updates 20000] [--aps 1000] [--runs 5] [--fleet 10000] [--direct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+import timeit
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.mist_server, the Mist stand-in
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import machine, median, table
+
+from tests.mist_server import MistServer, ap_basic, ap_full
+from trapline.collectors.mist.collector import MistCollector
+from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, SiteInfo
+from trapline.collectors.mist.frames import decode_frame
+from trapline.exporters.prometheus import PrometheusExporter
+from trapline.exporters.zabbix.destination import ZabbixDestination
+from trapline.exporters.zabbix.protocol import HEADER_SIZE, encode_request, frame, parse_header, unpack_body
+from trapline.middleware.filters import FilterRule, Filters
+from trapline.middleware.normalize import normalize
+from trapline.middleware.pipeline import Pipeline
+from trapline.middleware.settings import load_settings
+from trapline.middleware.spool import Spool
+
+TOKEN = "bench-token"
+SITES = 10
+WAIT_LIMIT = 300.0
+
+
+def site_ids() -> list[str]:
+    return [f"site-{i:03d}" for i in range(SITES)]
+
+
+def mac_of(index: int) -> str:
+    return f"5c5b35{index:06x}"
+
+
+def full_update(index: int, round_no: int) -> dict[str, Any]:
+    """A full AP update with every field fields.toml keeps; counters move every round."""
+    mac = mac_of(index)
+    n = round_no
+    return ap_full(
+        mac,
+        f"ap-{index}",
+        uptime=1000 + n,
+        cpu_util=n % 100,
+        cpu_user=2,
+        cpu_system=1,
+        tx_bps=8000 + n,
+        rx_bps=16000 + n,
+        tx_bytes=100 * n,
+        rx_bytes=200 * n,
+        version="0.14.29",
+        serial=f"A{index:09d}",
+        ip="10.0.0.1",
+        power_src="PoE 802.3at",
+        power_budget=1200,
+        env_stat={"cpu_temp": 55, "ambient_temp": 30, "humidity": 40, "pressure": 1013},
+        port_stat={
+            "eth0": {
+                "up": True,
+                "speed": 1000,
+                "full_duplex": True,
+                "tx_bytes": 20 * n,
+                "rx_bytes": 10 * n,
+                "tx_pkts": n,
+                "rx_pkts": n,
+                "rx_errors": 0,
+                "tx_peak_bps": 800,
+                "rx_peak_bps": 1600,
+            }
+        },
+        radio_stat={
+            band: {
+                "mac": mac,
+                "channel": ch,
+                "bandwidth": 20,
+                "power": 12,
+                "noise_floor": -90,
+                "num_clients": n % 7,
+                "disabled": False,
+                "usage": band[5:],
+                "util_all": 30,
+                "util_tx": 5,
+                "util_rx_in_bss": 10,
+                "util_rx_other_bss": 10,
+                "util_unknown_wifi": 3,
+                "util_non_wifi": 2,
+                "tx_bytes": 7 * n,
+                "rx_bytes": 8 * n,
+                "tx_pkts": n,
+                "rx_pkts": 2 * n,
+            }
+            for band, ch in (("band_24", 6), ("band_5", 36), ("band_6", 37))
+        },
+    )
+
+
+def basic_update(index: int, round_no: int) -> dict[str, Any]:
+    """A partial update: identity and the figures that move fastest."""
+    n = round_no
+    return ap_basic(
+        mac_of(index), uptime=1000 + n, cpu_util=n % 100, num_clients=n % 7, tx_bps=8000 + n, rx_bps=16000 + n
+    )
+
+
+def data_frames(aps: int, count: int, first_round: int, basic: bool = False) -> list[str]:
+    """``count`` stream frames, round robin over the APs, as Mist sends them (data is a JSON string)."""
+    sites = site_ids()
+    frames = []
+    make = basic_update if basic else full_update
+    for i in range(count):
+        index = i % aps
+        update = make(index, first_round + i // aps)
+        channel = f"/sites/{sites[index % SITES]}/stats/devices"
+        frames.append(json.dumps({"event": "data", "channel": channel, "data": json.dumps(update)}))
+    return frames
+
+
+# -- the peer process: Mist stream + minimal trapper --------------------------------
+
+
+@dataclass
+class TrapperCounts:
+    requests: int = 0
+    values: int = 0
+
+
+async def serve_trapper(counts: TrapperCounts) -> asyncio.Server:
+    """Answers like a Zabbix trapper that accepts everything; no database behind it."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header = parse_header(await reader.readexactly(HEADER_SIZE), 1 << 30)
+                body = unpack_body(header, await reader.readexactly(header.length))
+                n = len(json.loads(body)["data"])
+                counts.requests += 1
+                counts.values += n
+                info = f"processed: {n}; failed: 0; total: {n}; seconds spent: 0.000100"
+                writer.write(frame(json.dumps({"response": "success", "info": info}).encode()))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def peer_main(conn: Connection) -> None:
+    asyncio.run(peer(conn))
+
+
+async def peer(conn: Connection) -> None:
+    server = MistServer(token=TOKEN, sites={s: (s, "o1") for s in site_ids()}, orgs={"o1": "Bench org"})
+    await server.start()
+    counts = TrapperCounts()
+    trapper = await serve_trapper(counts)
+    conn.send((server.stream_url, server.rest_url, trapper.sockets[0].getsockname()[1]))
+    loop = asyncio.get_running_loop()
+    while True:
+        # The pipe is blocking; a worker thread waits on it so the servers keep running.
+        command, *args = await loop.run_in_executor(None, conn.recv)
+        if command == "push":
+            frames = args[0]
+            started = time.perf_counter()
+            for text in frames:
+                await server.push_raw(text)
+            conn.send(time.perf_counter() - started)
+        elif command == "counts":
+            conn.send((counts.requests, counts.values))
+        else:
+            break
+    trapper.close()
+    await server.stop()
+
+
+# -- the agent side ---------------------------------------------------------------
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def write_config(tmp: Path, stream_url: str, rest_url: str, trapper_port: int) -> Path:
+    token = tmp / "mist.token"
+    token.write_text(TOKEN)
+    token.chmod(0o600)
+    config = tmp / "trapline.toml"
+    sites = json.dumps(site_ids())
+    config.write_text(
+        f"""
+[agent]
+self_interval = 3600
+
+[spool]
+path = {json.dumps(str(tmp / "spool.db"))}
+
+[zabbix]
+servers = ["127.0.0.1:{trapper_port}"]
+
+[collectors.mist]
+type = "mist"
+host = "Mist discovery"
+token_file = {json.dumps(str(token))}
+stream_url = {json.dumps(stream_url)}
+rest_url = {json.dumps(rest_url)}
+sites = {sites}
+lld_min_interval = 0.5
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+@dataclass
+class Round:
+    updates: int
+    seconds: float
+    cpu: float
+    requests: int
+    push_seconds: float
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_LIMIT
+    while not check():  # polls counters of several objects
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def agent_run(
+    config: Path, conn: Connection, aps: int, updates: int, *, direct: bool, basic: bool
+) -> tuple[Round, Round]:
+    """One agent life: warm-up (one update per AP), then the measured round."""
+    settings = load_settings(config)
+    spool = Spool(settings.spool.path, settings.spool.max_readings, settings.spool.sync)
+    pipeline = Pipeline(
+        agent=settings.agent,
+        spool_settings=settings.spool,
+        spool=spool,
+        filters=settings.filters,
+        collectors=settings.collectors,
+        destinations=settings.destinations,
+    )
+    (collector,) = settings.collectors
+    (dest,) = settings.destinations
+    assert isinstance(collector, MistCollector) and isinstance(dest, ZabbixDestination)
+    task = asyncio.create_task(pipeline.run(install_signal_handlers=False))
+    loop = asyncio.get_running_loop()
+    await until(
+        lambda: (
+            bool(collector.connections)
+            and all(c.subscribed == c.channels for c in collector.connections.values())
+        ),
+        "subscriptions",
+    )
+    connection = next(iter(collector.connections.values()))
+    sent = pipeline.stats.destination(dest.name)
+
+    async def one_round(frames: list[str], expected: int) -> Round:
+        before_sent, before_requests = sent.sent, dest.stats.requests
+        started, cpu = time.perf_counter(), cpu_seconds()
+        if direct:
+            push_started = time.perf_counter()
+            for text in frames:
+                connection.handle(text)
+            push = time.perf_counter() - push_started
+        else:
+            await loop.run_in_executor(None, conn.send, ("push", frames))
+        await until(lambda: sent.sent - before_sent >= expected and spool.depth() == 0, "delivery")
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        if not direct:
+            push = await loop.run_in_executor(None, conn.recv)
+        return Round(len(frames), seconds, cpu, dest.stats.requests - before_requests, push)
+
+    try:
+        # Warm-up: every AP once; raw values wait for the LLD naming their host (lld_min_interval).
+        warm = await one_round(data_frames(aps, aps, 0), aps + 1)
+        measured = await one_round(data_frames(aps, updates, 1, basic), updates)
+    finally:
+        pipeline.stop()
+        await task
+        spool.close()
+    return warm, measured
+
+
+def throughput(args: argparse.Namespace) -> str:
+    ctx = multiprocessing.get_context("fork")  # before any event loop exists in this process
+    parent, child = ctx.Pipe()
+    peer_process = ctx.Process(target=peer_main, args=(child,), daemon=True)
+    peer_process.start()
+    stream_url, rest_url, trapper_port = parent.recv()
+    modes = [("websocket", False, False)]
+    if args.direct:
+        modes += [("direct", True, False), ("direct, basic updates", True, True)]
+    results: dict[str, list[tuple[Round, Round]]] = {name: [] for name, _, _ in modes}
+    try:
+        for run in range(args.runs):
+            for name, direct, basic in modes:  # interleaved, so load bursts hit all alike
+                with tempfile.TemporaryDirectory(prefix="trapline-bench-mist-") as tmp:
+                    config = write_config(Path(tmp), stream_url, rest_url, trapper_port)
+                    warm, measured = asyncio.run(
+                        agent_run(config, parent, args.aps, args.updates, direct=direct, basic=basic)
+                    )
+                results[name].append((warm, measured))
+                print(
+                    f"run {run + 1} {name}: {measured.updates / measured.seconds:,.0f} updates/s wall, "
+                    f"CPU {measured.cpu / measured.updates * 1e6:.1f} us/update, "
+                    f"{measured.requests} requests (warm-up {warm.requests} for {warm.updates} APs), "
+                    f"push {measured.push_seconds:.2f}s of {measured.seconds:.2f}s",
+                    flush=True,
+                )
+        parent.send(("counts",))
+        trapper_requests, trapper_values = parent.recv()
+    finally:
+        parent.send(("stop",))
+        peer_process.join(10)
+
+    rows, request_rows = [], []
+    for name, pairs in results.items():
+        measured = [m for _, m in pairs]
+        cpu_us = [m.cpu / m.updates * 1e6 for m in measured]
+        wall = [m.updates / m.seconds for m in measured]
+        rows.append(
+            [
+                f"{name}: {args.updates} updates, {args.aps} APs",
+                f"{median(wall):,.0f}",
+                f"{min(wall):,.0f} - {max(wall):,.0f}",
+                f"{median(cpu_us):.1f}",
+                f"{min(cpu_us):.1f} - {max(cpu_us):.1f}",
+                f"{1e6 / median(cpu_us):,.0f}",
+            ]
+        )
+        if name == "websocket":
+            warm, m = pairs[0]
+            request_rows += [
+                [
+                    f"warm-up (first contact), {warm.updates} APs",
+                    warm.updates,
+                    warm.requests,
+                    warm.updates,
+                    f"{warm.updates / warm.requests:.1f}",
+                ],
+                [
+                    f"steady, {m.updates} updates over {args.aps} APs",
+                    m.updates,
+                    m.requests,
+                    m.updates,
+                    f"{m.updates / m.requests:.1f}",
+                ],
+            ]
+    out = [
+        table(
+            [
+                "path",
+                "updates/s wall (median)",
+                "wall range",
+                "agent CPU us/update (median)",
+                "CPU range",
+                "one-core ceiling updates/s",
+            ],
+            rows,
+        ),
+        "",
+        table(
+            [
+                "round (first run)",
+                "Mist messages",
+                "Zabbix requests (trapline)",
+                "requests, one per message",
+                "values per request",
+            ],
+            request_rows,
+        ),
+        "",
+        f"trapper totals over all runs: {trapper_requests} requests, {trapper_values} values",
+    ]
+    return "\n".join(out)
+
+
+# -- where the agent's CPU goes ------------------------------------------------------
+
+
+def stage_costs(frames: list[str], aps: int, workdir: Path) -> dict[str, float]:
+    """CPU microseconds per update of each stage, run one after another on the same frames."""
+    fleet = Fleet(
+        FleetPolicy("Mist discovery", "mist-ap-", frozenset({"ap"}), 300.0, 0.0, 0.0, 3600.0),
+        FieldSchema.load(),
+    )
+    fleet.set_sites({s: SiteInfo(s, s, "o1", "Bench org") for s in site_ids()})
+    for index in range(aps):  # known and announced, as after the warm-up
+        fleet.update(site_ids()[index % SITES], full_update(index, 0), 0.0)
+    fleet.due(0.0)
+    fleet.due(0.0)
+    costs: dict[str, float] = {}
+    count = len(frames)
+
+    def timed_stage(name: str, action: Callable[[], Any]) -> Any:
+        started = time.process_time()
+        result = action()
+        costs[name] = (time.process_time() - started) / count * 1e6
+        return result
+
+    events = timed_stage("decode frame (JSON twice)", lambda: [decode_frame(f, 1 << 20) for f in frames])
+
+    def merge() -> list[Any]:
+        items: list[Any] = []
+        for event in events:
+            fleet.update(event.channel.split("/")[2], event.payload, 1.0)
+            items += fleet.due(1.0, sweep=False)
+        return items
+
+    items = timed_stage("fleet: filter, merge, raw JSON", merge)
+    filters = Filters([], FilterRule("*", 0.0, 0.0), 3600.0)
+    admitted = timed_stage(
+        "normalize + filter", lambda: [i for i in map(normalize, items) if filters.admit(i)]
+    )
+    spool = Spool(workdir / "stages.db")
+
+    def put() -> None:
+        for start in range(0, len(admitted), 5000):  # the intake's high-water mark
+            spool.put(admitted[start : start + 5000], ["zabbix"])
+
+    timed_stage("spool put (sync=full, 5000 per commit)", put)
+
+    def drain() -> list[Any]:
+        claimed = []
+        while batch := spool.claim("zabbix", 2000):
+            spool.ack(s.id for s in batch)
+            claimed += [s.item for s in batch]
+        return claimed
+
+    claimed = timed_stage("spool claim 2000 + ack", drain)
+    spool.close()
+    timed_stage(
+        "Zabbix encode, 250 per request",
+        lambda: [
+            frame(encode_request(claimed[i : i + 250], 1_700_000_000, 0)) for i in range(0, len(claimed), 250)
+        ],
+    )
+    return costs
+
+
+def stages(args: argparse.Namespace) -> str:
+    frames = data_frames(args.aps, args.updates, 1)
+    runs: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="trapline-bench-mist-") as tmp:
+        for run in range(args.runs):
+            runs.append(stage_costs(frames, args.aps, Path(tmp) / str(run)))
+    size = median([len(f) for f in frames])
+    rows = [[name, f"{median([r[name] for r in runs]):.1f}"] for name in runs[0]]
+    rows.append(["**sum**", f"**{sum(median([r[n] for r in runs]) for n in runs[0]):.1f}**"])
+    return f"stream frame: {size:.0f} bytes (median)\n" + table(["stage", "CPU us/update (median)"], rows)
+
+
+# -- (c) memory per AP ---------------------------------------------------------------
+
+
+def fleet_bytes(aps: int, update: Callable[[int], dict[str, Any]]) -> tuple[float, float]:
+    """(fleet bytes per AP, Prometheus exporter bytes per AP) after one update of each AP."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    policy = FleetPolicy("Mist discovery", "mist-ap-", frozenset({"ap"}), 300.0, 0.0, 0.0, 3600.0)
+    fleet = Fleet(policy, FieldSchema.load())
+    fleet.set_sites({s: SiteInfo(s, s, "o1", "Bench org") for s in site_ids()})
+    for index in range(aps):
+        fleet.update(site_ids()[index % SITES], update(index), 0.0)
+    items = fleet.due(0.0)  # LLD rows built and cached, like a running collector
+    items += fleet.due(0.0)  # the raw values, now that the LLD announced the hosts
+    del items
+    gc.collect()
+    fleet_size = tracemalloc.get_traced_memory()[0] - before
+    for index in range(aps):  # every AP once more: one raw value each
+        fleet.update(site_ids()[index % SITES], update(index), 2.0)
+    raw = [normalize(i) for i in fleet.due(2.0)]
+    start = tracemalloc.get_traced_memory()[0]
+    exporter = PrometheusExporter("127.0.0.1", 0, 600.0)
+    for item in raw:
+        exporter.observe(item)
+    del raw
+    gc.collect()
+    exporter_size = tracemalloc.get_traced_memory()[0] - start
+    tracemalloc.stop()
+    del exporter, fleet
+    return fleet_size / aps, exporter_size / aps
+
+
+def memory(args: argparse.Namespace) -> str:
+    cases: list[tuple[str, Callable[[int], dict[str, Any]]]] = [
+        ("full update, every kept field (3 radios, 1 port)", lambda i: full_update(i, 1)),
+        ("tests/mist_server.py ap_full (2 radios, 1 port)", lambda i: ap_full(mac_of(i), f"ap-{i}")),
+    ]
+    rows = []
+    for name, update in cases:
+        samples = [fleet_bytes(args.fleet, update) for _ in range(args.runs)]
+        fleet_per_ap = [s[0] for s in samples]
+        prom_per_ap = [s[1] for s in samples]
+        print(
+            f"{name}: fleet {[round(x) for x in fleet_per_ap]} B/AP, "
+            f"prometheus {[round(x) for x in prom_per_ap]} B/AP",
+            flush=True,
+        )
+        rows.append(
+            [
+                name,
+                f"{median(fleet_per_ap):,.0f}",
+                f"{min(fleet_per_ap):,.0f} - {max(fleet_per_ap):,.0f}",
+                f"{median(fleet_per_ap) * args.fleet / 1e6:.1f}",
+                f"{median(prom_per_ap):,.0f}",
+            ]
+        )
+    return table(
+        [
+            "AP update",
+            f"fleet bytes/AP at {args.fleet} APs (median)",
+            "range",
+            "fleet MB total",
+            "Prometheus series bytes/AP",
+        ],
+        rows,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--updates", type=int, default=20_000)
+    parser.add_argument("--aps", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--fleet", type=int, default=10_000, help="APs for the memory measurement")
+    parser.add_argument("--direct", action="store_true", help="also feed frames without the websocket")
+    parser.add_argument("--only", choices=["throughput", "stages", "memory"], default=None)
+    args = parser.parse_args()
+    print(f"# mist: {args.updates} updates over {args.aps} APs, {args.runs} runs; memory at {args.fleet} APs")
+    print(machine(), flush=True)
+    # How fast this core is right now: the machine is shared, and CPU time per update scales with it.
+    reference = min(timeit.repeat("sum(range(1_000_000))", number=1, repeat=5))
+    print(f"reference: sum(range(10**6)) takes {reference * 1e3:.0f} ms on this core now", flush=True)
+    reports = []
+    if args.only in (None, "throughput"):
+        reports.append(throughput(args))
+    if args.only in (None, "stages"):
+        reports.append(stages(args))
+    if args.only in (None, "memory"):
+        reports.append(memory(args))
+    print()
+    print("\n\n".join(reports))
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()
