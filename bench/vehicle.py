@@ -42,7 +42,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import machine, median, table
 
-
 ROOT = Path(__file__).resolve().parent.parent
 ROUTE = ROOT / "tests" / "data" / "route.nmea"
 PIDS = ("RPM", "SPEED", "ENGINE_LOAD", "THROTTLE_POS", "COOLANT_TEMP", "INTAKE_TEMP")  # a fast tier
