@@ -46,6 +46,9 @@ _MAC_IN_DEVICE_ID = re.compile(r".*-([0-9a-fA-F]{12})")
 
 Scalar = str | int | float | bool | None
 
+# Built once: json.dumps with options makes a new encoder on every call.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
 
 @dataclass(frozen=True, slots=True)
 class SiteInfo:
@@ -335,7 +338,7 @@ class Fleet:
 
     def _raw_reading(self, device: _Device, now: float) -> Reading:
         device.emitted = now
-        value = json.dumps(device.fields, separators=(",", ":"), sort_keys=True)
+        value = _COMPACT_JSON(device.fields)
         clock, ns = device.clock
         return Reading(self._node_id(device), RAW_KEY, value, clock, ns, "", self._labels(device))
 

@@ -60,8 +60,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+# Built once: json.loads with an option makes a new decoder on every call.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _loads(text: str | bytes) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+    if isinstance(text, bytes):  # as json.loads does: UTF-8/16/32, detected from the bytes
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    return _STRICT_JSON.decode(text)
 
 
 def decode_frame(frame: str | bytes, max_bytes: int) -> Event:
