@@ -200,6 +200,9 @@ def test_broker_restart_keeps_rows_unacknowledged_then_delivery_resumes(tmp_path
 
         broker.stop()
         await until(lambda: not dest.connected, "the edge to notice")
+        # ... and the bridge: else its SUBACK flag of the old connection still stands below.
+        await until(lambda: collector.link is not None and not collector.link.subscribed.is_set(),
+                    "the bridge to notice")
         down = await dest.deliver(spooled(readings("Van 17", 20, start=20), first_id=21))
         assert down.accepted == [] and down.unreachable is not None
 
