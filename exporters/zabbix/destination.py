@@ -251,8 +251,12 @@ class ZabbixDestination:
         # No more lanes than full requests: a small batch stays one request.
         count = max(1, min(self.concurrency, -(-len(entries) // self.batch_size)))
         lanes: list[list[_Entry]] = [[] for _ in range(count)]
+        lane_of: dict[Ident, list[_Entry]] = {}
         for entry in entries:
-            lanes[hash(entry.ident) % count].append(entry)
+            lane = lane_of.get(entry.ident)
+            if lane is None:  # a new item joins the shortest lane, so requests stay full
+                lane = lane_of[entry.ident] = min(lanes, key=len)
+            lane.append(entry)
         await asyncio.gather(*(self._send_lane(lane, state) for lane in lanes if lane))
 
     async def _send_lane(self, entries: list[_Entry], state: _Round) -> None:
