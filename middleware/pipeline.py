@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from collections.abc import Sequence
 
@@ -79,6 +80,7 @@ class Pipeline:
         self.stats = AgentStats()
         self._intake: list[Item] = []
         self._commit_waiters: list[asyncio.Future[None]] = []
+        self._unspooled: list[Item] = []  # normalized readings a failed spool write left behind
         self._intake_wake = asyncio.Event()
         self._dest_wake = {d.name: asyncio.Event() for d in self.destinations}
         self._stop = asyncio.Event()
@@ -147,9 +149,15 @@ class Pipeline:
                 admitted.append(item)
             else:
                 self.stats.filtered += 1
+        # Readings whose spool write failed last time go first, in their order.
+        admitted, self._unspooled = self._unspooled + admitted, []
         if not admitted:
             return 0
-        dropped = self.spool.put(admitted, [d.name for d in self.destinations])
+        try:
+            dropped = self.spool.put(admitted, [d.name for d in self.destinations])
+        except (sqlite3.Error, OSError) as exc:
+            self._keep_unspooled(admitted, exc)
+            raise
         if dropped:
             self.stats.dropped += dropped
             self._throttled.error(
@@ -162,6 +170,22 @@ class Pipeline:
             ev.set()
         return len(admitted)
 
+    def _keep_unspooled(self, items: list[Item], exc: Exception) -> None:
+        """The spool cannot be written (disk full, I/O error): hold the readings in memory.
+
+        Held readings are retried at every flush; beyond ``max_readings`` the oldest
+        are dropped and counted, as the spool itself would.
+        """
+        excess = len(items) - self.spool.max_readings
+        if excess > 0:
+            self.stats.dropped += excess
+            items = items[excess:]
+        self._unspooled = items
+        self._throttled.error(
+            "spool-write", "cannot write the spool (%s): %d readings held in memory, retrying",
+            exc, len(items),
+        )
+
     def reject_reading(self, item: Item, reason: str) -> None:
         self.stats.rejected[reason] += 1
         key = getattr(item, "key", None) or getattr(item, "rule", "?")
@@ -172,7 +196,8 @@ class Pipeline:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._intake_wake.wait(), self.agent.flush_interval)
             self._intake_wake.clear()
-            self.flush_intake()
+            with contextlib.suppress(sqlite3.Error, OSError):  # logged and kept by flush_intake
+                self.flush_intake()
 
     # -- delivery --------------------------------------------------------------
     async def deliver_once(self, dest: Destination) -> Delivery | None:
@@ -312,7 +337,8 @@ class Pipeline:
             log.info("stopping: committing readings in memory, last delivery attempt")
             await _cancel(collector_tasks)
             await _cancel(service_tasks)
-            self.flush_intake()
+            with contextlib.suppress(sqlite3.Error, OSError):  # logged with the count held
+                self.flush_intake()
             await self._drain(self.agent.shutdown_timeout)
             for d in self.destinations:
                 await d.close()

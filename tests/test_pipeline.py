@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -178,3 +179,28 @@ def test_run_stops_cleanly_and_keeps_unsent(tmp_path: Path, with_collector_crash
     asyncio.run(main())
     assert p.spool.depth() >= 50
     assert p.stats.collector("src").errors == (1 if with_collector_crash else 0)
+
+
+def test_a_failing_spool_write_keeps_the_readings_for_the_next_flush(tmp_path: Path) -> None:
+    dest = ScriptedDestination()
+    p = make_pipeline(tmp_path, dest)
+    real_put = p.spool.put
+    calls = {"n": 0}
+
+    def flaky_put(items: Sequence[Reading], destinations: Sequence[str]) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_put(items, destinations)
+
+    p.spool.put = flaky_put  # type: ignore[method-assign, assignment]
+    put(p, ["a"], 5)
+    with pytest.raises(sqlite3.OperationalError):
+        p.flush_intake()
+    assert p.spool.depth() == 0
+    put(p, ["b"], 2)
+    p.flush_intake()
+    rows = [s.item for s in p.spool.claim("dest", 100)]
+    assert [(r.key, r.value) for r in rows if isinstance(r, Reading)] == (
+        [("a", i) for i in range(5)] + [("b", i) for i in range(2)]
+    )
