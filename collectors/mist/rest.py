@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from trapline.collectors.mist.fleet import SiteInfo
@@ -143,16 +144,11 @@ class SiteDirectory:
         """One refresh; returns the failures (RateLimited ones stop the refresh early)."""
         failures: list[RestError] = []
         self._org_names.clear()  # names can change; learn them again each refresh
-        for org in self.orgs:
+        steps = [partial(self._refresh_org, org) for org in self.orgs]
+        steps += [partial(self._refresh_site, site) for site in self.sites]
+        for step in steps:
             try:
-                await self._refresh_org(org)
-            except RateLimited as exc:
-                return [*failures, exc]
-            except RestError as exc:
-                failures.append(exc)
-        for site in self.sites:
-            try:
-                await self._refresh_site(site)
+                await step()
             except RateLimited as exc:
                 return [*failures, exc]
             except RestError as exc:
