@@ -31,8 +31,12 @@ class Mosquitto:
         data.mkdir(exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
+            # Sessions and queued messages survive a restart (saved on SIGTERM). Shared
+            # subscriptions do not in 2.0.11: see exporters/MQTT.md for what that means.
             "persistence true",
             f"persistence_location {data}/",
+            # The default (1000) silently drops messages queued for an absent bridge beyond that.
+            "max_queued_messages 0",
             # mosquitto drops root privileges to the "mosquitto" user unless told otherwise.
             "user root",
             f"log_dest file {self.log}",

@@ -4,7 +4,10 @@ A row counts as accepted only when the message that carried it was
 acknowledged by the broker.  A broker that cannot be reached, or a connection
 lost before the acknowledgement, leaves the rows in the spool as
 ``unreachable`` (they do not age); a publish the broker refuses with a reason
-code (not authorized, quota exceeded) goes to ``retry``.
+code (not authorized, quota exceeded) goes to ``retry``.  A PUBACK saying "no
+matching subscribers" (no bridge has subscribed, e.g. just after a broker
+restart) means the message reached no one: those rows stay too, as
+``unreachable``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class MqttDestination:
             chunks = encode_chunks(self.settings.client_id, host, tagged, self.max_payload)
             delivery.rejected.update(chunks.refused)
             topic = self.settings.topics.data(host)
-            sent += [(ids, self._link.publish(topic, payload, self.settings.qos))
+            sent += [(ids, self._link.publish(topic, payload, self.settings.qos, need_subscriber=True))
                      for ids, payload in chunks.messages]
         if sent:
             await asyncio.wait([done for _, done in sent], timeout=self.timeout)

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = b"online", b"offline"
 _DISCONNECT_WITH_WILL = 4  # MQTT v5 reason code: the broker publishes the Will (our "offline")
+# MQTT v5 PUBACK reason code (a success code): the broker took the message but no
+# subscription matched, so nobody will ever get it.  mosquitto 2.0 sends it, e.g.
+# after a restart, until the bridges have subscribed again (exporters/MQTT.md).
+_NO_MATCHING_SUBSCRIBERS = 16
 
 
 class PublishFailed(Exception):
@@ -45,6 +49,10 @@ class PublishFailed(Exception):
 
 class PublishRefused(PublishFailed):
     """The broker answered with a failure reason code (not authorized, quota exceeded...)."""
+
+
+class NoSubscriber(PublishFailed):
+    """The broker acknowledged a message that no subscription matched: it went nowhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +136,9 @@ class MqttLink:
         self._on_message = on_message
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[int, asyncio.Future[None]] = {}
+        # mid -> (resolves at the acknowledgement, whether "no matching subscribers" is a failure)
+        self._pending: dict[int, tuple[asyncio.Future[None], bool]] = {}
+        self._unsubscribing: dict[int, asyncio.Future[None]] = {}  # mid -> resolves at the UNSUBACK
         self._throttled = ThrottledLog(log)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -154,6 +164,7 @@ class MqttLink:
         client.on_disconnect = self._paho_disconnect
         client.on_publish = self._paho_publish
         client.on_subscribe = self._paho_subscribe
+        client.on_unsubscribe = self._paho_unsubscribe
         client.on_message = self._paho_message
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = s.session_expiry
@@ -185,8 +196,13 @@ class MqttLink:
 
     # -- publishing and acknowledging (event loop) ------------------------------
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False,
-                properties: Properties | None = None) -> asyncio.Future[None]:
-        """Resolves when the broker acknowledged (PUBACK/PUBCOMP); fails with PublishFailed."""
+                properties: Properties | None = None, *,
+                need_subscriber: bool = False) -> asyncio.Future[None]:
+        """Resolves when the broker acknowledged (PUBACK/PUBCOMP); fails with PublishFailed.
+
+        With ``need_subscriber`` an acknowledgement saying that no subscription
+        matched fails with NoSubscriber: the message reached no one.
+        """
         assert self._loop is not None and self._client is not None, "start() first"
         done: asyncio.Future[None] = self._loop.create_future()
         # A caller that stopped waiting (timeout, shutdown) must not leave an unread exception behind.
@@ -201,12 +217,31 @@ class MqttLink:
             done.set_result(None)
         else:
             # paho's callback for this mid reaches the loop only after this method returns.
-            self._pending[info.mid] = done
+            self._pending[info.mid] = (done, need_subscriber)
         return done
 
-    def subscribe(self, topic_filter: str, qos: int) -> None:
+    def subscribe(self, topic_filters: str | Sequence[str], qos: int) -> None:
+        """One SUBSCRIBE for all filters, so that ``subscribed`` means all of them."""
         if self._client is not None:
-            self._client.subscribe(topic_filter, options=SubscribeOptions(qos=qos))
+            names = [topic_filters] if isinstance(topic_filters, str) else topic_filters
+            self._client.subscribe([(name, SubscribeOptions(qos=qos)) for name in names])
+
+    async def unsubscribe(self, topic_filter: str, within: float) -> bool:
+        """Unsubscribe and wait for the broker's UNSUBACK; False when not connected or not in time."""
+        if self._client is None or self._loop is None or not self.connected.is_set():
+            return False
+        rc, mid = self._client.unsubscribe(topic_filter)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            return False
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._unsubscribing[mid] = done  # paho's callback reaches the loop only after this
+        try:
+            await asyncio.wait_for(done, within)
+        except TimeoutError:
+            return False
+        finally:
+            self._unsubscribing.pop(mid, None)
+        return True
 
     def ack(self, mid: int, qos: int) -> None:
         if self._client is not None:
@@ -233,7 +268,7 @@ class MqttLink:
 
     def _paho_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode,
                       properties: Properties | None) -> None:
-        self._post(self._settle, mid, str(reason) if reason.is_failure else None)
+        self._post(self._settle, mid, reason.value, str(reason))
 
     def _paho_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
                         reasons: list[ReasonCode], properties: Properties | None) -> None:
@@ -242,6 +277,10 @@ class MqttLink:
             self._post(self._report, f"subscription refused by {self.settings.address}: {refused[0]}")
         else:
             self._post(self.subscribed.set)
+
+    def _paho_unsubscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                          reasons: list[ReasonCode], properties: Properties | None) -> None:
+        self._post(self._unsubscribed, mid)
 
     def _paho_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         if self._on_message is not None:
@@ -275,21 +314,28 @@ class MqttLink:
         self.subscribed.clear()
         self._fail_pending(why)
 
-    def _settle(self, mid: int, refused: str | None) -> None:
-        done = self._pending.pop(mid, None)
+    def _settle(self, mid: int, code: int, reason: str) -> None:
+        done, need_subscriber = self._pending.pop(mid, (None, False))
         if done is None or done.done():
             return  # a message of a connection we already gave up on
-        if refused is None:
-            done.set_result(None)
+        if code >= 0x80:  # MQTT v5: reason codes from 0x80 up are failures
+            done.set_exception(PublishRefused(f"refused by the broker: {reason}"))
+        elif code == _NO_MATCHING_SUBSCRIBERS and need_subscriber:
+            done.set_exception(NoSubscriber(f"{self.settings.address} has no subscriber for it (no bridge?)"))
         else:
-            done.set_exception(PublishRefused(f"refused by the broker: {refused}"))
+            done.set_result(None)
+
+    def _unsubscribed(self, mid: int) -> None:
+        done = self._unsubscribing.get(mid)
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def _report(self, why: str) -> None:
         self._throttled.error(why, "%s", why)
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
-        for done in pending.values():
+        for done, _ in pending.values():
             if not done.done():
                 done.set_exception(PublishFailed(why))
 

@@ -13,10 +13,10 @@ reason, so that the bridge can dead-letter it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +27,7 @@ VERSION = 1
 _NS_PER_S = 1_000_000_000
 # A Zabbix host name cannot contain the MQTT separators (/ + #), so it is a topic level as is.
 _HOST_RE = re.compile(r"^[A-Za-z0-9 ._\-]{1,128}$")
+_ID_LIMIT = 128  # characters of a message id (ours are 32): the bridge keeps recent ids in memory
 _encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
@@ -48,6 +49,15 @@ class Topics:
 
     def status(self, agent: str) -> str:
         return f"{self.prefix}/v{VERSION}/{agent}/status"
+
+    def status_filter(self) -> str:
+        return f"{self.prefix}/v{VERSION}/+/status"
+
+    def agent_of(self, topic: str) -> str | None:
+        """The client id of a status topic, else None."""
+        head, tail = f"{self.prefix}/v{VERSION}/", "/status"
+        agent = topic[len(head):-len(tail)] if topic.startswith(head) and topic.endswith(tail) else ""
+        return agent if _HOST_RE.match(agent) else None
 
     def deadletter(self) -> str:
         return f"{self.prefix}/v{VERSION}/deadletter"
@@ -88,9 +98,18 @@ def encode_item(item: Item) -> bytes:
     return _encode_json(_item_fields(item)).encode()
 
 
-def _head(agent: str, host: str) -> bytes:
-    envelope = _encode_json({"version": VERSION, "agent": agent, "host": host, "id": uuid.uuid4().hex})
+def _head(agent: str, host: str, message_id: str) -> bytes:
+    envelope = _encode_json({"version": VERSION, "agent": agent, "host": host, "id": message_id})
     return envelope[:-1].encode() + b',"items":['
+
+
+def _message_id(agent: str, host: str, parts: list[bytes]) -> str:
+    """Derived from the content, so a resent chunk (lost PUBACK) keeps its id and can be dropped."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (agent.encode(), host.encode(), *parts):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
 
 
 _TAIL = b"]}"
@@ -106,7 +125,7 @@ class Chunks:
 
 def encode_chunks(agent: str, host: str, items: Iterable[tuple[int, Item]], max_payload: int) -> Chunks:
     """Pack tagged items (tag = spool id) of one host into messages of at most ``max_payload`` bytes."""
-    head_size = len(_head(agent, host)) + len(_TAIL)
+    head_size = len(_head(agent, host, _message_id("", "", []))) + len(_TAIL)
     chunks = Chunks([], {})
     tags: list[int] = []
     parts: list[bytes] = []
@@ -114,7 +133,8 @@ def encode_chunks(agent: str, host: str, items: Iterable[tuple[int, Item]], max_
 
     def close() -> None:
         if parts:
-            chunks.messages.append((tags.copy(), _head(agent, host) + b",".join(parts) + _TAIL))
+            head = _head(agent, host, _message_id(agent, host, parts))
+            chunks.messages.append((tags.copy(), head + b",".join(parts) + _TAIL))
             tags.clear()
             parts.clear()
 
@@ -191,8 +211,20 @@ def _decode_item(host: str, entry: object, where: str) -> Item:
     return item
 
 
+@dataclass(frozen=True, slots=True)
+class Message:
+    agent: str  # the sender's client id
+    id: str  # unique per message; a redelivered copy has the same
+    items: list[Item]
+
+
 def decode_message(topic_host: str, payload: bytes) -> list[Item]:
     """Validate one message published on ``topic_host``'s data topic; raises BadMessage."""
+    return decode_envelope(topic_host, payload).items
+
+
+def decode_envelope(topic_host: str, payload: bytes) -> Message:
+    """Like decode_message, with the sender and the message id."""
     try:
         doc = json.loads(payload, parse_constant=_refuse_constant)
     except BadMessage:
@@ -206,12 +238,15 @@ def decode_message(topic_host: str, payload: bytes) -> list[Item]:
     host = _text(doc, "host", "message")
     if host != topic_host:
         raise BadMessage(f"host {host[:80]!r} does not match the topic's host {topic_host!r}")
-    _text(doc, "agent", "message")
-    _text(doc, "id", "message")
+    agent = _text(doc, "agent", "message")
+    message_id = _text(doc, "id", "message")
+    if not 0 < len(message_id) <= _ID_LIMIT:
+        raise BadMessage(f"message.id: expected 1-{_ID_LIMIT} characters")
     items = doc.get("items")
     if not isinstance(items, list):
         raise BadMessage("message.items: expected a list")
-    return [_decode_item(host, entry, f"items[{i}]") for i, entry in enumerate(items)]
+    decoded = [_decode_item(host, entry, f"items[{i}]") for i, entry in enumerate(items)]
+    return Message(agent, message_id, decoded)
 
 
 def hosts_in_order(batch: Sequence[tuple[int, Item]]) -> dict[str, list[tuple[int, Item]]]:
