@@ -13,7 +13,8 @@ Sample configuration::
     dedup_window = 10000             # message ids remembered to drop redelivered copies (0 = off)
     self_host = "trapline-centre"    # Zabbix host for the bridge's own counters (unset = none)
     self_interval = 60               # seconds between two reports of those counters
-    # port, topic_prefix, qos, keepalive, session_expiry: as in [mqtt] (exporters/mqtt)
+    # port, tls_cert_file, tls_key_file, topic_prefix, qos, keepalive, session_expiry:
+    # as in [mqtt] (exporters/mqtt)
 
 It subscribes ``$share/<group>/<prefix>/v1/+/data`` (MQTT v5 shared
 subscription) and validates every message (exporters/MQTT.md).  A valid

@@ -11,6 +11,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -45,21 +46,39 @@ class Secret:
     __str__ = __repr__
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """Certificate files of a TLS client; none set means the system's CAs and no client certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None  # may hold the private key too
+    key_file: Path | None = None
+
+    @property
+    def any(self) -> bool:
+        return any((self.ca_file, self.cert_file, self.key_file))
+
+
+def refuse_shared_file(path: Path, what: str) -> None:
+    """Refuse a secret-bearing file (token, password, private key) that others could read."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWOTH):
+        raise ConfigError(
+            f"{path}: {what} is readable by group or others (mode {stat.S_IMODE(mode):04o}); "
+            "chmod 600 it"
+        )
+
+
 def read_secret_file(path: Path) -> Secret:
     """Read a secret from a file that only its owner can read.
 
     Group- or world-readable files are refused: a leaked token is worse than a
     service that does not start.
     """
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read secret file ({exc.strerror})") from None
-    if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWOTH):
-        raise ConfigError(
-            f"{path}: secret file is readable by group or others (mode {stat.S_IMODE(mode):04o}); "
-            "chmod 600 it"
-        )
+    refuse_shared_file(path, "secret file")
     try:
         value = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -153,6 +172,21 @@ class Section:
             raw = self.text(key)
         p = Path(os.path.expanduser(raw))
         return p if p.is_absolute() else self.file.parent / p
+
+    def tls_files(self) -> TlsFiles:
+        """``tls_ca_file``, ``tls_cert_file`` and ``tls_key_file``: present files, a private key."""
+        ca, cert, key = (
+            self.path(name) if self.has(name) else None
+            for name in ("tls_ca_file", "tls_cert_file", "tls_key_file")
+        )
+        if key is not None and cert is None:
+            raise self.error("tls_key_file", "given without tls_cert_file")
+        for name, path in (("tls_ca_file", ca), ("tls_cert_file", cert), ("tls_key_file", key)):
+            if path is not None and not path.is_file():
+                raise self.error(name, f"no such file {path}")
+        if key is not None:
+            refuse_shared_file(key, "private key file")
+        return TlsFiles(ca, cert, key)
 
     def secret(self, key: str, required: bool = True) -> Secret | None:
         """A secret from ``<key>_file`` (0600 file) or ``<key>_env`` (variable name)."""

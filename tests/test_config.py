@@ -77,6 +77,27 @@ def test_secret_file_must_be_private(tmp_path: Path) -> None:
     assert "s3cr3t" not in repr(value) and "s3cr3t" not in str(value)
 
 
+def test_tls_files_need_a_private_key_and_existing_files(tmp_path: Path) -> None:
+    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
+    cert.write_text("certificate")
+    key.write_text("key")
+    key.chmod(0o640)
+
+    def section(**keys: str) -> Section:
+        return Section(tmp_path / "x.toml", "mqtt", dict(keys))
+
+    with pytest.raises(ConfigError, match="private key file is readable by group or others"):
+        section(tls_cert_file=str(cert), tls_key_file=str(key)).tls_files()
+    key.chmod(0o600)
+    files = section(tls_cert_file=str(cert), tls_key_file=str(key)).tls_files()
+    assert (files.cert_file, files.key_file, files.ca_file, files.any) == (cert, key, None, True)
+    with pytest.raises(ConfigError, match=r"\[mqtt\].*tls_key_file.*without tls_cert_file"):
+        section(tls_key_file=str(key)).tls_files()
+    with pytest.raises(ConfigError, match=r"tls_ca_file.*no such file"):
+        section(tls_ca_file=str(tmp_path / "absent.pem")).tls_files()
+    assert not section().tls_files().any
+
+
 def test_secret_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAPLINE_TEST_TOKEN", "abc")
     sec = Section(tmp_path / "x.toml", "mist", {"token_env": "TRAPLINE_TEST_TOKEN"})

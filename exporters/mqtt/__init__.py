@@ -9,6 +9,8 @@ Sample configuration::
     username = "van-17"
     password_file = "/etc/trapline/mqtt.password"   # mode 0600 (or password_env)
     tls_ca_file = "/etc/trapline/mqtt-ca.pem"       # turns TLS on (tls = true: system CAs)
+    tls_cert_file = "/etc/trapline/van-17.crt"      # client certificate, if the broker asks for one
+    tls_key_file = "/etc/trapline/van-17.key"       # its private key: mode 0600
     topic_prefix = "trapline"        # data on trapline/v1/<host>/data
     qos = 1                          # 1 or 2
     keepalive = 60                   # seconds

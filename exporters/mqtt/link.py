@@ -18,9 +18,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from trapline.exporters.mqtt.schema import Topics, valid_host
-from trapline.middleware.config import Secret, Section
+from trapline.middleware.config import Secret, Section, TlsFiles
 from trapline.middleware.logutil import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class BrokerSettings:
     username: str | None
     password: Secret | None
     tls: bool
-    tls_ca_file: Path | None
+    tls_files: TlsFiles
     keepalive: int
     session_expiry: int  # seconds the broker keeps the session after a disconnect
     qos: int
@@ -77,10 +77,10 @@ class BrokerSettings:
 def parse_broker(section: Section, default_client_id: str) -> BrokerSettings:
     """The connection keys both the ``[mqtt]`` destination and the bridge collector read."""
     host = section.text("host")
-    tls_ca_file = section.path("tls_ca_file") if section.has("tls_ca_file") else None
-    if tls_ca_file is not None and not tls_ca_file.is_file():
-        raise section.error("tls_ca_file", f"no such file {tls_ca_file}")
-    tls = section.boolean("tls", tls_ca_file is not None)
+    tls_files = section.tls_files()
+    tls = section.boolean("tls", tls_files.any)
+    if tls_files.any and not tls:
+        raise section.error("tls", "false, but TLS certificate files are given")
     port = section.integer("port", 8883 if tls else 1883, minimum=1)
     client_id = section.text("client_id", default_client_id)
     if not valid_host(client_id):
@@ -98,7 +98,7 @@ def parse_broker(section: Section, default_client_id: str) -> BrokerSettings:
         raise section.error("qos", "expected 1 or 2 (QoS 0 has no acknowledgement)")
     return BrokerSettings(
         host=host, port=port, client_id=client_id, username=username, password=password,
-        tls=tls, tls_ca_file=tls_ca_file,
+        tls=tls, tls_files=tls_files,
         keepalive=section.integer("keepalive", 60, minimum=5),
         session_expiry=section.integer("session_expiry", 86400, minimum=0),
         qos=qos, topics=Topics(prefix),
@@ -140,6 +140,7 @@ class MqttLink:
         self._pending: dict[int, tuple[asyncio.Future[None], bool]] = {}
         self._unsubscribing: dict[int, asyncio.Future[None]] = {}  # mid -> resolves at the UNSUBACK
         self._throttled = ThrottledLog(log)
+        self._paho_error: str | None = None  # paho's thread only: its last error-level log line
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -155,12 +156,18 @@ class MqttLink:
         if s.username is not None:
             client.username_pw_set(s.username, s.password.reveal() if s.password else None)
         if s.tls:
-            client.tls_set(ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None)
+            files = s.tls_files
+            client.tls_set(
+                ca_certs=str(files.ca_file) if files.ca_file else None,
+                certfile=str(files.cert_file) if files.cert_file else None,
+                keyfile=str(files.key_file) if files.key_file else None,
+            )
         if self._announce:
             client.will_set(s.topics.status(s.client_id), OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._paho_connect
         client.on_connect_fail = self._paho_connect_fail
+        client.on_log = self._paho_log
         client.on_disconnect = self._paho_disconnect
         client.on_publish = self._paho_publish
         client.on_subscribe = self._paho_subscribe
@@ -260,11 +267,22 @@ class MqttLink:
         self._post(self._connected, str(reason), reason.is_failure, flags.session_present)
 
     def _paho_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        self._post(self._lost, f"cannot connect to {self.settings.address}")
+        # paho calls this inside its ``except OSError``: the error says why (refused, certificate...).
+        error = sys.exc_info()[1]
+        why = f": {error}" if error is not None else ""
+        self._post(self._lost, f"cannot connect to {self.settings.address}{why}")
+
+    def _paho_log(self, client: mqtt.Client, userdata: object, level: int, text: str) -> None:
+        # A TLS alert after the handshake (e.g. "certificate required") reaches only paho's log,
+        # just before its disconnect event, which reports a bare "Unspecified error".
+        if level == mqtt.MQTT_LOG_ERR:
+            self._paho_error = text
 
     def _paho_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
                          reason: ReasonCode, properties: Properties | None) -> None:
-        self._post(self._lost, f"connection to {self.settings.address} lost: {reason}")
+        detail, self._paho_error = self._paho_error, None
+        why = f"{reason} ({detail})" if detail else str(reason)
+        self._post(self._lost, f"connection to {self.settings.address} lost: {why}")
 
     def _paho_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode,
                       properties: Properties | None) -> None:

@@ -3,10 +3,9 @@
 The broker has two TLS listeners sharing one password file:
 
 * ``server_auth``: the broker proves who it is (server certificate from our CA);
-  clients log in with username and password.  This is what the edge
-  destination and the bridge support today (``tls_ca_file`` + password).
+  clients log in with username and password (``tls_ca_file`` + password).
 * ``mutual``: ``require_certificate true`` as well: a client must also present
-  a certificate from our CA.
+  a certificate from our CA (``tls_cert_file`` + ``tls_key_file``).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from tests.integration.test_mqtt_broker import ListDestination, centre, identity
 from tests.peers import free_port, missing_peer, need_binary, wait_port
 from trapline.collectors.mqtt_bridge import build as build_bridge
 from trapline.exporters.mqtt import MqttDestination, build_destinations
-from trapline.middleware.config import ConfigError, Section
+from trapline.middleware.config import Section
 from trapline.middleware.filters import Filters
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.settings import AgentSettings, SpoolSettings
@@ -333,11 +332,6 @@ def test_a_client_without_a_certificate_is_refused_where_one_is_required(
     asyncio.run(refused(tmp_path, broker.mutual, pki.ca, "van-no-cert"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="link.py reports 'cannot connect' / 'Unspecified error' without the TLS reason",
-)
 def test_tls_refusals_say_why(tmp_path: Path, pki: Pki, broker: TlsBroker) -> None:
     async def scenario() -> tuple[str, str]:
         _, wrong_ca = await refused(tmp_path, broker.server_auth, pki.other_ca, "van-why-ca")
@@ -379,15 +373,10 @@ def test_the_mutual_tls_listener_accepts_a_client_certificate_from_our_ca(
     assert _paho_with_client_certificate(pki, broker.mutual) == "Success"
 
 
-@pytest.mark.xfail(
-    raises=ConfigError,
-    strict=True,
-    reason="no client certificate keys (tls_cert_file, tls_key_file) in [mqtt]/mqtt_bridge yet",
-)
 def test_edge_and_bridge_deliver_with_client_certificates(
     tmp_path: Path, pki: Pki, broker: TlsBroker
 ) -> None:
-    """Keys named as in [zabbix].  Strict: once they exist, this must pass and lose its mark."""
+    """The same key names as in [zabbix]."""
     certificate = {
         "tls_ca_file": str(pki.ca),
         "tls_cert_file": str(pki.client_cert),
