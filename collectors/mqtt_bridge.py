@@ -13,6 +13,8 @@ Sample configuration::
     dedup_window = 10000             # message ids remembered to drop redelivered copies (0 = off)
     self_host = "trapline-centre"    # Zabbix host for the bridge's own counters (unset = none)
     self_interval = 60               # seconds between two reports of those counters
+    peers = ["centre-2"]             # client ids of the other bridges of the group (see below)
+    adopt_after = 30                 # seconds a peer stays offline before this bridge takes over
     # port, tls_cert_file, tls_key_file, topic_prefix, qos, keepalive, session_expiry:
     # as in [mqtt] (exporters/mqtt)
 
@@ -32,6 +34,14 @@ again by the broker; this bridge remembers the ids of its last
 ``dedup_window`` messages and forwards such a copy only once (counted as a
 duplicate).  Another bridge does not share that memory: exporters/MQTT.md says
 what is and is not de-duplicated.
+
+A bridge that dies keeps its persistent session on the broker, and mosquitto
+holds that bridge's unacknowledged messages and its share of new ones there
+until the same client id returns.  So each bridge watches the status of its
+``peers``: once one has been offline (its Last Will) for ``adopt_after``
+seconds, this bridge connects with the peer's client id, serves the messages
+waiting in its session, and keeps doing so until the peer comes back (the
+broker then hands the session back to it and drops this second connection).
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -123,7 +133,8 @@ class BridgeCounters:
 
 class MqttBridge:
     def __init__(self, name: str, settings: BrokerSettings, group: str, *, dedup_window: int = 10_000,
-                 self_host: str | None = None, self_interval: float = 60.0) -> None:
+                 self_host: str | None = None, self_interval: float = 60.0,
+                 peers: tuple[str, ...] = (), adopt_after: float = 30.0) -> None:
         self.name = name
         self.settings = settings
         self.subscription = f"$share/{group}/{settings.topics.data_filter()}"
@@ -133,6 +144,10 @@ class MqttBridge:
         self.self_host = self_host
         self.self_interval = self_interval
         self.link: MqttLink | None = None  # while running
+        self.peers = peers
+        self.adopt_after = adopt_after
+        self._adoptions: dict[str, asyncio.Task[None]] = {}  # peer -> serving its session while it is away
+        self._out: CommittingOutbox | None = None  # while running
 
     @property
     def dead_letters(self) -> int:
@@ -141,31 +156,69 @@ class MqttBridge:
     async def run(self, out: Outbox) -> None:
         if not isinstance(out, CommittingOutbox):
             raise TypeError("the MQTT bridge needs an outbox that confirms spool commits")
-        incoming: asyncio.Queue[mqtt.MQTTMessage] = asyncio.Queue()
-        pending_acks: asyncio.Queue[_PendingAck] = asyncio.Queue()
+        incoming: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
         filters = [self.subscription, self.settings.topics.status_filter()]
         link = MqttLink(self.settings, manual_ack=True, on_message=incoming.put_nowait,
                         on_connected=lambda: link.subscribe(filters, self.settings.qos))
-        self.link = link
+        self.link, self._out = link, out
         link.start()
-        helpers = [asyncio.create_task(self._acknowledge(link, pending_acks))]
-        if self.self_host is not None:
-            helpers.append(asyncio.create_task(self._report(out, self.self_host)))
+        helpers = [asyncio.create_task(self._report(out, self.self_host))] if self.self_host else []
         try:
-            while True:
-                message = await incoming.get()
+            await self._serve(link, out, incoming)
+        finally:
+            for task in [*helpers, *self._adoptions.values()]:
+                task.cancel()
+            await asyncio.gather(*helpers, *self._adoptions.values(), return_exceptions=True)
+            self._adoptions.clear()
+            await self._leave(link, out, incoming)
+            await link.close()
+            self.link = self._out = None
+
+    async def _serve(self, link: MqttLink, out: CommittingOutbox,
+                     incoming: asyncio.Queue[mqtt.MQTTMessage | None]) -> None:
+        """Take messages until a None arrives (an adopted session's connection ended)."""
+        pending_acks: asyncio.Queue[_PendingAck] = asyncio.Queue()
+        acknowledging = asyncio.create_task(self._acknowledge(link, pending_acks))
+        try:
+            while (message := await incoming.get()) is not None:
                 ready = self._take(link, out, message)
                 pending_acks.put_nowait((link.generation, message.mid, message.qos, ready))
         finally:
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-            await self._leave(link, out, incoming)
+            acknowledging.cancel()
+            await asyncio.gather(acknowledging, return_exceptions=True)
+
+    def _peer_status(self, peer: str, online: bool) -> None:
+        running = self._adoptions.get(peer)
+        if online or self._out is None or (running is not None and not running.done()):
+            return
+        self._adoptions[peer] = asyncio.create_task(self._adopt(peer, self._out))
+
+    async def _adopt(self, peer: str, out: CommittingOutbox) -> None:
+        """Serve a dead peer's session until the peer is back online."""
+        while True:
+            await asyncio.sleep(self.adopt_after)
+            if self._agent(peer).online:
+                return
+            log.warning("bridge %s has been offline for %.0f s: serving its session", peer,
+                        self.adopt_after)
+            await self._serve_session_of(peer, out)
+            log.info("stopped serving the session of bridge %s", peer)
+
+    async def _serve_session_of(self, peer: str, out: CommittingOutbox) -> None:
+        """One connection as the peer, until it ends (the peer came back and took its session)."""
+        incoming: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
+        # No Will and no status of its own: this connection stands in for the peer.
+        link = MqttLink(replace(self.settings, client_id=peer), manual_ack=True, announce=False,
+                        on_message=incoming.put_nowait, on_lost=lambda _why: incoming.put_nowait(None))
+        link.start()
+        try:
+            await self._serve(link, out, incoming)
+        finally:
+            # Closed at once, before paho reconnects and takes the session back from the peer.
             await link.close()
-            self.link = None
 
     async def _leave(self, link: MqttLink, out: CommittingOutbox,
-                     incoming: asyncio.Queue[mqtt.MQTTMessage]) -> None:
+                     incoming: asyncio.Queue[mqtt.MQTTMessage | None]) -> None:
         """A clean stop leaves the shared group before disconnecting.
 
         Otherwise the broker keeps queueing this bridge's share of new messages in
@@ -178,13 +231,16 @@ class MqttBridge:
         if await link.unsubscribe(self.subscription, within=_LEAVE_TIMEOUT):
             log.info("left the shared subscription %s", self.subscription)
         while not incoming.empty():
-            self._take(link, out, incoming.get_nowait())
+            if (message := incoming.get_nowait()) is not None:
+                self._take(link, out, message)
 
     def _take(self, link: MqttLink, out: CommittingOutbox, message: mqtt.MQTTMessage) -> Awaitable[None]:
         """Pass one message on; returns what must complete before it may be acknowledged."""
         agent = self.settings.topics.agent_of(message.topic)
         if agent is not None:
-            self._agent(agent).online = bytes(message.payload) == ONLINE
+            online = self._agent(agent).online = bytes(message.payload) == ONLINE
+            if agent in self.peers:
+                self._peer_status(agent, online)
             settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             settled.set_result(None)  # nothing to commit before the ack
             return settled
@@ -287,6 +343,10 @@ def build(name: str, section: Section) -> MqttBridge:
     dedup_window = section.integer("dedup_window", 10_000, minimum=0)
     self_host = section.text("self_host") if section.has("self_host") else None
     self_interval = section.number("self_interval", 60.0, minimum=1.0)
+    peers = tuple(section.strings("peers", []))
+    if settings.client_id in peers:
+        raise section.error("peers", f"lists this bridge's own client_id {settings.client_id!r}")
+    adopt_after = section.number("adopt_after", 30.0, minimum=0.0)
     section.done()
     return MqttBridge(name, settings, group, dedup_window=dedup_window, self_host=self_host,
-                      self_interval=self_interval)
+                      self_interval=self_interval, peers=peers, adopt_after=adopt_after)

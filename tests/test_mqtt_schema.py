@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trapline.collectors.mqtt_bridge import MqttBridge
+from trapline.collectors.mqtt_bridge import build as build_bridge
 from trapline.exporters.mqtt import MqttDestination, build_destinations
 from trapline.exporters.mqtt.schema import BadMessage, Topics, decode_message, encode_chunks
 from trapline.middleware.config import ConfigError, Section
@@ -200,3 +201,15 @@ def test_settings_file_builds_the_mqtt_destination_and_the_bridge(tmp_path: Path
     [bridge] = settings.collectors
     assert isinstance(bridge, MqttBridge)
     assert bridge.subscription == "$share/centre/trapline/v1/+/data"
+
+
+def test_bridge_peers_are_other_bridges(tmp_path: Path) -> None:
+    def bridge_section(**keys: object) -> Section:
+        return Section(tmp_path / "t.toml", "collectors.fleet",
+                       {"host": "127.0.0.1", "client_id": "centre-1", **keys})
+
+    bridge = build_bridge("fleet", bridge_section(peers=["centre-2", "centre-3"], adopt_after=5))
+    assert (bridge.peers, bridge.adopt_after) == (("centre-2", "centre-3"), 5.0)
+    assert build_bridge("fleet", bridge_section()).peers == ()
+    with pytest.raises(ConfigError, match=r"peers.*own client_id 'centre-1'"):
+        build_bridge("fleet", bridge_section(peers=["centre-1"]))

@@ -120,6 +120,7 @@ class MqttLink:
         announce: bool = True,
         on_connected: Callable[[], None] | None = None,
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.connected = asyncio.Event()
@@ -134,6 +135,7 @@ class MqttLink:
         self._announce = announce  # online/offline on the status topic (not for a one-off check)
         self._on_connected = on_connected
         self._on_message = on_message
+        self._on_lost = on_lost
         self._client: mqtt.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # mid -> (resolves at the acknowledgement, whether "no matching subscribers" is a failure)
@@ -331,6 +333,8 @@ class MqttLink:
         self.connected.clear()
         self.subscribed.clear()
         self._fail_pending(why)
+        if self._on_lost is not None and not self._closing:
+            self._on_lost(why)
 
     def _settle(self, mid: int, code: int, reason: str) -> None:
         done, need_subscriber = self._pending.pop(mid, (None, False))
