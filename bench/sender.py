@@ -10,6 +10,13 @@ Load is spread over ``--items`` trapper items because the history syncer writes 
 value per item per pass (FACTS.md): with few items the database, not the sender, is
 measured.
 
+Every run is done twice, interleaved: with the whole machine shared (the server,
+PostgreSQL and the sender float over all cores), and *pinned* (server and PostgreSQL on
+CPU 0, the sender on CPU 1), so that sender and server do not take each other's CPU.
+Beside values/s the bench reports the CPU each side spent per value: the sender's own
+(user + system) and the server's (zabbix_server and PostgreSQL processes, from the
+start of a run until the server has written everything).
+
     python3 bench/sender.py [--values 100000] [--items 1000] [--runs 5]
 """
 
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
 import re
 import resource
 import subprocess
@@ -43,6 +52,8 @@ HOST = "bench-sender"
 VALUE_TYPE_UNSIGNED = 3
 ITEM_TYPE_TRAPPER = 2
 PIPELINE_BATCH = 2000  # [spool] batch default: rows claimed per delivery round
+LARGER_CLAIM = 10_000  # a delivery round that gives each of the 4 lanes several requests
+SERVER_CPU, SENDER_CPU = 0, 1  # the pinned layout
 C_SENDER = "/usr/bin/zabbix_sender"
 _C_REPLY = re.compile(r"processed: (\d+); failed: (\d+); total: (\d+)")
 
@@ -54,6 +65,7 @@ class Outcome:
     failed: int
     requests: int = 0
     cpu: float = 0.0  # CPU seconds the sender itself used (user + system)
+    server_cpu: float = 0.0  # CPU seconds of zabbix_server + PostgreSQL, run start until drained
 
 
 def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
@@ -65,7 +77,23 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
 class Contender:
     name: str
     run: Callable[[list[Reading]], Awaitable[Outcome]]
+    pinned: bool = False
     results: list[Outcome] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} [pinned]" if self.pinned else self.name
+
+
+def input_ready() -> None:
+    """Take the bench's own input (all values of a run, built in advance) out of the GC's way.
+
+    The agent holds only the batch it claimed from the spool; the bench holds every
+    value of the run at once.  Frozen, those objects are not re-scanned by the cyclic
+    garbage collector, so no Python sender is charged for the bench's memory.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 # -- the server -----------------------------------------------------------------------
@@ -85,6 +113,56 @@ def create_host(stack: LocalZabbix, items: int) -> list[str]:
         api.item.create(*specs[start : start + 500])
     stack.config_cache_reload()
     return keys
+
+
+def _process_tree() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return parents
+
+
+def server_side(stack: LocalZabbix) -> list[int]:
+    """The zabbix_server and PostgreSQL processes of the stack (roots and all descendants)."""
+    roots = {
+        int((stack.workdir / "run" / "zabbix_server.pid").read_text().strip()),
+        int((stack.workdir / "postgres" / "data" / "postmaster.pid").read_text().split()[0]),
+    }
+    parents = _process_tree()
+    found = set(roots)
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in found} - found
+        found |= children
+        grew = bool(children)
+    return sorted(found)
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds the live processes ``pids`` ran (schedstat: nanosecond precision)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+def pin(stack: LocalZabbix, pinned: bool) -> None:
+    """Server side on one CPU and this process (and the C sender it starts) on the other, or all free."""
+    everywhere = set(range(os.cpu_count() or 1))
+    for pid in server_side(stack):
+        try:
+            os.sched_setaffinity(pid, {SERVER_CPU} if pinned else everywhere)
+        except OSError:
+            continue  # a process that just ended
+    os.sched_setaffinity(0, {SENDER_CPU} if pinned else everywhere)
 
 
 def server_children(stack: LocalZabbix) -> dict[str, int]:
@@ -138,8 +216,11 @@ def wait_drained(stack: LocalZabbix, timeout: float = 120.0) -> float:
 
 
 def trapline_sender(dest: ZabbixDestination, batch: int) -> Callable[[list[Reading]], Awaitable[Outcome]]:
+    """``deliver()`` per ``batch`` rows, as the pipeline's delivery loop does per spool claim."""
+
     async def run(readings: list[Reading]) -> Outcome:
         spooled = [Spooled(i, r, 0.0, 0) for i, r in enumerate(readings)]
+        input_ready()
         before_processed, before_failed = dest.stats.values_processed, dest.stats.values_failed
         before_requests = dest.stats.requests
         started, cpu = time.perf_counter(), cpu_seconds()
@@ -201,6 +282,7 @@ def zabbix_utils_sender(port: int) -> Callable[[list[Reading]], Awaitable[Outcom
 
     async def run(readings: list[Reading]) -> Outcome:
         values = item_values(readings)  # its native input, built outside the clock like the others'
+        input_ready()
         started, cpu = time.perf_counter(), cpu_seconds()
         reply = sender.send(values)  # blocking by design; nothing else runs meanwhile
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
@@ -214,6 +296,7 @@ def zabbix_utils_async_sender(port: int) -> Callable[[list[Reading]], Awaitable[
 
     async def run(readings: list[Reading]) -> Outcome:
         values = item_values(readings)
+        input_ready()
         started, cpu = time.perf_counter(), cpu_seconds()
         reply = await sender.send(values)
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
@@ -243,6 +326,24 @@ def new_destination(port: int, batch_size: int = 250) -> ZabbixDestination:
     )
 
 
+def contenders(port: int, workdir: Path, fresh: ZabbixDestination, big: ZabbixDestination) -> list[Contender]:
+    senders = [
+        (
+            f"trapline, deliver() per {PIPELINE_BATCH} (spool batch default)",
+            trapline_sender(fresh, PIPELINE_BATCH),
+        ),
+        (
+            f"trapline, deliver() per {LARGER_CLAIM} (spool batch {LARGER_CLAIM})",
+            trapline_sender(fresh, LARGER_CLAIM),
+        ),
+        (f"trapline, batch_size=1000, deliver() per {LARGER_CLAIM}", trapline_sender(big, LARGER_CLAIM)),
+        ("C zabbix_sender -T -N -i FILE", c_sender(port, workdir)),
+        ("zabbix_utils Sender", zabbix_utils_sender(port)),
+        ("zabbix_utils AsyncSender", zabbix_utils_async_sender(port)),
+    ]
+    return [Contender(name, run, pinned) for pinned in (False, True) for name, run in senders]
+
+
 async def bench(stack: LocalZabbix, keys: list[str], values: int, runs: int, workdir: Path) -> str:
     port = stack.trapper_port
     clocks = Clocks()
@@ -264,77 +365,74 @@ async def bench(stack: LocalZabbix, keys: list[str], values: int, runs: int, wor
     wait_drained(stack)
     await trapline_sender(big, PIPELINE_BATCH)(clocks.readings(keys, len(keys)))  # learn the keys
 
-    contenders = [
-        Contender(
-            f"trapline ZabbixDestination, deliver() per {PIPELINE_BATCH}",
-            trapline_sender(fresh, PIPELINE_BATCH),
-        ),
-        Contender(f"trapline ZabbixDestination, one deliver() of {values}", trapline_sender(fresh, values)),
-        Contender(
-            f"trapline, batch_size=1000, deliver() per {PIPELINE_BATCH}", trapline_sender(big, PIPELINE_BATCH)
-        ),
-        Contender("C zabbix_sender -T -N -i FILE", c_sender(port, workdir)),
-        Contender("zabbix_utils Sender", zabbix_utils_sender(port)),
-        Contender("zabbix_utils AsyncSender", zabbix_utils_async_sender(port)),
-    ]
+    field = contenders(port, workdir, fresh, big)
     for run_index in range(runs):
-        for contender in contenders:
+        for contender in field:
             readings = clocks.readings(keys, values)
+            pin(stack, contender.pinned)
             drained = wait_drained(stack)
+            server = server_side(stack)
+            server_cpu = cpu_of(server)
             outcome = await contender.run(readings)
+            wait_drained(stack)
+            outcome.server_cpu = cpu_of(server) - server_cpu
             contender.results.append(outcome)
             print(
-                f"run {run_index + 1} {contender.name}: {values / outcome.seconds:,.0f} values/s, "
+                f"run {run_index + 1} {contender.label}: {values / outcome.seconds:,.0f} values/s, "
                 f"processed {outcome.processed}, failed {outcome.failed}, requests {outcome.requests}, "
-                f"CPU {outcome.cpu / values * 1e6:.1f} us/value "
-                f"(server drained {drained:.1f}s before)",
+                f"CPU {outcome.cpu / values * 1e6:.1f} us/value, server CPU "
+                f"{outcome.server_cpu / values * 1e6:.1f} us/value (server drained {drained:.1f}s before)",
                 flush=True,
             )
+    pin(stack, False)
     await fresh.close()
     await big.close()
+    lines += ["", report(field, values)]
+    return "\n".join(lines)
 
-    c_sender_results = next(c.results for c in contenders if c.name.startswith("C "))
-    c_rate = values / median([o.seconds for o in c_sender_results])
+
+def report(field: list[Contender], values: int) -> str:
+    """One row per contender; ratios against the C sender of the same layout (pinned or not)."""
+    c_results = {c.pinned: c.results for c in field if c.name.startswith("C ")}
     rows: list[list[Any]] = []
-    for contender in contenders:
+    for contender in field:
+        c_sender_results = c_results[contender.pinned]
+        c_rate = values / median([o.seconds for o in c_sender_results])
         secs = [o.seconds for o in contender.results]
         rate = values / median(secs)
         # Same-run ratios: runs are interleaved, so a burst of background load hits a pair alike.
         paired = median(
             [c.seconds / o.seconds for o, c in zip(contender.results, c_sender_results, strict=True)]
         )
-        cpu_us = median([o.cpu / values * 1e6 for o in contender.results])
         processed = sorted({o.processed for o in contender.results})
         ok = all(o.processed == values and o.failed == 0 for o in contender.results)
         rows.append(
             [
-                contender.name,
+                contender.label,
                 f"{rate:,.0f}",
                 f"{values / max(secs):,.0f} - {values / min(secs):,.0f}",
                 f"{rate / c_rate:.2f}",
                 f"{paired:.2f}",
-                f"{cpu_us:.1f}",
+                f"{median([o.cpu / values * 1e6 for o in contender.results]):.1f}",
+                f"{median([o.server_cpu / values * 1e6 for o in contender.results]):.1f}",
                 contender.results[0].requests,
                 "/".join(str(p) for p in processed) + (" OK" if ok else " MISMATCH"),
             ]
         )
-    lines.append("")
-    lines.append(
-        table(
-            [
-                "sender",
-                "values/s (median)",
-                "range (slowest - fastest)",
-                "vs C (medians)",
-                "vs C (same-run pairs, median)",
-                "sender CPU us/value",
-                "requests/run",
-                f"processed per run (of {values})",
-            ],
-            rows,
-        )
+    return table(
+        [
+            "sender",
+            "values/s (median)",
+            "range (slowest - fastest)",
+            "vs C (medians)",
+            "vs C (same-run pairs, median)",
+            "sender CPU us/value",
+            "server CPU us/value",
+            "requests/run",
+            f"processed per run (of {values})",
+        ],
+        rows,
     )
-    return "\n".join(lines)
 
 
 def main() -> None:

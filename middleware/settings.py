@@ -82,7 +82,7 @@ def load_settings(path: Path) -> Settings:
         max_retry_age=spool_sec.number("max_retry_age", 3600.0, minimum=0),
         retry_initial=spool_sec.number("retry_initial", 5.0, minimum=0.01),
         retry_cap=spool_sec.number("retry_cap", 60.0, minimum=0.01),
-        batch=spool_sec.integer("batch", 2000, minimum=1),
+        batch=spool_sec.integer("batch", 10_000, minimum=1),
     )
     spool_sec.done()
 

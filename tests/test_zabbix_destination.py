@@ -31,7 +31,7 @@ from tests.zabbix_fixtures import (
 )
 from trapline.exporters.zabbix import build_destinations
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint, parse_cluster
-from trapline.exporters.zabbix.destination import NOT_ACCEPTED, ZabbixDestination
+from trapline.exporters.zabbix.destination import NOT_ACCEPTED, ZabbixDestination, _BoundedSet
 from trapline.exporters.zabbix.diagnose import ApiDiagnoser, Ident, reason_for
 from trapline.exporters.zabbix.protocol import Reply, parse_reply, unpack_frame
 from trapline.localzabbix import LocalZabbix
@@ -198,12 +198,26 @@ def test_every_value_gets_the_right_verdict(keys: list[str], refused: set[str], 
 
     batch = [Spooled(n, Reading("h", k, n, CLOCK, n), CLOCK, 0) for n, k in enumerate(keys)]
     dest = ZabbixDestination("prop", CountingServer(), batch_size=batch_size, concurrency=3, resend_delay=0)
-    outcome = asyncio.run(dest.deliver(batch))
     expected_refused = {n for n, k in enumerate(keys) if k in refused}
-    assert set(outcome.retry) == expected_refused
-    assert sorted(outcome.accepted) == sorted(set(range(len(keys))) - expected_refused)
-    # Re-sends stay bounded: each value travels at most once per bisection level.
-    assert len(sent) <= len(keys) * (2 + len(keys).bit_length())
+    # Round 1: every key is new (requests of one key); round 2: accepted keys are known
+    # and packed together (items split where a request is full).
+    for _ in range(2):
+        sent.clear()
+        outcome = asyncio.run(dest.deliver(batch))
+        assert set(outcome.retry) == expected_refused
+        assert sorted(outcome.accepted) == sorted(set(range(len(keys))) - expected_refused)
+        # Re-sends stay bounded: each value travels at most once per bisection level.
+        assert len(sent) <= len(keys) * (2 + len(keys).bit_length())
+
+
+def test_key_cache_forgets_the_first_learned_keys_when_full() -> None:
+    known = _BoundedSet(limit=2)
+    for ident in [("h", "a"), ("h", "b"), ("h", "a"), ("h", "c")]:
+        known.add(ident)
+    assert ("h", "a") not in known and list(known) == [("h", "b"), ("h", "c")]
+    known.discard(("h", "b"))
+    known.discard(("h", "never"))
+    assert list(known) == [("h", "c")]
 
 
 @pytest.mark.parametrize(

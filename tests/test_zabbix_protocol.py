@@ -15,17 +15,21 @@ from trapline.exporters.zabbix.protocol import (
     HEADER_SIZE,
     ProtocolError,
     encode_request,
+    encode_values_by_item,
     frame,
     parse_header,
     parse_info,
     parse_reply,
+    request_json,
     unpack_frame,
     value_text,
 )
 from trapline.middleware.model import Reading
 
 texts = st.text(min_size=0, max_size=40)
-values = st.one_of(texts, st.integers(-(2**63), 2**64), st.floats(allow_nan=False, allow_infinity=False))
+# Every value type a Reading may carry; nan and inf go as the strings "nan" and "inf"
+# (Zabbix refuses them as numbers, but the request itself must stay valid JSON).
+values = st.one_of(texts, st.integers(-(2**63), 2**64), st.floats(), st.booleans())
 readings = st.builds(
     Reading,
     host=texts,
@@ -47,6 +51,20 @@ def test_request_round_trips_through_json_and_frame(
     assert doc["data"] == [
         {"host": r.host, "key": r.key, "value": value_text(r.value), "clock": r.clock, "ns": r.ns}
         for r in batch
+    ]
+
+
+@given(st.lists(st.tuples(texts, texts, st.lists(values, min_size=1, max_size=5)), max_size=10))
+def test_values_grouped_by_item_encode_like_json(items: list[tuple[str, str, list[object]]]) -> None:
+    """The hand-built text (host/key escaped once per item) parses back to exactly what was sent."""
+    grouped = [
+        ((host, key), [Reading(host, key, v, 7, n) for n, v in enumerate(vs)]) for host, key, vs in items
+    ]
+    doc = json.loads(request_json(encode_values_by_item(grouped), 1, 2))
+    assert doc["data"] == [
+        {"host": r.host, "key": r.key, "value": value_text(r.value), "clock": 7, "ns": r.ns}
+        for _, readings in grouped
+        for r in readings
     ]
 
 

@@ -13,7 +13,6 @@ local Zabbix proxy (which speaks PSK upstream) in between, or use certificates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from trapline.exporters.zabbix.protocol import (
     DEFAULT_MAX_REPLY,
     HEADER_SIZE,
+    FrameHeader,
     ProtocolError,
     Reply,
     parse_header,
@@ -169,50 +169,41 @@ class ClusterClient:
 
     async def _exchange(self, node: Endpoint, framed: bytes) -> Reply:
         """One connection: connect, write, read one reply frame, close."""
+        loop = asyncio.get_running_loop()
         server_name = None
         if self._ssl is not None:
             server_name = (self._tls.server_name if self._tls else None) or node.host
+        reader = _ReplyReader(loop, self._max_reply)
         try:
             async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_connection(
-                    node.host, node.port, ssl=self._ssl, server_hostname=server_name
+                transport, _ = await loop.create_connection(
+                    lambda: reader, node.host, node.port, ssl=self._ssl, server_hostname=server_name
                 )
         except TimeoutError:
             raise _ConnectError(f"{node}: connect timed out after {self.timeout:g} s") from None
         except OSError as exc:
             raise _ConnectError(f"{node}: cannot connect ({_describe(exc)})") from None
         try:
-            return await self._talk(node, reader, writer, framed)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self.timeout):
-                    await writer.wait_closed()
-
-    async def _talk(
-        self, node: Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, framed: bytes
-    ) -> Reply:
-        stage = "sending"
-        try:
             async with asyncio.timeout(self.timeout):
-                writer.write(framed)
-                await writer.drain()
-            stage = "waiting for the reply"
-            async with asyncio.timeout(self.timeout):
-                header = parse_header(await reader.readexactly(HEADER_SIZE), self._max_reply)
-                stage = "reading the reply"
-                body = await reader.readexactly(header.length)
-            return parse_reply(unpack_body(header, body))
+                transport.write(framed)  # the transport sends it in the background
+                body = await reader.reply
         except TimeoutError:
-            raise SendError(f"{node}: no answer within {self.timeout:g} s while {stage}") from None
-        except asyncio.IncompleteReadError as exc:
-            if stage == "waiting for the reply" and not exc.partial:
+            raise SendError(f"{node}: no answer within {self.timeout:g} s while {reader.stage}") from None
+        except _ClosedEarly as exc:
+            if exc.stage == "waiting for the reply":
                 raise SendError(f"{node}: connection closed without a reply") from None
-            raise SendError(f"{node}: truncated reply (connection closed while {stage})") from None
+            raise SendError(f"{node}: truncated reply (connection closed while {exc.stage})") from None
         except ProtocolError as exc:
             raise SendError(f"{node}: bad reply: {exc}") from None
         except OSError as exc:
-            raise SendError(f"{node}: connection failed while {stage} ({_describe(exc)})") from None
+            raise SendError(f"{node}: connection failed while {reader.stage} ({_describe(exc)})") from None
+        finally:
+            reader.settle()
+            transport.close()
+        try:
+            return parse_reply(body)
+        except ProtocolError as exc:
+            raise SendError(f"{node}: bad reply: {exc}") from None
 
     def __str__(self) -> str:
         return ";".join(str(n) for n in self.nodes)
@@ -220,3 +211,73 @@ class ClusterClient:
 
 def _describe(exc: OSError) -> str:
     return exc.strerror or str(exc) or type(exc).__name__
+
+
+class _ClosedEarly(Exception):
+    """The server closed the connection before a whole reply frame arrived."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+class _ReplyReader(asyncio.Protocol):
+    """Collects the one reply frame of a request connection into the future ``reply``.
+
+    A protocol rather than asyncio streams: a request costs about half the CPU
+    (no reader/writer objects, no drain and no wait_closed round trips), which
+    is a third of a sender's CPU per value at 250 values per request.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_reply: int) -> None:
+        self.reply: asyncio.Future[bytes] = loop.create_future()
+        self._max_reply = max_reply
+        self._buffer = bytearray()
+        self._header: FrameHeader | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    @property
+    def stage(self) -> str:
+        """What the connection was doing, for error messages."""
+        transport = self._transport
+        if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size():
+            return "sending"
+        return "reading the reply" if self._buffer else "waiting for the reply"
+
+    def settle(self) -> None:
+        """Leave the connection: no verdict may arrive later, and none is left unread."""
+        if not self.reply.done():
+            self.reply.cancel()
+        elif not self.reply.cancelled():
+            self.reply.exception()  # marks an error that lost the race with a timeout as seen
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.reply.done():
+            return
+        self._buffer += data
+        try:
+            if self._header is None:
+                if len(self._buffer) < HEADER_SIZE:
+                    return
+                self._header = parse_header(bytes(self._buffer[:HEADER_SIZE]), self._max_reply)
+            end = HEADER_SIZE + self._header.length
+            if len(self._buffer) >= end:
+                self.reply.set_result(unpack_body(self._header, bytes(self._buffer[HEADER_SIZE:end])))
+        except ProtocolError as exc:
+            self.reply.set_exception(exc)
+
+    def eof_received(self) -> bool:
+        if not self.reply.done():
+            self.reply.set_exception(_ClosedEarly(self.stage))
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.reply.done():
+            return
+        if exc is None:
+            self.reply.set_exception(_ClosedEarly(self.stage))
+        else:
+            self.reply.set_exception(exc if isinstance(exc, OSError) else ConnectionError(repr(exc)))

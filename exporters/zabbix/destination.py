@@ -4,7 +4,8 @@ The server answers a request with counts only (``processed: N; failed: M``),
 never with *which* values failed.  To keep every value that was not accepted
 (and only those) in the spool, the destination
 
-* remembers which (host, key) pairs the server accepted lately (*good*).
+* remembers which (host, key) pairs the server accepted (*good*; the oldest
+  of 200,000 are forgotten).
   Good keys travel together; every other key travels in requests of its own,
   which the server accepts or refuses as a whole (one item), so the verdict
   is exact without re-sending anything;
@@ -32,13 +33,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from trapline.exporters.zabbix.client import SendError
 from trapline.exporters.zabbix.diagnose import Diagnoser, Ident, listing
-from trapline.exporters.zabbix.protocol import Reply, encode_request, frame
+from trapline.exporters.zabbix.protocol import (
+    Reply,
+    encode_request,
+    encode_values_by_item,
+    frame,
+    request_json,
+)
 from trapline.middleware.logutil import ThrottledLog
 from trapline.middleware.model import Discovery, Reading
 from trapline.middleware.plugin import Delivery, Spooled
@@ -82,37 +89,92 @@ class SenderStats:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    spool_id: int
-    reading: Reading
+@dataclass(slots=True)
+class _ItemValues:
+    """Values of one item in spool order, with their spool ids.
 
-    @property
-    def ident(self) -> Ident:
-        return (self.reading.host, self.reading.key)
+    The unit that lanes, requests and verdicts work on: per-item work (key
+    cache, lane choice, escaping host and key) is done once per item, not
+    once per value.
+    """
+
+    ident: Ident
+    ids: list[int]
+    readings: list[Reading]
+
+    def split(self, at: int) -> tuple[_ItemValues, _ItemValues]:
+        return (
+            _ItemValues(self.ident, self.ids[:at], self.readings[:at]),
+            _ItemValues(self.ident, self.ids[at:], self.readings[at:]),
+        )
 
 
-class _BoundedSet:
-    """An insertion-ordered set that forgets its oldest members when full."""
+def _by_item(batch: Sequence[Spooled]) -> tuple[list[_ItemValues], list[_ItemValues]]:
+    """(discovery, data) grouped per item, items in order of first appearance."""
+    lld: dict[Ident, _ItemValues] = {}
+    data: dict[Ident, _ItemValues] = {}
+    for spooled in batch:
+        item, groups = spooled.item, data
+        if isinstance(item, Discovery):
+            item, groups = item.as_reading(), lld
+        ident = (item.host, item.key)
+        values = groups.get(ident)
+        if values is None:
+            groups[ident] = _ItemValues(ident, [spooled.id], [item])
+        else:
+            values.ids.append(spooled.id)
+            values.readings.append(item)
+    return list(lld.values()), list(data.values())
+
+
+def _count(chunk: list[_ItemValues]) -> int:
+    return sum(len(values.ids) for values in chunk)
+
+
+def _all_ids(chunk: list[_ItemValues]) -> Iterator[int]:
+    return (spool_id for values in chunk for spool_id in values.ids)
+
+
+def _pack(items: list[_ItemValues], size: int) -> Iterator[list[_ItemValues]]:
+    """Requests of at most ``size`` values, splitting an item where a request is full."""
+    chunk: list[_ItemValues] = []
+    room = size
+    for values in items:
+        rest = values
+        while len(rest.ids) > room:
+            head, rest = rest.split(room)
+            chunk.append(head)
+            yield chunk
+            chunk, room = [], size
+        chunk.append(rest)
+        room -= len(rest.ids)
+        if room == 0:
+            yield chunk
+            chunk, room = [], size
+    if chunk:
+        yield chunk
+
+
+class _BoundedSet(dict[Ident, None]):
+    """A set that forgets the members it learned first when full.
+
+    A dict underneath so that ``in`` is the dict's own lookup: it runs for
+    every item of every request.  A forgotten key only costs requests of its
+    own until the server accepts it again.
+    """
 
     def __init__(self, limit: int) -> None:
-        self._members: dict[Ident, None] = {}
+        super().__init__()
         self._limit = limit
 
     def add(self, ident: Ident) -> None:
-        self._members.pop(ident, None)
-        self._members[ident] = None
-        if len(self._members) > self._limit:
-            del self._members[next(iter(self._members))]
+        if ident not in self:
+            self[ident] = None
+            if len(self) > self._limit:
+                del self[next(iter(self))]
 
     def discard(self, ident: Ident) -> None:
-        self._members.pop(ident, None)
-
-    def __contains__(self, ident: object) -> bool:
-        return ident in self._members
-
-    def __len__(self) -> int:
-        return len(self._members)
+        self.pop(ident, None)
 
 
 @dataclass(slots=True)
@@ -120,7 +182,7 @@ class _Round:
     """What one ``deliver`` call learned, filled in by concurrent requests."""
 
     delivery: Delivery = field(default_factory=Delivery)
-    failed: list[_Entry] = field(default_factory=list)
+    failed: list[_ItemValues] = field(default_factory=list)
     transport_errors: list[str] = field(default_factory=list)
 
 
@@ -162,21 +224,14 @@ class ZabbixDestination:
 
     # -- Destination protocol -------------------------------------------------
     async def deliver(self, batch: Sequence[Spooled]) -> Delivery:
-        lld: list[_Entry] = []
-        data: list[_Entry] = []
-        for spooled in batch:
-            item = spooled.item
-            if isinstance(item, Discovery):
-                lld.append(_Entry(spooled.id, item.as_reading()))
-            else:
-                data.append(_Entry(spooled.id, item))
+        lld, data = _by_item(batch)
         state = _Round()
         # LLD first, in requests of its own: the items it creates must exist
         # (after the next config sync) before their values can be accepted.
         await self._send_all(lld, state)
         if state.transport_errors and data:
             reason = f"zabbix {self.name}: not sent, discovery could not be delivered first"
-            state.delivery.retry.update(dict.fromkeys((e.spool_id for e in data), reason))
+            state.delivery.retry.update(dict.fromkeys(_all_ids(data), reason))
         else:
             await self._send_all(data, state)
         delivery = state.delivery
@@ -217,7 +272,7 @@ class ZabbixDestination:
             await asyncio.gather(*self._diagnoses, return_exceptions=True)
 
     # -- sending --------------------------------------------------------------
-    def _chunks(self, entries: list[_Entry]) -> list[list[_Entry]]:
+    def _chunks(self, lane: list[_ItemValues]) -> list[list[_ItemValues]]:
         """Keys known to be accepted travel together; every other key gets requests of its own.
 
         A request that holds one key is accepted or refused as a whole (one
@@ -228,50 +283,45 @@ class ZabbixDestination:
         ones that get refused, so only they pay for the extra requests, and
         only until their first acceptance.
         """
-        good: list[_Entry] = []
-        per_key: dict[Ident, list[_Entry]] = {}
-        for entry in entries:
-            if entry.ident in self._good:
-                good.append(entry)
-            else:
-                per_key.setdefault(entry.ident, []).append(entry)
-        size = self.batch_size
-        parts = [good, *per_key.values()]
-        return [part[i : i + size] for part in parts for i in range(0, len(part), size)]
+        good = [values for values in lane if values.ident in self._good]
+        chunks = list(_pack(good, self.batch_size))
+        for values in lane:
+            if values.ident not in self._good:
+                chunks.extend(_pack([values], self.batch_size))
+        return chunks
 
-    async def _send_all(self, entries: list[_Entry], state: _Round) -> None:
+    async def _send_all(self, items: list[_ItemValues], state: _Round) -> None:
         """Send in ``concurrency`` lanes; every value of one item travels in the same lane.
 
         Zabbix evaluates values in the order they arrive, also late ones, so two
         requests in flight at once must never carry values of the same item:
         within a lane requests go one after another, in spool order.
         """
-        if not entries:
+        if not items:
             return
         # No more lanes than full requests: a small batch stays one request.
-        count = max(1, min(self.concurrency, -(-len(entries) // self.batch_size)))
-        lanes: list[list[_Entry]] = [[] for _ in range(count)]
-        lane_of: dict[Ident, list[_Entry]] = {}
-        for entry in entries:
-            lane = lane_of.get(entry.ident)
-            if lane is None:  # a new item joins the shortest lane, so requests stay full
-                lane = lane_of[entry.ident] = min(lanes, key=len)
-            lane.append(entry)
+        count = max(1, min(self.concurrency, -(-_count(items) // self.batch_size)))
+        lanes: list[list[_ItemValues]] = [[] for _ in range(count)]
+        sizes = [0] * count
+        for values in items:  # each item joins the shortest lane, so requests stay full
+            shortest = sizes.index(min(sizes))
+            lanes[shortest].append(values)
+            sizes[shortest] += len(values.ids)
         await asyncio.gather(*(self._send_lane(lane, state) for lane in lanes if lane))
 
-    async def _send_lane(self, entries: list[_Entry], state: _Round) -> None:
-        for chunk in self._chunks(entries):
+    async def _send_lane(self, lane: list[_ItemValues], state: _Round) -> None:
+        for chunk in self._chunks(lane):
             await self._send_chunk(chunk, state)
 
-    async def _request(self, entries: list[_Entry]) -> Reply:
+    async def _request(self, chunk: list[_ItemValues]) -> Reply:
         """One request on its own connection; raises SendError without a usable verdict."""
+        count = _count(chunk)
+        data = encode_values_by_item([(values.ident, values.readings) for values in chunk])
         clock_ns = time.time_ns()
-        payload = frame(
-            encode_request((e.reading for e in entries), clock_ns // 1_000_000_000, clock_ns % 1_000_000_000),
-            self.compress,
-        )
+        request = request_json(data, clock_ns // 1_000_000_000, clock_ns % 1_000_000_000)
+        payload = frame(request, self.compress)
         self.stats.requests += 1
-        self.stats.values_sent += len(entries)
+        self.stats.values_sent += count
         started = time.monotonic()
         try:
             reply = await self.client.send(payload)
@@ -281,9 +331,9 @@ class ZabbixDestination:
         if not reply.ok:
             self.stats.errors += 1
             raise SendError(f"server refused the request: {reply.info[:300] or 'no reason given'}")
-        if reply.total != len(entries):
+        if reply.total != count:
             self.stats.errors += 1
-            raise SendError(f"server counted {reply.total} values of {len(entries)} sent")
+            raise SendError(f"server counted {reply.total} values of {count} sent")
         latency = time.monotonic() - started
         self.stats.last_latency = latency
         self.stats.latency_sum += latency
@@ -291,69 +341,68 @@ class ZabbixDestination:
         self.stats.values_failed += reply.failed
         return reply
 
-    async def _send_chunk(self, entries: list[_Entry], state: _Round) -> None:
+    async def _send_chunk(self, chunk: list[_ItemValues], state: _Round) -> None:
         try:
-            reply = await self._request(entries)
+            reply = await self._request(chunk)
         except SendError as exc:
-            self._retry(entries, f"zabbix {self.name}: {exc}", state)
+            self._retry(chunk, f"zabbix {self.name}: {exc}", state)
             return
-        await self._settle(entries, reply.failed, state)
+        await self._settle(chunk, reply.failed, state)
 
-    async def _settle(self, entries: list[_Entry], failed: int, state: _Round) -> None:
+    async def _settle(self, chunk: list[_ItemValues], failed: int, state: _Round) -> None:
         """Sort values already sent, of which ``failed`` were refused, into accepted and failed."""
         if failed <= 0:
-            for entry in entries:
-                self._good.add(entry.ident)
-            state.delivery.accepted.extend(e.spool_id for e in entries)
+            for values in chunk:
+                self._good.add(values.ident)
+                state.delivery.accepted.extend(values.ids)
             return
-        if failed >= len(entries):
-            for entry in entries:
-                self._good.discard(entry.ident)
-            state.failed.extend(entries)
-            for entry in entries:
-                state.delivery.retry[entry.spool_id] = self._failure_reason(entry.ident)
+        if failed >= _count(chunk):
+            state.failed.extend(chunk)
+            for values in chunk:
+                self._good.discard(values.ident)
+                state.delivery.retry.update(dict.fromkeys(values.ids, self._failure_reason(values.ident)))
             return
-        first, second = _halves(entries)
+        first, second = _halves(chunk)
         await asyncio.sleep(self.resend_delay)
         try:
             first_failed = (await self._request(first)).failed
             second_failed = failed - first_failed
-            if not 0 <= second_failed <= len(second):
+            if not 0 <= second_failed <= _count(second):
                 # The server's view changed between requests (a config sync
                 # happened): the first count says nothing about the rest, ask again.
                 second_failed = (await self._request(second)).failed
         except SendError as exc:
-            self._retry(entries, f"zabbix {self.name}: while locating refused values: {exc}", state)
+            self._retry(chunk, f"zabbix {self.name}: while locating refused values: {exc}", state)
             return
         await asyncio.gather(
             self._settle(first, first_failed, state), self._settle(second, second_failed, state)
         )
 
-    def _retry(self, entries: list[_Entry], reason: str, state: _Round) -> None:
+    def _retry(self, chunk: list[_ItemValues], reason: str, state: _Round) -> None:
         state.transport_errors.append(reason)
-        state.delivery.retry.update(dict.fromkeys((e.spool_id for e in entries), reason))
+        state.delivery.retry.update(dict.fromkeys(_all_ids(chunk), reason))
 
     # -- failures -------------------------------------------------------------
     def _failure_reason(self, ident: Ident) -> str:
         known = self.diagnoser.cached(ident) if self.diagnoser else None
         return f"{NOT_ACCEPTED}: {known}" if known else NOT_ACCEPTED
 
-    def _report_failed(self, failed: list[_Entry], batch_len: int) -> None:
+    def _report_failed(self, failed: list[_ItemValues], batch_len: int) -> None:
         by_host: dict[str, set[str]] = {}
-        for entry in failed:
-            by_host.setdefault(entry.reading.host, set()).add(entry.reading.key)
+        for host, key in (values.ident for values in failed):
+            by_host.setdefault(host, set()).add(key)
         summary = "; ".join(f"{host}: {listing(keys)}" for host, keys in sorted(by_host.items()))
         self._refusals.warning(
             "refused:" + ",".join(sorted(by_host)),
             "zabbix %s: %d of %d values not accepted (kept for retry): %s",
             self.name,
-            len(failed),
+            _count(failed),
             batch_len,
             summary[:2000],
         )
         if self.diagnoser is None:
             return
-        samples = {entry.ident: entry.reading.value for entry in failed}
+        samples = {values.ident: values.readings[-1].value for values in failed}
         task = asyncio.get_running_loop().create_task(self.diagnoser.explain(samples))
         # Diagnosis runs beside delivery: a slow API must never hold up the spool.
         self._diagnoses.add(task)
@@ -365,14 +414,10 @@ class ZabbixDestination:
             log.warning("zabbix %s: diagnosis failed: %s", self.name, task.exception())
 
 
-def _halves(entries: list[_Entry]) -> tuple[list[_Entry], list[_Entry]]:
-    """Split between keys (a refused item refuses all its values), or between values of one key."""
-    order: dict[Ident, list[_Entry]] = {}
-    for entry in entries:
-        order.setdefault(entry.ident, []).append(entry)
-    groups = list(order.values())
-    if len(groups) == 1:
-        middle = len(entries) // 2
-        return entries[:middle], entries[middle:]
-    middle = len(groups) // 2
-    return [e for g in groups[:middle] for e in g], [e for g in groups[middle:] for e in g]
+def _halves(chunk: list[_ItemValues]) -> tuple[list[_ItemValues], list[_ItemValues]]:
+    """Split between items (a refused item refuses all its values), or between values of one item."""
+    if len(chunk) == 1:
+        first, second = chunk[0].split(len(chunk[0].ids) // 2)
+        return [first], [second]
+    middle = len(chunk) // 2
+    return chunk[:middle], chunk[middle:]

@@ -67,23 +67,46 @@ def value_text(value: str | int | float) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def encode_values(readings: Iterable[Reading]) -> str:
-    """The JSON array body of the ``data`` field, built by string joins.
+def _value_json(value: str | int | float) -> str:
+    return encode_basestring(value_text(value))
 
-    Building text directly is ~3x faster than ``json.dumps`` over a list of
-    dicts, and encoding speed is what limits a sender on a small device.
+
+def encode_values_by_item(items: Iterable[tuple[tuple[str, str], Iterable[Reading]]]) -> str:
+    """The JSON array body of the ``data`` field from ((host, key), values of that item) pairs.
+
+    Text is built directly: ~4x faster than ``json.dumps`` over dicts, and
+    encoding is what limits a sender on a small device.  The host/key fragment
+    is escaped once per item; plain ints and floats (the common case) need no
+    escaping at all: ``str()`` of either is already a valid JSON string body
+    (``repr`` and ``str`` of a float are the same).
     """
     return ",".join(
-        f'{_prefix(r.host, r.key)}{encode_basestring(value_text(r.value))},"clock":{r.clock},"ns":{r.ns}}}'
-        for r in readings
+        [
+            f'{prefix}"{value}","clock":{r.clock},"ns":{r.ns}}}'
+            if (kind := type(value := r.value)) is int or kind is float
+            else f'{prefix}{_value_json(value)},"clock":{r.clock},"ns":{r.ns}}}'
+            for (host, key), readings in items
+            for prefix in (_prefix(host, key),)
+            for r in readings
+        ]
     )
+
+
+def encode_values(readings: Iterable[Reading]) -> str:
+    """The JSON array body of the ``data`` field for values of any items."""
+    return encode_values_by_item(((r.host, r.key), (r,)) for r in readings)
+
+
+def request_json(data: str, clock: int, ns: int) -> bytes:
+    """A complete ``sender data`` JSON request around ``data`` (an :func:`encode_values` text)."""
+    body = f'{{"request":"sender data","data":[{data}],"clock":{clock},"ns":{ns}}}'
+    # "replace": a lone surrogate from a badly decoded source must not crash the sender.
+    return body.encode("utf-8", "replace")
 
 
 def encode_request(readings: Iterable[Reading], clock: int, ns: int) -> bytes:
     """A complete ``sender data`` JSON request (not yet framed)."""
-    body = f'{{"request":"sender data","data":[{encode_values(readings)}],"clock":{clock},"ns":{ns}}}'
-    # "replace": a lone surrogate from a badly decoded source must not crash the sender.
-    return body.encode("utf-8", "replace")
+    return request_json(encode_values(readings), clock, ns)
 
 
 def frame(data: bytes, compress: bool = False) -> bytes:
