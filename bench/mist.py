@@ -503,15 +503,16 @@ def fleet_bytes(aps: int, update: Callable[[int], dict[str, Any]]) -> tuple[floa
     policy = FleetPolicy("Mist discovery", "mist-ap-", frozenset({"ap"}), 300.0, 0.0, 0.0, 3600.0)
     fleet = Fleet(policy, FieldSchema.load())
     fleet.set_sites({s: SiteInfo(s, s, "o1", "Bench org") for s in site_ids()})
-    for index in range(aps):
-        fleet.update(site_ids()[index % SITES], update(index), 0.0)
+    sites = site_ids()
+    for index in range(aps):  # each AP at its own time, as from a stream (one float each)
+        fleet.update(sites[index % SITES], update(index), index / aps)
     items = fleet.due(0.0)  # LLD rows built and cached, like a running collector
     items += fleet.due(0.0)  # the raw values, now that the LLD announced the hosts
     del items
     gc.collect()
     fleet_size = tracemalloc.get_traced_memory()[0] - before
     for index in range(aps):  # every AP once more: one raw value each
-        fleet.update(site_ids()[index % SITES], update(index), 2.0)
+        fleet.update(sites[index % SITES], update(index), 2.0)
     raw = [normalize(i) for i in fleet.due(2.0)]
     start = tracemalloc.get_traced_memory()[0]
     exporter = PrometheusExporter("127.0.0.1", 0, 600.0)

@@ -16,7 +16,6 @@ from trapline.collectors.mist.fleet import (
     Fleet,
     FleetPolicy,
     SiteInfo,
-    deep_merge,
     normalize_mac,
 )
 from trapline.collectors.mist.frames import FrameError
@@ -103,6 +102,15 @@ def test_mac_is_normalized_and_derived_from_the_device_id() -> None:
     fleet = make_fleet()
     fleet.update("s1", {"id": f"00000000-0000-0000-1000-{MAC1}", "type": "ap"}, 0.0)
     assert fleet.lld_rows()[0]["{#MAC}"] == MAC1
+
+
+def test_updates_by_id_or_by_mac_alone_reach_the_same_ap() -> None:
+    fleet = make_fleet()
+    fleet.update("s1", {"id": f"00000000-0000-0000-1000-{MAC1}", "type": "ap", "name": "ap-1"}, 0.0)
+    fleet.update("s1", {"mac": MAC1.upper(), "num_clients": 3}, 1.0)
+    assert len(fleet) == 1
+    (state,) = raw(fleet.due(1.0))
+    assert (state["name"], state["num_clients"], state["mac"]) == ("ap-1", 3, MAC1)
 
 
 def test_lld_rows_carry_every_macro() -> None:
@@ -210,7 +218,42 @@ def test_readings_carry_labels_for_prometheus() -> None:
     assert reading.labels == {"org": "Org One", "site": "Site One", "ap": "ap-1", "mac": MAC1}
 
 
-def test_deep_merge_replaces_scalars_and_merges_objects() -> None:
-    state: dict[str, Any] = {"a": 1, "n": {"x": 1, "y": 2}}
-    deep_merge(state, {"a": 2, "n": {"y": 3}, "m": {"z": 1}})
-    assert state == {"a": 2, "n": {"x": 1, "y": 3}, "m": {"z": 1}}
+def test_merge_replaces_scalars_and_merges_objects_and_map_entries_by_member() -> None:
+    schema = FieldSchema.load()
+    state: dict[str, Any] = {
+        "uptime": 1,
+        "env_stat": {"cpu_temp": 50, "humidity": 40},
+        "port_stat": {"eth0": {"up": True, "speed": 1000}},
+    }
+    schema.merge(
+        state,
+        {
+            "uptime": 2,
+            "env_stat": {"cpu_temp": 60},
+            "port_stat": {"eth0": {"up": False}, "eth1": {"up": True}},
+        },
+    )
+    assert state == {
+        "uptime": 2,
+        "env_stat": {"cpu_temp": 60, "humidity": 40},
+        "port_stat": {"eth0": {"up": False, "speed": 1000}, "eth1": {"up": True}},
+    }
+
+
+def test_equal_states_are_sent_as_equal_json_whatever_the_field_order() -> None:
+    fleet = make_fleet()
+    update = ap_full(MAC1, "ap-1")
+    fleet.update("s1", update, 0.0)
+    (first,) = [i.value for i in fleet.due(0.0) if isinstance(i, Reading)]
+    fleet.update("s1", dict(reversed(update.items())), 1.0)
+    (second,) = [i.value for i in fleet.due(1.0) if isinstance(i, Reading)]
+    assert first == second  # the pipeline's discard-unchanged compares the text
+    assert first == json.dumps(json.loads(str(first)), sort_keys=True, separators=(",", ":"))
+
+
+def test_values_beyond_64_bits_and_lone_surrogates_still_make_json() -> None:
+    fleet = make_fleet()
+    fleet.update("s1", ap_full(MAC1, "ap-\ud800", uptime=2**70), 0.0)
+    fleet.update("s1", ap_basic(MAC1, num_clients=5), 1.0)
+    (state,) = raw(fleet.due(1.0))
+    assert (state["uptime"], state["name"], state["num_clients"]) == (2**70, "ap-\ud800", 5)

@@ -14,21 +14,30 @@ What leaves the fleet (see README.md):
   only after the AP was announced in an LLD value;
 * ``mist.ap.stale`` = 1 when an AP was silent for ``stale_after``, 0 when it speaks again.
 
+Per AP only the merged state as the JSON text last built and the identity
+fields are kept (about 1.9 KB at 10,000 APs, ``bench/mist.py``); the LLD rows
+are rebuilt when an LLD value may be due, and only their digest is kept.
+
 Time is passed in (monotonic seconds), so all of this is tested without sleeping.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import sys
+import time
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from trapline.collectors.mist.frames import FrameError
-from trapline.middleware.model import Discovery, Item, Reading, now_clock
+import orjson
+
+from trapline.collectors.mist.frames import FrameError, parse_json
+from trapline.middleware.model import Discovery, Item, Reading
 
 LLD_KEY = "mist.ap.discovery"
 RAW_KEY = "mist.ap.raw"
@@ -41,13 +50,23 @@ MAX_TEXT = 1024
 
 _MAC = re.compile(r"[0-9a-f]{12}")
 _MAC_SEPARATORS = str.maketrans("", "", ":-.")
-# Mist device ids end in the device MAC: 00000000-0000-0000-1000-5c5b35000001.
-_MAC_IN_DEVICE_ID = re.compile(r".*-([0-9a-fA-F]{12})")
 
-Scalar = str | int | float | bool | None
+# Exact types of the scalars a JSON parser makes; text also needs its length checked.
+_PLAIN_SCALARS = frozenset({int, float, bool, type(None)})
+_NS_PER_S = 1_000_000_000
 
-# Built once: json.dumps with options makes a new encoder on every call.
+# The standard library's spelling of compact sorted JSON, for what orjson refuses
+# to write (integers beyond 64 bits, lone surrogates); built once, as json.dumps
+# with options makes a new encoder on every call.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+
+def encode_json(value: object) -> bytes:
+    """Compact JSON with sorted keys: equal states give equal bytes."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return _COMPACT_JSON(value).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,51 +95,49 @@ class FieldSchema:
     scalars: frozenset[str]
     objects: Mapping[str, frozenset[str]]
     maps: Mapping[str, frozenset[str]]
+    nested: frozenset[str]  # the fields of objects and maps
 
     @classmethod
     def load(cls) -> FieldSchema:
         text = resources.files(__package__).joinpath("fields.toml").read_text(encoding="utf-8")
         data = tomllib.loads(text)
-        return cls(
-            frozenset(data["scalars"]),
-            {k: frozenset(v) for k, v in data.get("objects", {}).items()},
-            {k: frozenset(v) for k, v in data.get("maps", {}).items()},
-        )
+        objects = {k: frozenset(v) for k, v in data.get("objects", {}).items()}
+        maps = {k: frozenset(v) for k, v in data.get("maps", {}).items()}
+        return cls(frozenset(data["scalars"]), objects, maps, frozenset(objects.keys() | maps.keys()))
 
     def filter(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The kept fields of ``payload`` and a reason for every kept field that had a wrong type."""
-        kept: dict[str, Any] = {}
         problems: list[str] = []
-        for name, value in payload.items():
-            if name in self.scalars:
-                if _is_scalar(value):
-                    kept[name] = value
-                else:
-                    problems.append(f"field {name}: expected a scalar, got {type(value).__name__}")
-            elif name in self.objects:
+        kept = self._members("", payload, self.scalars, problems)
+        for name in payload.keys() & self.nested:
+            value = payload[name]
+            if name in self.objects:
                 if isinstance(value, dict):
-                    kept[name] = self._members(name, value, self.objects[name], problems)
+                    kept[name] = self._members(f"{name}.", value, self.objects[name], problems)
                 else:
                     problems.append(f"field {name}: expected an object, got {type(value).__name__}")
-            elif name in self.maps:
-                if isinstance(value, dict) and len(value) <= MAX_MAP_ENTRIES:
-                    kept[name] = self._entries(name, value, self.maps[name], problems)
-                else:
-                    problems.append(f"field {name}: expected an object of at most {MAX_MAP_ENTRIES} entries")
+            elif isinstance(value, dict) and len(value) <= MAX_MAP_ENTRIES:
+                kept[name] = self._entries(name, value, self.maps[name], problems)
+            else:
+                problems.append(f"field {name}: expected an object of at most {MAX_MAP_ENTRIES} entries")
         return kept, problems
 
     @staticmethod
     def _members(
-        name: str, value: Mapping[str, Any], wanted: frozenset[str], problems: list[str]
+        prefix: str, value: Mapping[str, Any], wanted: frozenset[str], problems: list[str]
     ) -> dict[str, Any]:
-        members: dict[str, Any] = {}
-        for member, inner in value.items():
-            if member not in wanted:
-                continue
-            if _is_scalar(inner):
-                members[member] = inner
-            else:
-                problems.append(f"field {name}.{member}: expected a scalar, got {type(inner).__name__}")
+        """The scalar members of ``value`` named in ``wanted`` (one comprehension: this is the hot loop)."""
+        members = {
+            member: inner
+            for member, inner in value.items()
+            if member in wanted and (type(inner) in _PLAIN_SCALARS or _is_scalar(inner))
+        }
+        if len(members) != len(value.keys() & wanted):  # rare: name what had a wrong type
+            problems.extend(
+                f"field {prefix}{member}: expected a scalar, got {type(inner).__name__}"
+                for member, inner in value.items()
+                if member in wanted and member not in members
+            )
         return members
 
     def _entries(
@@ -131,23 +148,31 @@ class FieldSchema:
             if len(entry) > 64:
                 problems.append(f"field {name}: entry name longer than 64 characters")
             elif isinstance(inner, dict):
-                entries[entry] = self._members(f"{name}.{entry}", inner, wanted, problems)
+                entries[entry] = self._members(f"{name}.{entry}.", inner, wanted, problems)
             else:
                 problems.append(f"field {name}.{entry}: expected an object, got {type(inner).__name__}")
         return entries
 
+    def merge(self, state: dict[str, Any], kept: Mapping[str, Any]) -> None:
+        """Merge filtered fields into ``state``: scalars replace, objects and map entries merge by member.
 
-def deep_merge(into: dict[str, Any], update: Mapping[str, Any]) -> None:
-    """Merge ``update`` into ``into``; nested objects merge member by member."""
-    for key, value in update.items():
-        current = into.get(key)
-        if isinstance(value, dict) and isinstance(current, dict):
-            deep_merge(current, value)
-        elif isinstance(value, dict):
-            into[key] = {}
-            deep_merge(into[key], value)
-        else:
-            into[key] = value
+        Both sides are shaped by :meth:`filter` (objects hold scalars only), so
+        every level merges with a C-level ``dict.update``.
+        """
+        earlier = {n: state[n] for n in kept.keys() & self.nested if isinstance(state.get(n), dict)}
+        state.update(kept)
+        for name, current in earlier.items():
+            update = kept[name]
+            if name in self.maps:
+                for entry, members in update.items():
+                    known = current.get(entry)
+                    if isinstance(known, dict):
+                        known.update(members)
+                    else:
+                        current[entry] = members
+            else:
+                current.update(update)
+            state[name] = current
 
 
 def normalize_mac(value: object) -> str | None:
@@ -158,15 +183,48 @@ def normalize_mac(value: object) -> str | None:
     return mac if _MAC.fullmatch(mac) else None
 
 
-@dataclass(slots=True)
+def _shared(value: object) -> object:
+    # Types and models repeat across the fleet: one string object for all APs.
+    return sys.intern(value) if isinstance(value, str) else value
+
+
 class _Device:
-    site_id: str
-    fields: dict[str, Any] = field(default_factory=dict)
-    mac: str | None = None
-    updated: float = 0.0  # monotonic time of the last update
-    clock: tuple[int, int] = (0, 0)  # wall clock of the last update, sent with the value
-    emitted: float | None = None  # monotonic time of the last mist.ap.raw
-    stale: bool = False
+    """One device, kept small: at 10,000 APs every byte here counts 10,000 times.
+
+    The merged state is kept as the JSON sent to Zabbix (text), not as a tree
+    of dicts; identity fields are copied out for LLD rows and labels.
+    """
+
+    __slots__ = (
+        "announced",
+        "clock_ns",
+        "emitted",
+        "kind",
+        "mac",
+        "model",
+        "name",
+        "site_id",
+        "stale",
+        "state",
+        "updated",
+    )
+
+    def __init__(self, site_id: str) -> None:
+        self.site_id = site_id
+        self.mac: str | None = None
+        self.kind: object = None  # the Mist "type" field
+        self.name: object = None
+        self.model: object = None
+        # Merged fields as compact sorted JSON text ("" before the first update): the
+        # mist.ap.raw value itself.  Text, not bytes: orjson's bytes keep its ~8 KB
+        # write buffer allocated, decoding gives an exact-size copy.
+        self.state = ""
+        self.updated = 0.0  # monotonic time of the last update
+        self.clock_ns = 0  # wall clock of the last update, sent with the value
+        # Monotonic time of the last mist.ap.raw; only kept when min_interval needs it.
+        self.emitted: float | None = None
+        self.stale = False
+        self.announced = False  # named in the last LLD value sent (its Zabbix host exists)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +246,13 @@ class Fleet:
         self._sites: dict[str, SiteInfo] = {}
         self._pending: set[str] = set()  # devices with an update not yet sent
         self._queued: list[Item] = []  # sent at the next due(), before anything else
-        self._lld_dirty = True
-        self._lld_rows: tuple[dict[str, str], ...] = ()
-        self._lld_sent: tuple[dict[str, str], ...] | None = None
+        # The LLD rows are rebuilt when they may be due, not kept: only a digest
+        # of the last built and the last sent list stays in memory.
+        self._lld_dirty = True  # an identity changed since the rows were last built
+        self._lld_digest: bytes | None = None  # of the rows last built
+        self._lld_count = 0  # rows last built
+        self._lld_sent_digest: bytes | None = None
         self._lld_sent_at: float | None = None
-        self._announced: frozenset[str] = frozenset()
 
     # -- input ---------------------------------------------------------------
     def set_sites(self, sites: Mapping[str, SiteInfo]) -> None:
@@ -210,9 +270,12 @@ class Fleet:
 
         Raises FrameError when the update names no device at all.
         """
-        key = payload.get("id") if isinstance(payload.get("id"), str) else None
+        device_id = payload.get("id") if isinstance(payload.get("id"), str) else None
         mac = normalize_mac(payload.get("mac"))
-        key = key or mac
+        mac_in_id = _mac_from_device_id(device_id) if device_id else None
+        # A device is known by its MAC (as its Zabbix host is): the one in its id,
+        # else the one it sends; by its id only when it has neither.
+        key = mac_in_id or device_id or mac
         if not key or len(key) > 64:
             raise FrameError("device update without a usable id or mac")
         device = self._devices.get(key)
@@ -226,14 +289,23 @@ class Fleet:
         elif "mac" in payload:
             problems.append("field mac: not a MAC address")
             fields.pop("mac", None)
-        before = self._identity(device)
-        deep_merge(device.fields, fields)
-        device.site_id = site_id
-        device.mac = device.mac or mac or _mac_from_device_id(key)
-        device.updated = now
-        device.clock = now_clock()
-        if self._identity(device) != before:
+        if device.state:
+            # orjson would cache a UTF-8 copy inside non-ASCII text for as long as it lives.
+            state = parse_json(device.state if device.state.isascii() else device.state.encode())
+            self.schema.merge(state, fields)
+        else:
+            state = fields
+        device.state = encode_json(state).decode()
+        device_mac = device.mac or mac or mac_in_id
+        kind, name, model = state.get("type"), state.get("name"), state.get("model")
+        known = (device.site_id, device.mac, device.kind, device.name, device.model)
+        if (site_id, device_mac, kind, name, model) != known:
+            device.site_id, device.kind, device.model = sys.intern(site_id), _shared(kind), _shared(model)
+            device.name = name
+            device.mac = key if device_mac == key else device_mac  # one string object for both
             self._lld_dirty = True
+        device.updated = now
+        device.clock_ns = time.time_ns()
         if self._eligible(device):
             self._pending.add(key)
             if device.stale:
@@ -250,31 +322,36 @@ class Fleet:
         lld = self._discovery_due(now)
         if lld is not None:
             items.append(lld)
-        for key in list(self._pending):
+        held: set[str] = set()  # a new set: a drained one would keep its peak-sized table
+        for key in self._pending:
             device = self._devices[key]
-            if self._node_id(device) not in self._announced:
-                continue  # its host does not exist before the LLD value reached Zabbix
-            if device.emitted is None or now - device.emitted >= self.policy.min_interval:
+            if not device.announced:
+                held.add(key)  # its host does not exist before the LLD value reached Zabbix
+            elif device.emitted is None or now - device.emitted >= self.policy.min_interval:
                 items.append(self._raw_reading(device, now))
-                self._pending.discard(key)
+            else:
+                held.add(key)
+        self._pending = held
         return items
 
     def flush(self) -> list[Item]:
         """On shutdown: every update not sent yet, whatever the interval or LLD state."""
         items, self._queued = self._queued, []
         rows = self.lld_rows()
-        if rows and rows != self._lld_sent:
+        if rows and self._lld_digest != self._lld_sent_digest:
             items.append(self._discovery(rows, 0.0))
         items.extend(self._raw_reading(self._devices[k], 0.0) for k in sorted(self._pending))
         self._pending.clear()
         return items
 
     def lld_rows(self) -> tuple[dict[str, str], ...]:
-        if self._lld_dirty:
-            rows = [self._lld_row(d) for d in self._devices.values() if self._eligible(d)]
-            self._lld_rows = tuple(sorted(rows, key=lambda r: r["{#NODEID}"]))
-            self._lld_dirty = False
-        return self._lld_rows
+        """The LLD rows of every eligible device, built now, sorted by node id."""
+        rows = [self._lld_row(d) for d in self._devices.values() if self._eligible(d)]
+        rows.sort(key=lambda r: r["{#NODEID}"])
+        self._lld_digest = hashlib.blake2b(encode_json(rows), digest_size=16).digest()
+        self._lld_count = len(rows)
+        self._lld_dirty = False
+        return tuple(rows)
 
     @property
     def sites(self) -> Mapping[str, SiteInfo]:
@@ -285,11 +362,7 @@ class Fleet:
 
     # -- helpers -------------------------------------------------------------
     def _eligible(self, device: _Device) -> bool:
-        return device.mac is not None and device.fields.get("type") in self.policy.device_types
-
-    def _identity(self, device: _Device) -> tuple[object, ...]:
-        f = device.fields
-        return (device.site_id, device.mac, f.get("type"), f.get("name"), f.get("model"))
+        return device.mac is not None and device.kind in self.policy.device_types
 
     def _node_id(self, device: _Device) -> str:
         return f"{self.policy.node_prefix}{device.mac}"
@@ -301,12 +374,12 @@ class Fleet:
         site = self._site(device)
         return {
             "{#NODEID}": self._node_id(device),
-            "{#NAME}": _text(device.fields.get("name")) or str(device.mac),
+            "{#NAME}": _text(device.name) or str(device.mac),
             "{#SITENAME}": site.name,
             "{#SITEID}": site.site_id,
             "{#MAC}": str(device.mac),
             "{#ORGNAME}": site.org_name,
-            "{#MODEL}": _text(device.fields.get("model")),
+            "{#MODEL}": _text(device.model),
         }
 
     def _labels(self, device: _Device) -> dict[str, str]:
@@ -315,32 +388,39 @@ class Fleet:
         return {
             "org": site.org_name or site.org_id,
             "site": site.name,
-            "ap": _text(device.fields.get("name")) or str(device.mac),
+            "ap": _text(device.name) or str(device.mac),
             "mac": str(device.mac),
         }
 
     def _discovery_due(self, now: float) -> Discovery | None:
-        rows = self.lld_rows()
-        sent_at = self._lld_sent_at
-        changed = rows != self._lld_sent
+        policy, sent_at = self.policy, self._lld_sent_at
+        if sent_at is not None and now - sent_at < min(policy.lld_min_interval, policy.lld_refresh):
+            return None  # nothing can be due yet: the rows need not be built
+        rows = self.lld_rows() if self._lld_dirty else None
         if sent_at is None:
-            due = bool(rows)  # nothing to say yet: an empty first list would only delete
-        elif changed:
-            due = now - sent_at >= self.policy.lld_min_interval
+            due = self._lld_count > 0  # nothing to say yet: an empty first list would only delete
+        elif self._lld_digest != self._lld_sent_digest:
+            due = now - sent_at >= policy.lld_min_interval
         else:
-            due = now - sent_at >= self.policy.lld_refresh
-        return self._discovery(rows, now) if due else None
+            due = now - sent_at >= policy.lld_refresh
+        if not due:
+            return None
+        return self._discovery(self.lld_rows() if rows is None else rows, now)
 
     def _discovery(self, rows: tuple[dict[str, str], ...], now: float) -> Discovery:
-        self._lld_sent, self._lld_sent_at = rows, now
-        self._announced = frozenset(r["{#NODEID}"] for r in rows)
+        """The LLD value for ``rows`` (just built by lld_rows); its devices count as announced."""
+        self._lld_sent_digest, self._lld_sent_at = self._lld_digest, now
+        named = {r["{#NODEID}"] for r in rows}
+        for device in self._devices.values():
+            device.announced = device.mac is not None and self._node_id(device) in named
         return Discovery.now(self.policy.discovery_host, LLD_KEY, rows)
 
     def _raw_reading(self, device: _Device, now: float) -> Reading:
-        device.emitted = now
-        value = _COMPACT_JSON(device.fields)
-        clock, ns = device.clock
-        return Reading(self._node_id(device), RAW_KEY, value, clock, ns, "", self._labels(device))
+        if self.policy.min_interval:
+            device.emitted = now
+        clock, ns = divmod(device.clock_ns, _NS_PER_S)
+        labels = self._labels(device)
+        return Reading(self._node_id(device), RAW_KEY, device.state, clock, ns, "", labels)
 
     def _stale_reading(self, device: _Device, value: int) -> Reading:
         return Reading.now(self._node_id(device), STALE_KEY, value, labels=self._labels(device))
@@ -349,7 +429,7 @@ class Fleet:
         out = []
         for device in self._devices.values():
             silent = now - device.updated >= self.policy.stale_after
-            if silent and not device.stale and self._node_id(device) in self._announced:
+            if silent and not device.stale and device.announced:
                 device.stale = True
                 out.append(self._stale_reading(device, 1))
         return out
@@ -360,5 +440,5 @@ def _text(value: object) -> str:
 
 
 def _mac_from_device_id(device_id: str) -> str | None:
-    match = _MAC_IN_DEVICE_ID.fullmatch(device_id)
-    return match.group(1).lower() if match else None
+    """Mist device ids end in the device MAC: 00000000-0000-0000-1000-5c5b35000001."""
+    return normalize_mac(device_id[-12:]) if device_id[-13:-12] == "-" else None

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 _SITE_DEVICE_STATS = re.compile(r"/sites/([0-9A-Za-z-]{1,64})/stats/devices")
 
 
@@ -64,7 +66,18 @@ def _reject_constant(name: str) -> Any:
 _STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def _loads(text: str | bytes) -> Any:
+def parse_json(text: str | bytes) -> Any:
+    """Strict JSON (no NaN/Infinity); raises ValueError or RecursionError.
+
+    orjson reads a stats frame several times faster than the standard library;
+    what orjson refuses is read again by the standard library, which also
+    accepts integers beyond 64 bits, UTF-16/32 bytes and lone surrogates, so
+    the result never depends on which parser answered.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
     if isinstance(text, bytes):  # as json.loads does: UTF-8/16/32, detected from the bytes
         text = text.decode(json.detect_encoding(text), "surrogatepass")
     return _STRICT_JSON.decode(text)
@@ -74,7 +87,7 @@ def decode_frame(frame: str | bytes, max_bytes: int) -> Event:
     if len(frame) > max_bytes:
         raise FrameError(f"frame of {len(frame)} bytes exceeds max_frame_bytes={max_bytes}")
     try:
-        envelope = _loads(frame)
+        envelope = parse_json(frame)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
         raise FrameError("frame is not JSON") from None
     if not isinstance(envelope, dict):
@@ -96,7 +109,7 @@ def decode_frame(frame: str | bytes, max_bytes: int) -> Event:
     data = envelope.get("data")
     if isinstance(data, str):
         try:
-            payload = _loads(data)
+            payload = parse_json(data)
         except (ValueError, RecursionError):
             raise FrameError(f"data on {_short(channel)} is not valid JSON") from None
     else:
