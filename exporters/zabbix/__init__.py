@@ -32,17 +32,11 @@ __all__ = ["ZabbixDestination", "build_destinations"]
 
 
 def _tls(section: Section) -> TlsSettings | None:
-    keys = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
-    if not any(section.has(k) for k in keys):
-        return None
-    ca, cert, key = (section.path(k) if section.has(k) else None for k in keys[:3])
-    if key is not None and cert is None:
-        raise section.error("tls_key_file", "given without tls_cert_file")
-    for name, path in (("tls_ca_file", ca), ("tls_cert_file", cert), ("tls_key_file", key)):
-        if path is not None and not path.is_file():
-            raise section.error(name, f"no such file {path}")
+    files = section.tls_files()
     server_name = section.text("tls_server_name") if section.has("tls_server_name") else None
-    return TlsSettings(ca, cert, key, server_name)
+    if not files.any and server_name is None:
+        return None
+    return TlsSettings(files.ca_file, files.cert_file, files.key_file, server_name)
 
 
 def _diagnoser(section: Section, timeout: float) -> Diagnoser | None:
