@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -88,6 +89,18 @@ async def subscribed(collector: MqttBridge) -> None:
     await until(lambda: collector.link is not None and collector.link.subscribed.is_set(), "bridge SUBACK")
 
 
+@contextlib.asynccontextmanager
+async def serving(pipeline: Pipeline, collector: MqttBridge) -> AsyncIterator[None]:
+    """The centre pipeline running, its bridge subscribed; stopped (and drained) on the way out."""
+    running = asyncio.create_task(pipeline.run(install_signal_handlers=False))
+    try:
+        await subscribed(collector)
+        yield
+    finally:
+        pipeline.stop()
+        await running
+
+
 class Watcher:
     """A plain paho client on the side: records what arrives on some topics, publishes raw payloads."""
 
@@ -135,22 +148,21 @@ def test_every_reading_goes_from_the_edge_through_the_broker_into_the_centre_pip
         watcher = Watcher(broker, "trapline/v1/van-17/status")
         collector, received = bridge(broker, tmp_path), ListDestination()
         pipeline = centre(tmp_path, collector, received)
-        running = asyncio.create_task(pipeline.run(install_signal_handlers=False))
-        await subscribed(collector)
-        dest = edge(broker, tmp_path)
-        delivery = await dest.deliver(spooled(sent))
-        assert (delivery.retry, delivery.rejected, delivery.unreachable) == ({}, {}, None)
-        assert sorted(delivery.accepted) == list(range(1, len(sent) + 1))
-        await until(lambda: len(received.items) >= len(sent), "all readings at the centre")
-        assert identity(received.items) == identity(sent) and len(received.items) == len(sent)
-        assert pipeline.stats.collector("fleet").errors == 0
-        await until(lambda: [m.payload for m in watcher.on("trapline/v1/van-17/status")] == [b"online"],
-                    "online status")
-        await dest.close()
-        await until(lambda: [m.payload for m in watcher.on("trapline/v1/van-17/status")][-1:] == [b"offline"],
-                    "offline status (the will, sent on a clean close too)")
-        pipeline.stop()
-        await running
+        async with serving(pipeline, collector):
+            dest = edge(broker, tmp_path)
+            delivery = await dest.deliver(spooled(sent))
+            assert (delivery.retry, delivery.rejected, delivery.unreachable) == ({}, {}, None)
+            assert sorted(delivery.accepted) == list(range(1, len(sent) + 1))
+            await until(lambda: len(received.items) >= len(sent), "all readings at the centre")
+            assert identity(received.items) == identity(sent) and len(received.items) == len(sent)
+            assert pipeline.stats.collector("fleet").errors == 0
+            def statuses() -> list[bytes]:
+                return [m.payload for m in watcher.on("trapline/v1/van-17/status")]
+
+            await until(lambda: statuses() == [b"online"], "online status")
+            await dest.close()
+            await until(lambda: statuses()[-1:] == [b"offline"],
+                        "offline status (the will, sent on a clean close too)")
         watcher.close()
 
     with running_mosquitto(tmp_path) as broker:
@@ -170,21 +182,18 @@ def test_malformed_messages_go_to_the_dead_letter_topic_and_the_bridge_keeps_goi
         watcher = Watcher(broker, "trapline/v1/deadletter")
         collector, received = bridge(broker, tmp_path), ListDestination()
         pipeline = centre(tmp_path, collector, received)
-        running = asyncio.create_task(pipeline.run(install_signal_handlers=False))
-        await subscribed(collector)
-        for topic, payload in bad:
-            await asyncio.to_thread(watcher.publish, topic, payload)
-        await asyncio.to_thread(watcher.publish, "trapline/v1/Van 1/data", json.dumps(good).encode())
-        await until(lambda: len(received.items) == 1, "the good message")
-        await until(lambda: len(watcher.on("trapline/v1/deadletter")) == 3, "three dead letters")
-        letters = watcher.on("trapline/v1/deadletter")
-        assert [m.payload for m in letters] == [payload for _, payload in bad]
-        reasons = [dict(m.properties.UserProperty)["reason"] for m in letters]  # type: ignore[union-attr]
-        assert "not JSON" in reasons[0] and "does not match" in reasons[1] and "version" in reasons[2]
-        assert pipeline.stats.collector("fleet").errors == 3
-        assert collector.dead_letters == 3
-        pipeline.stop()
-        await running
+        async with serving(pipeline, collector):
+            for topic, payload in bad:
+                await asyncio.to_thread(watcher.publish, topic, payload)
+            await asyncio.to_thread(watcher.publish, "trapline/v1/Van 1/data", json.dumps(good).encode())
+            await until(lambda: len(received.items) == 1, "the good message")
+            await until(lambda: len(watcher.on("trapline/v1/deadletter")) == 3, "three dead letters")
+            letters = watcher.on("trapline/v1/deadletter")
+            assert [m.payload for m in letters] == [payload for _, payload in bad]
+            reasons = [dict(m.properties.UserProperty)["reason"] for m in letters]  # type: ignore[union-attr]
+            assert "not JSON" in reasons[0] and "does not match" in reasons[1] and "version" in reasons[2]
+            assert pipeline.stats.collector("fleet").errors == 3
+            assert collector.dead_letters == 3
         watcher.close()
 
     with running_mosquitto(tmp_path) as broker:
@@ -195,36 +204,33 @@ def test_broker_restart_keeps_rows_unacknowledged_then_delivery_resumes(tmp_path
     async def scenario(broker: Mosquitto) -> None:
         collector, received = bridge(broker, tmp_path), ListDestination()
         pipeline = centre(tmp_path, collector, received)
-        running = asyncio.create_task(pipeline.run(install_signal_handlers=False))
-        await subscribed(collector)
-        dest = edge(broker, tmp_path)
-        first = await dest.deliver(spooled(readings("Van 17", 20)))
-        assert len(first.accepted) == 20
+        async with serving(pipeline, collector):
+            dest = edge(broker, tmp_path)
+            first = await dest.deliver(spooled(readings("Van 17", 20)))
+            assert len(first.accepted) == 20
 
-        broker.stop()
-        await until(lambda: not dest.connected, "the edge to notice")
-        # ... and the bridge: else its SUBACK flag of the old connection still stands below.
-        await until(lambda: collector.link is not None and not collector.link.subscribed.is_set(),
-                    "the bridge to notice")
-        down = await dest.deliver(spooled(readings("Van 17", 20, start=20), first_id=21))
-        assert down.accepted == [] and down.unreachable is not None
+            broker.stop()
+            await until(lambda: not dest.connected, "the edge to notice")
+            # ... and the bridge: else its SUBACK flag of the old connection still stands below.
+            await until(lambda: collector.link is not None and not collector.link.subscribed.is_set(),
+                        "the bridge to notice")
+            down = await dest.deliver(spooled(readings("Van 17", 20, start=20), first_id=21))
+            assert down.accepted == [] and down.unreachable is not None
 
-        broker.start()  # same port, same persistence directory
-        # mosquitto 2.0.11 does not restore shared subscriptions: until the bridge subscribes
-        # again the edge hears "no matching subscribers" and keeps its rows (exporters/MQTT.md).
-        await subscribed(collector)
-        batch = spooled(readings("Van 17", 20, start=20), first_id=21)
-        for _ in range(60):  # paho reconnects with its own backoff (1 s, doubling, max 30 s)
-            resumed = await dest.deliver(batch)
-            if resumed.accepted:
-                break
-            await asyncio.sleep(0.5)
-        assert sorted(resumed.accepted) == list(range(21, 41)) and resumed.unreachable is None
-        # The bridge's session survived the restart: it receives what was published after it.
-        await until(lambda: len(identity(received.items)) == 40, "readings after the restart")
-        await dest.close()
-        pipeline.stop()
-        await running
+            broker.start()  # same port, same persistence directory
+            # mosquitto 2.0.11 does not restore shared subscriptions: until the bridge subscribes
+            # again the edge hears "no matching subscribers" and keeps its rows (exporters/MQTT.md).
+            await subscribed(collector)
+            batch = spooled(readings("Van 17", 20, start=20), first_id=21)
+            for _ in range(60):  # paho reconnects with its own backoff (1 s, doubling, max 30 s)
+                resumed = await dest.deliver(batch)
+                if resumed.accepted:
+                    break
+                await asyncio.sleep(0.5)
+            assert sorted(resumed.accepted) == list(range(21, 41)) and resumed.unreachable is None
+            # The bridge's session survived the restart: it receives what was published after it.
+            await until(lambda: len(identity(received.items)) == 40, "readings after the restart")
+            await dest.close()
 
     with running_mosquitto(tmp_path) as broker:
         asyncio.run(scenario(broker))
@@ -294,14 +300,11 @@ def test_a_message_no_one_subscribed_to_stays_in_the_spool(tmp_path: Path) -> No
         assert nobody.accepted == [] and "no subscriber" in str(nobody.unreachable)
         collector, received = bridge(broker, tmp_path), ListDestination()
         pipeline = centre(tmp_path, collector, received)
-        running = asyncio.create_task(pipeline.run(install_signal_handlers=False))
-        await subscribed(collector)
-        again = await dest.deliver(spooled(readings("Van 17", 5)))
-        assert sorted(again.accepted) == [1, 2, 3, 4, 5] and again.unreachable is None
-        await until(lambda: len(received.items) == 5, "the readings at the centre")
-        await dest.close()
-        pipeline.stop()
-        await running
+        async with serving(pipeline, collector):
+            again = await dest.deliver(spooled(readings("Van 17", 5)))
+            assert sorted(again.accepted) == [1, 2, 3, 4, 5] and again.unreachable is None
+            await until(lambda: len(received.items) == 5, "the readings at the centre")
+            await dest.close()
 
     with running_mosquitto(tmp_path) as broker:
         asyncio.run(scenario(broker))
@@ -315,18 +318,15 @@ def test_a_message_published_twice_is_forwarded_once(tmp_path: Path) -> None:
         watcher = Watcher(broker, "trapline/v1/deadletter")
         collector, received = bridge(broker, tmp_path), ListDestination()
         pipeline = centre(tmp_path, collector, received)
-        running = asyncio.create_task(pipeline.run(install_signal_handlers=False))
-        await subscribed(collector)
-        for _ in range(2):
-            await asyncio.to_thread(watcher.publish, "trapline/v1/Van 17/data", payload)
-        await until(lambda: collector.counters.duplicates == 1, "the copy to be dropped")
-        await asyncio.to_thread(watcher.publish, "trapline/v1/Van 17/data", json.dumps(
-            {"version": 1, "agent": "x", "host": "Van 17", "id": "other",
-             "items": [{"key": "k", "value": 1, "clock": CLOCK}]}).encode())
-        await until(lambda: len(received.items) == 4, "the next message")  # the acks did not jam
-        assert identity(received.items[:3]) == identity(readings("Van 17", 3))
-        pipeline.stop()
-        await running
+        async with serving(pipeline, collector):
+            for _ in range(2):
+                await asyncio.to_thread(watcher.publish, "trapline/v1/Van 17/data", payload)
+            await until(lambda: collector.counters.duplicates == 1, "the copy to be dropped")
+            await asyncio.to_thread(watcher.publish, "trapline/v1/Van 17/data", json.dumps(
+                {"version": 1, "agent": "x", "host": "Van 17", "id": "other",
+                 "items": [{"key": "k", "value": 1, "clock": CLOCK}]}).encode())
+            await until(lambda: len(received.items) == 4, "the next message")  # the acks did not jam
+            assert identity(received.items[:3]) == identity(readings("Van 17", 3))
         watcher.close()
 
     with running_mosquitto(tmp_path) as broker:

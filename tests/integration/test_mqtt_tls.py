@@ -70,16 +70,16 @@ def _openssl(*args: str | Path) -> None:
         missing_peer(f"openssl {args[0]} failed: {done.stderr[-300:]}")
 
 
+# A fresh P-256 key, unencrypted (the test reads it without a passphrase).
+_NEW_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
 def _self_signed_ca(folder: Path, name: str, extensions: Path) -> tuple[Path, Path]:
     cert, key = folder / f"{name}.pem", folder / f"{name}.key"
     _openssl(
         "req",
         "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
+        *_NEW_EC_KEY,
         "-keyout",
         key,
         "-out",
@@ -101,11 +101,7 @@ def _signed(folder: Path, name: str, ca: tuple[Path, Path], extensions: Path) ->
     _openssl(
         "req",
         "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
+        *_NEW_EC_KEY,
         "-keyout",
         key,
         "-out",
