@@ -15,7 +15,8 @@ from trapline.middleware.config import Section
 HOST = "van-17"
 
 
-def obd_section(port: int, **extra: Any) -> Section:
+def obd_section(port: int, state_dir: Path, **extra: Any) -> Section:
+    """An OBD collector on the emulator at ``port``, remembering its DTCs in ``state_dir``."""
     data: dict[str, Any] = {
         "type": "obd",
         "host": HOST,
@@ -27,13 +28,13 @@ def obd_section(port: int, **extra: Any) -> Section:
         "retry_max": 0.5,
         "idle_interval": 0.3,
         "dtc_interval": 0.5,
+        "state_dir": str(state_dir),
         "tiers": {
             "fast": {"interval": 0.1, "pids": ["SPEED", "RPM", "THROTTLE_POS"]},
             "slow": {"interval": 0.5, "pids": ["COOLANT_TEMP", "INTAKE_TEMP", "FUEL_LEVEL", "OIL_TEMP"]},
         },
     }
     return Section(Path("test.toml"), "collectors.car", data | extra)
-
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ transmitting ECU, and decode them the way the collector does.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,7 +105,9 @@ def test_garbage_from_the_only_ecu_gives_no_values() -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("multi_pid", [True, False], ids=["multi-pid", "single-pid"])
-def test_emulator_engine_load_from_two_ecus_no_error(emulator: tuple[Any, int], multi_pid: bool) -> None:
+def test_emulator_engine_load_from_two_ecus_no_error(
+    emulator: tuple[Any, int], multi_pid: bool, tmp_path: Path
+) -> None:
     """ELM327-emulator's ENGINE_LOAD answers from 7E8 and 7EA once per cycle of its values."""
     emu, port = emulator
     two_ecu_answers = [0]
@@ -117,7 +120,7 @@ def test_emulator_engine_load_from_two_ecus_no_error(emulator: tuple[Any, int], 
         return answer
 
     emu.handle_request = counting
-    sec = obd_section(port, multi_pid=multi_pid, tiers={"fast": {"interval": 0.05,
+    sec = obd_section(port, tmp_path, multi_pid=multi_pid, tiers={"fast": {"interval": 0.05,
                                                                  "pids": ["SPEED", "RPM", "ENGINE_LOAD"]}})
     out = ListOutbox()
 

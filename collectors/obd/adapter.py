@@ -3,21 +3,22 @@
 Every method except :meth:`Adapter.abort` blocks on the serial line and must
 run in the connection's :class:`~trapline.middleware.blocking.BlockingWorker`.
 Only python-OBD's connection setup (baud, ``ATZ``/``ATE0``/``ATH1``, protocol,
-supported-PID bitmaps) and frame reassembly are used; requests are sent as raw
-commands and their payloads decoded by :mod:`.payload`.
+supported-PID bitmaps) and its ELM327 interface (send a line, read up to the
+prompt, reassemble frames per ECU) are used; requests are sent as raw text and
+their payloads decoded by :mod:`.payload`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 import obd
-from obd import OBDCommand, OBDStatus
-from obd.protocols import ECU
+from obd import OBDStatus
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,15 @@ class Reach(IntEnum):
 class Answer:
     payloads: tuple[bytes, ...]  # one reassembled message per answering ECU, engine first
     lines: tuple[str, ...]  # raw text lines (NO DATA, ?, 12.6V, ...) and frames
+    lost: bool = False  # the serial link died during the request
+    received_ns: int = 0  # wall clock when the answer was read (the readings' timestamp)
 
     @property
     def empty(self) -> bool:
         return not self.payloads
 
 
-def _keep_messages(messages: list[Any]) -> list[Any]:
-    return messages
-
-
-def _raw_command(request: str) -> OBDCommand:
-    # bytes=0: python-OBD must neither pad nor chop; fast=False: no frame-count suffix
-    return OBDCommand(request, request, request.encode("ascii"), 0, _keep_messages, ECU.ALL, False)
+_NO_LINK = Answer((), (), lost=True)
 
 
 class Adapter:
@@ -78,17 +75,24 @@ class Adapter:
         return Reach.NOTHING
 
     def request(self, command: str) -> Answer:
-        if self._conn is None:
-            return Answer((), ())
-        response = self._conn.query(_raw_command(command), force=True)
-        messages = response.value or []
+        """Send one request line as is and return every ECU's answer to it.
+
+        The ELM327 interface rather than ``OBD.query``: ``query`` wants an
+        ``OBDCommand`` per request and wraps its answer in a decoded response,
+        work that only slows each round trip down here.  The header stays the
+        engine's, as python-OBD set it at connect time, and python-OBD's
+        ``fast`` mode stays off so that every ECU's answer is read.
+        """
+        interface = None if self._conn is None else self._conn.interface
+        if interface is None:
+            return _NO_LINK
+        messages = interface.send_and_parse(command.encode("ascii"))
+        if messages is None or interface.status() == OBDStatus.NOT_CONNECTED:  # a serial error
+            return _NO_LINK
+        received_ns = time.time_ns()
         payloads = tuple(bytes(m.data) for m in messages if m.parsed())
         lines = tuple(f.raw for m in messages for f in m.frames)
-        return Answer(payloads, lines)
-
-    def lost(self) -> bool:
-        """python-OBD marks the link dead after a serial error."""
-        return self._conn is None or self._conn.status() == OBDStatus.NOT_CONNECTED
+        return Answer(payloads, lines, received_ns=received_ns)
 
     def supported_pids(self) -> frozenset[str]:
         """Names of the mode 01 PIDs the ECU flagged in its bitmaps at connect time."""

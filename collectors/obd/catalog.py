@@ -27,24 +27,45 @@ class DecodeError(ValueError):
 class PidSpec:
     name: str  # python-OBD command name, also the LLD {#PID} value
     pid: int
+    code: str  # the PID as sent in a request: two hex digits
     size: int  # data bytes after the PID byte
     description: str
     unit: str
     convert: str  # pint unit of the reported value
     decoder: Callable[[list[Message]], Any]
+    # False where python-OBD already decodes into ``convert`` (most PIDs): pint's
+    # conversion is then skipped, it costs as much as the decoding itself
+    needs_conversion: bool = True
 
     def decode(self, data: bytes) -> float:
         """Decode this PID's data bytes with python-OBD's decoder, in the reported unit."""
         if len(data) != self.size:
             raise DecodeError(f"{self.name}: expected {self.size} data bytes, got {len(data)}")
-        message = Message([])
-        message.data = bytearray((_MODE_01_ANSWER, self.pid)) + bytearray(data)
         try:
-            quantity = self.decoder([message])
-            value = float(quantity.to(self.convert).magnitude)
+            quantity = self.decoder([_message(self.pid, data)])
+            if self.needs_conversion:
+                quantity = quantity.to(self.convert)
+            value = float(quantity.magnitude)
         except Exception as exc:  # python-OBD's decoders raise whatever they hit
             raise DecodeError(f"{self.name}: cannot decode {data.hex()}: {exc}") from None
         return value
+
+
+def _message(pid: int, data: bytes) -> Message:
+    message = Message([])
+    message.data = bytearray((_MODE_01_ANSWER, pid)) + bytearray(data)
+    return message
+
+
+def _decodes_into(command: Any, unit: str) -> bool:
+    """Whether python-OBD's decoder of ``command`` gives values in ``unit`` already.
+
+    Each of these decoders has one fixed unit, so one sample answer tells.
+    """
+    try:
+        return bool(command.decode([_message(command.pid, bytes(command.bytes - 2))]).units == obd.Unit(unit))
+    except Exception:  # cannot tell: keep converting every value
+        return False
 
 
 @cache
@@ -59,11 +80,13 @@ def pid_table() -> Mapping[str, PidSpec]:
         table[row["name"]] = PidSpec(
             name=row["name"],
             pid=command.pid,
+            code=f"{command.pid:02X}",
             size=command.bytes - 2,
             description=command.desc,
             unit=row["unit"],
             convert=row["convert"],
             decoder=command.decode,
+            needs_conversion=not _decodes_into(command, row["convert"]),
         )
     return table
 

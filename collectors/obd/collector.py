@@ -18,6 +18,7 @@ are optional; durations in seconds)::
     multi_pid = true                 # several PIDs per request on CAN
     max_pids_per_request = 6
     dtc_interval = 300.0
+    state_dir = "/var/lib/trapline"  # remembers reported DTCs across restarts (beside the spool)
 
     [collectors.van17_obd.tiers.fast]
     interval = 1.0
@@ -28,19 +29,28 @@ are optional; durations in seconds)::
     pids = ["COOLANT_TEMP", "INTAKE_TEMP", "FUEL_LEVEL", "CONTROL_MODULE_VOLTAGE"]
 
 Item keys are listed in ``README.md`` beside this file.
+
+Every adapter call runs in the connection's worker thread with its own
+deadline.  The requests of one polling round (the PIDs of every tier that is
+due, the DTC services) go to the thread as one job: one hop there and back per
+round instead of per request, which is what the adapter's round trips leave
+for the agent's own work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from trapline.collectors.obd.adapter import Adapter, Answer, Reach
 from trapline.collectors.obd.catalog import DecodeError, PidSpec, pid_table
+from trapline.collectors.obd.dtc_memory import Dtc, DtcMemory, UnreadableMemory, memory_path
 from trapline.collectors.obd.link import Link, LinkState
 from trapline.collectors.obd.payload import (
     MAX_PIDS_PER_REQUEST,
@@ -70,6 +80,8 @@ DTC_DISCOVERY = "obd.dtc.discovery"
 _MONITOR_STATUS_PID = 0x01
 _MULTI_PID_REFUSALS_MAX = 2  # refused multi-PID requests before single PIDs only
 _DTC_SERVICES = (("stored", "03", MODE_03_ANSWER), ("pending", "07", MODE_07_ANSWER))
+_MONITOR_STATUS_REQUEST = "0101"
+DEFAULT_STATE_DIR = Path("/var/lib/trapline")  # where the spool lives by default
 
 DEFAULT_TIERS = {
     "fast": (1.0, ("SPEED", "RPM", "ENGINE_LOAD", "THROTTLE_POS")),
@@ -100,6 +112,7 @@ class ObdSettings:
     multi_pid: bool = True
     max_pids_per_request: int = MAX_PIDS_PER_REQUEST
     dtc_interval: float = 300.0
+    state_dir: Path = DEFAULT_STATE_DIR
 
 
 def _read_tiers(section: Section) -> tuple[Tier, ...]:
@@ -143,6 +156,7 @@ def read_settings(section: Section) -> ObdSettings:
         multi_pid=section.boolean("multi_pid", True),
         max_pids_per_request=section.integer("max_pids_per_request", MAX_PIDS_PER_REQUEST, minimum=1),
         dtc_interval=section.number("dtc_interval", 300.0, minimum=0.05),
+        state_dir=section.path("state_dir", DEFAULT_STATE_DIR),
     )
     if settings.max_pids_per_request > MAX_PIDS_PER_REQUEST:
         raise section.error("max_pids_per_request", f"at most {MAX_PIDS_PER_REQUEST} (SAE J1979)")
@@ -157,6 +171,14 @@ def build(name: str, section: Section) -> ObdCollector:
 
 def _chunks(specs: Sequence[PidSpec], size: int) -> list[list[PidSpec]]:
     return [list(specs[i : i + size]) for i in range(0, len(specs), size)]
+
+
+def _link_alive(answer: Answer) -> bool:
+    return not answer.lost
+
+
+def _mode_01_request(group: Sequence[PidSpec]) -> str:
+    return "01" + "".join(spec.code for spec in group)
 
 
 @dataclass(slots=True)
@@ -176,7 +198,8 @@ class ObdCollector:
         self.name = name
         self.settings = settings
         self.link = Link(settings.retry_initial, settings.retry_max, settings.unusable_max)
-        self._dtcs_reported: set[tuple[str, str]] = set()
+        self._dtc_memory = DtcMemory(memory_path(settings.state_dir, name), settings.host)
+        self._dtcs_reported: set[Dtc] = set()
         self._out: Outbox | None = None
 
     # -- helpers -------------------------------------------------------------
@@ -188,13 +211,29 @@ class ObdCollector:
     def _put(self, key: str, value: Value, unit: str = "", labels: dict[str, str] | None = None) -> None:
         self.out.put(Reading.now(self.settings.host, key, value, unit, labels))
 
+    def _put_from(self, answer: Answer, key: str, value: Value, unit: str, labels: dict[str, str]) -> None:
+        """A reading stamped with the time its answer arrived (a round is handed back whole)."""
+        clock, ns = divmod(answer.received_ns, 1_000_000_000)
+        self.out.put(Reading(self.settings.host, key, value, clock, ns, unit, labels))
+
     def _report_state(self) -> None:
         self._put("obd.state", int(self.link.state), labels={"state": self.link.state.name.lower()})
 
     async def _call(self, conn: _Connection, fn: Callable[[], T], deadline: float, what: str) -> T | None:
         """A python-OBD call in the worker; None (link marked lost) when it fails or hangs."""
+        results = await self._call_each(conn, (fn,), deadline, what)
+        return None if results is None else results[0]
+
+    async def _call_each(
+        self,
+        conn: _Connection,
+        calls: Sequence[Callable[[], T]],
+        deadline: float,
+        what: str,
+        keep_going: Callable[[T], bool] | None = None,
+    ) -> list[T] | None:
         try:
-            return await conn.worker.call(fn, deadline, what)
+            return await conn.worker.call_each(calls, deadline, what, keep_going)
         except DeadlineMissed as exc:
             self.out.error(f"obd: {exc}; abandoning the connection")
             conn.adapter.abort()
@@ -203,19 +242,35 @@ class ObdCollector:
         self.link.lost()
         return None
 
-    async def _request(self, conn: _Connection, command: str) -> Answer | None:
-        answer = await self._call(
-            conn, lambda: conn.adapter.request(command), self.settings.call_timeout, f"request {command}"
-        )
-        if answer is not None and conn.adapter.lost():
-            self.out.error(f"obd: adapter connection lost during {command}")
+    async def _requests(self, conn: _Connection, commands: Sequence[str]) -> list[Answer]:
+        """Send request lines back to back as one worker job, each under ``call_timeout``.
+
+        Returns the answers in order, up to the first failure (a serial error, a
+        missed deadline: the link is then marked lost).
+        """
+        what = f"request {' '.join(commands)}"
+        calls = [functools.partial(conn.adapter.request, command) for command in commands]
+        answers = await self._call_each(conn, calls, self.settings.call_timeout, what,
+                                        keep_going=_link_alive)
+        if answers is None:
+            return []
+        if answers and answers[-1].lost:
+            self.out.error(f"obd: adapter connection lost during {commands[len(answers) - 1]}")
             self.link.lost()
-            return None
-        return answer
+            answers.pop()
+        return answers
+
+    async def _request(self, conn: _Connection, command: str) -> Answer | None:
+        answers = await self._requests(conn, (command,))
+        return answers[0] if answers else None
 
     # -- main loop -------------------------------------------------------------
     async def run(self, out: Outbox) -> None:
         self._out = out
+        try:
+            self._dtcs_reported = self._dtc_memory.load()
+        except UnreadableMemory as exc:
+            out.error(f"obd: {exc}; codes cleared while the agent was stopped are not resolved")
         while True:
             await asyncio.sleep(self.link.retry_delay())
             conn = _Connection(
@@ -246,9 +301,10 @@ class ObdCollector:
     async def _serve_ignition_off(self, conn: _Connection) -> None:
         """Adapter powered, car silent: battery voltage now and then, and watch for the ECU."""
         while not self.link.needs_reconnect():
-            await self._read_voltage(conn)
-            answer = await self._request(conn, "0100")
-            if answer is not None and ecu_answered_0100(answer.lines):
+            answers = await self._requests(conn, ("ATRV", "0100"))
+            if answers:
+                self._report_voltage(answers[0])
+            if len(answers) > 1 and ecu_answered_0100(answers[1].lines):
                 log.info("%s: the ECU answers again (ignition on); reconnecting", self.name)
                 self.link.lost()
                 return
@@ -277,9 +333,10 @@ class ObdCollector:
         housekeeping_due = now
         while not self.link.needs_reconnect():
             now = time.monotonic()
-            for tier in s.tiers:
-                if due[tier.name] <= now and not self.link.needs_reconnect():
-                    await self._poll_tier(conn, tier)
+            due_tiers = [tier for tier in s.tiers if due[tier.name] <= now]
+            if due_tiers:
+                await self._poll_tiers(conn, due_tiers)
+                for tier in due_tiers:
                     due[tier.name] = max(due[tier.name] + tier.interval, time.monotonic())
             if dtc_due <= now and not self.link.needs_reconnect():
                 await self._poll_dtcs(conn)
@@ -304,53 +361,65 @@ class ObdCollector:
         rows = [{"{#PID}": p.name, "{#NAME}": p.description, "{#UNIT}": p.unit} for p in conn.polled]
         self.out.put(Discovery.now(self.settings.host, PID_DISCOVERY, rows))
 
-    async def _poll_tier(self, conn: _Connection, tier: Tier) -> None:
-        specs = [spec for spec in tier.pids if spec in conn.polled]
-        size = self.settings.max_pids_per_request if conn.multi_ok else 1
-        for group in _chunks(specs, size):
-            if self.link.needs_reconnect():
-                return
-            for spec, data in (await self._read_pids(conn, group)).items():
-                try:
-                    value = spec.decode(data)
-                except DecodeError as exc:
-                    self.out.error(f"obd: {exc}")
-                    continue
-                self._put(f"obd.pid[{spec.name}]", value, spec.unit, {"pid": spec.name})
+    async def _poll_tiers(self, conn: _Connection, tiers: Sequence[Tier]) -> None:
+        """One polling round over the supported PIDs of ``tiers`` (a PID in several tiers once)."""
+        specs = list(dict.fromkeys(spec for tier in tiers for spec in tier.pids if spec in conn.polled))
+        per_request = self.settings.max_pids_per_request if conn.multi_ok else 1
+        await self._poll_pids(conn, specs, per_request)
 
-    async def _read_pids(self, conn: _Connection, group: list[PidSpec]) -> dict[PidSpec, bytes]:
-        """Read a group of PIDs in one request; single requests for what it left out."""
-        answer = await self._request(conn, "01" + "".join(f"{spec.pid:02X}" for spec in group))
-        if answer is None:
-            return {}
+    async def _poll_pids(self, conn: _Connection, specs: Sequence[PidSpec], per_request: int) -> None:
+        """Read ``specs`` in one job, ``per_request`` PIDs per request; re-read singly what
+        multi-PID requests left out."""
+        if not specs:
+            return
+        groups = _chunks(specs, per_request)
+        answers = await self._requests(conn, [_mode_01_request(group) for group in groups])
+        left_out: list[PidSpec] = []
+        for group, answer in zip(groups, answers, strict=False):  # fewer answers if the link failed
+            found = self._report_pids(conn, group, answer)
+            if len(group) > 1:
+                left_out += [spec for spec in group if spec not in found]
+        if left_out and not self.link.needs_reconnect():
+            await self._poll_pids(conn, left_out, 1)
+
+    def _report_pids(self, conn: _Connection, group: Sequence[PidSpec], answer: Answer) -> set[PidSpec]:
+        """Decode and report one answer to a mode 01 request; the PIDs it carried."""
         by_pid = {spec.pid: spec for spec in group}
         values, rejected = pids_from_ecus(answer.payloads, {pid: spec.size for pid, spec in by_pid.items()})
         for reason in rejected:
             self.out.error(f"obd: {reason}")
-        found = {by_pid[pid]: data for pid, data in values.items()}
-        if found:
+        if values:
             self.link.answered()
         else:
             self.link.unusable()
-        if len(group) == 1:
-            return found
+        if len(group) > 1:
+            self._count_multi_pid_refusal(conn, answer)
+        for pid, data in values.items():
+            spec = by_pid[pid]
+            try:
+                value = spec.decode(data)
+            except DecodeError as exc:
+                self.out.error(f"obd: {exc}")
+                continue
+            self._put_from(answer, f"obd.pid[{spec.name}]", value, spec.unit, {"pid": spec.name})
+        return {by_pid[pid] for pid in values}
+
+    def _count_multi_pid_refusal(self, conn: _Connection, answer: Answer) -> None:
         if answer.payloads:  # garbled or partial is not a refusal: single PIDs fill the gaps
             conn.multi_refusals = 0
-        else:
-            conn.multi_refusals += 1
-            if conn.multi_refusals >= _MULTI_PID_REFUSALS_MAX:
-                conn.multi_ok = False
-                log.warning("%s: multi-PID requests refused (%s); single PIDs from now on",
-                            self.name, " / ".join(answer.lines) or "no answer")
-        for spec in group:
-            if spec not in found and not self.link.needs_reconnect():
-                found.update(await self._read_pids(conn, [spec]))
-        return found
+            return
+        conn.multi_refusals += 1
+        if conn.multi_refusals >= _MULTI_PID_REFUSALS_MAX and conn.multi_ok:
+            conn.multi_ok = False
+            log.warning("%s: multi-PID requests refused (%s); single PIDs from now on",
+                        self.name, " / ".join(answer.lines) or "no answer")
 
     async def _read_voltage(self, conn: _Connection) -> None:
         answer = await self._request(conn, "ATRV")
-        if answer is None:
-            return
+        if answer is not None:
+            self._report_voltage(answer)
+
+    def _report_voltage(self, answer: Answer) -> None:
         try:
             volts = parse_voltage(answer.lines[0] if answer.lines else "")
         except PayloadError as exc:
@@ -374,11 +443,12 @@ class ObdCollector:
 
     async def _poll_dtcs(self, conn: _Connection) -> None:
         """Stored and pending DTCs, MIL; all or nothing, so a failed read never loses codes."""
-        present: list[tuple[str, str]] = []
-        for state, service, answer_byte in _DTC_SERVICES:
-            answer = await self._request(conn, service)
-            if answer is None:
-                return
+        services = [service for _, service, _ in _DTC_SERVICES]
+        answers = await self._requests(conn, [*services, _MONITOR_STATUS_REQUEST])
+        if len(answers) <= len(_DTC_SERVICES):
+            return
+        present: list[Dtc] = []
+        for (state, service, answer_byte), answer in zip(_DTC_SERVICES, answers, strict=False):
             try:
                 if answer.empty:
                     raise PayloadError(f"no answer to mode {service} ({' / '.join(answer.lines)})")
@@ -389,23 +459,32 @@ class ObdCollector:
                 return
             self.link.answered()
             present += [(code, state) for code in codes]
-        await self._read_mil(conn)
+        self._report_mil(answers[-1])
 
         rows = [{"{#DTC}": code, "{#DESCRIPTION}": describe_dtc(code), "{#STATE}": state}
                 for code, state in present]
         self.out.put(Discovery.now(self.settings.host, DTC_DISCOVERY, rows))
         for code, state in present:
             self._put(f"obd.dtc[{code},{state}]", 1, labels={"code": code, "state": state})
-        for code, state in sorted(self._dtcs_reported - set(present)):  # cleared since last poll
+        # cleared since the last poll, or while the agent was stopped (the memory file)
+        for code, state in sorted(self._dtcs_reported - set(present)):
             self._put(f"obd.dtc[{code},{state}]", 0, labels={"code": code, "state": state})
-        self._dtcs_reported = set(present)
         for state, _, _ in _DTC_SERVICES:
             count = sum(1 for _, s in present if s == state)
             self._put(f"obd.dtc.count[{state}]", count, labels={"state": state})
+        if set(present) != self._dtcs_reported:
+            self._dtcs_reported = set(present)
+            await self._remember_dtcs()
 
-    async def _read_mil(self, conn: _Connection) -> None:
-        answer = await self._request(conn, "0101")
-        if answer is None or answer.empty:
+    async def _remember_dtcs(self) -> None:
+        try:
+            # a thread: the fsyncs block, for long on an SD card
+            await asyncio.to_thread(self._dtc_memory.save, set(self._dtcs_reported))
+        except OSError as exc:
+            self.out.error(f"obd: cannot save the reported DTCs to {self._dtc_memory.path}: {exc}")
+
+    def _report_mil(self, answer: Answer) -> None:
+        if answer.empty:
             return
         try:
             data = split_pids(answer.payloads[0], {_MONITOR_STATUS_PID: 4})[_MONITOR_STATUS_PID]

@@ -4,8 +4,10 @@ where the test kills it), over TCP like a WiFi adapter."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -65,14 +67,14 @@ def run_collector(
     return out
 
 
-def test_supported_pids_are_discovered_and_polled(emulator: tuple[Any, int]) -> None:
+def test_supported_pids_are_discovered_and_polled(emulator: tuple[Any, int], tmp_path: Path) -> None:
     _, port = emulator
 
     async def scenario(out: ListOutbox) -> None:
         await until("values", lambda: len(out.readings("obd.pid[OIL_TEMP]")) == 0
                     and len(out.readings("obd.pid[FUEL_LEVEL]")) >= 2)
 
-    out = run_collector(section(port), scenario)
+    out = run_collector(section(port, tmp_path), scenario)
     rows = out.discoveries("obd.pid.discovery")[0].rows
     # OIL_TEMP is configured but the emulated car does not support it: neither discovered nor polled
     assert [r["{#PID}"] for r in rows] == ["SPEED", "RPM", "THROTTLE_POS", "COOLANT_TEMP", "INTAKE_TEMP",
@@ -80,12 +82,13 @@ def test_supported_pids_are_discovered_and_polled(emulator: tuple[Any, int]) -> 
     assert {"{#PID}": "SPEED", "{#NAME}": "Vehicle Speed", "{#UNIT}": "km/h"} in rows
     speed = out.readings("obd.pid[SPEED]")[0]
     assert speed.host == HOST and speed.unit == "km/h" and speed.labels == {"pid": "SPEED"}
+    assert 0 <= time.time() - (speed.clock + speed.ns / 1e9) < LIMIT  # stamped when the answer came
     assert out.readings("obd.vin")[0].value == "WP0ZZZ99ZTS390000"  # python-OBD would say ...TS39
     assert out.readings("obd.state")[0].value == 2
     assert 10 <= float(out.readings("obd.voltage")[0].value) <= 16
 
 
-def test_multi_pid_requests_and_fallback_to_single(emulator: tuple[Any, int]) -> None:
+def test_multi_pid_requests_and_fallback_to_single(emulator: tuple[Any, int], tmp_path: Path) -> None:
     emu, port = emulator
     requests: list[str] = []
     original = emu.multi_pid_answer
@@ -99,7 +102,7 @@ def test_multi_pid_requests_and_fallback_to_single(emulator: tuple[Any, int]) ->
     async def multi(out: ListOutbox) -> None:
         await until("multi", lambda: len(out.readings("obd.pid[THROTTLE_POS]")) >= 5)
 
-    run_collector(section(port), multi)
+    run_collector(section(port, tmp_path), multi)
     multi_requests = [r for r in requests if r.startswith("01") and len(r) > 4]
     assert "010D0C11" in multi_requests  # the fast tier in one request
 
@@ -110,13 +113,13 @@ def test_multi_pid_requests_and_fallback_to_single(emulator: tuple[Any, int]) ->
     async def refused(out: ListOutbox) -> None:
         await until("singles", lambda: len(out.readings("obd.pid[THROTTLE_POS]")) >= 10)
 
-    out = run_collector(section(port), refused)
+    out = run_collector(section(port, tmp_path), refused)
     assert len(out.readings("obd.pid[SPEED]")) >= 10
     multi_requests = [r for r in requests if r.startswith("01") and len(r) > 4]
     assert len(multi_requests) == 2, "multi-PID is given up after two refusals"
 
 
-def test_multi_pid_can_be_switched_off(emulator: tuple[Any, int]) -> None:
+def test_multi_pid_can_be_switched_off(emulator: tuple[Any, int], tmp_path: Path) -> None:
     emu, port = emulator
     requests: list[str] = []
     emu.multi_pid_answer = lambda cmd, header: (requests.append(cmd), None)[1]
@@ -124,11 +127,11 @@ def test_multi_pid_can_be_switched_off(emulator: tuple[Any, int]) -> None:
     async def scenario(out: ListOutbox) -> None:
         await until("values", lambda: len(out.readings("obd.pid[RPM]")) >= 3)
 
-    run_collector(section(port, multi_pid=False), scenario)
+    run_collector(section(port, tmp_path, multi_pid=False), scenario)
     assert all(len(r) == 4 for r in requests if r.startswith("01"))
 
 
-def test_injected_dtc_seen_then_cleared(emulator: tuple[Any, int], elm_module: Any) -> None:
+def test_injected_dtc_seen_then_cleared(emulator: tuple[Any, int], elm_module: Any, tmp_path: Path) -> None:
     _, port = emulator
     dtcs = elm_module.obd_message.DTC_STORED
 
@@ -144,7 +147,7 @@ def test_injected_dtc_seen_then_cleared(emulator: tuple[Any, int], elm_module: A
         dtcs.clear()
         await until("cleared", lambda: codes(out) == [])
 
-    out = run_collector(section(port), scenario)
+    out = run_collector(section(port, tmp_path), scenario)
     seen = next(d for d in out.discoveries("obd.dtc.discovery") if d.rows)
     p0143_row = {"{#DTC}": "P0143", "{#DESCRIPTION}": "O2 Sensor Circuit Low Voltage", "{#STATE}": "stored"}
     assert p0143_row in seen.rows
@@ -155,7 +158,33 @@ def test_injected_dtc_seen_then_cleared(emulator: tuple[Any, int], elm_module: A
     assert out.readings("obd.mil")
 
 
-def test_ignition_cycle_followed_without_restart(emulator: tuple[Any, int]) -> None:
+def test_dtc_cleared_while_the_agent_was_stopped_gets_its_zero(
+    emulator: tuple[Any, int], elm_module: Any, tmp_path: Path
+) -> None:
+    _, port = emulator
+    dtcs = elm_module.obd_message.DTC_STORED
+    memory = tmp_path / "obd-car.dtcs.json"
+
+    async def before_the_stop(out: ListOutbox) -> None:
+        await until("P0143 reported", lambda: 1 in out.values("obd.dtc[P0143,stored]"))
+        await until("P0143 remembered", lambda: memory.exists() and "P0143" in memory.read_text())
+
+    dtcs.extend(["01", "0143"])
+    first = run_collector(section(port, tmp_path), before_the_stop)
+    assert 0 not in first.values("obd.dtc[P0143,stored]")
+
+    dtcs.clear()  # a mechanic clears the code while the agent is stopped
+
+    async def after_the_restart(out: ListOutbox) -> None:
+        await until("P0143 resolved", lambda: 0 in out.values("obd.dtc[P0143,stored]"))
+
+    second = run_collector(section(port, tmp_path), after_the_restart)
+    assert 1 not in second.values("obd.dtc[P0143,stored]")
+    assert json.loads(memory.read_text())["reported"] == []
+    assert second.errors == []
+
+
+def test_ignition_cycle_followed_without_restart(emulator: tuple[Any, int], tmp_path: Path) -> None:
     emu, port = emulator
     emu.set_sorted_obd_msg("engineoff")
 
@@ -167,10 +196,10 @@ def test_ignition_cycle_followed_without_restart(emulator: tuple[Any, int]) -> N
         emu.set_sorted_obd_msg("engineoff")
         await until("off again", lambda: states(out) == [1, 2, 1])
 
-    run_collector(section(port, unusable_max=3), scenario)
+    run_collector(section(port, tmp_path, unusable_max=3), scenario)
 
 
-def test_hung_adapter_is_cut_off_by_the_deadline(emulator: tuple[Any, int]) -> None:
+def test_hung_adapter_is_cut_off_by_the_deadline(emulator: tuple[Any, int], tmp_path: Path) -> None:
     emu, port = emulator
 
     async def scenario(out: ListOutbox) -> None:
@@ -181,7 +210,7 @@ def test_hung_adapter_is_cut_off_by_the_deadline(emulator: tuple[Any, int]) -> N
         emu.threadState = emu.THREAD.ACTIVE
         await until("back", lambda: len(out.readings("obd.pid[SPEED]")) > speed_before + 2)
 
-    out = run_collector(section(port, call_timeout=1.0, connect_timeout=3.0), scenario)
+    out = run_collector(section(port, tmp_path, call_timeout=1.0, connect_timeout=3.0), scenario)
     assert any("abandoning the connection" in e for e in out.errors)
 
 
@@ -211,7 +240,7 @@ def test_killed_and_restarted_emulator_is_survived(elm_module: Any, tmp_path: Pa
             proc = await asyncio.to_thread(start)
             await until("back", lambda: len(out.readings("obd.pid[SPEED]")) > speed_before + 2)
 
-        out = run_collector(section(port), scenario)
+        out = run_collector(section(port, tmp_path), scenario)
         assert states(out) == [2, 0, 2]
     finally:
         proc.kill()

@@ -12,6 +12,7 @@ import itertools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,6 +98,7 @@ def test_a_provisioned_vehicle_gets_items_problems_and_a_place_on_the_map(
     zabbix: LocalZabbix,
     emulator: tuple[Any, int],
     elm_module: Any,
+    tmp_path: Path,
 ) -> None:
     _, port = emulator
     obd_message = elm_module.obd_message
@@ -170,7 +172,7 @@ def test_a_provisioned_vehicle_gets_items_problems_and_a_place_on_the_map(
         await until("DTC resolved", lambda: not problems("P0143"), feed)
 
     async def main() -> None:
-        task = asyncio.create_task(build("car", obd_section(port, host=host)).run(out))
+        task = asyncio.create_task(build("car", obd_section(port, tmp_path, host=host)).run(out))
         try:
             async with asyncio.timeout(LIMIT):
                 await drive()
