@@ -1,4 +1,5 @@
-"""The blocking-call worker the OBD and GPS collectors share: a deadline per call, rounds as one job."""
+"""The blocking-call worker the OBD and GPS collectors share: a deadline per call, rounds as one
+job, jobs queued behind one another."""
 
 from __future__ import annotations
 
@@ -118,3 +119,135 @@ def test_cancelling_the_caller_abandons_the_worker() -> None:
     worker = asyncio.run(main())
     release.set()
     assert not worker.usable
+
+
+
+# -- jobs queued behind one another (the OBD collector's next polling round) -----------------------
+def waiting(release: threading.Event, value: int,
+            started: threading.Event | None = None) -> Callable[[], int]:
+    """A call that blocks until ``release`` is set (a busy or hung adapter), then returns ``value``."""
+
+    def call() -> int:
+        if started is not None:
+            started.set()
+        release.wait(30)
+        return value
+
+    return call
+
+
+def test_a_queued_job_starts_without_the_event_loop() -> None:
+    # The loop is kept busy (blocked) while the first job ends: the second must start anyway,
+    # which is what keeps an adapter busy between polling rounds.
+    first_may_end = threading.Event()
+    second_started = threading.Event()
+    never = threading.Event()
+
+    async def main() -> bool:
+        worker = BlockingWorker("w")
+        worker.submit_each([waiting(first_may_end, 1)])
+        second = worker.submit_each([waiting(never, 2, started=second_started)])
+        first_may_end.set()
+        started_unaided = second_started.wait(5)  # blocks the loop on purpose
+        never.set()
+        assert await second.result(5.0, "second") == [2]
+        return started_unaided
+
+    assert asyncio.run(main())
+
+
+def test_time_spent_queued_behind_a_job_that_progresses_is_not_a_deadline() -> None:
+    # The first job takes 1 s in calls of 0.25 s; the second waits for it longer than its
+    # 0.6 s deadline, but no call hangs.
+    ran: list[int] = []
+
+    async def main() -> list[int]:
+        worker = BlockingWorker("w")
+        first = worker.submit_each([returning(i, ran, pause=0.25) for i in range(4)])
+        second = worker.submit_each([returning(9, ran)])
+        results = [*await first.result(0.6, "first"), *await second.result(0.6, "second")]
+        assert worker.usable
+        return results
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 9] == ran
+
+
+def test_a_discarded_queued_job_never_runs() -> None:
+    release = threading.Event()
+    ran: list[int] = []
+
+    async def main() -> BlockingWorker:
+        worker = BlockingWorker("w")
+        first = worker.submit_each([waiting(release, 1)])
+        dropped = worker.submit_each([returning(2, ran)])
+        dropped.discard()
+        release.set()
+        assert await first.result(5.0, "first") == [1]
+        assert await worker.call(returning(3, ran), 5.0, "after") == 3
+        with pytest.raises(WorkerGone):
+            await dropped.result(5.0, "dropped")
+        return worker
+
+    assert asyncio.run(main()).usable
+    assert ran == [3]
+
+
+def test_discarding_a_running_job_abandons_the_worker() -> None:
+    running = threading.Event()
+    release = threading.Event()
+    ran: list[int] = []
+
+    async def main() -> BlockingWorker:
+        worker = BlockingWorker("w")
+        job = worker.submit_each([waiting(release, 1, started=running), returning(2, ran)])
+        worker.submit_each([returning(3, ran)])
+        await asyncio.to_thread(running.wait, 5)
+        job.discard()  # it cannot be taken back: nothing more may run on this worker
+        return worker
+
+    worker = asyncio.run(main())
+    release.set()
+    worker._thread.join(5)
+    assert not worker.usable and not worker._thread.is_alive()
+    assert ran == [], "neither the rest of the discarded job nor the job behind it ran"
+
+
+def test_a_job_queued_behind_a_hung_call_misses_its_deadline_and_never_runs() -> None:
+    release = threading.Event()
+    ran: list[int] = []
+
+    async def main() -> BlockingWorker:
+        worker = BlockingWorker("w")
+        hung = worker.submit_each([waiting(release, 1)])
+        behind = worker.submit_each([returning(2, ran)])
+        with pytest.raises(DeadlineMissed, match=r"^hung missed"):
+            await hung.result(0.3, "hung")
+        with pytest.raises(DeadlineMissed, match=r"^behind \(queued behind a hung call\) missed"):
+            await behind.result(0.3, "behind")
+        return worker
+
+    worker = asyncio.run(main())
+    release.set()
+    worker._thread.join(5)
+    assert not worker._thread.is_alive() and ran == []
+
+
+def test_cancelling_the_caller_drops_the_job_queued_behind() -> None:
+    release = threading.Event()
+    ran: list[int] = []
+
+    async def main() -> BlockingWorker:
+        worker = BlockingWorker("w")
+        first = worker.submit_each([waiting(release, 1)])
+        worker.submit_each([returning(2, ran)])
+        task = asyncio.create_task(first.result(30.0, "first"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return worker
+
+    worker = asyncio.run(main())
+    release.set()
+    worker._thread.join(5)
+    assert not worker.usable and not worker._thread.is_alive() and ran == []

@@ -34,7 +34,10 @@ Every adapter call runs in the connection's worker thread with its own
 deadline.  The requests of one polling round (the PIDs of every tier that is
 due, the DTC services) go to the thread as one job: one hop there and back per
 round instead of per request, which is what the adapter's round trips leave
-for the agent's own work.
+for the agent's own work.  When tiers will be due again by the time a round
+ends (polling back to back), the next round is queued behind it before its
+answers are decoded, so the adapter never waits for the event loop between
+rounds.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from trapline.collectors.obd.payload import (
     pids_from_ecus,
     split_pids,
 )
-from trapline.middleware.blocking import BlockingWorker, DeadlineMissed
+from trapline.middleware.blocking import BlockingWorker, DeadlineMissed, Job
 from trapline.middleware.config import Section
 from trapline.middleware.model import Discovery, Reading, Value
 from trapline.middleware.plugin import Outbox
@@ -81,6 +84,7 @@ _MONITOR_STATUS_PID = 0x01
 _MULTI_PID_REFUSALS_MAX = 2  # refused multi-PID requests before single PIDs only
 _DTC_SERVICES = (("stored", "03", MODE_03_ANSWER), ("pending", "07", MODE_07_ANSWER))
 _MONITOR_STATUS_REQUEST = "0101"
+_SEND_FIRST = 0.001  # s the event loop steps aside after a round, see _finish_round
 DEFAULT_STATE_DIR = Path("/var/lib/trapline")  # where the spool lives by default
 
 DEFAULT_TIERS = {
@@ -191,6 +195,16 @@ class _Connection:
     multi_ok: bool = False
     multi_refusals: int = 0
     polled: tuple[PidSpec, ...] = field(default_factory=tuple)
+    seconds_per_request: float | None = None  # measured; None until a round has run
+
+
+@dataclass(frozen=True, slots=True)
+class _Round:
+    """Mode 01 requests queued in the worker as one job, not yet read."""
+
+    groups: list[list[PidSpec]]  # the PIDs of each request
+    commands: list[str]
+    job: Job[Answer]
 
 
 class ObdCollector:
@@ -221,19 +235,13 @@ class ObdCollector:
 
     async def _call(self, conn: _Connection, fn: Callable[[], T], deadline: float, what: str) -> T | None:
         """A python-OBD call in the worker; None (link marked lost) when it fails or hangs."""
-        results = await self._call_each(conn, (fn,), deadline, what)
+        results = await self._results(conn, conn.worker.submit_each((fn,)), deadline, what)
         return None if results is None else results[0]
 
-    async def _call_each(
-        self,
-        conn: _Connection,
-        calls: Sequence[Callable[[], T]],
-        deadline: float,
-        what: str,
-        keep_going: Callable[[T], bool] | None = None,
-    ) -> list[T] | None:
+    async def _results(self, conn: _Connection, job: Job[T], deadline: float, what: str) -> list[T] | None:
+        """A job's results; None (link marked lost) when a call fails or hangs."""
         try:
-            return await conn.worker.call_each(calls, deadline, what, keep_going)
+            return await job.result(deadline, what)
         except DeadlineMissed as exc:
             self.out.error(f"obd: {exc}; abandoning the connection")
             conn.adapter.abort()
@@ -242,16 +250,21 @@ class ObdCollector:
         self.link.lost()
         return None
 
-    async def _requests(self, conn: _Connection, commands: Sequence[str]) -> list[Answer]:
-        """Send request lines back to back as one worker job, each under ``call_timeout``.
-
-        Returns the answers in order, up to the first failure (a serial error, a
-        missed deadline: the link is then marked lost).
-        """
-        what = f"request {' '.join(commands)}"
+    @staticmethod
+    def _submit_requests(conn: _Connection, commands: Sequence[str]) -> Job[Answer]:
+        """Queue request lines to be sent back to back as one worker job."""
         calls = [functools.partial(conn.adapter.request, command) for command in commands]
-        answers = await self._call_each(conn, calls, self.settings.call_timeout, what,
-                                        keep_going=_link_alive)
+        return conn.worker.submit_each(calls, keep_going=_link_alive)
+
+    async def _requests(self, conn: _Connection, commands: Sequence[str]) -> list[Answer]:
+        """Send request lines back to back as one worker job, each under ``call_timeout``."""
+        return await self._answers(conn, self._submit_requests(conn, commands), commands)
+
+    async def _answers(self, conn: _Connection, job: Job[Answer], commands: Sequence[str]) -> list[Answer]:
+        """The answers of a job of requests, in order, up to the first failure (a
+        serial error, a missed deadline: the link is then marked lost)."""
+        what = f"request {' '.join(commands)}"
+        answers = await self._results(conn, job, self.settings.call_timeout, what)
         if answers is None:
             return []
         if answers and answers[-1].lost:
@@ -326,27 +339,55 @@ class ObdCollector:
         self._discover_pids(conn)
         await self._read_vin(conn)
         await self._poll_dtcs(conn)
+        await self._read_voltage(conn)  # with the other reads at connect, not amid the first rounds
 
         now = time.monotonic()
         due = {tier.name: now for tier in s.tiers}
         dtc_due = now + s.dtc_interval
-        housekeeping_due = now
-        while not self.link.needs_reconnect():
-            now = time.monotonic()
-            due_tiers = [tier for tier in s.tiers if due[tier.name] <= now]
-            if due_tiers:
-                await self._poll_tiers(conn, due_tiers)
-                for tier in due_tiers:
-                    due[tier.name] = max(due[tier.name] + tier.interval, time.monotonic())
-            if dtc_due <= now and not self.link.needs_reconnect():
-                await self._poll_dtcs(conn)
-                dtc_due = time.monotonic() + s.dtc_interval
-            if housekeeping_due <= now and not self.link.needs_reconnect():
-                await self._read_voltage(conn)
-                self._report_state()
-                housekeeping_due = time.monotonic() + s.idle_interval
-            next_due = min([*due.values(), dtc_due, housekeeping_due])
-            await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+        housekeeping_due = now + s.idle_interval
+        queued: _Round | None = None  # the next round, already behind the one being read
+        try:
+            while not self.link.needs_reconnect():
+                now = time.monotonic()
+                current = queued or self._start_round(conn, self._take_due(due, now))
+                queued = None
+                if current is not None:
+                    ends = self._expected_end(conn, current)
+                    if ends is not None:
+                        queued = self._start_round(conn, self._take_due(due, ends))
+                    await self._finish_round(conn, current, queued is not None)
+                if dtc_due <= now and not self.link.needs_reconnect():
+                    await self._poll_dtcs(conn)
+                    dtc_due = time.monotonic() + s.dtc_interval
+                if housekeeping_due <= now and not self.link.needs_reconnect():
+                    await self._read_voltage(conn)
+                    self._report_state()
+                    housekeeping_due = time.monotonic() + s.idle_interval
+                if queued is None:
+                    next_due = min([*due.values(), dtc_due, housekeeping_due])
+                    await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+        finally:
+            if queued is not None:  # reconnecting or stopped: its answers would come too late
+                queued.job.discard()
+
+    def _take_due(self, due: dict[str, float], by: float) -> list[Tier]:
+        """The tiers due by ``by``, each then due again ``interval`` later (not before ``by``)."""
+        taken = [tier for tier in self.settings.tiers if due[tier.name] <= by]
+        for tier in taken:
+            due[tier.name] = max(due[tier.name] + tier.interval, by)
+        return taken
+
+    def _expected_end(self, conn: _Connection, current: _Round) -> float | None:
+        """When ``current`` should end; None where no round may be queued behind it yet.
+
+        Not before a round has been timed, nor while multi-PID requests are in
+        doubt (a round built before the answer that settles it would repeat a
+        refused request).
+        """
+        if conn.seconds_per_request is None or (conn.multi_ok and conn.multi_refusals):
+            return None
+        start = current.job.started or time.monotonic()
+        return start + len(current.groups) * conn.seconds_per_request
 
     # -- what is polled ------------------------------------------------------------
     def _discover_pids(self, conn: _Connection) -> None:
@@ -361,26 +402,37 @@ class ObdCollector:
         rows = [{"{#PID}": p.name, "{#NAME}": p.description, "{#UNIT}": p.unit} for p in conn.polled]
         self.out.put(Discovery.now(self.settings.host, PID_DISCOVERY, rows))
 
-    async def _poll_tiers(self, conn: _Connection, tiers: Sequence[Tier]) -> None:
-        """One polling round over the supported PIDs of ``tiers`` (a PID in several tiers once)."""
+    def _start_round(self, conn: _Connection, tiers: Sequence[Tier]) -> _Round | None:
+        """Queue one polling round over the supported PIDs of ``tiers`` (a PID in several tiers once)."""
         specs = list(dict.fromkeys(spec for tier in tiers for spec in tier.pids if spec in conn.polled))
-        per_request = self.settings.max_pids_per_request if conn.multi_ok else 1
-        await self._poll_pids(conn, specs, per_request)
+        return self._submit_pids(conn, specs, self.settings.max_pids_per_request if conn.multi_ok else 1)
 
-    async def _poll_pids(self, conn: _Connection, specs: Sequence[PidSpec], per_request: int) -> None:
-        """Read ``specs`` in one job, ``per_request`` PIDs per request; re-read singly what
-        multi-PID requests left out."""
+    def _submit_pids(self, conn: _Connection, specs: Sequence[PidSpec], per_request: int) -> _Round | None:
         if not specs:
-            return
+            return None
         groups = _chunks(specs, per_request)
-        answers = await self._requests(conn, [_mode_01_request(group) for group in groups])
+        commands = [_mode_01_request(group) for group in groups]
+        return _Round(groups, commands, self._submit_requests(conn, commands))
+
+    async def _finish_round(self, conn: _Connection, polled: _Round, queued_behind: bool = False) -> None:
+        """Report a round's values; re-read singly what multi-PID requests left out."""
+        answers = await self._answers(conn, polled.job, polled.commands)
+        if queued_behind:
+            # Decoding holds the GIL, which the worker needs to send the next round's first
+            # request: let that request go out first (it then waits ~the adapter's latency).
+            await asyncio.sleep(_SEND_FIRST)
+        ran_for = polled.job.ran_for
+        if answers and ran_for is not None:
+            conn.seconds_per_request = ran_for / len(answers)
         left_out: list[PidSpec] = []
-        for group, answer in zip(groups, answers, strict=False):  # fewer answers if the link failed
+        for group, answer in zip(polled.groups, answers, strict=False):  # fewer answers if the link failed
             found = self._report_pids(conn, group, answer)
             if len(group) > 1:
                 left_out += [spec for spec in group if spec not in found]
         if left_out and not self.link.needs_reconnect():
-            await self._poll_pids(conn, left_out, 1)
+            singles = self._submit_pids(conn, left_out, 1)
+            if singles is not None:
+                await self._finish_round(conn, singles)
 
     def _report_pids(self, conn: _Connection, group: Sequence[PidSpec], answer: Answer) -> set[PidSpec]:
         """Decode and report one answer to a mode 01 request; the PIDs it carried."""
