@@ -272,15 +272,8 @@ async def agent_run(
 ) -> tuple[Round, Round]:
     """One agent life: warm-up (one update per AP), then the measured round."""
     settings = load_settings(config)
-    spool = Spool(settings.spool.path, settings.spool.max_readings, settings.spool.sync)
-    pipeline = Pipeline(
-        agent=settings.agent,
-        spool_settings=settings.spool,
-        spool=spool,
-        filters=settings.filters,
-        collectors=settings.collectors,
-        destinations=settings.destinations,
-    )
+    pipeline = Pipeline.from_settings(settings)  # the config has no [prometheus]: no observers
+    spool = pipeline.spool
     (collector,) = settings.collectors
     (dest,) = settings.destinations
     assert isinstance(collector, MistCollector) and isinstance(dest, ZabbixDestination)
