@@ -103,6 +103,14 @@ class MistServer:
         frame = json.dumps({"event": "data", "channel": channel, "data": json.dumps(device)})
         return await self._send(self.subscribers(site_id), frame)
 
+    async def push_fragmented(self, site_id: str, device: dict[str, Any], pieces: int) -> int:
+        """Like :meth:`push`, the frame split into ``pieces`` websocket fragments (one message)."""
+        channel = f"/sites/{site_id}/stats/devices"
+        text = json.dumps({"event": "data", "channel": channel, "data": json.dumps(device)})
+        size = -(-len(text) // pieces)
+        fragments = [text[i : i + size] for i in range(0, len(text), size)]
+        return await self._send(self.subscribers(site_id), fragments)
+
     async def push_raw(self, frame: str | bytes) -> int:
         """Send any frame to every connected client."""
         return await self._send(list(self.clients), frame)
@@ -120,7 +128,7 @@ class MistServer:
                 await asyncio.sleep(0.01)
 
     # -- internals -----------------------------------------------------------
-    async def _send(self, clients: list[Client], frame: str | bytes) -> int:
+    async def _send(self, clients: list[Client], frame: str | bytes | list[str]) -> int:
         sent = 0
         for client in clients:
             try:

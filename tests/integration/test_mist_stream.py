@@ -128,6 +128,29 @@ def test_reconnect_resubscribes_and_everything_received_is_emitted(tmp_path: Pat
     run(scenario)
 
 
+def test_fragmented_binary_and_plain_messages_are_used_in_order(tmp_path: Path) -> None:
+    """The collector takes messages straight from the websocket parser: fragments and binary frames too."""
+
+    async def scenario() -> None:
+        async with (
+            MistServer(TOKEN, dict(SITES), dict(ORGS)) as server,
+            collecting(tmp_path, server, sites=["s1"]) as (_, out),
+        ):
+            await server.wait_until(all_subscribed(server, ["s1"]))
+            await server.push_fragmented("s1", ap_full("5c5b35000001", "ap-1", num_clients=0), pieces=5)
+            update = json.dumps(ap_basic("5c5b35000001", num_clients=1))
+            binary = {"event": "data", "channel": "/sites/s1/stats/devices", "data": update}
+            await server.push_raw(json.dumps(binary).encode())
+            await server.push("s1", ap_basic("5c5b35000001", num_clients=2))
+            await server.push_fragmented("s1", ap_basic("5c5b35000001", num_clients=3), pieces=3)
+            await server.wait_until(lambda: len(raw_states(out, "5c5b35000001")) == 4)
+            assert [s["num_clients"] for s in raw_states(out, "5c5b35000001")] == [0, 1, 2, 3]
+            assert raw_states(out, "5c5b35000001")[-1]["name"] == "ap-1"
+            assert out.errors == []
+
+    run(scenario)
+
+
 def test_a_refused_token_is_one_clear_error_and_retried_with_backoff(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with MistServer("the-right-token", dict(SITES), dict(ORGS)) as server:
