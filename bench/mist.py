@@ -454,17 +454,17 @@ def stage_costs(frames: list[str], aps: int, workdir: Path) -> dict[str, float]:
     parsed = timed_stage(FLOOR + "websocket frames parsed (library, no socket I/O)", parse_wire)
     assert len(parsed) == count
     events = timed_stage(
-        FLOOR + "decode frame (JSON twice)", lambda: [decode_frame(f, 1 << 20) for f in frames]
+        FLOOR + "decode frame (envelope JSON)", lambda: [decode_frame(f, 1 << 20) for f in frames]
     )
 
     def merge() -> list[Any]:
         items: list[Any] = []
         for event in events:
-            fleet.update(event.channel.split("/")[2], event.payload, 1.0)
+            fleet.update(event.channel.split("/")[2], event.data, 1.0)
             items += fleet.due(1.0, sweep=False)
         return items
 
-    items = timed_stage("fleet: filter, merge, raw JSON", merge)
+    items = timed_stage("fleet: read kept fields of the update JSON, merge, raw JSON", merge)
     filters = Filters([], FilterRule("*", 0.0, 0.0), 3600.0)
     admitted = timed_stage(
         "normalize + filter", lambda: [i for i in map(normalize, items) if filters.admit(i)]

@@ -13,6 +13,7 @@ from trapline.collectors.mist.frames import (
     SubscribeFailed,
     decode_frame,
     device_stats_channel,
+    parse_payload,
     site_of_channel,
 )
 
@@ -20,9 +21,17 @@ LIMIT = 1 << 20
 CHANNEL = "/sites/4ac1dcf4-9d8b-7211-65c4-057819f0862b/stats/devices"
 
 
-def test_data_is_decoded_twice() -> None:
-    frame = json.dumps({"event": "data", "channel": CHANNEL, "data": json.dumps({"mac": "5c5b35000001"})})
+def test_data_is_handed_on_as_the_json_text_mist_sent() -> None:
+    text = json.dumps({"mac": "5c5b35000001"})
+    frame = json.dumps({"event": "data", "channel": CHANNEL, "data": text})
+    assert decode_frame(frame, LIMIT) == DataFrame(CHANNEL, text)
+    assert parse_payload(text) == {"mac": "5c5b35000001"}
+
+
+def test_data_sent_as_an_object_is_used_as_it_is() -> None:
+    frame = json.dumps({"event": "data", "channel": CHANNEL, "data": {"mac": "5c5b35000001"}})
     assert decode_frame(frame, LIMIT) == DataFrame(CHANNEL, {"mac": "5c5b35000001"})
+    assert parse_payload({"mac": "5c5b35000001"}) == {"mac": "5c5b35000001"}
 
 
 def test_bytes_frames_are_decoded_too() -> None:
@@ -45,11 +54,9 @@ def test_subscribe_failed_keeps_the_detail() -> None:
         ("[1, 2]", "JSON list, not an object"),
         ('{"channel": "/x"}', "no event name"),
         ('{"event": "data"}', "no channel"),
-        ('{"event": "data", "channel": "/x", "data": "{broken"}', "is not valid JSON"),
-        ('{"event": "data", "channel": "/x", "data": "[1]"}', "JSON list, not an object"),
+        ('{"event": "data", "channel": "/x", "data": [1]}', "JSON list, not an object"),
         ('{"event": "data", "channel": "/x", "data": 5}', "JSON int, not an object"),
         ('{"event": "data", "channel": "/x"}', "JSON NoneType, not an object"),
-        ('{"event": "data", "channel": "/x", "data": "{\\"a\\": NaN}"}', "is not valid JSON"),
         ('{"event": "surprise", "channel": "/x"}', "unknown event 'surprise'"),
         ("[" * 100_000, "not JSON"),
     ],
@@ -57,6 +64,20 @@ def test_subscribe_failed_keeps_the_detail() -> None:
 def test_bad_frames_raise_a_reason(frame: str | bytes, reason: str) -> None:
     with pytest.raises(FrameError, match=reason):
         decode_frame(frame, LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ("{broken", "is not valid JSON"),
+        ("[1]", "JSON list, not an object"),
+        ('{"a": NaN}', "is not valid JSON"),
+        ("[" * 100_000, "is not valid JSON"),
+    ],
+)
+def test_bad_device_updates_raise_a_reason(data: str, reason: str) -> None:
+    with pytest.raises(FrameError, match=reason):
+        parse_payload(data)
 
 
 def test_huge_frames_are_refused_before_parsing() -> None:

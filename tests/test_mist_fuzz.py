@@ -6,14 +6,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.mist_server import ap_full
 from tests.outbox import ListOutbox
 from trapline.collectors.mist import MistCollector, build
-from trapline.collectors.mist.fleet import LLD_KEY, RAW_KEY, STALE_KEY, SiteInfo
-from trapline.collectors.mist.frames import FrameError, decode_frame
+from trapline.collectors.mist.fleet import (
+    LLD_KEY,
+    MAX_TEXT,
+    RAW_KEY,
+    STALE_KEY,
+    FieldSchema,
+    SiteInfo,
+    encode_json,
+)
+from trapline.collectors.mist.frames import DataFrame, FrameError, decode_frame, parse_payload
 from trapline.collectors.mist.stream import StreamConnection
 from trapline.middleware.config import Section
 from trapline.middleware.model import Discovery, Reading
@@ -88,7 +97,9 @@ def test_no_frame_crashes_and_bad_ones_are_counted(tmp_path: Path, batch: list[s
         errors_before = len(out.errors)
         connection.handle(frame)  # must never raise
         try:
-            decode_frame(frame, MAX_FRAME)
+            event = decode_frame(frame, MAX_FRAME)
+            if isinstance(event, DataFrame) and event.channel == CHANNEL:
+                parse_payload(event.data)
         except FrameError:
             assert len(out.errors) == errors_before + 1  # one bad frame, one counted error
     for item in out.items:
@@ -101,6 +112,59 @@ def test_no_frame_crashes_and_bad_ones_are_counted(tmp_path: Path, batch: list[s
             assert item.host.startswith("mist-ap-")
             if item.key == RAW_KEY:
                 assert isinstance(json.loads(str(item.value)), dict)
+
+
+# Values at and beyond the limits the careful path checks (text length, 64-bit integers).
+edge_values = (
+    st.sampled_from([2**63 - 1, 2**63, 2**64, -(2**63), -(2**63) - 1])
+    | st.integers(MAX_TEXT - 1, MAX_TEXT + 1).map(lambda n: "é" * n)
+    | st.dictionaries(
+        st.integers(63, 65).map(lambda n: "e" * n), st.dictionaries(st.text(max_size=3), json_values)
+    )
+)
+updates = st.dictionaries(field_names, json_values | edge_values, max_size=8) | st.builds(
+    lambda mac, extra: ap_full(mac, "ap") | extra,
+    st.from_regex(r"[0-9a-f]{12}", fullmatch=True),
+    st.dictionaries(field_names | st.just("version"), json_values | edge_values, max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(update=updates)
+def test_one_pass_reading_keeps_exactly_what_the_careful_path_keeps(update: dict[str, Any]) -> None:
+    assert_same_state(update)
+
+
+@pytest.mark.parametrize(
+    "value", [2**63 - 1, 2**63, 2**64, -(2**63), -(2**63) - 1, "é" * MAX_TEXT, "é" * (MAX_TEXT + 1)]
+)
+def test_values_at_the_limits_give_the_same_state_both_ways(value: object) -> None:
+    update = ap_full("5c5b35000001", "ap-1") | {"uptime": value, "env_stat": {"cpu_temp": value}}
+    update["radio_stat"]["band_5"]["channel"] = value
+    assert_same_state(update)
+
+
+def assert_same_state(update: dict[str, Any]) -> None:
+    """filter_json either gives the careful path's state, byte for byte, or declines."""
+    schema = FieldSchema.load()
+    text = json.dumps(update)
+    fast = schema.filter_json(text)
+    try:
+        careful, problems = schema.filter(parse_payload(text))
+    except FrameError:  # e.g. Infinity, which json.dumps writes: not JSON for either path
+        assert fast is None
+        return
+    if fast is not None:
+        assert problems == []
+        assert encode_json(fast) == encode_json(careful)
+
+
+def test_well_formed_updates_take_the_one_pass_path() -> None:
+    schema = FieldSchema.load()
+    update = ap_full("5c5b35000001", "ap-1") | {"unknown": {"deep": [1, 2, {"x": None}]}}
+    fast = schema.filter_json(json.dumps(update))
+    assert fast is not None and "unknown" not in fast and fast["radio_stat"]["band_24"]["channel"] == 6
+    assert encode_json(fast) == encode_json(schema.filter(update)[0])
 
 
 def test_good_aps_keep_flowing_between_bad_frames(tmp_path: Path) -> None:

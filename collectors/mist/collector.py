@@ -73,7 +73,7 @@ class MistCollector:
             out.error(f"mist {self.name}: data on a channel not subscribed: {event.channel[:80]!r}")
             return
         try:
-            problems = self.fleet.update(site_id, event.payload, time.monotonic())
+            problems = self.fleet.update(site_id, event.data, time.monotonic())
         except FrameError as exc:
             out.error(f"mist {self.name}: site {site_id}: {exc}")
             return

@@ -1,10 +1,12 @@
 """Decoding of Mist stream frames.
 
 Every frame is a JSON object with ``event`` and ``channel``.  ``data`` frames
-carry the payload as a JSON *string* inside the JSON envelope, so it is decoded
-a second time.  Anything that does not fit raises :class:`FrameError` with a
-short reason that is safe to log (it never quotes more than a few characters
-of the frame).
+carry the device update as a JSON *string* inside the JSON envelope; that
+string is left to the fleet, which reads only the fields it keeps
+(:meth:`~trapline.collectors.mist.fleet.FieldSchema.filter_json`) and falls back
+to :func:`parse_payload` for anything unusual.  Anything that does not fit
+raises :class:`FrameError` with a short reason that is safe to log (it never
+quotes more than a few characters of the frame).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class SubscribeFailed:
 @dataclass(frozen=True, slots=True)
 class DataFrame:
     channel: str
-    payload: dict[str, Any]
+    data: str | dict[str, Any]  # the device update: JSON text, as Mist sends it, or an object
 
 
 Event = Subscribed | SubscribeFailed | DataFrame
@@ -107,13 +109,19 @@ def decode_frame(frame: str | bytes, max_bytes: int) -> Event:
     if event != "data":
         raise FrameError(f"unknown event {_short(event)} on channel {_short(channel)}")
     data = envelope.get("data")
-    if isinstance(data, str):
-        try:
-            payload = parse_json(data)
-        except (ValueError, RecursionError):
-            raise FrameError(f"data on {_short(channel)} is not valid JSON") from None
-    else:
-        payload = data
+    if not isinstance(data, str | dict):
+        raise FrameError(f"data on {_short(channel)} is a JSON {type(data).__name__}, not an object")
+    return DataFrame(channel, data)
+
+
+def parse_payload(data: str | dict[str, Any]) -> dict[str, Any]:
+    """The device update of a data frame as an object; raises FrameError when it is none."""
+    if isinstance(data, dict):
+        return data
+    try:
+        payload = parse_json(data)
+    except (ValueError, RecursionError):
+        raise FrameError("data is not valid JSON") from None
     if not isinstance(payload, dict):
-        raise FrameError(f"data on {_short(channel)} is a JSON {type(payload).__name__}, not an object")
-    return DataFrame(channel, payload)
+        raise FrameError(f"data is a JSON {type(payload).__name__}, not an object")
+    return payload

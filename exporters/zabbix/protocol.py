@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Final
 
+import orjson
+
 from trapline.middleware.model import Reading
 
 MAGIC: Final = b"ZBXD"
@@ -68,7 +70,12 @@ def value_text(value: str | int | float) -> str:
 
 
 def _value_json(value: str | int | float) -> str:
-    return encode_basestring(value_text(value))
+    text = value_text(value)
+    try:
+        # orjson escapes a long text (a Mist AP's JSON state, ~1.6 KB) about 3x faster.
+        return orjson.dumps(text).decode()
+    except orjson.JSONEncodeError:  # a lone surrogate; request_json replaces it later
+        return encode_basestring(text)
 
 
 def encode_values_by_item(items: Iterable[tuple[tuple[str, str], Iterable[Reading]]]) -> str:
