@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -402,13 +403,22 @@ class LocalZabbix:
     # -- lifecycle -----------------------------------------------------------------------
 
     def __enter__(self) -> LocalZabbix:
-        self.start()
+        self._sigterm = sigterm_as_exit()
+        self._sigterm.__enter__()
+        try:
+            self.start()
+        except BaseException:
+            self._sigterm.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            self._sigterm.__exit__(None, None, None)
 
     def start(self) -> None:
         if self._children:
@@ -848,6 +858,32 @@ def _sync_finished_since(syncer: int, before: str) -> bool:
     # done it shows the new duration (to the microsecond) and "idle", so it differs from before.
     now = _process_title(syncer)
     return "synced configuration" in now and "syncing" not in now and now != before
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Inside, SIGTERM raises SystemExit(143), so ``with`` blocks and ``finally`` clauses run.
+
+    By default SIGTERM ends Python at once: a bench or script killed with ``kill``
+    would leave its stack's server, PostgreSQL and php running.  Only installed
+    where SIGTERM still has its default action, in the main thread; the first
+    signal is acted on, repeats are ignored until the cleanup is done.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def main() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -55,6 +57,34 @@ def test_failed_start_names_the_step_and_leaves_nothing_running(version: str, tm
     message = str(failure.value)
     assert message.startswith("start zabbix_server:")
     assert "StartTrappers" in message  # the server's own complaint, from the tail of its output
+    leftovers = [p for p in Path("/proc").glob("[0-9]*") if _mounts_mention(p, tmp_path)]
+    assert leftovers == []
+
+
+_KEEP_STACK_UP = """
+import sys, time
+from pathlib import Path
+from trapline.localzabbix import LocalZabbix
+with LocalZabbix("6.0", Path(sys.argv[1])):
+    print("up", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.integration
+def test_a_script_killed_with_sigterm_stops_its_stack(tmp_path: Path) -> None:
+    """``kill`` on a script inside ``with LocalZabbix(...)`` must not leave server, database or php behind."""
+    script = subprocess.Popen(
+        [sys.executable, "-c", _KEEP_STACK_UP, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert script.stdout is not None and script.stdout.readline() == "up\n"
+        running = [p for p in Path("/proc").glob("[0-9]*") if _mounts_mention(p, tmp_path)]
+        assert running  # the check below can only pass because the stack stopped
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        script.kill()
     leftovers = [p for p in Path("/proc").glob("[0-9]*") if _mounts_mention(p, tmp_path)]
     assert leftovers == []
 
