@@ -7,6 +7,15 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SpoolQueue:
+    """What Spool.put needs of a destination (its queue name, whether it reads labels), without one."""
+
+    name: str
+    needs_labels: bool
 
 
 def median(samples: Sequence[float]) -> float:

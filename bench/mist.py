@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.mist_server, the Mist stand-in
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, median, table
+from _util import SpoolQueue, machine, median, table
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 
@@ -60,6 +60,7 @@ from trapline.middleware.settings import load_settings
 from trapline.middleware.spool import Spool
 
 TOKEN = "bench-token"
+CLAIM_BATCH = 10_000  # the [spool] batch default
 SITES = 10
 WAIT_LIMIT = 300.0
 
@@ -470,21 +471,22 @@ def stage_costs(frames: list[str], aps: int, workdir: Path) -> dict[str, float]:
         "normalize + filter", lambda: [i for i in map(normalize, items) if filters.admit(i)]
     )
     spool = Spool(workdir / "stages.db")
+    zabbix = SpoolQueue("zabbix", ZabbixDestination.needs_labels)
 
     def put() -> None:
         for start in range(0, len(admitted), 5000):  # the intake's high-water mark
-            spool.put(admitted[start : start + 5000], ["zabbix"])
+            spool.put(admitted[start : start + 5000], [zabbix])
 
     timed_stage(FLOOR + "spool put (sync=full, 5000 per commit)", put)
 
     def drain() -> list[Any]:
         claimed = []
-        while batch := spool.claim("zabbix", 2000):
+        while batch := spool.claim(zabbix.name, CLAIM_BATCH):
             spool.ack(s.id for s in batch)
             claimed += [s.item for s in batch]
         return claimed
 
-    claimed = timed_stage(FLOOR + "spool claim 2000 + ack", drain)
+    claimed = timed_stage(FLOOR + f"spool claim {CLAIM_BATCH} + ack", drain)
     spool.close()
     timed_stage(
         FLOOR + "Zabbix encode, 250 per request",

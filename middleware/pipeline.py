@@ -154,7 +154,7 @@ class Pipeline:
         if not admitted:
             return 0
         try:
-            dropped = self.spool.put(admitted, [d.name for d in self.destinations])
+            dropped = self.spool.put(admitted, self.destinations)
         except (sqlite3.Error, OSError) as exc:
             self._keep_unspooled(admitted, exc)
             raise

@@ -78,6 +78,8 @@ class Destination(Protocol):
     """An acknowledging receiver; the pipeline keeps a spool queue per destination."""
 
     name: str
+    # Whether deliver() reads Reading.labels; the spool stores them only for those that do.
+    needs_labels: bool
 
     async def deliver(self, batch: Sequence[Spooled]) -> Delivery: ...
 

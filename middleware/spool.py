@@ -17,6 +17,17 @@ fsync policy (``[spool] sync``):
 Bound: at most ``max_readings`` rows.  When a new batch would exceed it, the
 oldest rows are deleted (fresh data matters more to monitoring than old), each
 one counted in ``dropped`` and logged by the pipeline.
+
+Labels are stored only for destinations that read them (``needs_labels``, e.g.
+MQTT); a Zabbix queue gets its readings back with empty labels.  Rows written
+by older versions still carry their labels and decode as before.
+
+Layout: one index ``(dest, next_try, id)``.  Rows that were never refused have
+``next_try = 0`` (a put, or a deferral while the destination was unreachable),
+so that slice of the index is already in id order: ``claim`` walks it without
+sorting and merges in the few refused rows that are due again.  ``next_due`` is
+the minimum of the same index.  Spool files of older versions have exactly
+this layout.
 """
 
 from __future__ import annotations
@@ -26,7 +37,9 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
+from typing import Protocol
 
 from trapline.middleware.model import Discovery, Item, Reading
 from trapline.middleware.plugin import Spooled
@@ -51,10 +64,28 @@ CREATE TABLE IF NOT EXISTS queue (
 CREATE INDEX IF NOT EXISTS queue_by_dest ON queue (dest, next_try, id);
 """
 
+_COLUMNS = "id, discovery, host, key, value, clock, ns, unit, labels, enqueued, attempts"
+# Rows never refused, oldest first: the index walks them in id order, no sort.
+_CLAIM_WAITING = f"SELECT {_COLUMNS} FROM queue WHERE dest = ? AND next_try = 0 ORDER BY id LIMIT ?"
+# Refused rows whose retry time has come.  Only their ids are sorted (the index covers them).
+_DUE_RETRIES = "SELECT id FROM queue WHERE dest = ? AND next_try > 0 AND next_try <= ? ORDER BY id LIMIT ?"
+_ROWS_BY_ID = f"SELECT {_COLUMNS} FROM queue WHERE id IN (SELECT value FROM json_each(?))"
+
 # One encoder for every row: json.dumps with options builds a new encoder per call.
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 _Row = tuple[int, int, str, str, object, int, int, str, str | None, float, int]
+_row_id = itemgetter(0)
+
+
+class Recipient(Protocol):
+    """What ``put`` needs to know of a destination; every ``Destination`` is one."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_labels(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +106,28 @@ class Spool:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={sync.upper()}")
+        # Builds with SECURE_DELETE (Debian's) zero every deleted row and rewrite every
+        # freed page: that doubled the cost of ack and the writes to flash.  FAST still
+        # zeroes deleted rows in pages that are written anyway.
+        self._db.execute("PRAGMA secure_delete=FAST")
         self._db.executescript(_SCHEMA)
         self._depth: int = self._db.execute("SELECT count(*) FROM queue").fetchone()[0]
 
     # -- writing -------------------------------------------------------------
-    def put(self, items: Sequence[Item], destinations: Sequence[str]) -> int:
-        """Append items for every destination in one transaction; returns rows dropped by the bound."""
+    def put(self, items: Sequence[Item], destinations: Sequence[str | Recipient]) -> int:
+        """Append items for every destination in one transaction; returns rows dropped by the bound.
+
+        A destination given by name alone gets the readings' labels stored, as does one
+        that does not say whether it ``needs_labels``: nothing is left out unless asked.
+        """
         if not items or not destinations:
             return 0
         now = time.time()
-        rows = [_encode(item, dest, now) for dest in destinations for item in items]
+        rows = [
+            _encode(item, name, now, labelled)
+            for name, labelled in map(_queue_of, destinations)
+            for item in items
+        ]
         with self._transaction():
             self._db.executemany(
                 "INSERT INTO queue (dest, discovery, host, key, value, clock, ns, unit, labels, enqueued)"
@@ -128,6 +171,8 @@ class Spool:
         """Retry these rows at ``next_try``; ``refused`` marks a refusal by the destination."""
         id_list = json.dumps(list(ids))
         now = time.time()
+        # Due at once (or earlier) means waiting again, in id order among the unrefused rows.
+        next_try = max(next_try, 0.0)
         with self._transaction():
             if refused:
                 self._db.execute(
@@ -155,12 +200,12 @@ class Spool:
     def claim(self, dest: str, limit: int, now: float | None = None) -> list[Spooled]:
         """The oldest rows due for ``dest``; they stay spooled until acked."""
         due = time.time() if now is None else now
-        cur = self._db.execute(
-            "SELECT id, discovery, host, key, value, clock, ns, unit, labels, enqueued, attempts"
-            " FROM queue WHERE dest = ? AND next_try <= ? ORDER BY id LIMIT ?",
-            (dest, due, limit),
-        )
-        return [_decode(row) for row in cur]
+        rows: list[_Row] = self._db.execute(_CLAIM_WAITING, (dest, limit)).fetchall()
+        retries = [rid for (rid,) in self._db.execute(_DUE_RETRIES, (dest, due, limit))]
+        if retries:
+            rows += self._db.execute(_ROWS_BY_ID, (json.dumps(retries),)).fetchall()
+            rows = sorted(rows, key=_row_id)[:limit]
+        return [_decode(row) for row in rows]
 
     def next_due(self, dest: str) -> float | None:
         row = self._db.execute("SELECT min(next_try) FROM queue WHERE dest = ?", (dest,)).fetchone()
@@ -195,11 +240,18 @@ class _Transaction:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-def _encode(item: Item, dest: str, now: float) -> tuple[object, ...]:
+def _queue_of(destination: str | Recipient) -> tuple[str, bool]:
+    """(queue name, whether its rows keep labels)."""
+    if isinstance(destination, str):
+        return destination, True
+    return destination.name, bool(getattr(destination, "needs_labels", True))
+
+
+def _encode(item: Item, dest: str, now: float, labelled: bool) -> tuple[object, ...]:
     if isinstance(item, Discovery):
         rows = _compact_json([dict(r) for r in item.rows])
         return (dest, 1, item.host, item.rule, rows, item.clock, item.ns, "", None, now)
-    labels = _compact_json(dict(item.labels)) if item.labels else None
+    labels = _compact_json(dict(item.labels)) if labelled and item.labels else None
     return (dest, 0, item.host, item.key, item.value, item.clock, item.ns, item.unit, labels, now)
 
 

@@ -21,6 +21,8 @@ from trapline.middleware.spool import Spool
 class ScriptedDestination:
     """Accepts keys in ``accept``; refuses others; or is unreachable."""
 
+    needs_labels = False
+
     def __init__(self, name: str = "dest") -> None:
         self.name = name
         self.accept: set[str] | None = None  # None = accept everything

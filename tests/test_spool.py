@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from trapline.middleware.model import Discovery, Reading
@@ -74,6 +76,119 @@ def test_reopen_sees_everything(tmp_path: Path) -> None:
     again = Spool(tmp_path / "s.db")
     assert again.depth() == 50
     assert [s.item for s in again.claim("z", 100)] == readings(50)
+
+
+@dataclass
+class Recipient:
+    name: str
+    needs_labels: bool
+
+
+def test_labels_are_stored_only_for_destinations_that_read_them(tmp_path: Path) -> None:
+    class Silent:  # a destination that does not say: it keeps its labels
+        name = "silent"
+
+    spool = Spool(tmp_path / "s.db")
+    items = readings(3)
+    spool.put(items, [Recipient("mqtt", True), Recipient("zbx", False), "by-name", Silent()])
+    for keeps in ("mqtt", "by-name", "silent"):
+        assert [s.item for s in spool.claim(keeps, 10)] == items
+    stripped = [s.item for s in spool.claim("zbx", 10)]
+    assert stripped == [Reading(r.host, r.key, r.value, r.clock, r.ns, r.unit, {}) for r in items]
+    stored = dict(spool._db.execute("SELECT dest, count(labels) FROM queue GROUP BY dest").fetchall())
+    assert stored == {"mqtt": 3, "by-name": 3, "silent": 3, "zbx": 0}
+
+
+def test_claim_never_sorts_whole_rows(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    spool.put(readings(20), ["z"])
+    ids = [s.id for s in spool.claim("z", 20)]
+    spool.defer(ids[:5], time.time() - 1, refused=True)  # refused rows due again: the retry path too
+    statements: list[str] = []
+    spool._db.set_trace_callback(statements.append)  # the SQL claim runs, values filled in
+    assert len(spool.claim("z", 10)) == 10
+    spool._db.set_trace_callback(None)
+    plans = [
+        " ".join(row[3] for row in spool._db.execute("EXPLAIN QUERY PLAN " + sql))
+        for sql in statements
+        if sql.lstrip().upper().startswith("SELECT")
+    ]
+    assert len(plans) >= 2
+    for plan in plans:
+        # Sorting is allowed only over what an index covers (ids), never over the rows.
+        assert "TEMP B-TREE" not in plan or "COVERING INDEX" in plan, plan
+    assert any("USING INDEX queue_by_dest (dest=? AND next_try=?)" in plan for plan in plans), plans
+
+
+def test_claim_merges_due_retries_in_id_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    spool.put(readings(10), ["z"])
+    ids = [s.id for s in spool.claim("z", 10)]
+    now = time.time()
+    spool.defer([ids[1], ids[5]], now - 1, refused=True)  # refused, due again
+    spool.defer([ids[3]], now + 3600, refused=True)  # refused, not yet due
+    spool.defer([ids[7]], 0.0, refused=False)  # unreachable: due at once
+    assert [s.id for s in spool.claim("z", 100, now=now)] == [i for i in ids if i != ids[3]]
+    assert [s.id for s in spool.claim("z", 4, now=now)] == [ids[0], ids[1], ids[2], ids[4]]
+    assert [s.attempts for s in spool.claim("z", 3, now=now)] == [0, 1, 0]
+    assert spool.next_due("z") == 0.0
+    spool.ack(i for i in ids if i != ids[3])
+    assert spool.next_due("z") == now + 3600
+    assert spool.claim("z", 10, now=now) == []
+
+
+def test_ack_removes_exactly_the_given_ids(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    spool.put(readings(20), ["a", "b"])
+    ids = [s.id for s in spool.claim("a", 100)]
+    gone = ids[0:3] + ids[4:5] + ids[9:15] + ids[19:]  # runs and single rows, out of order below
+    spool.ack(reversed(gone))
+    assert [s.id for s in spool.claim("a", 100)] == [i for i in ids if i not in gone]
+    assert spool.depth() == 40 - len(gone)
+    assert spool.depth("b") == 20
+
+
+# The schema and rows exactly as versions before the labels change wrote them.
+_OLD_SCHEMA = """
+CREATE TABLE queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, dest TEXT NOT NULL, discovery INTEGER NOT NULL,
+    host TEXT NOT NULL, key TEXT NOT NULL, value, clock INTEGER NOT NULL, ns INTEGER NOT NULL,
+    unit TEXT NOT NULL, labels TEXT, enqueued REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    first_refused REAL, next_try REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX queue_by_dest ON queue (dest, next_try, id);
+"""
+
+
+def test_a_spool_of_an_older_version_drains(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_OLD_SCHEMA)
+    db.executemany(
+        "INSERT INTO queue (dest, discovery, host, key, value, clock, ns, unit, labels, enqueued,"
+        " attempts, first_refused, next_try) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [
+            ("zbx", 0, "h", "k[0]", 1.5, 10, 0, "V", '{"pid":"RPM","n":"0"}', 5.0, 0, None, 0),
+            ("zbx", 1, "h", "lld", '[{"{#X}":"a"}]', 11, 1, "", None, 5.0, 0, None, 0),
+            ("zbx", 0, "h", "k[1]", "x", 12, 2, "", '{"n":"2"}', 5.0, 2, 6.0, 7.0),  # refused twice
+        ],
+    )
+    db.commit()
+    db.close()
+    spool = Spool(path)
+    assert spool.depth() == 3
+    assert spool.claim("zbx", 10, now=6.5)[-1].item == Discovery("h", "lld", ({"{#X}": "a"},), 11, 1)
+    rows = spool.claim("zbx", 10, now=8.0)
+    assert [s.item for s in rows] == [
+        Reading("h", "k[0]", 1.5, 10, 0, "V", {"pid": "RPM", "n": "0"}),
+        Discovery("h", "lld", ({"{#X}": "a"},), 11, 1),
+        Reading("h", "k[1]", "x", 12, 2, "", {"n": "2"}),
+    ]
+    assert rows[2].attempts == 2 and spool.first_refused([rows[2].id]) == {rows[2].id: 6.0}
+    spool.put(readings(2), ["zbx"])
+    spool.ack(s.id for s in rows)
+    assert [s.item for s in spool.claim("zbx", 10)] == readings(2)
 
 
 WRITER = textwrap.dedent(

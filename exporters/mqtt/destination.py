@@ -22,6 +22,8 @@ from trapline.middleware.plugin import Delivery, Spooled
 
 
 class MqttDestination:
+    needs_labels = True  # the message schema carries them to the centre
+
     def __init__(self, settings: BrokerSettings, max_payload: int, timeout: float) -> None:
         self.name = f"mqtt[{settings.address}]"
         self.settings = settings

@@ -195,6 +195,8 @@ class Transport(Protocol):
 class ZabbixDestination:
     """One ``servers`` entry (a server, a proxy, or an HA cluster of servers)."""
 
+    needs_labels = False  # trapper values have no labels
+
     def __init__(
         self,
         name: str,

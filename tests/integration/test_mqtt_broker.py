@@ -56,6 +56,7 @@ def readings(host: str, count: int, start: int = 0) -> list[Item]:
 
 class ListDestination:
     name = "list"
+    needs_labels = True
 
     def __init__(self) -> None:
         self.items: list[Item] = []
