@@ -512,6 +512,49 @@ def stages(args: argparse.Namespace) -> str:
     return f"stream frame: {size:.0f} bytes (median)\n" + table(["stage", "CPU us/update (median)"], rows)
 
 
+# -- does the per-update cost grow with the fleet? -------------------------------------
+
+
+def fleet_round_costs(aps: int, min_interval: float) -> tuple[float, float]:
+    """CPU us per update, each followed by due() as the collector does: first contact, then a round later.
+
+    First contact: every AP once, 1 ms apart, before the next LLD value may go
+    (lld_min_interval 10 s), so all of them wait for it.  Then every AP again
+    after it; with a min_interval the second update of each is held.
+    """
+    policy = FleetPolicy("Mist discovery", "mist-ap-", frozenset({"ap"}), 300.0, min_interval, 10.0, 3600.0)
+    fleet = Fleet(policy, FieldSchema.load())
+    sites = site_ids()
+    fleet.set_sites({s: SiteInfo(s, s, "o1", "Bench org") for s in sites})
+    texts = [json.dumps(full_update(i, 0)) for i in range(aps)]
+    costs = []
+    for start in (0.0, aps / 1000 + 10.0):
+        began = time.process_time()
+        for index, text in enumerate(texts):
+            now = start + index / 1000
+            fleet.update(sites[index % SITES], text, now)
+            fleet.due(now, sweep=False)
+        costs.append((time.process_time() - began) / aps * 1e6)
+    return costs[0], costs[1]
+
+
+def scaling(args: argparse.Namespace) -> str:
+    rows = []
+    for aps in (1000, args.fleet):
+        for min_interval in (0.0, 60.0):
+            runs = [fleet_round_costs(aps, min_interval) for _ in range(args.runs)]
+            rows.append(
+                [
+                    f"{aps:,}",
+                    f"{min_interval:g} s",
+                    f"{median([r[0] for r in runs]):.1f}",
+                    f"{median([r[1] for r in runs]):.1f}",
+                ]
+            )
+    headers = ["APs", "min_interval", "first contact (us/update)", "next round (us/update)"]
+    return "fleet.update + due(sweep=False), median\n" + table(headers, rows)
+
+
 # -- (c) memory per AP ---------------------------------------------------------------
 
 
@@ -589,7 +632,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--fleet", type=int, default=10_000, help="APs for the memory measurement")
     parser.add_argument("--direct", action="store_true", help="also feed frames without the websocket")
-    parser.add_argument("--only", choices=["throughput", "stages", "memory"], default=None)
+    parser.add_argument("--only", choices=["throughput", "stages", "scaling", "memory"], default=None)
     args = parser.parse_args()
     print(f"# mist: {args.updates} updates over {args.aps} APs, {args.runs} runs; memory at {args.fleet} APs")
     print(machine(), flush=True)
@@ -601,6 +644,8 @@ def main() -> None:
         reports.append(throughput(args))
     if args.only in (None, "stages"):
         reports.append(stages(args))
+    if args.only in (None, "scaling"):
+        reports.append(scaling(args))
     if args.only in (None, "memory"):
         reports.append(memory(args))
     print()

@@ -174,6 +174,23 @@ def test_min_interval_merges_fast_updates_instead_of_dropping_them() -> None:
     assert (state["num_clients"], state["cpu_util"]) == (7, 70)
 
 
+def test_after_an_update_only_ready_devices_go_and_held_ones_wait_for_the_sweep() -> None:
+    """due(sweep=False) follows every update, so it must not walk the held devices of a large fleet."""
+    fleet = make_fleet(min_interval=60.0, lld_min_interval=0.0)
+    fleet.update("s1", ap_full(MAC1, "ap-1"), 0.0)
+    fleet.update("s1", ap_full(MAC2, "ap-2"), 0.0)
+    first = fleet.due(0.0, sweep=False)  # the LLD value announces both: both go with it
+    assert len(lld(first)) == 1 and len(raw(first)) == 1 and len(raw(first, NODE2)) == 1
+    fleet.update("s1", ap_basic(MAC1, num_clients=7), 10.0)
+    assert fleet.due(10.0, sweep=False) == []  # inside min_interval: held
+    fleet.update("s1", ap_basic(MAC2, num_clients=3), 70.0)
+    after_update = fleet.due(70.0, sweep=False)
+    assert raw(after_update) == [] and raw(after_update, NODE2)[0]["num_clients"] == 3
+    (released,) = raw(fleet.due(70.0))  # the tick releases ap-1's held update
+    assert released["num_clients"] == 7
+    assert raw(fleet.due(80.0)) == []  # once
+
+
 def test_flush_sends_what_is_held() -> None:
     fleet = make_fleet(min_interval=60.0)
     fleet.update("s1", ap_full(MAC1, "ap-1"), 0.0)

@@ -316,7 +316,12 @@ class Fleet:
         self._devices: dict[str, _Device] = {}
         self._shapes: dict[object, object] = {}  # every state shape once
         self._sites: dict[str, SiteInfo] = {}
-        self._pending: set[str] = set()  # devices with an update not yet sent
+        # Devices with an update not sent yet: those that may go at the next due(),
+        # and those held (not announced yet, or inside min_interval).  Per update
+        # only the device at hand is looked at; the held ones are looked at again
+        # on a sweep or after an LLD value, so a large fleet costs O(1) per update.
+        self._ready: set[str] = set()
+        self._held: set[str] = set()
         self._queued: list[Item] = []  # sent at the next due(), before anything else
         # The LLD rows are rebuilt when they may be due, not kept: only a digest
         # of the last built and the last sent list stays in memory.
@@ -334,7 +339,8 @@ class Fleet:
         self._sites = dict(sites)
         for key in [k for k, d in self._devices.items() if d.site_id not in self._sites]:
             del self._devices[key]
-            self._pending.discard(key)
+            self._ready.discard(key)
+            self._held.discard(key)
         self._lld_dirty = True
 
     def update(self, site_id: str, data: str | dict[str, Any], now: float) -> list[str]:
@@ -390,7 +396,11 @@ class Fleet:
         device.updated = now
         device.clock_ns = time.time_ns()
         if self._eligible(device):
-            self._pending.add(key)
+            if self._may_send(device, now):
+                self._ready.add(key)
+                self._held.discard(key)
+            else:
+                self._held.add(key)
             if device.stale:
                 device.stale = False
                 self._queued.append(self._stale_reading(device, 0))
@@ -398,23 +408,27 @@ class Fleet:
 
     # -- output --------------------------------------------------------------
     def due(self, now: float, sweep: bool = True) -> list[Item]:
-        """Everything to send now.  ``sweep`` also checks every device for staleness."""
+        """Everything to send now.
+
+        ``sweep`` (the collector's periodic tick) also checks every device for
+        staleness and releases held updates whose time has come; without it (after
+        each update) only what is ready goes, at a cost independent of fleet size.
+        """
         items, self._queued = self._queued, []
         if sweep:
             items.extend(self._newly_stale(now))
         lld = self._discovery_due(now)
         if lld is not None:
             items.append(lld)
-        held: set[str] = set()  # a new set: a drained one would keep its peak-sized table
-        for key in self._pending:
+        if sweep or lld is not None:  # an LLD value may just have announced held devices
+            self._release_held(now)
+        ready, self._ready = self._ready, set()  # a new set: a drained one keeps its peak size
+        for key in ready:
             device = self._devices[key]
-            if not device.announced:
-                held.add(key)  # its host does not exist before the LLD value reached Zabbix
-            elif device.emitted is None or now - device.emitted >= self.policy.min_interval:
+            if device.announced:
                 items.append(self._raw_reading(device, now))
-            else:
-                held.add(key)
-        self._pending = held
+            else:  # left out of an LLD value since its update: its host is going away
+                self._held.add(key)
         return items
 
     def flush(self) -> list[Item]:
@@ -423,8 +437,10 @@ class Fleet:
         rows = self.lld_rows()
         if rows and self._lld_digest != self._lld_sent_digest:
             items.append(self._discovery(rows, 0.0))
-        items.extend(self._raw_reading(self._devices[k], 0.0) for k in sorted(self._pending))
-        self._pending.clear()
+        unsent = sorted(self._ready | self._held)
+        items.extend(self._raw_reading(self._devices[k], 0.0) for k in unsent)
+        self._ready.clear()
+        self._held.clear()
         return items
 
     def lld_rows(self) -> tuple[dict[str, str], ...]:
@@ -444,6 +460,18 @@ class Fleet:
         return len(self._devices)
 
     # -- helpers -------------------------------------------------------------
+    def _may_send(self, device: _Device, now: float) -> bool:
+        # A device's host exists only once an LLD value named it; min_interval spaces its values.
+        return device.announced and (
+            device.emitted is None or now - device.emitted >= self.policy.min_interval
+        )
+
+    def _release_held(self, now: float) -> None:
+        still: set[str] = set()
+        for key in self._held:
+            (self._ready if self._may_send(self._devices[key], now) else still).add(key)
+        self._held = still
+
     def _eligible(self, device: _Device) -> bool:
         return device.mac is not None and device.kind in self.policy.device_types
 
