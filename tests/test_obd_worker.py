@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -104,16 +105,21 @@ def test_an_exception_ends_the_round_and_is_raised() -> None:
     assert ran == [1]
 
 
+async def cancel_once_running(waiting: Coroutine[Any, Any, object]) -> None:
+    """Start awaiting a blocked job, cancel the awaiting task, and see the cancellation arrive."""
+    task = asyncio.create_task(waiting)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 def test_cancelling_the_caller_abandons_the_worker() -> None:
     release = threading.Event()
 
     async def main() -> BlockingWorker:
         worker = BlockingWorker("w")
-        task = asyncio.create_task(worker.call(lambda: release.wait(30), 30.0, "hang"))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_once_running(worker.call(lambda: release.wait(30), 30.0, "hang"))
         return worker
 
     worker = asyncio.run(main())
@@ -240,11 +246,7 @@ def test_cancelling_the_caller_drops_the_job_queued_behind() -> None:
         worker = BlockingWorker("w")
         first = worker.submit_each([waiting(release, 1)])
         worker.submit_each([returning(2, ran)])
-        task = asyncio.create_task(first.result(30.0, "first"))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await cancel_once_running(first.result(30.0, "first"))
         return worker
 
     worker = asyncio.run(main())
