@@ -360,6 +360,7 @@ class LocalZabbix:
         self._postgres_port = 0
         self.trapper_port = 0
         self._http_port = 0
+        self._on_exit = contextlib.ExitStack()  # what __exit__ undoes besides stop()
 
     # -- public properties -------------------------------------------------------------
 
@@ -403,22 +404,17 @@ class LocalZabbix:
     # -- lifecycle -----------------------------------------------------------------------
 
     def __enter__(self) -> LocalZabbix:
-        self._sigterm = sigterm_as_exit()
-        self._sigterm.__enter__()
-        try:
-            self.start()
-        except BaseException:
-            self._sigterm.__exit__(None, None, None)
-            raise
+        with contextlib.ExitStack() as entered:
+            entered.enter_context(sigterm_as_exit())
+            self.start()  # a failed start restores SIGTERM on the way out
+            self._on_exit = entered.pop_all()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        try:
+        with self._on_exit:  # SIGTERM restored once the stack has stopped
             self.stop()
-        finally:
-            self._sigterm.__exit__(None, None, None)
 
     def start(self) -> None:
         if self._children:
