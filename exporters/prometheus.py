@@ -161,7 +161,8 @@ class PrometheusExporter:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            async with asyncio.timeout(10):
+                request = await reader.readuntil(b"\r\n\r\n")
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
             if path.split(b"?")[0] == b"/metrics":
                 body, status = generate_latest(self.registry), b"200 OK"

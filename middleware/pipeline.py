@@ -194,7 +194,8 @@ class Pipeline:
     async def _intake_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._intake_wake.wait(), self.agent.flush_interval)
+                async with asyncio.timeout(self.agent.flush_interval):
+                    await self._intake_wake.wait()
             self._intake_wake.clear()
             with contextlib.suppress(sqlite3.Error, OSError):  # logged and kept by flush_intake
                 self.flush_intake()
@@ -275,7 +276,8 @@ class Pipeline:
                 due = self.spool.next_due(dest.name)
                 wait = 1.0 if due is None else min(max(due - time.time(), 0.05), 1.0)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await wake.wait()
                 continue
             if outcome.unreachable is not None:
                 delay = backoff.next_delay()
@@ -289,7 +291,8 @@ class Pipeline:
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
     # -- self-monitoring -------------------------------------------------------
     def self_readings(self) -> list[Item]:
@@ -358,7 +361,8 @@ class Pipeline:
         if seconds <= 0 or not self.destinations:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(drain_one(d) for d in self.destinations)), seconds)
+            async with asyncio.timeout(seconds):
+                await asyncio.gather(*(drain_one(d) for d in self.destinations))
 
     async def _run_collector(self, collector: Collector) -> None:
         outbox = self.outbox(collector.name)

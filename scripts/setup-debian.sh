@@ -46,3 +46,4 @@ fi
 
 # Zabbix schema dumps and the Zabbix 7.0 chroot, cached under /var/cache/trapline.
 "$venv/bin/python" -m trapline.localzabbix
+echo "setup: done in ${SECONDS}s"

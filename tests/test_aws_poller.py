@@ -303,14 +303,15 @@ def test_unreachable_endpoint_is_an_error_reading_and_the_loop_keeps_running() -
 
     async def two_cycles() -> None:
         task = asyncio.create_task(collector.run(out))
-        while len(readings(out.items, "aws.poller.errors")) < 2:
-            assert not task.done(), "the collector loop ended"
-            await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with asyncio.timeout(30):
+            while len(readings(out.items, "aws.poller.errors")) < 2:
+                assert not task.done(), "the collector loop ended"
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
-    asyncio.run(asyncio.wait_for(two_cycles(), timeout=30))
+    asyncio.run(two_cycles())
     assert out.errors and all("endpoint unreachable (EndpointConnectionError)" in e for e in out.errors)
     assert "endpoint unreachable" in str(readings(out.items, "aws.poller.error")[-1].value)
     counts = [r.value for r in readings(out.items, "aws.poller.errors")]

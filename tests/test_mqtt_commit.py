@@ -35,7 +35,8 @@ def test_committed_resolves_only_after_the_items_are_in_the_spool(tmp_path: Path
         await asyncio.sleep(0)
         assert not second.done()
         pipeline.flush_intake()
-        await asyncio.wait_for(second, 1)
+        async with asyncio.timeout(1):
+            await second
 
     asyncio.run(scenario())
 

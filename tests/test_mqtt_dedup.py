@@ -66,7 +66,8 @@ def test_the_same_message_twice_is_forwarded_once_and_counted(tmp_path: Path) ->
         # The copy is acknowledged only once the first one is in the spool.
         assert len(out.commits) == 2 and not asyncio.ensure_future(again).done()
         out.commits[0].set_result(None)
-        await asyncio.wait_for(asyncio.gather(first, again), 1)
+        async with asyncio.timeout(1):
+            await asyncio.gather(first, again)
         out.commits[1].set_result(None)
         await other
         bridge._take(link, out, data(1, 2))  # after the commit: still a duplicate

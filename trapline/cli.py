@@ -54,7 +54,8 @@ async def _check_all(settings: Settings) -> list[tuple[str, str, str]]:
             rows.append((name, "ok", "configured (no endpoint test)"))
             continue
         try:
-            detail = await asyncio.wait_for(check(), 30)
+            async with asyncio.timeout(30):
+                detail = await check()
             rows.append((name, "ok", str(detail)))
         except Exception as exc:
             rows.append((name, "FAILED", str(exc) or type(exc).__name__))

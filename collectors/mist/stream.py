@@ -158,7 +158,8 @@ class StreamConnection:
                         f"no subscribe ack within {settings.subscribe_timeout:g}s for {_some(self._awaiting)}"
                     )
                 try:
-                    frame = await asyncio.wait_for(ws.recv(), remaining)  # recv is cancel-safe
+                    async with asyncio.timeout(remaining):
+                        frame = await ws.recv()  # recv is cancel-safe
                 except TimeoutError:
                     continue
                 self.handle(frame)

@@ -185,7 +185,8 @@ class MqttLink:
     async def wait_connected(self, within: float) -> bool:
         self.start()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.connected.wait(), within)
+            async with asyncio.timeout(within):
+                await self.connected.wait()
         return self.connected.is_set()
 
     async def close(self) -> None:
@@ -245,7 +246,8 @@ class MqttLink:
         done: asyncio.Future[None] = self._loop.create_future()
         self._unsubscribing[mid] = done  # paho's callback reaches the loop only after this
         try:
-            await asyncio.wait_for(done, within)
+            async with asyncio.timeout(within):
+                await done
         except TimeoutError:
             return False
         finally:

@@ -174,14 +174,15 @@ def test_clusters_apps_and_jobs_are_discovered_through_the_async_loop(endpoint: 
 
     async def one_cycle() -> None:
         task = asyncio.create_task(collector.run(out))
-        while not any(isinstance(i, Reading) and i.key == "aws.poller.error" for i in out.items):
-            assert not task.done(), "the collector loop ended"
-            await asyncio.sleep(0.02)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with asyncio.timeout(60):
+            while not any(isinstance(i, Reading) and i.key == "aws.poller.error" for i in out.items):
+                assert not task.done(), "the collector loop ended"
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
-    asyncio.run(asyncio.wait_for(one_cycle(), timeout=60))
+    asyncio.run(one_cycle())
     assert out.errors == []
     assert discovery(out.items, "emr.cluster.discovery") == [
         {"{#CLUSTERID}": wanted_cluster, "{#CLUSTERNAME}": "prod-a", "{#HOST}": f"emr-{wanted_cluster}"}
