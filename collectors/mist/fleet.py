@@ -130,6 +130,7 @@ class FieldSchema:
     objects: Mapping[str, frozenset[str]]
     maps: Mapping[str, frozenset[str]]
     nested: frozenset[str]  # the fields of objects and maps
+    nested_order: tuple[str, ...]  # the same, sorted
     decoder: msgspec.json.Decoder[Any]  # reads these fields, and only these, from JSON text
 
     @classmethod
@@ -140,7 +141,8 @@ class FieldSchema:
         objects = {k: frozenset(v) for k, v in data.get("objects", {}).items()}
         maps = {k: frozenset(v) for k, v in data.get("maps", {}).items()}
         nested = frozenset(objects.keys() | maps.keys())
-        return cls(scalars, objects, maps, nested, _kept_fields_decoder(scalars, objects, maps))
+        decoder = _kept_fields_decoder(scalars, objects, maps)
+        return cls(scalars, objects, maps, nested, tuple(sorted(nested)), decoder)
 
     def filter_json(self, text: str) -> dict[str, Any] | None:
         """The kept fields of an update's JSON text, or None when any of them is malformed.
@@ -212,10 +214,9 @@ class FieldSchema:
         merged.  Names in another order only make the shapes differ, which
         costs a merge, never a wrong state.
         """
-        names = tuple(kept)
-        parts = [names]
-        for name in names:
-            if name in self.nested:
+        parts = [tuple(kept)]
+        for name in self.nested_order:  # the few nested fields, not every field: this runs per update
+            if name in kept:
                 value = kept[name]
                 parts.append(tuple(value))
                 if name in self.maps:
@@ -248,7 +249,9 @@ def normalize_mac(value: object) -> str | None:
     """``5C:5B:35:00:00:01`` -> ``5c5b35000001``; None when it is no MAC."""
     if not isinstance(value, str):
         return None
-    mac = value.lower().translate(_MAC_SEPARATORS)
+    mac = value.lower()
+    if len(mac) != 12:  # with separators; a 12-character one with any would fail the match anyway
+        mac = mac.translate(_MAC_SEPARATORS)
     return mac if _MAC.fullmatch(mac) else None
 
 
@@ -330,6 +333,8 @@ class Fleet:
         self._lld_count = 0  # rows last built
         self._lld_sent_digest: bytes | None = None
         self._lld_sent_at: float | None = None
+        # No LLD value can be due sooner than this after one was sent: checked per update.
+        self._lld_quiet = min(policy.lld_min_interval, policy.lld_refresh)
 
     # -- input ---------------------------------------------------------------
     def set_sites(self, sites: Mapping[str, SiteInfo]) -> None:
@@ -505,7 +510,7 @@ class Fleet:
 
     def _discovery_due(self, now: float) -> Discovery | None:
         policy, sent_at = self.policy, self._lld_sent_at
-        if sent_at is not None and now - sent_at < min(policy.lld_min_interval, policy.lld_refresh):
+        if sent_at is not None and now - sent_at < self._lld_quiet:
             return None  # nothing can be due yet: the rows need not be built
         rows = self.lld_rows() if self._lld_dirty else None
         if sent_at is None:
