@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.mist_server import MistServer, ap_basic, ap_full
+from tests.mist_server import WAIT_LIMIT, MistServer, ap_basic, ap_full
 from tests.outbox import ListOutbox
 from trapline.collectors.mist import MistCollector, build
 from trapline.collectors.mist.fleet import RAW_KEY
@@ -59,8 +59,10 @@ async def collecting(
         yield collector, out
     finally:
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        # A collector that swallowed the cancel would hang here: fail instead, naming the wait.
+        async with asyncio.timeout(WAIT_LIMIT):
+            with pytest.raises(asyncio.CancelledError):
+                await task
 
 
 def all_subscribed(server: MistServer, sites: list[str], clients: int = 1) -> Callable[[], bool]:
