@@ -25,7 +25,9 @@ import pytest
 from tests.peers import missing_peer, need_binary
 from trapline.localzabbix import BASE_ENV, configured_debian_mirror, namespace_command
 
-pytestmark = pytest.mark.integration
+# On a fresh machine the first test also debootstraps bookworm and installs the Pi's
+# packages (no cache yet): more than the suite's 600 s per test.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/trapline")
