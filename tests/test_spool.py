@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from trapline.middleware.model import Discovery, Reading
 from trapline.middleware.spool import Spool
 
@@ -95,8 +97,15 @@ def test_labels_are_stored_only_for_destinations_that_read_them(tmp_path: Path) 
         assert [s.item for s in spool.claim(keeps, 10)] == items
     stripped = [s.item for s in spool.claim("zbx", 10)]
     assert stripped == [Reading(r.host, r.key, r.value, r.clock, r.ns, r.unit, {}) for r in items]
-    stored = dict(spool._db.execute("SELECT dest, count(labels) FROM queue GROUP BY dest").fetchall())
+    # In a batch blob each reading's labels are its last field.
+    batches = spool._db.execute("SELECT dest, payload FROM batch").fetchall()
+    stored = {dest: sum(1 for entry in msgspec.msgpack.decode(blob) if entry[-1]) for dest, blob in batches}
     assert stored == {"mqtt": 3, "by-name": 3, "silent": 3, "zbx": 0}
+    # The same once refusals gave every reading a row of its own.
+    for dest in stored:
+        spool.defer([s.id for s in spool.claim(dest, 10)], time.time() + 60, refused=True)
+    rows = dict(spool._db.execute("SELECT dest, count(labels) FROM queue GROUP BY dest").fetchall())
+    assert rows == stored
 
 
 def test_claim_never_sorts_whole_rows(tmp_path: Path) -> None:
@@ -189,6 +198,43 @@ def test_a_spool_of_an_older_version_drains(tmp_path: Path) -> None:
     spool.put(readings(2), ["zbx"])
     spool.ack(s.id for s in rows)
     assert [s.item for s in spool.claim("zbx", 10)] == readings(2)
+
+
+def test_old_rows_and_new_batches_share_one_id_order(tmp_path: Path) -> None:
+    """A spool of the previous version (rows only) is upgraded in place: old rows first, ids never reused."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_OLD_SCHEMA)
+    db.executemany(
+        "INSERT INTO queue (dest, discovery, host, key, value, clock, ns, unit, labels, enqueued)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [("zbx", 0, "h", f"old[{i}]", i, 10 + i, 0, "", None, 5.0) for i in range(3)],
+    )
+    db.execute("DELETE FROM queue WHERE key = 'old[2]'")  # acked: its id must not come back
+    db.commit()
+    db.close()
+    spool = Spool(path)
+    assert spool.depth() == 2
+    spool.put(readings(3), ["zbx"])
+    rows = spool.claim("zbx", 10, now=0.0)
+    assert [s.item.key for s in rows] == ["old[0]", "old[1]", "k[0]", "k[1]", "k[2]"]
+    assert [s.id for s in rows] == [1, 2, 4, 5, 6]
+    assert spool.claim("zbx", 3, now=0.0) == rows[:3]
+    # One old row and one new reading refused: the others go on in id order.
+    spool.defer([rows[0].id, rows[3].id], 100.0, refused=True)
+    due = spool.claim("zbx", 10, now=50.0)
+    assert [s.id for s in due] == [2, 4, 6]
+    spool.ack(s.id for s in due)
+    later = spool.claim("zbx", 10, now=100.0)
+    assert [(s.id, s.attempts) for s in later] == [(1, 1), (5, 1)]
+    assert set(spool.first_refused([1, 5])) == {1, 5}
+    spool.ack(s.id for s in later)
+    assert spool.depth() == 0
+    spool.close()
+    again = Spool(path)  # emptied and reopened: ids go on
+    again.put(readings(1), ["zbx"])
+    assert [s.id for s in again.claim("zbx", 10)] == [7]
 
 
 WRITER = textwrap.dedent(
