@@ -8,8 +8,10 @@ would fail silently (or turn the item unsupported).
 from __future__ import annotations
 
 import math
+import operator
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
@@ -22,6 +24,8 @@ _KEY_RE = re.compile(r"^([A-Za-z0-9_.\-]+)(\[.*\])?$", re.DOTALL)
 _HOST_RE = re.compile(r"^[A-Za-z0-9 ._\-]{1,128}$")
 MAX_KEY_LENGTH = 2048  # items.key_ in the Zabbix schema
 MAX_VALUE_LENGTH = 65535  # a TEXT history value; longer would be cut by the server
+# Zabbix stores integers as signed or unsigned 64-bit numbers; the spool holds the same range.
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 
 
 class Rejected(ValueError):
@@ -64,6 +68,8 @@ def normalize_key(key: str) -> str:
     """Lowercase the key name (not its parameters) and check it is a valid Zabbix key."""
     if len(key) > MAX_KEY_LENGTH:
         raise Rejected("item key longer than 2048 characters")
+    if valid_text(key) is not key:
+        raise Rejected("item key holds a lone surrogate (not Unicode text)")
     m = _KEY_RE.match(key)
     if m is None:
         raise Rejected(f"invalid item key {key[:80]!r}")
@@ -114,6 +120,8 @@ def coerce_value(value: object) -> Value:
     if isinstance(value, bool):  # before int: bool is an int subclass
         return int(value)
     if isinstance(value, int):
+        if not MIN_INT <= value <= MAX_INT:
+            raise Rejected("integer outside the 64-bit range Zabbix stores")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -124,7 +132,7 @@ def coerce_value(value: object) -> Value:
     if isinstance(value, str):
         if len(value) > MAX_VALUE_LENGTH:
             raise Rejected(f"value longer than {MAX_VALUE_LENGTH} characters")
-        return value
+        return valid_text(value)
     if value is None:
         raise Rejected("missing value")
     raise Rejected(f"unsupported value type {type(value).__name__}")
@@ -142,15 +150,40 @@ def convert_unit(value: Value, unit: str) -> tuple[Value, str]:
     return value * rule.factor + rule.offset, rule.unit
 
 
+def valid_text(text: str) -> str:
+    """``text`` with lone surrogates (from a badly decoded source) replaced by ``?``.
+
+    Neither the spool nor the wire can carry them: UTF-8 has no encoding for them.
+    """
+    if text.isascii():  # the usual case, cheaply
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _valid_mapping(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    if "".join(mapping).isascii() and "".join(mapping.values()).isascii():  # the usual case, cheaply
+        return mapping
+    cleaned = {valid_text(name): valid_text(value) for name, value in mapping.items()}
+    return mapping if cleaned == mapping else cleaned
+
+
 def normalize(item: Item) -> Item:
     """Validate and canonicalize one item; raises Rejected."""
     check_host(item.host)
     if isinstance(item, Discovery):
         key = normalize_key(item.rule)
-        return item if key == item.rule else replace(item, rule=key)
+        rows = tuple(_valid_mapping(row) for row in item.rows)
+        if key == item.rule and all(map(operator.is_, rows, item.rows)):
+            return item
+        return replace(item, rule=key, rows=rows)
     key = normalize_key(item.key)
     value = coerce_value(item.value)
     value, unit = convert_unit(value, item.unit) if item.unit else (value, "")
-    if key is item.key and value is item.value and unit == item.unit:
+    labels = _valid_mapping(item.labels) if item.labels else item.labels
+    if key is item.key and value is item.value and unit == item.unit and labels is item.labels:
         return item
-    return Reading(item.host, key, value, item.clock, item.ns, unit, item.labels)
+    return Reading(item.host, key, value, item.clock, item.ns, unit, labels)

@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import uuid
+from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trapline.middleware.model import Discovery, Reading
 from trapline.middleware.normalize import Rejected, normalize, quote_param, split_params
+from trapline.middleware.spool import Spool
 
 
 def reading(key: str = "a.b", value: object = 1, unit: str = "", host: str = "h1") -> Reading:
@@ -93,3 +96,34 @@ def test_quoted_params_round_trip(param: str) -> None:
 def test_split_params_of_plain_and_mixed_lists() -> None:
     assert split_params("eth0,rx") == ["eth0", "rx"]
     assert split_params('"a,b", c') == ["a,b", "c"]
+
+
+_ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=20)  # lone surrogates too
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    value=st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), _ANY_TEXT),
+    param=_ANY_TEXT,
+    label=_ANY_TEXT,
+)
+def test_whatever_normalize_admits_the_spool_stores(
+    tmp_path: Path, value: object, param: str, label: str
+) -> None:
+    """Huge integers and lone surrogates once passed normalize and crashed the spool's put."""
+    item = Reading("h", f"k[{quote_param(param)}]", value, 1, 2, "", {"l": label})  # type: ignore[arg-type]
+    row = Discovery("h", "k.discovery", ({"{#NAME}": label},), 1, 2)
+    admitted = []
+    for candidate in (item, row):
+        with contextlib.suppress(Rejected):
+            admitted.append(normalize(candidate))
+    spool = Spool(tmp_path / f"spool-{uuid.uuid4().hex}.db")
+    try:
+        spool.put(admitted, ["zabbix", "mqtt"])
+        back = [s.item for s in spool.claim("mqtt", 10)]
+        assert back == admitted
+        for s in spool.claim("zabbix", 10):  # refused: each reading gets a row of its own
+            spool.defer([s.id], 1e12, refused=True)
+        assert spool.depth() == 2 * len(admitted)
+    finally:
+        spool.close()
