@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
 from trapline.middleware.model import Discovery, Item, Reading, Value
+from trapline.middleware.plugin import Collector
 
 
 class ListOutbox:
@@ -24,3 +30,21 @@ class ListOutbox:
 
     def discoveries(self, rule: str | None = None) -> list[Discovery]:
         return [i for i in self.items if isinstance(i, Discovery) and rule in (None, i.rule)]
+
+
+def run_collector_until(
+    collector: Collector, out: ListOutbox, done: Callable[[ListOutbox], bool], limit: float
+) -> None:
+    """Run ``collector`` until ``done(out)`` holds, then cancel it; fail after ``limit`` seconds."""
+
+    async def scenario() -> None:
+        task = asyncio.create_task(collector.run(out))
+        async with asyncio.timeout(limit):
+            while not done(out):
+                assert not task.done(), "the collector loop ended"
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())

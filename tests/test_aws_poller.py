@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from botocore.stub import Stubber
 
-from tests.outbox import ListOutbox
+from tests.outbox import ListOutbox, run_collector_until
 from tests.peers import free_port
 from trapline.collectors.aws import AwsCollector, build
 from trapline.collectors.aws.poller import AwsPoller
@@ -301,17 +300,7 @@ def test_unreachable_endpoint_is_an_error_reading_and_the_loop_keeps_running() -
     )
     out = ListOutbox()
 
-    async def two_cycles() -> None:
-        task = asyncio.create_task(collector.run(out))
-        async with asyncio.timeout(30):
-            while len(readings(out.items, "aws.poller.errors")) < 2:
-                assert not task.done(), "the collector loop ended"
-                await asyncio.sleep(0.05)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-    asyncio.run(two_cycles())
+    run_collector_until(collector, out, lambda out: len(readings(out.items, "aws.poller.errors")) >= 2, 30)
     assert out.errors and all("endpoint unreachable (EndpointConnectionError)" in e for e in out.errors)
     assert "endpoint unreachable" in str(readings(out.items, "aws.poller.error")[-1].value)
     counts = [r.value for r in readings(out.items, "aws.poller.errors")]

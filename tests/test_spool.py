@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -169,22 +170,29 @@ CREATE INDEX queue_by_dest ON queue (dest, next_try, id);
 """
 
 
+def write_old_spool(path: Path, columns: str, rows: list[tuple[object, ...]], then: str = "") -> None:
+    """A spool file as versions before the batch rows wrote it; ``then`` is more SQL before the commit."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_OLD_SCHEMA)
+        db.executemany(f"INSERT INTO queue ({columns}) VALUES ({','.join('?' * len(rows[0]))})", rows)
+        if then:
+            db.execute(then)
+        db.commit()
+
+
 def test_a_spool_of_an_older_version_drains(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(_OLD_SCHEMA)
-    db.executemany(
-        "INSERT INTO queue (dest, discovery, host, key, value, clock, ns, unit, labels, enqueued,"
-        " attempts, first_refused, next_try) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    write_old_spool(
+        path,
+        "dest, discovery, host, key, value, clock, ns, unit, labels, enqueued,"
+        " attempts, first_refused, next_try",
         [
             ("zbx", 0, "h", "k[0]", 1.5, 10, 0, "V", '{"pid":"RPM","n":"0"}', 5.0, 0, None, 0),
             ("zbx", 1, "h", "lld", '[{"{#X}":"a"}]', 11, 1, "", None, 5.0, 0, None, 0),
             ("zbx", 0, "h", "k[1]", "x", 12, 2, "", '{"n":"2"}', 5.0, 2, 6.0, 7.0),  # refused twice
         ],
     )
-    db.commit()
-    db.close()
     spool = Spool(path)
     assert spool.depth() == 3
     assert spool.claim("zbx", 10, now=6.5)[-1].item == Discovery("h", "lld", ({"{#X}": "a"},), 11, 1)
@@ -203,17 +211,12 @@ def test_a_spool_of_an_older_version_drains(tmp_path: Path) -> None:
 def test_old_rows_and_new_batches_share_one_id_order(tmp_path: Path) -> None:
     """A spool of the previous version (rows only) is upgraded in place: old rows first, ids never reused."""
     path = tmp_path / "old.db"
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(_OLD_SCHEMA)
-    db.executemany(
-        "INSERT INTO queue (dest, discovery, host, key, value, clock, ns, unit, labels, enqueued)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?)",
+    write_old_spool(
+        path,
+        "dest, discovery, host, key, value, clock, ns, unit, labels, enqueued",
         [("zbx", 0, "h", f"old[{i}]", i, 10 + i, 0, "", None, 5.0) for i in range(3)],
+        then="DELETE FROM queue WHERE key = 'old[2]'",  # acked: its id must not come back
     )
-    db.execute("DELETE FROM queue WHERE key = 'old[2]'")  # acked: its id must not come back
-    db.commit()
-    db.close()
     spool = Spool(path)
     assert spool.depth() == 2
     spool.put(readings(3), ["zbx"])

@@ -7,7 +7,6 @@ HTTP through boto3 exactly as against AWS.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import fnmatch
 import json
@@ -20,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.outbox import ListOutbox
+from tests.outbox import ListOutbox, run_collector_until
 from tests.peers import missing_peer, wait_port
 from trapline.collectors.aws import build
 from trapline.collectors.aws.cloudwatch import aligned_window
@@ -172,17 +171,7 @@ def test_clusters_apps_and_jobs_are_discovered_through_the_async_loop(endpoint: 
     )
     out = ListOutbox()
 
-    async def one_cycle() -> None:
-        task = asyncio.create_task(collector.run(out))
-        async with asyncio.timeout(60):
-            while not any(isinstance(i, Reading) and i.key == "aws.poller.error" for i in out.items):
-                assert not task.done(), "the collector loop ended"
-                await asyncio.sleep(0.02)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-
-    asyncio.run(one_cycle())
+    run_collector_until(collector, out, lambda out: bool(out.readings("aws.poller.error")), limit=60)
     assert out.errors == []
     assert discovery(out.items, "emr.cluster.discovery") == [
         {"{#CLUSTERID}": wanted_cluster, "{#CLUSTERNAME}": "prod-a", "{#HOST}": f"emr-{wanted_cluster}"}
