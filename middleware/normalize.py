@@ -165,8 +165,11 @@ def valid_text(text: str) -> str:
 
 
 def _valid_mapping(mapping: Mapping[str, str]) -> Mapping[str, str]:
-    if ("".join(mapping) + "".join(mapping.values())).isascii():  # the usual case, cheaply
-        return mapping
+    try:
+        if ("".join(mapping) + "".join(mapping.values())).isascii():  # the usual case, cheaply
+            return mapping
+    except (TypeError, AttributeError):  # not a mapping of text to text (a collector's bug)
+        raise Rejected("labels or LLD rows must map text to text") from None
     cleaned = {valid_text(name): valid_text(value) for name, value in mapping.items()}
     return mapping if cleaned == mapping else cleaned
 

@@ -82,6 +82,11 @@ def test_discovery_rule_key_checked() -> None:
 def test_normalize_never_raises_anything_but_rejected(value: object) -> None:
     with contextlib.suppress(Rejected):
         normalize(reading(value=value))
+    bad_labels = Reading("h", "k", 1, 1, 0, "", {"l": value})  # type: ignore[dict-item]
+    with contextlib.suppress(Rejected):
+        normalize(bad_labels)
+    with contextlib.suppress(Rejected):
+        normalize(Discovery("h", "k.discovery", ({"{#X}": value}, value), 1, 0))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
