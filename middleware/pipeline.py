@@ -140,12 +140,20 @@ class Pipeline:
         for raw in items:
             try:
                 item = normalize(raw)
+                keep = self.filters.admit(item)
             except Rejected as why:
                 self.reject_reading(raw, str(why))
                 continue
+            except Exception as exc:  # a bug for one reading must not stop the intake for all
+                self._reject_for_bug(raw, "normalize", exc)
+                continue
             for obs in self.observers:
-                obs.observe(item)
-            if self.filters.admit(item):
+                try:
+                    obs.observe(item)
+                except Exception as exc:  # an observer's bug costs its own view, not the reading
+                    log.debug("observer %r failed", obs, exc_info=True)
+                    self._throttled.error("observer", "observer %r failed: %s", obs, type(exc).__name__)
+            if keep:
                 admitted.append(item)
             else:
                 self.stats.filtered += 1
@@ -158,6 +166,8 @@ class Pipeline:
         except (sqlite3.Error, OSError) as exc:
             self._keep_unspooled(admitted, exc)
             raise
+        except Exception:  # a reading the spool cannot store, which normalize let pass
+            dropped, admitted = self._put_one_by_one(admitted)
         if dropped:
             self.stats.dropped += dropped
             self._throttled.error(
@@ -169,6 +179,28 @@ class Pipeline:
         for ev in self._dest_wake.values():
             ev.set()
         return len(admitted)
+
+    def _put_one_by_one(self, items: list[Item]) -> tuple[int, list[Item]]:
+        """Spool what can be stored, in order, and reject the rest: (dropped by the bound, stored).
+
+        Slow, and only after a put failed.
+        """
+        dropped, stored = 0, []
+        for index, item in enumerate(items):
+            try:
+                dropped += self.spool.put([item], self.destinations)
+            except (sqlite3.Error, OSError) as exc:
+                self._keep_unspooled(items[index:], exc)
+                raise
+            except Exception as exc:
+                self._reject_for_bug(item, "spool", exc)
+            else:
+                stored.append(item)
+        return dropped, stored
+
+    def _reject_for_bug(self, item: Item, stage: str, exc: Exception) -> None:
+        log.debug("%s failed on a reading", stage, exc_info=True)
+        self.reject_reading(item, f"{stage} failed: {type(exc).__name__}")
 
     def _keep_unspooled(self, items: list[Item], exc: Exception) -> None:
         """The spool cannot be written (disk full, I/O error): hold the readings in memory.

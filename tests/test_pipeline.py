@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from trapline.middleware import pipeline as pipeline_module
 from trapline.middleware.config import Section
 from trapline.middleware.filters import Filters
-from trapline.middleware.model import Reading
+from trapline.middleware.model import Item, Reading
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.plugin import Delivery, Spooled
 from trapline.middleware.settings import AgentSettings, SpoolSettings
@@ -206,3 +207,41 @@ def test_a_failing_spool_write_keeps_the_readings_for_the_next_flush(tmp_path: P
     assert [(r.key, r.value) for r in rows if isinstance(r, Reading)] == (
         [("a", i) for i in range(5)] + [("b", i) for i in range(2)]
     )
+
+
+class BrokenObserver:
+    def observe(self, item: object) -> None:
+        raise RuntimeError("observer bug")
+
+
+def test_a_bug_for_one_reading_rejects_that_reading_and_the_intake_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bugs that normalize should have caught, in normalize, an observer or the spool's put."""
+    dest = ScriptedDestination()
+    p = make_pipeline(tmp_path, dest)
+    p.observers = [BrokenObserver()]  # type: ignore[list-item]
+    real_normalize = pipeline_module.normalize
+    real_put = p.spool.put
+
+    def buggy_normalize(item: Item) -> Item:
+        if isinstance(item, Reading) and item.key == "normalize-bug":
+            raise KeyError("a gap in normalize")
+        return real_normalize(item)
+
+    def picky_put(items: Sequence[Item], destinations: Sequence[str]) -> int:
+        if any(isinstance(i, Reading) and i.key == "spool-bug" for i in items):
+            raise TypeError("cannot encode")
+        return real_put(items, destinations)
+
+    monkeypatch.setattr(pipeline_module, "normalize", buggy_normalize)
+    p.spool.put = picky_put  # type: ignore[method-assign, assignment]
+    put(p, ["a", "normalize-bug", "spool-bug", "b"], 2)
+    assert p.flush_intake() == 8 - 4
+    rows = [s.item for s in p.spool.claim("dest", 100)]
+    spooled = [(r.key, r.value) for r in rows if isinstance(r, Reading)]
+    assert spooled == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert p.stats.rejected == {"normalize failed: KeyError": 2, "spool failed: TypeError": 2}
+    put(p, ["c"], 1)  # and the next flush works as before
+    p.flush_intake()
+    assert p.spool.depth() == 5
