@@ -50,6 +50,8 @@ from trapline.collectors.aws.session import ApiCalls, make_clients
 from trapline.middleware.config import Section
 from trapline.middleware.model import Reading
 
+# The tree this file is in, not whatever trapline is installed, is what gets measured.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import machine, median, table, timed
 

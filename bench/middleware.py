@@ -32,6 +32,8 @@ from trapline.middleware.model import Item, Reading
 from trapline.middleware.normalize import normalize
 from trapline.middleware.spool import Spool
 
+# The tree this file is in, not whatever trapline is installed, is what gets measured.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import SpoolQueue, machine, median, table
 

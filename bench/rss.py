@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+# The tree this file is in, not whatever trapline is installed, is what gets measured.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import machine, table
 

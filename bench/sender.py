@@ -45,6 +45,8 @@ from trapline.localzabbix import LocalZabbix
 from trapline.middleware.model import Reading
 from trapline.middleware.plugin import Spooled
 
+# The tree this file is in, not whatever trapline is installed, is what gets measured.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import machine, median, table
 
