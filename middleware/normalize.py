@@ -68,7 +68,7 @@ def normalize_key(key: str) -> str:
     """Lowercase the key name (not its parameters) and check it is a valid Zabbix key."""
     if len(key) > MAX_KEY_LENGTH:
         raise Rejected("item key longer than 2048 characters")
-    if not key.isascii() and valid_text(key) != key:
+    if valid_text(key) != key:
         raise Rejected("item key holds a lone surrogate (not Unicode text)")
     m = _KEY_RE.match(key)
     if m is None:
@@ -132,7 +132,7 @@ def coerce_value(value: object) -> Value:
     if isinstance(value, str):
         if len(value) > MAX_VALUE_LENGTH:
             raise Rejected(f"value longer than {MAX_VALUE_LENGTH} characters")
-        return value if value.isascii() else valid_text(value)
+        return valid_text(value)
     if value is None:
         raise Rejected("missing value")
     raise Rejected(f"unsupported value type {type(value).__name__}")

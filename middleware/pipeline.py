@@ -145,7 +145,7 @@ class Pipeline:
                 self.reject_reading(raw, str(why))
                 continue
             except Exception as exc:  # a bug for one reading must not stop the intake for all
-                self._reject_for_bug(raw, "normalize", exc)
+                self._reject_for_bug(raw, "normalize or filter", exc)
                 continue
             for obs in self.observers:
                 try:

@@ -241,7 +241,7 @@ def test_a_bug_for_one_reading_rejects_that_reading_and_the_intake_goes_on(
     rows = [s.item for s in p.spool.claim("dest", 100)]
     spooled = [(r.key, r.value) for r in rows if isinstance(r, Reading)]
     assert spooled == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
-    assert p.stats.rejected == {"normalize failed: KeyError": 2, "spool failed: TypeError": 2}
+    assert p.stats.rejected == {"normalize or filter failed: KeyError": 2, "spool failed: TypeError": 2}
     put(p, ["c"], 1)  # and the next flush works as before
     p.flush_intake()
     assert p.spool.depth() == 5
