@@ -4,6 +4,13 @@ It connects, subscribes every channel, waits for each ack, then feeds frames
 to the collector until the connection ends; then it reconnects after a capped,
 jittered exponential backoff and subscribes everything again.  A fault that
 repeats (a refused token, an unreachable host) is reported once, not per try.
+
+Each message is handed to the collector as the library parses it, from the
+connection's ``data_received``, instead of through ``recv()``: that skips a
+queue, a future and a task wake-up per message, about 10 us of the ~65 us a
+Mist update costs end to end (bench/RESULTS.md section 4).  Handling is
+synchronous, so a busy collector simply reads the socket later: the kernel's
+receive buffer and TCP flow control stand in for the library's message queue.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus, WebSocketException
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event
 
 from trapline.collectors.mist.frames import (
     DataFrame,
@@ -38,6 +48,39 @@ _LIBRARY_SIZE_FACTOR = 8
 
 class AckTimeout(Exception):
     pass
+
+
+def _dispatching_connection(handle: Callable[[bytes], None]) -> type[ClientConnection]:
+    """A connection class that calls ``handle`` with every complete data message.
+
+    It overrides ``process_event``, the library's per-event hook (websockets
+    14-17; pinned in pyproject.toml): control frames and the handshake still take
+    the library's own path, so keepalive pings and the closing handshake work
+    as before.
+    """
+
+    class DispatchingConnection(ClientConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._fragments: list[bytes] = []  # of a message split over several frames
+
+        def process_event(self, event: Event) -> None:
+            if not isinstance(event, Frame) or event.opcode not in _DATA_OPCODES:
+                super().process_event(event)
+                return
+            if event.opcode is not Opcode.CONT:
+                self._fragments.clear()
+            self._fragments.append(bytes(event.data))
+            if not event.fin:
+                return
+            message = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
+            self._fragments.clear()
+            handle(message)
+
+    return DispatchingConnection
+
+
+_DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
 
 
 def _some(channels: Iterable[str], limit: int = 3) -> str:
@@ -69,6 +112,8 @@ class StreamConnection:
         self.subscribed: set[str] = set()  # acked on the current connection
         self.refused: dict[str, str] = {}  # channel -> detail of subscribe_failed
         self._awaiting: set[str] = set()
+        self._all_acked = asyncio.Event()
+        self._connection_class = _dispatching_connection(self.handle)
         self._last_problem: str | None = None
 
     def __repr__(self) -> str:
@@ -76,7 +121,18 @@ class StreamConnection:
 
     # -- frames --------------------------------------------------------------
     def handle(self, frame: str | bytes) -> None:
-        """Use one frame; a bad frame is counted and reported, never raised."""
+        """Use one frame; a bad frame is counted and reported, never raised.
+
+        It runs inside the connection's ``data_received``, where an exception
+        would end the connection: even a bug costs only the frame at hand.
+        """
+        try:
+            self._use(frame)
+        except Exception as exc:
+            logger.debug("%s: a frame failed", self.label, exc_info=True)
+            self._out.error(f"{self.label}: frame dropped: unexpected {type(exc).__name__}")
+
+    def _use(self, frame: str | bytes) -> None:
         try:
             event = decode_frame(frame, self.settings.max_frame_bytes)
         except FrameError as exc:
@@ -85,13 +141,18 @@ class StreamConnection:
         if isinstance(event, DataFrame):
             self._on_data(event)
         elif isinstance(event, Subscribed):
-            self._awaiting.discard(event.channel)
+            self._acknowledged(event.channel)
             self.subscribed.add(event.channel)
         elif isinstance(event, SubscribeFailed):
-            self._awaiting.discard(event.channel)
+            self._acknowledged(event.channel)
             self.refused[event.channel] = event.detail
             detail = f" ({event.detail})" if event.detail else ""
             self._out.error(f"{self.label}: Mist refused the subscription to {event.channel}{detail}")
+
+    def _acknowledged(self, channel: str) -> None:
+        self._awaiting.discard(channel)
+        if not self._awaiting:
+            self._all_acked.set()
 
     # -- connection ----------------------------------------------------------
     async def run(self) -> None:
@@ -143,32 +204,43 @@ class StreamConnection:
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             max_size=settings.max_frame_bytes * _LIBRARY_SIZE_FACTOR,
+            create_connection=self._connection_class,
         ) as ws:
             self.sessions += 1
             self.subscribed.clear()
             self.refused.clear()
             self._awaiting = set(self.channels)
+            self._all_acked.clear()  # frames are handled from here on: acks may arrive during the sends
             for channel in sorted(self.channels):
                 await ws.send(json.dumps({"subscribe": channel}))
-            deadline = time.monotonic() + settings.subscribe_timeout
-            while self._awaiting:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AckTimeout(
-                        f"no subscribe ack within {settings.subscribe_timeout:g}s for {_some(self._awaiting)}"
-                    )
-                try:
-                    async with asyncio.timeout(remaining):
-                        frame = await ws.recv()  # recv is cancel-safe
-                except TimeoutError:
-                    continue
-                self.handle(frame)
-            healthy_since.append(time.monotonic())
-            if self._last_problem is not None:
-                logger.info("%s: connected again", self.label)
-            self._last_problem = None
-            logger.info(
-                "%s: subscribed %d of %d channels", self.label, len(self.subscribed), len(self.channels)
+            await self._acks_or_close(ws)
+            if not self._awaiting:
+                healthy_since.append(time.monotonic())
+                if self._last_problem is not None:
+                    logger.info("%s: connected again", self.label)
+                self._last_problem = None
+                logger.info(
+                    "%s: subscribed %d of %d channels", self.label, len(self.subscribed), len(self.channels)
+                )
+            await ws.wait_closed()
+        # As recv() would: a clean close ends the session, any other is an error.
+        if not isinstance(ws.protocol.close_exc, ConnectionClosedOK):
+            raise ws.protocol.close_exc
+
+    async def _acks_or_close(self, ws: ClientConnection) -> None:
+        """Wait until every channel is acked or the connection ends; AckTimeout after subscribe_timeout."""
+        if not self._awaiting:
+            return
+        acked = asyncio.ensure_future(self._all_acked.wait())
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            done, _ = await asyncio.wait(
+                (acked, closed), timeout=self.settings.subscribe_timeout, return_when=asyncio.FIRST_COMPLETED
             )
-            async for frame in ws:
-                self.handle(frame)
+        finally:
+            acked.cancel()
+            closed.cancel()
+        if not done:
+            raise AckTimeout(
+                f"no subscribe ack within {self.settings.subscribe_timeout:g}s for {_some(self._awaiting)}"
+            )
