@@ -35,6 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# The tree this file is in, not whatever trapline is installed, is what gets measured.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import machine, median, table, timed
+
 from trapline.collectors.aws import build
 from trapline.collectors.aws.cloudwatch import (
     MAX_QUERIES_PER_CALL,
@@ -49,11 +55,6 @@ from trapline.collectors.aws.poller import AwsPoller, series_for
 from trapline.collectors.aws.session import ApiCalls, make_clients
 from trapline.middleware.config import Section
 from trapline.middleware.model import Reading
-
-# The tree this file is in, not whatever trapline is installed, is what gets measured.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, median, table, timed
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient

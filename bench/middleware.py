@@ -24,6 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The tree this file is in, not whatever trapline is installed, is what gets measured.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import SpoolQueue, machine, median, table
+
 from trapline.exporters.mqtt import MqttDestination
 from trapline.exporters.zabbix import ZabbixDestination
 from trapline.exporters.zabbix.protocol import encode_request, frame
@@ -31,11 +37,6 @@ from trapline.middleware.filters import FilterRule, Filters
 from trapline.middleware.model import Item, Reading
 from trapline.middleware.normalize import normalize
 from trapline.middleware.spool import Spool
-
-# The tree this file is in, not whatever trapline is installed, is what gets measured.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import SpoolQueue, machine, median, table
 
 TARGET_US = 20.0
 DEST = "zabbix[127.0.0.1:10051]"

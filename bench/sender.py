@@ -37,6 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The tree this file is in, not whatever trapline is installed, is what gets measured.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import machine, median, table
 from zabbix_utils import AsyncSender, ItemValue, Sender
 
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
@@ -44,11 +49,6 @@ from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.localzabbix import LocalZabbix
 from trapline.middleware.model import Reading
 from trapline.middleware.plugin import Spooled
-
-# The tree this file is in, not whatever trapline is installed, is what gets measured.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, median, table
 
 HOST = "bench-sender"
 VALUE_TYPE_UNSIGNED = 3
