@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+
+import msgspec
 
 Value = str | int | float
 
@@ -18,8 +19,19 @@ def now_clock() -> tuple[int, int]:
     return t // _NS_PER_S, t % _NS_PER_S
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+# Both are frozen msgspec Structs, not frozen dataclasses: a frozen dataclass sets
+# each field through object.__setattr__, which made building one cost ~1.3 us, paid
+# by the collector that makes a reading and again by each spool claim; a Struct
+# costs ~0.15 us.  array_like: msgpack and JSON see the fields as an array in
+# declaration order, the form the spool's batch rows store (so it decodes them
+# straight into Readings): never reorder the fields.
+# gc=False for Reading, made by the ten thousand: the cycle collector neither tracks
+# nor walks them (a spool claim of Mist readings ~25 % cheaper).  Safe because a
+# Reading holds only text, numbers and a label mapping of text, so it can never be
+# part of a reference cycle; keep it so (no field that may refer back to objects).
+
+
+class Reading(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """One value of one item on one Zabbix host at one instant.
 
     ``key`` is the Zabbix item key (lowercase, dotted, optional ``[params]``);
@@ -33,7 +45,7 @@ class Reading:
     clock: int
     ns: int = 0
     unit: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
 
     @classmethod
     def now(
@@ -48,8 +60,7 @@ class Reading:
         return cls(host, key, value, clock, ns, unit, labels or {})
 
 
-@dataclass(frozen=True, slots=True)
-class Discovery:
+class Discovery(msgspec.Struct, frozen=True, array_like=True):
     """A low-level discovery value: the *full* list of rows for one LLD rule.
 
     Zabbix treats every LLD value as the complete set, so a collector always

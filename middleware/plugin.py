@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import msgspec
+
 from trapline.middleware.config import Section
 from trapline.middleware.model import Item
 
@@ -52,9 +54,13 @@ class Collector(Protocol):
 CollectorFactory = Callable[[str, Section], Collector]
 
 
-@dataclass(frozen=True, slots=True)
-class Spooled:
-    """A reading as it sits in the spool, waiting for one destination."""
+class Spooled(msgspec.Struct, frozen=True, gc=False):
+    """A reading as it sits in the spool, waiting for one destination.
+
+    A frozen, untracked Struct, not a frozen dataclass, for the reasons model.Reading
+    is one: every claim builds one per reading.  It holds an Item, which cannot refer
+    back to it, and numbers: never part of a reference cycle.
+    """
 
     id: int
     item: Item

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trapline.middleware import normalize as normalize_module
 from trapline.middleware.model import Discovery, Reading
 from trapline.middleware.normalize import Rejected, normalize, quote_param, split_params
 from trapline.middleware.spool import Spool
@@ -63,6 +64,31 @@ def test_clock_and_labels_survive() -> None:
 def test_rejections_carry_reason(item: Reading, reason: str) -> None:
     with pytest.raises(Rejected, match=reason):
         normalize(item)
+
+
+def test_checked_hosts_and_keys_are_remembered_but_rejections_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names that passed are looked up, not checked again; a bad one is refused every time,
+    also once the bounded memory was cleared."""
+    monkeypatch.setattr(normalize_module, "_CHECKED_MAX", 3)
+    for round_no in range(3):
+        for n in range(5):  # more than the bound: the memory is cleared on the way
+            out = normalize(reading(key=f"Obd.K{n}[X]", host=f"h{n}"))
+            assert (out.host, out.key) == (f"h{n}", f"obd.k{n}[X]"), round_no
+        assert normalize(reading(key="a.b")) == reading(key="a.b")
+        with pytest.raises(Rejected, match="invalid item key"):
+            normalize(reading(key="bad key!"))
+        with pytest.raises(Rejected, match="invalid Zabbix host name"):
+            normalize(reading(host="h/1"))
+        with pytest.raises(Rejected, match="invalid item key"):
+            normalize(Discovery("h", "bad rule!", (), 1, 0))
+    assert len(normalize_module._CANONICAL_KEYS) <= 3
+    assert len(normalize_module._CHECKED_HOSTS) <= 3
+
+
+def test_unchanged_item_is_returned_as_it_is() -> None:
+    item = Reading("h", "mist.ap.raw", '{"a":"b"}', 1, 2, "", {"site": "s1"})
+    assert normalize(item) is item
+    assert normalize(Reading("h", "mist.ap.raw", '{"a":"b"}', 1, 2, "", {"site": "s1"})) is not item
 
 
 def test_bool_and_bytes_coerced() -> None:

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from trapline.exporters.zabbix.protocol import (
     HEADER_SIZE,
     ProtocolError,
+    data_entries_by_item,
     encode_request,
-    encode_values_by_item,
     frame,
     parse_header,
     parse_info,
@@ -56,11 +56,11 @@ def test_request_round_trips_through_json_and_frame(
 
 @given(st.lists(st.tuples(texts, texts, st.lists(values, min_size=1, max_size=5)), max_size=10))
 def test_values_grouped_by_item_encode_like_json(items: list[tuple[str, str, list[object]]]) -> None:
-    """The hand-built text (host/key escaped once per item) parses back to exactly what was sent."""
+    """Values grouped per item parse back to exactly what was sent, in order."""
     grouped = [
         ((host, key), [Reading(host, key, v, 7, n) for n, v in enumerate(vs)]) for host, key, vs in items
     ]
-    doc = json.loads(request_json(encode_values_by_item(grouped), 1, 2))
+    doc = json.loads(request_json(data_entries_by_item(grouped), 1, 2))
     assert doc["data"] == [
         {"host": r.host, "key": r.key, "value": value_text(r.value), "clock": 7, "ns": r.ns}
         for _, readings in grouped

@@ -41,8 +41,8 @@ from trapline.exporters.zabbix.client import SendError
 from trapline.exporters.zabbix.diagnose import Diagnoser, Ident, listing
 from trapline.exporters.zabbix.protocol import (
     Reply,
+    data_entries_by_item,
     encode_request,
-    encode_values_by_item,
     frame,
     request_json,
 )
@@ -318,9 +318,9 @@ class ZabbixDestination:
     async def _request(self, chunk: list[_ItemValues]) -> Reply:
         """One request on its own connection; raises SendError without a usable verdict."""
         count = _count(chunk)
-        data = encode_values_by_item([(values.ident, values.readings) for values in chunk])
+        entries = data_entries_by_item([(values.ident, values.readings) for values in chunk])
         clock_ns = time.time_ns()
-        request = request_json(data, clock_ns // 1_000_000_000, clock_ns % 1_000_000_000)
+        request = request_json(entries, clock_ns // 1_000_000_000, clock_ns % 1_000_000_000)
         payload = frame(request, self.compress)
         self.stats.requests += 1
         self.stats.values_sent += count
