@@ -65,22 +65,26 @@ def _dispatching_connection(handle: Callable[[bytes], None]) -> type[ClientConne
             self._fragments: list[bytes] = []  # of a message split over several frames
 
         def process_event(self, event: Event) -> None:
-            if not isinstance(event, Frame) or event.opcode not in _DATA_OPCODES:
+            if type(event) is not Frame:  # the handshake response
                 super().process_event(event)
                 return
-            if event.opcode is not Opcode.CONT:
-                self._fragments.clear()
-            self._fragments.append(bytes(event.data))
-            if not event.fin:
-                return
-            message = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
-            self._fragments.clear()
-            handle(message)
+            opcode = event.opcode  # compared by identity: an Enum's hash runs Python code
+            if event.fin and (opcode is _TEXT or opcode is _BINARY):  # a whole message: the usual case
+                handle(bytes(event.data))  # no copy when it is bytes already
+            elif opcode is _TEXT or opcode is _BINARY:  # the first fragment of a message
+                self._fragments = [bytes(event.data)]
+            elif opcode is _CONT:
+                self._fragments.append(bytes(event.data))
+                if event.fin:
+                    message, self._fragments = b"".join(self._fragments), []
+                    handle(message)
+            else:  # control frames: pings, pongs, close
+                super().process_event(event)
 
     return DispatchingConnection
 
 
-_DATA_OPCODES = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
+_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 
 
 def _some(channels: Iterable[str], limit: int = 3) -> str:
