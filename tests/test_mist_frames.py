@@ -39,6 +39,38 @@ def test_bytes_frames_are_decoded_too() -> None:
     assert decode_frame(frame, LIMIT) == Subscribed(CHANNEL)
 
 
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
+def test_a_data_frame_as_raw_utf8_gives_the_same_event_as_its_text(wrap: type) -> None:
+    """The websocket may hand over a frame's payload undecoded, in any bytes-like object."""
+    text = json.dumps({"mac": "5c5b35000001", "name": "é"}, ensure_ascii=False)
+    frame = json.dumps({"event": "data", "channel": CHANNEL, "data": text}, ensure_ascii=False)
+    assert decode_frame(wrap(frame.encode()), LIMIT) == decode_frame(frame, LIMIT) == DataFrame(CHANNEL, text)
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\xfe", "not JSON"),
+        (b"{", "not JSON"),
+        (b"[1]", "JSON list, not an object"),
+        (b'{"a": NaN}', "not JSON"),
+    ],
+)
+def test_bad_raw_frames_raise_a_reason_whatever_holds_them(wrap: type, payload: bytes, reason: str) -> None:
+    with pytest.raises(FrameError, match=reason):
+        decode_frame(wrap(payload), LIMIT)
+
+
+@pytest.mark.parametrize("wrap", [bytes, bytearray, memoryview])
+def test_what_only_the_standard_library_reads_is_read_from_any_bytes(wrap: type) -> None:
+    """UTF-16 (orjson reads UTF-8 only) and a lone surrogate escape go the standard library's way."""
+    utf16 = json.dumps({"event": "channel_subscribed", "channel": CHANNEL}).encode("utf-16")
+    assert decode_frame(wrap(utf16), LIMIT) == Subscribed(CHANNEL)
+    surrogate = json.dumps({"event": "data", "channel": CHANNEL, "data": "\ud800"}).encode()
+    assert decode_frame(wrap(surrogate), LIMIT) == DataFrame(CHANNEL, "\ud800")
+
+
 def test_subscribe_failed_keeps_the_detail() -> None:
     frame = json.dumps({"event": "subscribe_failed", "channel": CHANNEL, "detail": "forbidden"})
     assert decode_frame(frame, LIMIT) == SubscribeFailed(CHANNEL, "forbidden")
@@ -96,3 +128,5 @@ def test_channel_names_round_trip() -> None:
     assert site_of_channel(device_stats_channel("abc-1")) == "abc-1"
     assert site_of_channel("/sites/abc/stats/clients") is None
     assert site_of_channel("/sites/a/b/stats/devices") is None
+    assert site_of_channel(device_stats_channel("a" * 64)) == "a" * 64
+    assert site_of_channel(device_stats_channel("a" * 65)) is None

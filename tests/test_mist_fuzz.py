@@ -82,7 +82,9 @@ envelopes = st.fixed_dictionaries(
 ).map(json.dumps)
 frames = (
     envelopes
+    | envelopes.map(lambda text: memoryview(text.encode()))  # as the websocket may hand a payload over
     | st.binary(max_size=200)
+    | st.binary(max_size=200).map(bytearray)
     | st.text(max_size=200)
     | json_values.map(json.dumps)
     | st.just("x" * (MAX_FRAME + 1))
@@ -91,7 +93,9 @@ frames = (
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.lists(frames, min_size=1, max_size=10))
-def test_no_frame_crashes_and_bad_ones_are_counted(tmp_path: Path, batch: list[str | bytes]) -> None:
+def test_no_frame_crashes_and_bad_ones_are_counted(
+    tmp_path: Path, batch: list[str | bytes | bytearray | memoryview]
+) -> None:
     _, connection, out = make_connection(tmp_path)
     for frame in batch:
         errors_before = len(out.errors)

@@ -72,15 +72,16 @@ class MistCollector:
         if site_id is None or site_id not in self.fleet.sites:
             out.error(f"mist {self.name}: data on a channel not subscribed: {event.channel[:80]!r}")
             return
+        now = time.monotonic()  # one reading of the clock serves the update and what it makes due
         try:
-            problems = self.fleet.update(site_id, event.data, time.monotonic())
+            problems = self.fleet.update(site_id, event.data, now)
         except FrameError as exc:
             out.error(f"mist {self.name}: site {site_id}: {exc}")
             return
         if problems:
             more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
             out.error(f"mist {self.name}: site {site_id}: dropped {'; '.join(problems[:3])}{more}")
-        for item in self.fleet.due(time.monotonic(), sweep=False):
+        for item in self.fleet.due(now, sweep=False):
             out.put(item)
 
     # -- background loops ----------------------------------------------------

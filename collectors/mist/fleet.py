@@ -94,9 +94,14 @@ _EntryName = Annotated[str, msgspec.Meta(max_length=64)]
 _Scalar: Any = _Int | float | _Text | bool | None | msgspec.UnsetType
 
 
+# The structs live only between decoding an update and converting it to dicts, and
+# decoded JSON holds no cycles: they need not be tracked by the garbage collector.
+_STRUCT_OPTIONS: dict[str, Any] = {"omit_defaults": True, "gc": False}
+
+
 def _members_type(name: str, members: frozenset[str]) -> Any:
     fields = [(member, _Scalar, msgspec.UNSET) for member in sorted(members)]
-    return msgspec.defstruct(name, fields, omit_defaults=True)
+    return msgspec.defstruct(name, fields, **_STRUCT_OPTIONS)
 
 
 def _kept_fields_decoder(
@@ -113,7 +118,11 @@ def _kept_fields_decoder(
         fields.append((name, bounded | msgspec.UnsetType, msgspec.UNSET))
     # Sorted like the stored state's JSON, so an update and a state of the same fields have equal shapes.
     fields.sort()
-    return msgspec.json.Decoder(msgspec.defstruct("KeptFields", fields, omit_defaults=True))
+    return msgspec.json.Decoder(msgspec.defstruct("KeptFields", fields, **_STRUCT_OPTIONS))
+
+
+# The names at every level of filtered fields (FieldSchema.shape).
+Shape = tuple[tuple[str, ...], ...]
 
 
 def _is_scalar(value: object) -> bool:
@@ -130,7 +139,7 @@ class FieldSchema:
     objects: Mapping[str, frozenset[str]]
     maps: Mapping[str, frozenset[str]]
     nested: frozenset[str]  # the fields of objects and maps
-    nested_order: tuple[str, ...]  # the same, sorted
+    nested_kinds: tuple[tuple[str, bool], ...]  # the same, sorted, each with whether it is a map
     decoder: msgspec.json.Decoder[Any]  # reads these fields, and only these, from JSON text
 
     @classmethod
@@ -142,7 +151,8 @@ class FieldSchema:
         maps = {k: frozenset(v) for k, v in data.get("maps", {}).items()}
         nested = frozenset(objects.keys() | maps.keys())
         decoder = _kept_fields_decoder(scalars, objects, maps)
-        return cls(scalars, objects, maps, nested, tuple(sorted(nested)), decoder)
+        kinds = tuple((name, name in maps) for name in sorted(nested))
+        return cls(scalars, objects, maps, nested, kinds, decoder)
 
     def filter_json(self, text: str) -> dict[str, Any] | None:
         """The kept fields of an update's JSON text, or None when any of them is malformed.
@@ -205,7 +215,7 @@ class FieldSchema:
                 problems.append(f"field {name}.{entry}: expected an object, got {type(inner).__name__}")
         return entries
 
-    def shape(self, kept: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
+    def shape(self, kept: Mapping[str, Any]) -> Shape:
         """The names at every level of filtered fields, in their order.
 
         Merging fields into a state of the same shape replaces every value, so
@@ -215,11 +225,11 @@ class FieldSchema:
         costs a merge, never a wrong state.
         """
         parts = [tuple(kept)]
-        for name in self.nested_order:  # the few nested fields, not every field: this runs per update
-            if name in kept:
-                value = kept[name]
+        for name, is_map in self.nested_kinds:  # the few nested fields, not every field: this runs per update
+            value = kept.get(name)
+            if value is not None:  # filtered and merged fields hold a dict here, or nothing
                 parts.append(tuple(value))
-                if name in self.maps:
+                if is_map:
                     parts.extend(map(tuple, value.values()))
         return tuple(parts)
 
@@ -292,7 +302,7 @@ class _Device:
         # mist.ap.raw value itself.  Text, not bytes: orjson's bytes keep its ~8 KB
         # write buffer allocated, decoding gives an exact-size copy.
         self.state = ""
-        self.shape: object = None  # FieldSchema.shape of state, one object shared across devices
+        self.shape: Shape | None = None  # FieldSchema.shape of state, one object shared across devices
         self.updated = 0.0  # monotonic time of the last update
         self.clock_ns = 0  # wall clock of the last update, sent with the value
         # Monotonic time of the last mist.ap.raw; only kept when min_interval needs it.
@@ -317,7 +327,9 @@ class Fleet:
         self.policy = policy
         self.schema = schema
         self._devices: dict[str, _Device] = {}
-        self._shapes: dict[object, object] = {}  # every state shape once
+        self._shapes: dict[Shape, Shape] = {}  # every state shape once
+        # (id of a shape in _shapes, shape of an update) -> shape after merging them
+        self._merged_shapes: dict[tuple[int, Shape], Shape] = {}
         self._sites: dict[str, SiteInfo] = {}
         # Devices with an update not sent yet: those that may go at the next due(),
         # and those held (not announced yet, or inside min_interval).  Per update
@@ -359,6 +371,59 @@ class Fleet:
             fields, problems = self.schema.filter(payload)
         else:
             payload, problems = fields, []  # every field it has is a kept one, of the right type
+        key = self._known_key(payload)
+        if key is None:
+            key = self._identify(site_id, payload, fields, problems)
+        device = self._devices[key]
+        shape = self.schema.shape(fields)
+        if device.state and shape != device.shape:
+            # orjson would cache a UTF-8 copy inside non-ASCII text for as long as it lives.
+            state = parse_json(device.state if device.state.isascii() else device.state.encode())
+            self.schema.merge(state, fields)
+            shape = self._merged_shape(device.shape, shape, state)
+        else:
+            state = fields  # the first update, or one with every field the state has
+        device.state = encode_json(state).decode()
+        if shape != device.shape:  # equal shapes: the device already holds the shared one
+            device.shape = self._shapes.get(shape)
+            if device.shape is None and len(self._shapes) < MAX_SHAPES:
+                device.shape = self._shapes[shape] = shape
+            # else: beyond MAX_SHAPES a device keeps no shape and every update merges
+        kind, name, model = state.get("type"), state.get("name"), state.get("model")
+        if site_id != device.site_id or kind != device.kind or name != device.name or model != device.model:
+            device.site_id, device.kind, device.model = sys.intern(site_id), _shared(kind), _shared(model)
+            device.name = name
+            self._lld_dirty = True
+        device.updated = now
+        device.clock_ns = time.time_ns()
+        if self._eligible(device):
+            if self._may_send(device, now):
+                self._ready.add(key)
+                self._held.discard(key)
+            else:
+                self._held.add(key)
+            if device.stale:
+                device.stale = False
+                self._queued.append(self._stale_reading(device, 0))
+        return problems
+
+    def _known_key(self, payload: Mapping[str, Any]) -> str | None:
+        """The key of a device known by its MAC, for an update as Mist sends nearly all of them.
+
+        That is: an ``id`` ending in ``-`` and the MAC, and that same MAC in
+        ``mac``, exactly as stored (so it was checked when it came first);
+        :meth:`_identify` would find the same device, only slower.
+        """
+        device_id, mac = payload.get("id"), payload.get("mac")
+        if type(device_id) is not str or type(mac) is not str or device_id[-13:-12] != "-":
+            return None
+        device = self._devices.get(mac)
+        return mac if device is not None and device.mac == mac and device_id.endswith(mac) else None
+
+    def _identify(
+        self, site_id: str, payload: Mapping[str, Any], fields: dict[str, Any], problems: list[str]
+    ) -> str:
+        """The key of the device an update is about, created when new; its MAC is written into ``fields``."""
         device_id = payload.get("id") if isinstance(payload.get("id"), str) else None
         mac = normalize_mac(payload.get("mac"))
         mac_in_id = _mac_from_device_id(device_id) if device_id else None
@@ -377,39 +442,28 @@ class Fleet:
         elif "mac" in payload:
             problems.append("field mac: not a MAC address")
             fields.pop("mac", None)
-        shape = self.schema.shape(fields)
-        if device.state and shape != device.shape:
-            # orjson would cache a UTF-8 copy inside non-ASCII text for as long as it lives.
-            state = parse_json(device.state if device.state.isascii() else device.state.encode())
-            self.schema.merge(state, fields)
-            shape = self.schema.shape(state)
-        else:
-            state = fields  # the first update, or one with every field the state has
-        device.state = encode_json(state).decode()
-        device.shape = self._shapes.get(shape)
-        if device.shape is None and len(self._shapes) < MAX_SHAPES:
-            device.shape = self._shapes[shape] = shape
-        # else: beyond MAX_SHAPES a device keeps no shape and every update merges
         device_mac = device.mac or mac or mac_in_id
-        kind, name, model = state.get("type"), state.get("name"), state.get("model")
-        known = (device.site_id, device.mac, device.kind, device.name, device.model)
-        if (site_id, device_mac, kind, name, model) != known:
-            device.site_id, device.kind, device.model = sys.intern(site_id), _shared(kind), _shared(model)
-            device.name = name
+        if device_mac != device.mac:
             device.mac = key if device_mac == key else device_mac  # one string object for both
             self._lld_dirty = True
-        device.updated = now
-        device.clock_ns = time.time_ns()
-        if self._eligible(device):
-            if self._may_send(device, now):
-                self._ready.add(key)
-                self._held.discard(key)
-            else:
-                self._held.add(key)
-            if device.stale:
-                device.stale = False
-                self._queued.append(self._stale_reading(device, 0))
-        return problems
+        return key
+
+    def _merged_shape(self, before: Shape | None, update: Shape, state: Mapping[str, Any]) -> Shape:
+        """The shape of ``state``, just merged from a state shaped ``before`` and an update shaped ``update``.
+
+        It depends on those two shapes alone (the stored state is read back in
+        sorted order), so it is worked out once per pair: partial updates,
+        merged every time, then skip a walk over the whole state.
+        """
+        if before is None:  # beyond MAX_SHAPES
+            return self.schema.shape(state)
+        pair = (id(before), update)  # shapes in _shapes live as long as the fleet: their ids stay theirs
+        merged = self._merged_shapes.get(pair)
+        if merged is None:
+            merged = self.schema.shape(state)
+            if len(self._merged_shapes) < MAX_SHAPES:
+                self._merged_shapes[pair] = merged
+        return merged
 
     # -- output --------------------------------------------------------------
     def due(self, now: float, sweep: bool = True) -> list[Item]:
@@ -499,13 +553,15 @@ class Fleet:
         }
 
     def _labels(self, device: _Device) -> dict[str, str]:
-        # Identity for the Prometheus exporter: enough to label per-AP series.
-        site = self._site(device)
+        # Identity for the Prometheus exporter: enough to label per-AP series.  Built per
+        # reading, not kept: per AP it would cost more memory than the 2 KB budget leaves.
+        site = self._sites.get(device.site_id) or SiteInfo.unnamed(device.site_id)
+        name, mac = device.name, str(device.mac)
         return {
             "org": site.org_name or site.org_id,
             "site": site.name,
-            "ap": _text(device.name) or str(device.mac),
-            "mac": str(device.mac),
+            "ap": name if isinstance(name, str) and name else mac,
+            "mac": mac,
         }
 
     def _discovery_due(self, now: float) -> Discovery | None:

@@ -11,6 +11,7 @@ quotes more than a few characters of the frame).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -51,6 +52,16 @@ def device_stats_channel(site_id: str) -> str:
 
 def site_of_channel(channel: str) -> str | None:
     """The site id of a ``/sites/<id>/stats/devices`` channel, else None."""
+    # Every data frame names its channel, and a fleet has few (one per site): the answer
+    # is cached, only for names short enough to be such a channel, so the cache stays small.
+    return _cached_site_of_channel(channel) if len(channel) <= _LONGEST_CHANNEL else None
+
+
+_LONGEST_CHANNEL = len(device_stats_channel("x" * 64))  # the longest site id _SITE_DEVICE_STATS takes
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_site_of_channel(channel: str) -> str | None:
     match = _SITE_DEVICE_STATS.fullmatch(channel)
     return match.group(1) if match else None
 
@@ -68,7 +79,7 @@ def _reject_constant(name: str) -> Any:
 _STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def parse_json(text: str | bytes) -> Any:
+def parse_json(text: str | bytes | bytearray | memoryview) -> Any:
     """Strict JSON (no NaN/Infinity); raises ValueError or RecursionError.
 
     orjson reads a stats frame several times faster than the standard library;
@@ -80,18 +91,30 @@ def parse_json(text: str | bytes) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         pass
-    if isinstance(text, bytes):  # as json.loads does: UTF-8/16/32, detected from the bytes
-        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    if not isinstance(text, str):  # as json.loads does: UTF-8/16/32, detected from the bytes
+        raw = bytes(text)  # a websocket payload may come as a memoryview or bytearray
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
     return _STRICT_JSON.decode(text)
 
 
-def decode_frame(frame: str | bytes, max_bytes: int) -> Event:
+def decode_frame(frame: str | bytes | bytearray | memoryview, max_bytes: int) -> Event:
+    """The event of one frame (text, or its UTF-8 bytes); raises FrameError with the reason it is unusable."""
     if len(frame) > max_bytes:
         raise FrameError(f"frame of {len(frame)} bytes exceeds max_frame_bytes={max_bytes}")
     try:
         envelope = parse_json(frame)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError too
         raise FrameError("frame is not JSON") from None
+    # A device update is nearly every frame: recognised first, in as few steps as possible.
+    if type(envelope) is dict and envelope.get("event") == "data":
+        channel, data = envelope.get("channel"), envelope.get("data")
+        if type(channel) is str and type(data) is str:
+            return DataFrame(channel, data)
+    return _other_event(envelope)
+
+
+def _other_event(envelope: object) -> Event:
+    """Every frame but a well-formed device update: acks, refusals, objects as data, and every fault."""
     if not isinstance(envelope, dict):
         raise FrameError(f"frame is a JSON {type(envelope).__name__}, not an object")
     event, channel = envelope.get("event"), envelope.get("channel")
