@@ -75,39 +75,53 @@ def mac_of(index: int) -> str:
     return f"5c5b35{index:06x}"
 
 
+def _spread(index: int, salt: int, modulo: int) -> int:
+    """A figure that differs from AP to AP as on a real network (fixed per AP and salt)."""
+    return (index * 2654435761 + salt * 40503) % modulo
+
+
 def full_update(index: int, round_no: int) -> dict[str, Any]:
-    """A full AP update with every field fields.toml keeps; counters move every round."""
+    """A full AP update with every field fields.toml keeps.
+
+    Counters differ per AP and move every round, as on a real network: a batch
+    of these compresses about as well as real stats do, not as well as copies.
+    """
     mac = mac_of(index)
     n = round_no
     return ap_full(
         mac,
         f"ap-{index}",
-        uptime=1000 + n,
-        cpu_util=n % 100,
-        cpu_user=2,
-        cpu_system=1,
-        tx_bps=8000 + n,
-        rx_bps=16000 + n,
-        tx_bytes=100 * n,
-        rx_bytes=200 * n,
+        uptime=_spread(index, 1, 10**7) + n,
+        cpu_util=(_spread(index, 2, 100) + n) % 100,
+        cpu_user=_spread(index, 3, 50),
+        cpu_system=_spread(index, 4, 20),
+        tx_bps=_spread(index, 5, 10**6) + 997 * n,
+        rx_bps=_spread(index, 6, 10**6) + 1009 * n,
+        tx_bytes=_spread(index, 7, 10**12) + 1_000_003 * n,
+        rx_bytes=_spread(index, 8, 10**12) + 2_000_003 * n,
         version="0.14.29",
         serial=f"A{index:09d}",
-        ip="10.0.0.1",
+        ip=f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}",
         power_src="PoE 802.3at",
         power_budget=1200,
-        env_stat={"cpu_temp": 55, "ambient_temp": 30, "humidity": 40, "pressure": 1013},
+        env_stat={
+            "cpu_temp": 45 + _spread(index, 9, 20),
+            "ambient_temp": 20 + _spread(index, 10, 15),
+            "humidity": 30 + _spread(index, 11, 40),
+            "pressure": 990 + _spread(index, 12, 40),
+        },
         port_stat={
             "eth0": {
                 "up": True,
                 "speed": 1000,
                 "full_duplex": True,
-                "tx_bytes": 20 * n,
-                "rx_bytes": 10 * n,
-                "tx_pkts": n,
-                "rx_pkts": n,
-                "rx_errors": 0,
-                "tx_peak_bps": 800,
-                "rx_peak_bps": 1600,
+                "tx_bytes": _spread(index, 13, 10**12) + 500_009 * n,
+                "rx_bytes": _spread(index, 14, 10**12) + 300_007 * n,
+                "tx_pkts": _spread(index, 15, 10**9) + 401 * n,
+                "rx_pkts": _spread(index, 16, 10**9) + 307 * n,
+                "rx_errors": _spread(index, 17, 3),
+                "tx_peak_bps": _spread(index, 18, 10**7),
+                "rx_peak_bps": _spread(index, 19, 10**7),
             }
         },
         radio_stat={
@@ -115,23 +129,23 @@ def full_update(index: int, round_no: int) -> dict[str, Any]:
                 "mac": mac,
                 "channel": ch,
                 "bandwidth": 20,
-                "power": 12,
-                "noise_floor": -90,
-                "num_clients": n % 7,
+                "power": 8 + _spread(index, salt, 10),
+                "noise_floor": -95 + _spread(index, salt + 1, 15),
+                "num_clients": (_spread(index, salt + 2, 30) + n) % 40,
                 "disabled": False,
                 "usage": band[5:],
-                "util_all": 30,
-                "util_tx": 5,
-                "util_rx_in_bss": 10,
-                "util_rx_other_bss": 10,
-                "util_unknown_wifi": 3,
-                "util_non_wifi": 2,
-                "tx_bytes": 7 * n,
-                "rx_bytes": 8 * n,
-                "tx_pkts": n,
-                "rx_pkts": 2 * n,
+                "util_all": _spread(index, salt + 3, 90),
+                "util_tx": _spread(index, salt + 4, 30),
+                "util_rx_in_bss": _spread(index, salt + 5, 30),
+                "util_rx_other_bss": _spread(index, salt + 6, 30),
+                "util_unknown_wifi": _spread(index, salt + 7, 10),
+                "util_non_wifi": _spread(index, salt + 8, 10),
+                "tx_bytes": _spread(index, salt + 9, 10**11) + 70_001 * n,
+                "rx_bytes": _spread(index, salt + 10, 10**11) + 80_021 * n,
+                "tx_pkts": _spread(index, salt + 11, 10**8) + 61 * n,
+                "rx_pkts": _spread(index, salt + 12, 10**8) + 127 * n,
             }
-            for band, ch in (("band_24", 6), ("band_5", 36), ("band_6", 37))
+            for band, ch, salt in (("band_24", 6, 20), ("band_5", 36, 40), ("band_6", 37, 60))
         },
     )
 
