@@ -50,6 +50,14 @@ record AUTOINCREMENT keeps), advanced in each put's transaction: ids are never
 reused, also after the spool was emptied, and a version that knows only
 ``queue`` would continue after them.  Files of older versions hold only
 ``queue`` rows: they are read as they are, the new tables are added on open.
+
+Compression.  A batch blob of ``_COMPRESS_FROM`` bytes or more is stored as
+``_LZ4_MARKER`` + an lz4 block, if that saves at least an eighth: a Mist reading
+(~1.6 KB of JSON) then costs a fraction of a page to write to the WAL, to
+checkpoint and to read back, where the page-sized I/O was most of the spool's
+cost.  Plain blobs (small batches, older versions) start with a msgpack array
+byte, never the marker.  A blob that does not decompress raises
+``msgspec.DecodeError`` from ``claim``, as a damaged plain blob does; its row stays.
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+import lz4.block
 import msgspec
 
 from trapline.middleware.model import Discovery, Item, Reading
@@ -160,6 +169,22 @@ def _plain(obj: object) -> object:
     if isinstance(obj, Mapping):
         return dict(obj)
     raise NotImplementedError
+
+
+# A batch blob of this many bytes or more is stored lz4-compressed, behind _LZ4_MARKER: Mist
+# readings are ~1.6 KB of JSON each, and the spool's cost was mostly page-sized I/O (WAL
+# writes, checkpoint, reading the blob back).  Below it (a few small OBD readings) the
+# blob fits a page anyway and the call would not pay.
+_COMPRESS_FROM = 2048
+# A plain blob is a msgpack array: its first byte is 0x90-0x9f, 0xdc or 0xdd, never this.
+_LZ4_MARKER = b"\x04"
+# LZ4 expands by at most ~255x: a stated size beyond that is a corrupt header, not a huge batch.
+_LZ4_MAX_RATIO = 255
+_SIZE_HEADER = 4  # lz4.block's store_size prefix: the plain size, little-endian
+
+
+class CorruptBatch(msgspec.DecodeError):
+    """A compressed batch blob that does not decompress: it fails as a damaged msgpack blob does."""
 
 
 _pack = msgspec.msgpack.Encoder(enc_hook=_plain).encode
@@ -490,20 +515,40 @@ def _queue_of(destination: str | Recipient) -> tuple[str, bool]:
 
 
 def _pack_batch(items: Sequence[Item], labelled: bool) -> bytes:
-    """Each item as the array of its fields (Readings and Discoveries are array_like Structs)."""
+    """Each item as the array of its fields (Readings and Discoveries are array_like Structs),
+    compressed when large enough (``_COMPRESS_FROM``) and when that makes it clearly smaller."""
     if labelled:
-        return _pack(items)
-    return _pack(
-        [
-            (item.host, item.key, item.value, item.clock, item.ns, item.unit, _NO_LABELS)
-            if isinstance(item, Reading) and item.labels
-            else item
-            for item in items
-        ]
-    )
+        plain = _pack(items)
+    else:
+        plain = _pack(
+            [
+                (item.host, item.key, item.value, item.clock, item.ns, item.unit, _NO_LABELS)
+                if isinstance(item, Reading) and item.labels
+                else item
+                for item in items
+            ]
+        )
+    if len(plain) < _COMPRESS_FROM:
+        return plain
+    packed = _LZ4_MARKER + lz4.block.compress(plain)
+    # A saving under an eighth (already compressed or random values) is not worth decompressing.
+    return packed if len(packed) * 8 < len(plain) * 7 else plain
+
+
+def _decompress(payload: bytes) -> bytes:
+    stated = int.from_bytes(payload[1 : 1 + _SIZE_HEADER], "little")
+    if len(payload) <= 1 + _SIZE_HEADER or stated > _LZ4_MAX_RATIO * len(payload):
+        raise CorruptBatch(f"compressed batch of {len(payload)} bytes states {stated} bytes")
+    try:
+        plain: bytes = lz4.block.decompress(memoryview(payload)[1:])
+    except lz4.block.LZ4BlockError as exc:
+        raise CorruptBatch(f"compressed batch of {len(payload)} bytes: {exc}") from exc
+    return plain
 
 
 def _unpack_batch(payload: bytes) -> list[Item]:
+    if payload[:1] == _LZ4_MARKER:  # blobs of older versions are plain msgpack
+        payload = _decompress(payload)
     try:
         return cast(list[Item], _unpack_readings(payload))
     except msgspec.ValidationError:  # the batch holds a discovery: its rows are no reading's value
