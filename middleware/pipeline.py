@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # Wake the intake early when this many items wait, so a burst is committed promptly.
 _INTAKE_HIGH_WATER = 5000
+_UNREADABLE = "spool batch unreadable"
 
 
 class _Outbox:
@@ -236,6 +237,10 @@ class Pipeline:
     async def deliver_once(self, dest: Destination) -> Delivery | None:
         """One delivery round for ``dest``; None when nothing was due."""
         batch = self.spool.claim(dest.name, self.spool_settings.batch)
+        if lost := self.spool.take_unreadable():
+            self.stats.rejected[_UNREADABLE] += lost
+            log.error("spool: %d readings for %s were in a damaged batch; it was moved to the "
+                      "batch_unreadable table of %s", lost, dest.name, self.spool.path)
         if not batch:
             return None
         started = time.monotonic()
@@ -302,7 +307,11 @@ class Pipeline:
         wake = self._dest_wake[dest.name]
         # Stops with the pipeline: after stop() the final drain takes over.
         while not self._stop.is_set():
-            outcome = await self.deliver_once(dest)
+            try:
+                outcome = await self.deliver_once(dest)
+            except Exception as exc:  # the spool's disk, or a bug: this destination must go on
+                log.debug("delivery round for %s failed", dest.name, exc_info=True)
+                outcome = Delivery(unreachable=f"delivery round failed: {type(exc).__name__}: {exc}")
             if outcome is None:
                 wake.clear()
                 due = self.spool.next_due(dest.name)
@@ -386,9 +395,12 @@ class Pipeline:
 
     async def _drain(self, seconds: float) -> None:
         async def drain_one(dest: Destination) -> None:
-            while (outcome := await self.deliver_once(dest)) is not None:
-                if outcome.unreachable is not None or not outcome.accepted:
-                    return
+            try:
+                while (outcome := await self.deliver_once(dest)) is not None:
+                    if outcome.unreachable is not None or not outcome.accepted:
+                        return
+            except Exception as exc:  # what is left stays in the spool for the next start
+                log.warning("last delivery to %s failed: %s: %s", dest.name, type(exc).__name__, exc)
 
         if seconds <= 0 or not self.destinations:
             return

@@ -56,8 +56,14 @@ Compression.  A batch blob of ``_COMPRESS_FROM`` bytes or more is stored as
 (~1.6 KB of JSON) then costs a fraction of a page to write to the WAL, to
 checkpoint and to read back, where the page-sized I/O was most of the spool's
 cost.  Plain blobs (small batches, older versions) start with a msgpack array
-byte, never the marker.  A blob that does not decompress raises
-``msgspec.DecodeError`` from ``claim``, as a damaged plain blob does; its row stays.
+byte, never the marker.
+
+Damage.  A batch blob that no longer decodes (a damaged page, a bad sector)
+would stop its destination for good if ``claim`` raised on it at every round.
+Instead ``claim`` moves the row, bytes untouched, to ``batch_unreadable`` (for
+a person to look at), leaves it out of the depth, and counts its readings in
+``unreadable``, which the pipeline reports as rejected; the readings behind it
+keep flowing.
 """
 
 from __future__ import annotations
@@ -114,6 +120,14 @@ CREATE TABLE IF NOT EXISTS batch (
 );
 CREATE INDEX IF NOT EXISTS batch_by_dest ON batch (dest);
 CREATE TABLE IF NOT EXISTS batch_progress (id INTEGER PRIMARY KEY, done INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batch_unreadable (
+    id INTEGER PRIMARY KEY,
+    dest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    done INTEGER NOT NULL,
+    found REAL NOT NULL,
+    payload BLOB NOT NULL
+);
 INSERT INTO sqlite_sequence (name, seq)
     SELECT 'queue', coalesce(max(id), 0) FROM queue
     WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'queue');
@@ -228,6 +242,7 @@ class Spool:
         self.path = path
         self.max_readings = max_readings
         self.dropped = 0
+        self.unreadable = 0  # readings of batches moved to batch_unreadable, until take_unreadable()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per group.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -449,15 +464,46 @@ class Spool:
 
     def _claim_batches(self, dest: str, limit: int) -> list[Spooled]:
         claimed: list[Spooled] = []
+        damaged: list[int] = []
         cur = self._db.execute(_CLAIM_BATCHES, (dest,))
         # Stop reading at the limit: later batches' blobs are never loaded.
         for batch_id, done, enqueued, payload in cur:
-            items = _unpack_batch(payload)[done : done + limit - len(claimed)]
+            try:
+                items = _unpack_batch(payload)[done : done + limit - len(claimed)]
+            except msgspec.DecodeError:
+                damaged.append(batch_id)
+                continue
             claimed += [Spooled(rid, item, enqueued, 0) for rid, item in zip(count(batch_id + done), items)]
             if len(claimed) >= limit:
                 break
         cur.close()
+        if damaged:
+            self._set_aside(damaged)
         return claimed
+
+    def _set_aside(self, batch_ids: list[int]) -> None:
+        """Move batches whose blob does not decode to batch_unreadable; their readings count as lost."""
+        listed = json.dumps(batch_ids)
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO batch_unreadable (id, dest, size, done, found, payload)"
+                " SELECT b.id, b.dest, b.size, coalesce(p.done, 0), ?, b.payload FROM batch b"
+                " LEFT JOIN batch_progress p ON p.id = b.id WHERE b.id IN (SELECT value FROM json_each(?))",
+                (time.time(), listed),
+            )
+            lost: int = self._db.execute(
+                "SELECT coalesce(sum(size - done), 0) FROM batch_unreadable"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (listed,),
+            ).fetchone()[0]
+            self._delete_batches(batch_ids)
+        self._depth -= lost
+        self.unreadable += lost
+
+    def take_unreadable(self) -> int:
+        """Readings set aside as unreadable since the last call."""
+        lost, self.unreadable = self.unreadable, 0
+        return lost
 
     def next_due(self, dest: str) -> float | None:
         if self._db.execute("SELECT 1 FROM batch WHERE dest = ? LIMIT 1", (dest,)).fetchone():

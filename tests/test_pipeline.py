@@ -245,3 +245,44 @@ def test_a_bug_for_one_reading_rejects_that_reading_and_the_intake_goes_on(
     put(p, ["c"], 1)  # and the next flush works as before
     p.flush_intake()
     assert p.spool.depth() == 5
+
+
+def test_a_failing_claim_does_not_end_delivery(tmp_path: Path) -> None:
+    dest = ScriptedDestination()
+    p = make_pipeline(tmp_path, dest)
+    real_claim = p.spool.claim
+    failures = {"left": 1}
+
+    def flaky_claim(name: str, limit: int, now: float | None = None) -> list[Spooled]:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return real_claim(name, limit, now)
+
+    p.spool.claim = flaky_claim  # type: ignore[method-assign]
+    put(p, ["a"], 4)
+
+    async def main() -> None:
+        task = asyncio.create_task(p.run(install_signal_handlers=False))
+        async with asyncio.timeout(20):
+            while len(dest.delivered) < 4:  # noqa: ASYNC110 (polls what the delivery loop does)
+                await asyncio.sleep(0.05)
+        p.stop()
+        await task
+
+    asyncio.run(main())
+    assert failures["left"] == 0 and [r.value for r in dest.delivered] == [0, 1, 2, 3]
+
+
+def test_a_damaged_spool_batch_is_rejected_with_a_reason_and_the_rest_flows(tmp_path: Path) -> None:
+    dest = ScriptedDestination()
+    p = make_pipeline(tmp_path, dest)
+    put(p, ["a"], 3)
+    p.flush_intake()
+    p.spool._db.execute("UPDATE batch SET payload = ?", (b"\x94\xc1",))
+    put(p, ["b"], 2)
+    p.flush_intake()
+    asyncio.run(rounds(p, dest, 1))
+    assert p.stats.rejected == {"spool batch unreadable": 3}
+    assert [(r.key, r.value) for r in dest.delivered] == [("b", 0), ("b", 1)]
+    assert p.spool.depth() == 0

@@ -6,7 +6,6 @@ import secrets
 from pathlib import Path
 from unittest import mock
 
-import msgspec
 import pytest
 
 from trapline.middleware import spool as spool_module
@@ -92,7 +91,7 @@ def test_plain_batches_of_an_older_version_still_read(tmp_path: Path) -> None:
     ],
     ids=["truncated", "zeroed", "huge-size", "marker-only"],
 )
-def test_a_corrupt_compressed_batch_fails_like_a_corrupt_plain_one_and_stays(
+def test_a_damaged_batch_is_set_aside_counted_and_the_next_one_still_flows(
     tmp_path: Path, damage: object
 ) -> None:
     assert callable(damage)
@@ -100,11 +99,19 @@ def test_a_corrupt_compressed_batch_fails_like_a_corrupt_plain_one_and_stays(
     spool.put(ap_readings(20), ["z"])
     (blob,) = payloads(spool)
     spool._db.execute("UPDATE batch SET payload = ?", (damage(blob),))
-    with pytest.raises(msgspec.DecodeError):
-        spool.claim("z", 100)
-    # Nothing is deleted: the row and its count stay for a person (or a later fix) to recover.
-    assert spool.depth() == 20 and len(payloads(spool)) == 1
-    # A damaged plain blob fails the same way: the pipeline sees one kind of error.
+    later = ap_readings(25)[20:]
+    spool.put(later, ["z"])
+    # The damaged batch no longer blocks its destination: the readings behind it come out.
+    assert claimed_items(spool) == later
+    assert spool.take_unreadable() == 20 and spool.take_unreadable() == 0
+    assert spool.depth() == 5 and len(payloads(spool)) == 1
+    # Its bytes are kept, untouched, for a person to look at.
+    (kept,) = spool._db.execute("SELECT size, done, payload FROM batch_unreadable").fetchall()
+    assert kept[:2] == (20, 0) and bytes(kept[2]) == damage(blob)
+
+
+def test_a_damaged_plain_batch_is_set_aside_as_well(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    spool.put(ap_readings(3), ["z"])
     spool._db.execute("UPDATE batch SET payload = ?", (b"\x94\xc1",))
-    with pytest.raises(msgspec.DecodeError):
-        spool.claim("z", 100)
+    assert claimed_items(spool) == [] and spool.take_unreadable() == 3 and spool.depth() == 0
