@@ -42,10 +42,6 @@ NOT_EXPOSED = {
     "serial",
     "ip",
     "power_src",
-    "power_budget",  # unit (mW?) not confirmed
-    "env_stat.pressure",  # unit not confirmed
-    "radio_stat.mac",
-    "radio_stat.usage",
 }
 
 
