@@ -254,7 +254,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def write_config(tmp: Path, stream_url: str, rest_url: str, trapper_port: int) -> Path:
+def write_config(tmp: Path, stream_url: str, rest_url: str, trapper_port: int, compression: str) -> Path:
     token = tmp / "mist.token"
     token.write_text(TOKEN)
     token.chmod(0o600)
@@ -279,6 +279,7 @@ stream_url = {json.dumps(stream_url)}
 rest_url = {json.dumps(rest_url)}
 sites = {sites}
 lld_min_interval = 0.5
+compression = {json.dumps(compression)}
 """,
         encoding="utf-8",
     )
@@ -292,6 +293,7 @@ class Round:
     cpu: float
     requests: int
     push_seconds: float
+    wire_bytes: int  # what the stream sent for these updates (0 when fed directly)
 
 
 async def until(check: Callable[[], bool], what: str) -> None:
@@ -325,9 +327,10 @@ async def agent_run(
     sent = pipeline.stats.destination(dest.name)
 
     async def one_round(frames: list[str], expected: int) -> Round:
+        wire_bytes = 0
         if not direct:
             await loop.run_in_executor(None, conn.send, ("load", frames))
-            await loop.run_in_executor(None, conn.recv)
+            wire_bytes = await loop.run_in_executor(None, conn.recv)
         before_sent, before_requests = sent.sent, dest.stats.requests
         started, cpu = time.perf_counter(), cpu_seconds()
         if direct:
@@ -341,7 +344,7 @@ async def agent_run(
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
         if not direct:
             push = await loop.run_in_executor(None, conn.recv)
-        return Round(len(frames), seconds, cpu, dest.stats.requests - before_requests, push)
+        return Round(len(frames), seconds, cpu, dest.stats.requests - before_requests, push, wire_bytes)
 
     try:
         # Warm-up: every AP once; raw values wait for the LLD naming their host (lld_min_interval).
@@ -360,15 +363,16 @@ def throughput(args: argparse.Namespace) -> str:
     peer_process = ctx.Process(target=peer_main, args=(child,), daemon=True)
     peer_process.start()
     stream_url, rest_url, trapper_port = parent.recv()
-    modes = [("websocket", False, False)]
+    # (name, fed directly, basic updates, compression)
+    modes = [("websocket", False, False, "deflate"), ("websocket, compression off", False, False, "none")]
     if args.direct:
-        modes += [("direct", True, False), ("direct, basic updates", True, True)]
-    results: dict[str, list[tuple[Round, Round]]] = {name: [] for name, _, _ in modes}
+        modes += [("direct", True, False, "deflate"), ("direct, basic updates", True, True, "deflate")]
+    results: dict[str, list[tuple[Round, Round]]] = {name: [] for name, *_ in modes}
     try:
         for run in range(args.runs):
-            for name, direct, basic in modes:  # interleaved, so load bursts hit all alike
+            for name, direct, basic, compression in modes:  # interleaved, so load bursts hit all alike
                 with tempfile.TemporaryDirectory(prefix="trapline-bench-mist-") as tmp:
-                    config = write_config(Path(tmp), stream_url, rest_url, trapper_port)
+                    config = write_config(Path(tmp), stream_url, rest_url, trapper_port, compression)
                     warm, measured = asyncio.run(
                         agent_run(config, parent, args.aps, args.updates, direct=direct, basic=basic)
                     )
@@ -399,6 +403,9 @@ def throughput(args: argparse.Namespace) -> str:
                 f"{median(cpu_us):.1f}",
                 f"{min(cpu_us):.1f} - {max(cpu_us):.1f}",
                 f"{1e6 / median(cpu_us):,.0f}",
+                f"{median([m.wire_bytes / m.updates for m in measured]):,.0f}"
+                if not name.startswith("direct")
+                else "-",
             ]
         )
         if name == "websocket":
@@ -428,6 +435,7 @@ def throughput(args: argparse.Namespace) -> str:
                 "agent CPU us/update (median)",
                 "CPU range",
                 "one-core ceiling updates/s",
+                "stream bytes/update",
             ],
             rows,
         ),

@@ -71,6 +71,7 @@ def test_the_token_can_come_from_the_environment(tmp_path: Path, monkeypatch: py
         ({"retry_min": 5, "retry_max": 1}, "retry_max"),
         ({"chanels_per_connection": 5}, "unknown key"),
         ({"node_prefix": "bad/prefix"}, "node_prefix"),
+        ({"compression": "gzip"}, "expected one of deflate, none"),
     ],
 )
 def test_mistakes_name_the_key(tmp_path: Path, token_file: Path, extra: dict[str, Any], message: str) -> None:

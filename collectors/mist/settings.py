@@ -44,6 +44,7 @@ class MistSettings:
     retry_min: float
     retry_max: float
     max_frame_bytes: int
+    compression: bool  # permessage-deflate offered to the server
 
     @property
     def tick(self) -> float:
@@ -106,6 +107,7 @@ def parse_settings(section: Section) -> tuple[MistSettings, Secret]:
         retry_min=retry_min,
         retry_max=retry_max,
         max_frame_bytes=section.integer("max_frame_bytes", 1 << 20, minimum=1024),
+        compression=section.choice("compression", ("deflate", "none"), "deflate") == "deflate",
     )
     section.done()
     return settings, token

@@ -208,6 +208,7 @@ class StreamConnection:
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
             max_size=settings.max_frame_bytes * _LIBRARY_SIZE_FACTOR,
+            compression="deflate" if settings.compression else None,
             create_connection=self._connection_class,
         ) as ws:
             self.sessions += 1

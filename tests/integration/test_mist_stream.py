@@ -153,6 +153,27 @@ def test_fragmented_binary_and_plain_messages_are_used_in_order(tmp_path: Path) 
     run(scenario)
 
 
+@pytest.mark.parametrize(("compression", "negotiated"), [("deflate", ["permessage-deflate"]), ("none", [])])
+def test_compression_is_offered_only_when_configured(
+    tmp_path: Path, compression: str, negotiated: list[str]
+) -> None:
+    async def scenario() -> None:
+        async with (
+            MistServer(TOKEN, dict(SITES), dict(ORGS)) as server,
+            collecting(tmp_path, server, sites=["s1"], compression=compression) as (_, out),
+        ):
+            await server.wait_until(all_subscribed(server, ["s1"]))
+            (client,) = server.clients
+            assert [e.name for e in client.ws.protocol.extensions] == negotiated
+            for count in range(3):
+                await server.push("s1", ap_full("5c5b35000001", "ap-1", num_clients=count))
+            await server.wait_until(lambda: len(raw_states(out, "5c5b35000001")) == 3)
+            assert [s["num_clients"] for s in raw_states(out, "5c5b35000001")] == [0, 1, 2]
+            assert out.errors == []
+
+    run(scenario)
+
+
 def test_a_refused_token_is_one_clear_error_and_retried_with_backoff(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with MistServer("the-right-token", dict(SITES), dict(ORGS)) as server:
