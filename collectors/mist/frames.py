@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 _SITE_DEVICE_STATS = re.compile(r"/sites/([0-9A-Za-z-]{1,64})/stats/devices")
@@ -26,19 +26,19 @@ class FrameError(ValueError):
     """A frame that cannot be used; ``str()`` is the reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class Subscribed:
+# Structs, not dataclasses: one is built per frame, and a frozen dataclass costs
+# about 0.5 us more to build.  They hold decoded JSON, which has no cycles: the
+# garbage collector need not track them.
+class Subscribed(msgspec.Struct, frozen=True, gc=False):
     channel: str
 
 
-@dataclass(frozen=True, slots=True)
-class SubscribeFailed:
+class SubscribeFailed(msgspec.Struct, frozen=True, gc=False):
     channel: str
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class DataFrame:
+class DataFrame(msgspec.Struct, frozen=True, gc=False):
     channel: str
     data: str | dict[str, Any]  # the device update: JSON text, as Mist sends it, or an object
 
