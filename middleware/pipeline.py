@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # Wake the intake early when this many items wait, so a burst is committed promptly.
 _INTAKE_HIGH_WATER = 5000
-_UNREADABLE = "spool batch unreadable"
+_UNREADABLE = "spool data unreadable"
 
 
 class _Outbox:
@@ -239,8 +239,13 @@ class Pipeline:
         batch = self.spool.claim(dest.name, self.spool_settings.batch)
         if lost := self.spool.take_unreadable():
             self.stats.rejected[_UNREADABLE] += lost
-            log.error("spool: %d readings for %s were in a damaged batch; it was moved to the "
-                      "batch_unreadable table of %s", lost, dest.name, self.spool.path)
+            log.error(
+                "spool: %d readings for %s were damaged; moved to the batch_unreadable and"
+                " queue_unreadable tables of %s",
+                lost,
+                dest.name,
+                self.spool.path,
+            )
         if not batch:
             return None
         started = time.monotonic()

@@ -63,7 +63,8 @@ would stop its destination for good if ``claim`` raised on it at every round.
 Instead ``claim`` moves the row, bytes untouched, to ``batch_unreadable`` (for
 a person to look at), leaves it out of the depth, and counts its readings in
 ``unreadable``, which the pipeline reports as rejected; the readings behind it
-keep flowing.
+keep flowing.  A ``queue`` row whose columns no longer make a reading or a
+discovery is moved to ``queue_unreadable`` the same way.
 """
 
 from __future__ import annotations
@@ -127,6 +128,21 @@ CREATE TABLE IF NOT EXISTS batch_unreadable (
     done INTEGER NOT NULL,
     found REAL NOT NULL,
     payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue_unreadable (
+    id INTEGER PRIMARY KEY,
+    dest TEXT,
+    discovery,
+    host,
+    key,
+    value,
+    clock,
+    ns,
+    unit,
+    labels,
+    enqueued,
+    attempts,
+    found REAL NOT NULL
 );
 INSERT INTO sqlite_sequence (name, seq)
     SELECT 'queue', coalesce(max(id), 0) FROM queue
@@ -457,7 +473,15 @@ class Spool:
         batched = self._claim_batches(dest, limit)
         if not rows:
             return batched
-        queued = [_decode(row) for row in rows]
+        queued: list[Spooled] = []
+        damaged: list[int] = []
+        for row in rows:
+            try:
+                queued.append(_decode(row))
+            except (ValueError, TypeError, RecursionError):
+                damaged.append(row[0])
+        if damaged:
+            self._set_aside_rows(damaged)
         if not batched:
             return queued
         return sorted(queued + batched, key=_spooled_id)[:limit]
@@ -499,6 +523,21 @@ class Spool:
             self._delete_batches(batch_ids)
         self._depth -= lost
         self.unreadable += lost
+
+    def _set_aside_rows(self, ids: list[int]) -> None:
+        """Move queue rows that do not decode to queue_unreadable; each counts as one lost reading."""
+        listed = json.dumps(ids)
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO queue_unreadable (id, dest, discovery, host, key, value, clock, ns, unit,"
+                " labels, enqueued, attempts, found) SELECT id, dest, discovery, host, key, value, clock,"
+                " ns, unit, labels, enqueued, attempts, ? FROM queue"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (time.time(), listed),
+            )
+            moved = self._delete_rows(ids)
+        self._depth -= moved
+        self.unreadable += moved
 
     def take_unreadable(self) -> int:
         """Readings set aside as unreadable since the last call."""
@@ -621,13 +660,21 @@ def _encode(item: Item, dest: str, enqueued: float) -> tuple[object, ...]:
 
 
 def _decode(row: _Row) -> Spooled:
+    """The reading or discovery of a queue row; ValueError when its columns are damaged."""
     rid, is_discovery, host, key, value, clock, ns, unit, labels, enqueued, attempts = row
+    if not (type(host) is str and type(key) is str and type(clock) is int and type(ns) is int):
+        raise ValueError("queue row with damaged columns")
     item: Item
     if is_discovery:
-        item = Discovery(host, key, tuple(json.loads(str(value))), clock, ns)
+        rows = json.loads(str(value))
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError("queue row with damaged discovery rows")
+        item = Discovery(host, key, tuple(rows), clock, ns)
     else:
         if isinstance(value, bytes):  # an int beyond SQLite's, as _encode keeps it
             value = int(value)
-        assert isinstance(value, (str, int, float))
-        item = Reading(host, key, value, clock, ns, unit, json.loads(labels) if labels else {})
+        decoded = json.loads(labels) if labels else {}
+        if not isinstance(value, str | int | float) or not isinstance(decoded, dict) or type(unit) is not str:
+            raise ValueError("queue row with damaged value, unit or labels")
+        item = Reading(host, key, value, clock, ns, unit, decoded)
     return Spooled(rid, item, enqueued, attempts)

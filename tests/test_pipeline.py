@@ -283,6 +283,6 @@ def test_a_damaged_spool_batch_is_rejected_with_a_reason_and_the_rest_flows(tmp_
     put(p, ["b"], 2)
     p.flush_intake()
     asyncio.run(rounds(p, dest, 1))
-    assert p.stats.rejected == {"spool batch unreadable": 3}
+    assert p.stats.rejected == {"spool data unreadable": 3}
     assert [(r.key, r.value) for r in dest.delivered] == [("b", 0), ("b", 1)]
     assert p.spool.depth() == 0

@@ -115,3 +115,27 @@ def test_a_damaged_plain_batch_is_set_aside_as_well(tmp_path: Path) -> None:
     spool.put(ap_readings(3), ["z"])
     spool._db.execute("UPDATE batch SET payload = ?", (b"\x94\xc1",))
     assert claimed_items(spool) == [] and spool.take_unreadable() == 3 and spool.depth() == 0
+
+
+@pytest.mark.parametrize(
+    ("column", "damaged"),
+    [("labels", "{not json"), ("value", b"12x"), ("host", b"\xff"), ("clock", "noon"), ("labels", "[1, 2]")],
+    ids=["labels-not-json", "big-int-not-digits", "host-blob", "clock-text", "labels-not-object"],
+)
+def test_a_damaged_queue_row_is_set_aside_counted_and_the_rest_still_flows(
+    tmp_path: Path, column: str, damaged: object
+) -> None:
+    """Refused readings live in queue rows of their own: one of them damaged must not stop the destination."""
+    spool = Spool(tmp_path / "s.db")
+    sent = ap_readings(4)
+    spool.put(sent, ["z"])
+    ids = [s.id for s in spool.claim("z", 10)]
+    spool.defer(ids, next_try=1.0, refused=True)  # each reading now has a queue row, due again
+    spool._db.execute(f"UPDATE queue SET {column} = ? WHERE id = ?", (damaged, ids[1]))
+    claimed = spool.claim("z", 10)
+    assert [s.item for s in claimed] == [sent[0], *sent[2:]]
+    assert spool.take_unreadable() == 1 and spool.depth() == 3
+    (kept,) = spool._db.execute(f"SELECT id, {column} FROM queue_unreadable").fetchall()
+    assert kept == (ids[1], damaged)
+    spool.ack(s.id for s in claimed)
+    assert spool.claim("z", 10) == [] and spool.depth() == 0
