@@ -35,7 +35,6 @@ from importlib import resources
 from typing import Annotated, Any
 
 import msgspec
-import orjson
 
 from trapline.collectors.mist.frames import FrameError, parse_json, parse_payload
 from trapline.middleware.model import Discovery, Item, Reading
@@ -57,17 +56,23 @@ _MAC_SEPARATORS = str.maketrans("", "", ":-.")
 _PLAIN_SCALARS = frozenset({int, float, bool, type(None)})
 _NS_PER_S = 1_000_000_000
 
-# The standard library's spelling of compact sorted JSON, for what orjson refuses
-# to write (integers beyond 64 bits, lone surrogates); built once, as json.dumps
-# with options makes a new encoder on every call.
+# The standard library's spelling of compact sorted JSON, for what msgspec refuses
+# to write (lone surrogates, which the careful parser lets through); built once, as
+# json.dumps with options makes a new encoder on every call.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+
+# Sorts the keys of dicts; the fields of the kept-fields structs are declared sorted,
+# so a struct and the dict of the same fields give the same text.  It writes a sorted
+# dict ~2x faster than orjson with OPT_SORT_KEYS, and a struct faster still.
+_ENCODER = msgspec.json.Encoder(order="deterministic")
 
 
 def encode_json(value: object) -> bytes:
     """Compact JSON with sorted keys: equal states give equal bytes."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:
+        return _ENCODER.encode(value)
+    except UnicodeEncodeError:
         return _COMPACT_JSON(value).encode()
 
 
@@ -154,6 +159,13 @@ class FieldSchema:
         kinds = tuple((name, name in maps) for name in sorted(nested))
         return cls(scalars, objects, maps, nested, kinds, decoder)
 
+    def decode_kept(self, text: str) -> Any:
+        """The kept fields of an update's JSON text as a struct, or None when any of them is malformed."""
+        try:
+            return self.decoder.decode(text)
+        except msgspec.DecodeError:  # malformed JSON or a field of the wrong type or size
+            return None
+
     def filter_json(self, text: str) -> dict[str, Any] | None:
         """The kept fields of an update's JSON text, or None when any of them is malformed.
 
@@ -161,11 +173,8 @@ class FieldSchema:
         cheaper than parsing everything and filtering (bench/mist.py).  None sends
         the update to :meth:`filter`, which keeps what it can and says what it dropped.
         """
-        try:
-            kept: dict[str, Any] = msgspec.to_builtins(self.decoder.decode(text))
-        except msgspec.DecodeError:  # malformed JSON or a field of the wrong type or size
-            return None
-        return kept
+        kept = self.decode_kept(text)
+        return None if kept is None else msgspec.to_builtins(kept)
 
     def filter(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The kept fields of ``payload`` and a reason for every kept field that had a wrong type."""
@@ -299,7 +308,7 @@ class _Device:
         self.name: object = None
         self.model: object = None
         # Merged fields as compact sorted JSON text ("" before the first update): the
-        # mist.ap.raw value itself.  Text, not bytes: orjson's bytes keep its ~8 KB
+        # mist.ap.raw value itself.  Text, not bytes: an encoder's bytes may keep its
         # write buffer allocated, decoding gives an exact-size copy.
         self.state = ""
         self.shape: Shape | None = None  # FieldSchema.shape of state, one object shared across devices
@@ -365,30 +374,36 @@ class Fleet:
 
         Raises FrameError when the update is no JSON object or names no device at all.
         """
-        fields = self.schema.filter_json(data) if isinstance(data, str) else None
-        if fields is None:
+        kept = self.schema.decode_kept(data) if isinstance(data, str) else None
+        if kept is None:
             payload = parse_payload(data)
             fields, problems = self.schema.filter(payload)
         else:
+            fields = msgspec.to_builtins(kept)
             payload, problems = fields, []  # every field it has is a kept one, of the right type
         key = self._known_key(payload)
         if key is None:
+            kept = None  # _identify may rewrite the mac in fields
             key = self._identify(site_id, payload, fields, problems)
         device = self._devices[key]
         shape = self.schema.shape(fields)
-        if device.state and shape != device.shape:
-            # orjson would cache a UTF-8 copy inside non-ASCII text for as long as it lives.
-            state = parse_json(device.state if device.state.isascii() else device.state.encode())
-            self.schema.merge(state, fields)
-            shape = self._merged_shape(device.shape, shape, state)
+        if shape == device.shape:  # Mist's periodic full updates: the fields are the merged state
+            state = fields
+            device.state = encode_json(fields if kept is None else kept).decode()
         else:
-            state = fields  # the first update, or one with every field the state has
-        device.state = encode_json(state).decode()
-        if shape != device.shape:  # equal shapes: the device already holds the shared one
-            device.shape = self._shapes.get(shape)
-            if device.shape is None and len(self._shapes) < MAX_SHAPES:
-                device.shape = self._shapes[shape] = shape
-            # else: beyond MAX_SHAPES a device keeps no shape and every update merges
+            if device.state:
+                # orjson would cache a UTF-8 copy inside non-ASCII text for as long as it lives.
+                state = parse_json(device.state if device.state.isascii() else device.state.encode())
+                self.schema.merge(state, fields)
+                shape = self._merged_shape(device.shape, shape, state)
+            else:
+                state = fields  # the first update
+            device.state = encode_json(state).decode()
+            if shape != device.shape:  # a partial update merged into a state of the same shape keeps it
+                device.shape = self._shapes.get(shape)
+                if device.shape is None and len(self._shapes) < MAX_SHAPES:
+                    device.shape = self._shapes[shape] = shape
+                # else: beyond MAX_SHAPES a device keeps no shape and every update merges
         kind, name, model = state.get("type"), state.get("name"), state.get("model")
         if site_id != device.site_id or kind != device.kind or name != device.name or model != device.model:
             device.site_id, device.kind, device.model = sys.intern(site_id), _shared(kind), _shared(model)
