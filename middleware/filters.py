@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Item, Value
+from trapline.middleware.model import Item, Reading, Value
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +76,20 @@ class Filters:
 
     def admit(self, item: Item) -> bool:
         """True if the item should be sent; records it as sent when it is."""
-        if isinstance(item, Discovery):
+        # Asked as "is it a Reading": isinstance is quick when the answer is yes (~30 ns), not
+        # when no (~190 ns, msgspec's metaclass); nearly every item is a Reading.
+        if not isinstance(item, Reading):
             ident = (item.host, item.rule)
             value: Value | tuple[object, ...] = tuple(tuple(sorted(r.items())) for r in item.rows)
             heartbeat, min_interval = self._discovery_heartbeat, 0.0
         else:
-            ident = (item.host, item.key)
-            value = item.value
             rule = self.rule_for(item.key)
             heartbeat, min_interval = rule.heartbeat, rule.min_interval
+            if not (heartbeat or min_interval):
+                # A key's rule never changes, so such a key has no state to check or keep.
+                return True
+            ident = (item.host, item.key)
+            value = item.value
         at = item.clock + item.ns / 1e9
         last = self._last.get(ident)
         if last is not None:

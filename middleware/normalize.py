@@ -18,7 +18,7 @@ from importlib import resources
 
 from msgspec.structs import replace
 
-from trapline.middleware.model import Discovery, Item, Reading, Value
+from trapline.middleware.model import Item, Reading, Value
 
 # Zabbix item key: name [a-zA-Z0-9_.-]+ with optional [params] (params are free text).
 _KEY_RE = re.compile(r"^([A-Za-z0-9_.\-]+)(\[.*\])?$", re.DOTALL)
@@ -207,15 +207,20 @@ def _valid_mapping(mapping: Mapping[str, str]) -> Mapping[str, str]:
 
 def normalize(item: Item) -> Item:
     """Validate and canonicalize one item; raises Rejected."""
-    _checked_host(item.host)
-    if isinstance(item, Discovery):
+    if item.host not in _CHECKED_HOSTS:
+        _checked_host(item.host)
+    if not isinstance(item, Reading):  # a Discovery (asked this way round: see filters.admit)
         key = _canonical_key(item.rule)
         rows = tuple(_valid_mapping(row) for row in item.rows)
         if key == item.rule and all(map(operator.is_, rows, item.rows)):
             return item
         return replace(item, rule=key, rows=rows)
-    key = _canonical_key(item.key)
-    value = coerce_value(item.value)
+    key = _CANONICAL_KEYS.get(item.key) or _canonical_key(item.key)
+    value = item.value
+    # The usual text value (str.isascii costs nothing: CPython keeps the answer) skips
+    # coerce_value's checks, which it would pass unchanged.
+    if not (type(value) is str and value.isascii() and len(value) <= MAX_VALUE_LENGTH):
+        value = coerce_value(value)
     value, unit = convert_unit(value, item.unit) if item.unit else (value, "")
     labels = _valid_mapping(item.labels) if item.labels else item.labels
     if key == item.key and value is item.value and unit == item.unit and labels is item.labels:

@@ -138,24 +138,22 @@ class Pipeline:
 
     def _spool_items(self, items: list[Item]) -> int:
         admitted: list[Item] = []
+        # Looked up once per flush, not once per reading: this loop runs for every reading.
+        admit, keep_admitted, observers = self.filters.admit, admitted.append, self.observers
         for raw in items:
             try:
                 item = normalize(raw)
-                keep = self.filters.admit(item)
+                keep = admit(item)
             except Rejected as why:
                 self.reject_reading(raw, str(why))
                 continue
             except Exception as exc:  # a bug for one reading must not stop the intake for all
                 self._reject_for_bug(raw, "normalize or filter", exc)
                 continue
-            for obs in self.observers:
-                try:
-                    obs.observe(item)
-                except Exception as exc:  # an observer's bug costs its own view, not the reading
-                    log.debug("observer %r failed", obs, exc_info=True)
-                    self._throttled.error("observer", "observer %r failed: %s", obs, type(exc).__name__)
+            if observers:
+                self._observe(item)
             if keep:
-                admitted.append(item)
+                keep_admitted(item)
             else:
                 self.stats.filtered += 1
         # Readings whose spool write failed last time go first, in their order.
@@ -180,6 +178,14 @@ class Pipeline:
         for ev in self._dest_wake.values():
             ev.set()
         return len(admitted)
+
+    def _observe(self, item: Item) -> None:
+        for obs in self.observers:
+            try:
+                obs.observe(item)
+            except Exception as exc:  # an observer's bug costs its own view, not the reading
+                log.debug("observer %r failed", obs, exc_info=True)
+                self._throttled.error("observer", "observer %r failed: %s", obs, type(exc).__name__)
 
     def _put_one_by_one(self, items: list[Item]) -> tuple[int, list[Item]]:
         """Spool what can be stored, in order, and reject the rest: (dropped by the bound, stored).

@@ -75,7 +75,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import count
+from itertools import count, repeat
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -497,7 +497,7 @@ class Spool:
             except msgspec.DecodeError:
                 damaged.append(batch_id)
                 continue
-            claimed += [Spooled(rid, item, enqueued, 0) for rid, item in zip(count(batch_id + done), items)]
+            claimed += map(Spooled, count(batch_id + done), items, repeat(enqueued), repeat(0))
             if len(claimed) >= limit:
                 break
         cur.close()

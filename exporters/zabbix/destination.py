@@ -47,7 +47,7 @@ from trapline.exporters.zabbix.protocol import (
     request_json,
 )
 from trapline.middleware.logutil import ThrottledLog
-from trapline.middleware.model import Discovery, Reading
+from trapline.middleware.model import Reading
 from trapline.middleware.plugin import Delivery, Spooled
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def _by_item(batch: Sequence[Spooled]) -> tuple[list[_ItemValues], list[_ItemVal
     data: dict[Ident, _ItemValues] = {}
     for spooled in batch:
         item, groups = spooled.item, data
-        if isinstance(item, Discovery):
+        if not isinstance(item, Reading):  # quicker to ask than "is it a Discovery" (see filters)
             item, groups = item.as_reading(), lld
         ident = (item.host, item.key)
         values = groups.get(ident)
