@@ -279,7 +279,7 @@ stream_url = {json.dumps(stream_url)}
 rest_url = {json.dumps(rest_url)}
 sites = {sites}
 lld_min_interval = 0.5
-compression = {json.dumps(compression)}
+{f"compression = {json.dumps(compression)}" if compression != "deflate" else ""}
 """,
         encoding="utf-8",
     )
