@@ -160,21 +160,16 @@ class FieldSchema:
         return cls(scalars, objects, maps, nested, kinds, decoder)
 
     def decode_kept(self, text: str) -> Any:
-        """The kept fields of an update's JSON text as a struct, or None when any of them is malformed."""
-        try:
-            return self.decoder.decode(text)
-        except msgspec.DecodeError:  # malformed JSON or a field of the wrong type or size
-            return None
-
-    def filter_json(self, text: str) -> dict[str, Any] | None:
-        """The kept fields of an update's JSON text, or None when any of them is malformed.
+        """The kept fields of an update's JSON text as a struct, or None when any of them is malformed.
 
         Unknown fields are skipped by the parser without building them: about 3x
         cheaper than parsing everything and filtering (bench/mist.py).  None sends
         the update to :meth:`filter`, which keeps what it can and says what it dropped.
         """
-        kept = self.decode_kept(text)
-        return None if kept is None else msgspec.to_builtins(kept)
+        try:
+            return self.decoder.decode(text)
+        except msgspec.DecodeError:  # malformed JSON or a field of the wrong type or size
+            return None
 
     def filter(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The kept fields of ``payload`` and a reason for every kept field that had a wrong type."""

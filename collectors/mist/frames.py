@@ -3,7 +3,7 @@
 Every frame is a JSON object with ``event`` and ``channel``.  ``data`` frames
 carry the device update as a JSON *string* inside the JSON envelope; that
 string is left to the fleet, which reads only the fields it keeps
-(:meth:`~trapline.collectors.mist.fleet.FieldSchema.filter_json`) and falls back
+(:meth:`~trapline.collectors.mist.fleet.FieldSchema.decode_kept`) and falls back
 to :func:`parse_payload` for anything unusual.  Anything that does not fit
 raises :class:`FrameError` with a short reason that is safe to log (it never
 quotes more than a few characters of the frame).
