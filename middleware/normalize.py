@@ -132,12 +132,6 @@ def _remember(checked: dict[str, str], text: str, canonical: str) -> None:
     checked[text] = canonical
 
 
-def _checked_host(host: str) -> None:
-    if host not in _CHECKED_HOSTS:
-        check_host(host)
-        _remember(_CHECKED_HOSTS, host, host)
-
-
 def _canonical_key(key: str) -> str:
     canonical = _CANONICAL_KEYS.get(key)
     if canonical is None:
@@ -207,15 +201,16 @@ def _valid_mapping(mapping: Mapping[str, str]) -> Mapping[str, str]:
 
 def normalize(item: Item) -> Item:
     """Validate and canonicalize one item; raises Rejected."""
-    if item.host not in _CHECKED_HOSTS:
-        _checked_host(item.host)
+    if item.host not in _CHECKED_HOSTS:  # checked here, not in a helper: this runs per reading
+        check_host(item.host)
+        _remember(_CHECKED_HOSTS, item.host, item.host)
     if not isinstance(item, Reading):  # a Discovery (asked this way round: see filters.admit)
         key = _canonical_key(item.rule)
         rows = tuple(_valid_mapping(row) for row in item.rows)
         if key == item.rule and all(map(operator.is_, rows, item.rows)):
             return item
         return replace(item, rule=key, rows=rows)
-    key = _CANONICAL_KEYS.get(item.key) or _canonical_key(item.key)
+    key = _CANONICAL_KEYS.get(item.key) or _canonical_key(item.key)  # the cache asked first: no call
     value = item.value
     # The usual text value (str.isascii costs nothing: CPython keeps the answer) skips
     # coerce_value's checks, which it would pass unchanged.
