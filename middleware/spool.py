@@ -258,7 +258,7 @@ class Spool:
         self.path = path
         self.max_readings = max_readings
         self.dropped = 0
-        self.unreadable = 0  # readings of batches moved to batch_unreadable, until take_unreadable()
+        self.unreadable = 0  # readings set aside as damaged (batches and rows), until take_unreadable()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per group.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
