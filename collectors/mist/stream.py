@@ -5,12 +5,13 @@ to the collector until the connection ends; then it reconnects after a capped,
 jittered exponential backoff and subscribes everything again.  A fault that
 repeats (a refused token, an unreachable host) is reported once, not per try.
 
-Each message is handed to the collector as the library parses it, from the
-connection's ``data_received``, instead of through ``recv()``: that skips a
-queue, a future and a task wake-up per message, about 10 us of the ~65 us a
-Mist update costs end to end (bench/RESULTS.md section 4).  Handling is
-synchronous, so a busy collector simply reads the socket later: the kernel's
-receive buffer and TCP flow control stand in for the library's message queue.
+Each message is handed to the collector as it is read, from the connection's
+``data_received``, instead of through ``recv()``: that skips a queue, a future
+and a task wake-up per message, about 10 us of the ~65 us a Mist update cost
+end to end (bench/RESULTS.md section 4).  ``wire.py`` also reads the data
+frames themselves, ahead of the library's parser.  Handling is synchronous, so
+a busy collector simply reads the socket later: the kernel's receive buffer and
+TCP flow control stand in for the library's message queue.
 """
 
 from __future__ import annotations
@@ -20,12 +21,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus, WebSocketException
-from websockets.frames import Frame, Opcode
-from websockets.protocol import Event
 
 from trapline.collectors.mist.frames import (
     DataFrame,
@@ -35,6 +33,7 @@ from trapline.collectors.mist.frames import (
     decode_frame,
 )
 from trapline.collectors.mist.settings import MistSettings
+from trapline.collectors.mist.wire import framing_connection
 from trapline.middleware.backoff import Backoff
 from trapline.middleware.config import Secret
 from trapline.middleware.plugin import Outbox
@@ -50,41 +49,6 @@ class AckTimeout(Exception):
     pass
 
 
-def _dispatching_connection(handle: Callable[[bytes], None]) -> type[ClientConnection]:
-    """A connection class that calls ``handle`` with every complete data message.
-
-    It overrides ``process_event``, the library's per-event hook (websockets
-    14-17; pinned in pyproject.toml): control frames and the handshake still take
-    the library's own path, so keepalive pings and the closing handshake work
-    as before.
-    """
-
-    class DispatchingConnection(ClientConnection):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._fragments: list[bytes] = []  # of a message split over several frames
-
-        def process_event(self, event: Event) -> None:
-            if type(event) is not Frame:  # the handshake response
-                super().process_event(event)
-                return
-            opcode = event.opcode  # compared by identity: an Enum's hash runs Python code
-            if event.fin and (opcode is _TEXT or opcode is _BINARY):  # a whole message: the usual case
-                handle(bytes(event.data))  # no copy when it is bytes already
-            elif opcode is _TEXT or opcode is _BINARY:  # the first fragment of a message
-                self._fragments = [bytes(event.data)]
-            elif opcode is _CONT:
-                self._fragments.append(bytes(event.data))
-                if event.fin:
-                    message, self._fragments = b"".join(self._fragments), []
-                    handle(message)
-            else:  # control frames: pings, pongs, close
-                super().process_event(event)
-
-    return DispatchingConnection
-
-
-_TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 
 
 def _some(channels: Iterable[str], limit: int = 3) -> str:
@@ -117,7 +81,8 @@ class StreamConnection:
         self.refused: dict[str, str] = {}  # channel -> detail of subscribe_failed
         self._awaiting: set[str] = set()
         self._all_acked = asyncio.Event()
-        self._connection_class = _dispatching_connection(self.handle)
+        self._max_library_size = settings.max_frame_bytes * _LIBRARY_SIZE_FACTOR
+        self._connection_class = framing_connection(self.handle, self._max_library_size)
         self._last_problem: str | None = None
 
     def __repr__(self) -> str:
@@ -207,7 +172,7 @@ class StreamConnection:
             open_timeout=settings.subscribe_timeout,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
-            max_size=settings.max_frame_bytes * _LIBRARY_SIZE_FACTOR,
+            max_size=self._max_library_size,
             compression="deflate" if settings.compression else None,
             create_connection=self._connection_class,
         ) as ws:
