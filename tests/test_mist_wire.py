@@ -114,9 +114,10 @@ def server_stream(deflate: tuple[bool, int] | None, script: list[tuple[str, Any]
     return bytes(wire)
 
 
-async def feed(
-    factory: type[ClientConnection], deflate: tuple[bool, int] | None, reads: list[bytes], eof: bool
-) -> tuple[list[tuple[Opcode, bytes]], tuple[Any, ...]]:
+def open_connection(
+    factory: type[ClientConnection], deflate: tuple[bool, int] | None
+) -> tuple[ClientConnection, RecordingTransport]:
+    """A connection of ``factory`` just past the handshake (call it inside an event loop)."""
     protocol = ClientProtocol(parse_uri("ws://mist.test/"), state=State.OPEN, max_size=MAX_SIZE)
     if deflate is not None:
         protocol.extensions = [PerMessageDeflate(deflate[0], False, deflate[1], 15)]
@@ -124,6 +125,14 @@ async def feed(
     transport = RecordingTransport()
     connection.connection_made(transport)
     connection.response = Response(101, "Switching Protocols", Headers())  # the handshake is over
+    return connection, transport
+
+
+async def feed(
+    factory: type[ClientConnection], deflate: tuple[bool, int] | None, reads: list[bytes], eof: bool
+) -> tuple[list[tuple[Opcode, bytes]], tuple[Any, ...]]:
+    connection, transport = open_connection(factory, deflate)
+    protocol = connection.protocol
     for data in reads:
         if protocol.state is not State.CLOSED:
             connection.data_received(data)
@@ -170,10 +179,7 @@ def test_frames_the_library_began_are_left_to_it() -> None:
 
     async def run() -> list[bytes]:
         messages: list[bytes] = []
-        protocol = ClientProtocol(parse_uri("ws://mist.test/"), state=State.OPEN, max_size=MAX_SIZE)
-        connection = framing_connection(messages.append, MAX_SIZE)(protocol, ping_interval=None)
-        connection.connection_made(RecordingTransport())
-        connection.response = Response(101, "Switching Protocols", Headers())
+        connection, _ = open_connection(framing_connection(messages.append, MAX_SIZE), None)
         ClientConnection.data_received(connection, wire[:4])  # as the handshake's read would leave it
         for index in range(4, len(wire), 3):
             connection.data_received(wire[index : index + 3])

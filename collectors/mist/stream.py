@@ -49,8 +49,6 @@ class AckTimeout(Exception):
     pass
 
 
-
-
 def _some(channels: Iterable[str], limit: int = 3) -> str:
     names = sorted(channels)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""

@@ -84,6 +84,11 @@ def framing_connection(handle: MessageHandler, max_size: int) -> type[ClientConn
     it fails the connection (close code 1009), as the library would.
     """
 
+    def _handle_all(messages: list[bytes]) -> None:
+        for message in messages:
+            handle(message)
+        messages.clear()
+
     class FramingConnection(dispatching_connection(handle)):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -106,8 +111,7 @@ def framing_connection(handle: MessageHandler, max_size: int) -> type[ClientConn
             try:
                 self._read_frames(data, messages)
             finally:
-                for message in messages:
-                    handle(message)
+                _handle_all(messages)
 
         def _read_frames(self, data: bytes, messages: list[bytes]) -> None:
             """Append the messages of the whole data frames in ``data``; the library gets the rest."""
@@ -138,9 +142,7 @@ def framing_connection(handle: MessageHandler, max_size: int) -> type[ClientConn
                     head in _WHOLE_MESSAGE or (head in _WHOLE_DEFLATED_MESSAGE and deflate is not False)
                 ):
                     # One whole frame: the library's parser stays between frames.
-                    for earlier in messages:  # first what came before it
-                        handle(earlier)
-                    messages.clear()
+                    _handle_all(messages)  # first what came before it
                     super().data_received(data[pos:stop])
                     if self.protocol.state is not State.OPEN:  # a close frame, or a fault, ended it
                         super().data_received(data[stop:])
