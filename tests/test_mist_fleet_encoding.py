@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.mist_server import ap_basic, ap_full
 from trapline.collectors.mist.fleet import RAW_KEY, FieldSchema, Fleet, FleetPolicy, SiteInfo, encode_json
@@ -58,3 +60,49 @@ def test_lone_surrogate_falls_back_to_the_standard_library() -> None:
     fleet.update("s1", ap_full(MAC, "ap-\ud800"), 0.0)
     state = json.loads(raw_text(fleet, 0.0))
     assert state["name"] == "ap-\ud800"
+
+
+# Paths into a full update that an update may lack: top-level fields, members, map entries.
+_DROPPABLE = [
+    "name", "model", "type", "uptime", "cpu_util", "env_stat", "env_stat.cpu_temp", "port_stat",
+    "port_stat.eth0.speed", "radio_stat.band_5", "radio_stat.band_24.channel",
+]
+
+
+def _update(mac: str, dropped: list[str], name: str, uptime: int) -> dict[str, Any]:
+    update = ap_full(mac, name, uptime=uptime)
+    for path in sorted(dropped, key=len, reverse=True):  # members before the objects holding them
+        *parents, last = path.split(".")
+        holder: Any = update
+        for parent in parents:
+            holder = holder.get(parent, {})
+        holder.pop(last, None)
+    return update
+
+
+updates = st.lists(
+    st.builds(
+        _update,
+        st.sampled_from(["5c5b35000001", "5c5b35000002"]),
+        st.lists(st.sampled_from(_DROPPABLE), max_size=3),
+        st.sampled_from(["ap-1", "ap-2"]),
+        st.integers(0, 10**12),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(updates=updates)
+def test_updates_as_text_give_the_states_of_updates_as_objects(updates: list[dict[str, Any]]) -> None:
+    """JSON text takes the struct paths (shape read from the struct, fast or merged); an object takes the
+    careful one: any mix of full and partial updates leaves the same state and identity either way."""
+    as_text, as_object = make_fleet(), make_fleet()
+    for now, update in enumerate(updates):
+        as_text.update("s1", json.dumps(update), float(now))
+        as_object.update("s1", update, float(now))
+        assert as_text.lld_rows() == as_object.lld_rows()
+        assert {r.host: r.value for r in as_text.due(float(now)) if isinstance(r, Reading)} == {
+            r.host: r.value for r in as_object.due(float(now)) if isinstance(r, Reading)
+        }

@@ -21,6 +21,8 @@ from trapline.collectors.mist.fleet import (
     STALE_KEY,
     FieldSchema,
     SiteInfo,
+    _identity,
+    _struct_identity,
     encode_json,
 )
 from trapline.collectors.mist.frames import DataFrame, FrameError, decode_frame, parse_payload
@@ -162,6 +164,38 @@ def assert_same_state(update: dict[str, Any]) -> None:
     if fast is not None:
         assert problems == []
         assert encode_json(fast) == encode_json(careful)
+        assert_struct_shape(schema, fast)
+
+
+def assert_struct_shape(schema: FieldSchema, kept: Any) -> None:
+    """struct_shape is the shape of the struct's dicts, or None when it cannot be the one compared with."""
+    fields = msgspec.to_builtins(kept)
+    shape = schema.shape(fields)
+    assert schema.struct_shape(kept, shape) == shape
+    assert schema.struct_shape(kept, None) is None
+    assert schema.struct_shape(kept, ((*shape[0], "more"),)) is None  # another number of fields
+
+
+@pytest.mark.parametrize(
+    "dropped", ["", "env_stat.humidity", "radio_stat.band_5.power", "uptime", "port_stat"]
+)
+def test_struct_shape_of_updates_missing_a_member(dropped: str) -> None:
+    update = ap_full("5c5b35000001", "ap-1")
+    *path, last = dropped.split(".")
+    parent = update
+    for name in path:
+        parent = parent[name]
+    parent.pop(last, None)
+    schema = FieldSchema.load()
+    assert_struct_shape(schema, schema.decode_kept(json.dumps(update)))
+
+
+def test_identity_missing_from_a_struct_reads_as_none_as_from_a_dict() -> None:
+    schema = FieldSchema.load()
+    update = ap_full("5c5b35000001", "ap-1")
+    del update["name"], update["model"]
+    kept = schema.decode_kept(json.dumps(update))
+    assert _struct_identity(kept) == _identity(update) == ("ap", None, None)
 
 
 def test_well_formed_updates_take_the_one_pass_path() -> None:

@@ -32,9 +32,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from itertools import compress, repeat
+from operator import is_not
 from typing import Annotated, Any
 
 import msgspec
+from msgspec.structs import astuple
 
 from trapline.collectors.mist.frames import FrameError, parse_json, parse_payload
 from trapline.middleware.model import Discovery, Item, Reading
@@ -129,6 +132,19 @@ def _kept_fields_decoder(
 # The names at every level of filtered fields (FieldSchema.shape).
 Shape = tuple[tuple[str, ...], ...]
 
+# Fields the fleet reads from every update, so fields.toml must keep them.
+IDENTITY_FIELDS = frozenset({"id", "mac", "type", "name", "model"})
+_UNSET = msgspec.UNSET
+
+
+def _set_fields(struct: Any, complete: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of the fields of a kept-fields struct that the update had, in declaration order
+    (``complete`` when it had them all: no tuple to build, and one that compares by identity)."""
+    values = astuple(struct)
+    if _UNSET not in values:
+        return complete
+    return tuple(compress(complete, map(is_not, values, repeat(_UNSET))))
+
 
 def _is_scalar(value: object) -> bool:
     if isinstance(value, str):
@@ -146,18 +162,26 @@ class FieldSchema:
     nested: frozenset[str]  # the fields of objects and maps
     nested_kinds: tuple[tuple[str, bool], ...]  # the same, sorted, each with whether it is a map
     decoder: msgspec.json.Decoder[Any]  # reads these fields, and only these, from JSON text
+    # The sorted names of every field at each level ("" the top one): a shape's part when none is
+    # missing.  Shapes keep these very tuples (canonical), so that comparing them is cheap.
+    complete: Mapping[str, tuple[str, ...]]
 
     @classmethod
     def load(cls) -> FieldSchema:
         text = resources.files(__package__).joinpath("fields.toml").read_text(encoding="utf-8")
         data = tomllib.loads(text)
         scalars = frozenset(data["scalars"])
+        if missing := IDENTITY_FIELDS - scalars:
+            raise ValueError(f"fields.toml: the scalars must include {', '.join(sorted(missing))}")
         objects = {k: frozenset(v) for k, v in data.get("objects", {}).items()}
         maps = {k: frozenset(v) for k, v in data.get("maps", {}).items()}
         nested = frozenset(objects.keys() | maps.keys())
         decoder = _kept_fields_decoder(scalars, objects, maps)
         kinds = tuple((name, name in maps) for name in sorted(nested))
-        return cls(scalars, objects, maps, nested, kinds, decoder)
+        complete = {"": tuple(sorted(scalars | nested))} | {
+            name: tuple(sorted(members)) for name, members in (objects | maps).items()
+        }
+        return cls(scalars, objects, maps, nested, kinds, decoder, complete)
 
     def decode_kept(self, text: str) -> Any:
         """The kept fields of an update's JSON text as a struct, or None when any of them is malformed.
@@ -236,6 +260,34 @@ class FieldSchema:
                 if is_map:
                     parts.extend(map(tuple, value.values()))
         return tuple(parts)
+
+    def struct_shape(self, kept: Any, like: Shape | None) -> Shape | None:
+        """:meth:`shape` of ``msgspec.to_builtins(kept)`` for a struct from :meth:`decode_kept`, without
+        building those dicts (the struct declares its fields in the dicts' order and they leave unset
+        ones out); None, cheaply, when it cannot equal ``like``: it has another number of fields.
+        """
+        names = self.complete[""]
+        values = astuple(kept)
+        unset = values.count(_UNSET)
+        if like is None or len(names) - unset != len(like[0]):
+            return None  # a partial update (it merges: its dicts are needed anyway) or a first one
+        parts = [tuple(compress(names, map(is_not, values, repeat(_UNSET)))) if unset else names]
+        for name, is_map in self.nested_kinds:
+            value = getattr(kept, name)
+            if value is _UNSET:
+                continue
+            complete = self.complete[name]
+            if is_map:
+                parts.append(tuple(value))
+                parts.extend([_set_fields(entry, complete) for entry in value.values()])
+            else:
+                parts.append(_set_fields(value, complete))
+        return tuple(parts)
+
+    def canonical(self, shape: Shape) -> Shape:
+        """``shape`` with its complete parts replaced by the tuples in :attr:`complete`."""
+        by_value = {names: names for names in self.complete.values()}
+        return tuple(by_value.get(part, part) for part in shape)
 
     def merge(self, state: dict[str, Any], kept: Mapping[str, Any]) -> None:
         """Merge filtered fields into ``state``: scalars replace, objects and map entries merge by member.
@@ -369,23 +421,30 @@ class Fleet:
 
         Raises FrameError when the update is no JSON object or names no device at all.
         """
-        kept = self.schema.decode_kept(data) if isinstance(data, str) else None
-        if kept is None:
-            payload = parse_payload(data)
-            fields, problems = self.schema.filter(payload)
-        else:
-            fields = msgspec.to_builtins(kept)
-            payload, problems = fields, []  # every field it has is a kept one, of the right type
-        key = self._known_key(payload)
-        if key is None:
-            kept = None  # _identify may rewrite the mac in fields
-            key = self._identify(site_id, payload, fields, problems)
+        kept: Any = self.schema.decode_kept(data) if isinstance(data, str) else None
+        key = None if kept is None else self._known_key(kept.id, kept.mac)
+        # A known device's update that may be shaped like its state (Mist's periodic full
+        # updates) has its shape read from the struct: no dicts are built unless it merges.
+        shape = None if key is None else self.schema.struct_shape(kept, self._devices[key].shape)
+        fields: dict[str, Any] | None = None
+        problems: list[str] = []
+        if shape is None or key is None:
+            if kept is None:
+                payload = parse_payload(data)
+                fields, problems = self.schema.filter(payload)
+            else:
+                fields = payload = msgspec.to_builtins(kept)  # every field it has is a kept one
+            if key is None:
+                kept = None  # _identify may rewrite the mac in fields
+                key = self._identify(site_id, payload, fields, problems)
+            shape = self.schema.shape(fields)
         device = self._devices[key]
-        shape = self.schema.shape(fields)
         if shape == device.shape:  # Mist's periodic full updates: the fields are the merged state
-            state = fields
             device.state = encode_json(fields if kept is None else kept).decode()
+            kind, name, model = _struct_identity(kept) if fields is None else _identity(fields)
         else:
+            if fields is None:
+                fields = msgspec.to_builtins(kept)
             if device.state:
                 # orjson would cache a UTF-8 copy inside non-ASCII text for as long as it lives.
                 state = parse_json(device.state if device.state.isascii() else device.state.encode())
@@ -394,12 +453,10 @@ class Fleet:
             else:
                 state = fields  # the first update
             device.state = encode_json(state).decode()
-            if shape != device.shape:  # a partial update merged into a state of the same shape keeps it
-                device.shape = self._shapes.get(shape)
-                if device.shape is None and len(self._shapes) < MAX_SHAPES:
-                    device.shape = self._shapes[shape] = shape
-                # else: beyond MAX_SHAPES a device keeps no shape and every update merges
-        kind, name, model = state.get("type"), state.get("name"), state.get("model")
+            if shape is not device.shape:  # a partial update merged into a state of the same shape keeps it
+                # Beyond MAX_SHAPES a device keeps no shape and every update merges.
+                device.shape = self._kept_shape(shape)
+            kind, name, model = _identity(state)
         if site_id != device.site_id or kind != device.kind or name != device.name or model != device.model:
             device.site_id, device.kind, device.model = sys.intern(site_id), _shared(kind), _shared(model)
             device.name = name
@@ -417,14 +474,13 @@ class Fleet:
                 self._queued.append(self._stale_reading(device, 0))
         return problems
 
-    def _known_key(self, payload: Mapping[str, Any]) -> str | None:
+    def _known_key(self, device_id: object, mac: object) -> str | None:
         """The key of a device known by its MAC, for an update as Mist sends nearly all of them.
 
         That is: an ``id`` ending in ``-`` and the MAC, and that same MAC in
         ``mac``, exactly as stored (so it was checked when it came first);
         :meth:`_identify` would find the same device, only slower.
         """
-        device_id, mac = payload.get("id"), payload.get("mac")
         if type(device_id) is not str or type(mac) is not str or device_id[-13:-12] != "-":
             return None
         device = self._devices.get(mac)
@@ -471,9 +527,17 @@ class Fleet:
         merged = self._merged_shapes.get(pair)
         if merged is None:
             merged = self.schema.shape(state)
+            merged = self._kept_shape(merged) or merged
             if len(self._merged_shapes) < MAX_SHAPES:
                 self._merged_shapes[pair] = merged
         return merged
+
+    def _kept_shape(self, shape: Shape) -> Shape | None:
+        """The one object kept for ``shape`` (added while there is room); None beyond MAX_SHAPES."""
+        kept = self._shapes.get(shape)
+        if kept is None and len(self._shapes) < MAX_SHAPES:
+            kept = self._shapes[shape] = self.schema.canonical(shape)
+        return kept
 
     # -- output --------------------------------------------------------------
     def due(self, now: float, sweep: bool = True) -> list[Item]:
@@ -615,6 +679,21 @@ class Fleet:
                 device.stale = True
                 out.append(self._stale_reading(device, 1))
         return out
+
+
+def _struct_identity(kept: Any) -> tuple[object, object, object]:
+    """:func:`_identity` of a kept-fields struct."""
+    kind, name, model = kept.type, kept.name, kept.model
+    return (
+        None if kind is _UNSET else kind,
+        None if name is _UNSET else name,
+        None if model is _UNSET else model,
+    )
+
+
+def _identity(fields: Mapping[str, Any]) -> tuple[object, object, object]:
+    """type, name and model (None where missing): what names a device in its LLD row."""
+    return fields.get("type"), fields.get("name"), fields.get("model")
 
 
 def _text(value: object) -> str:
