@@ -52,6 +52,7 @@ from websockets.uri import parse_uri
 
 from tests.mist_server import MistServer, ap_basic, ap_full
 from tests.recording_transport import RecordingTransport
+from trapline.cli import freeze_startup_objects
 from trapline.collectors.mist.collector import MistCollector
 from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, SiteInfo
 from trapline.collectors.mist.frames import decode_frame
@@ -318,6 +319,7 @@ async def agent_run(
     (collector,) = settings.collectors
     (dest,) = settings.destinations
     assert isinstance(collector, MistCollector) and isinstance(dest, ZabbixDestination)
+    freeze_startup_objects()  # as `trapline run` does
     task = asyncio.create_task(pipeline.run(install_signal_handlers=False))
     loop = asyncio.get_running_loop()
     await until(
