@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -119,3 +119,55 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}", pytrace=False)
         time.sleep(interval)
+
+
+# --- NOC scenarios: what a trigger raised, read back through the API -------------------------
+
+SEVERITY_NAMES = ("not classified", "information", "warning", "average", "high", "disaster")
+
+
+def open_problems(api: Any, hostids: Sequence[str]) -> set[tuple[str, str]]:
+    """The open problems of these hosts as ``(event name, severity name)``, suppressed ones included.
+
+    Problems of triggers that a dependency holds back never open, so they are absent here
+    too, which is what a NOC would see.
+    """
+    rows = api.problem.get(hostids=list(hostids), output=["name", "severity"], suppressed=None)
+    return {(row["name"], SEVERITY_NAMES[int(row["severity"])]) for row in rows}
+
+
+def wait_for_problems(
+    api: Any, hostids: Sequence[str], expected: set[tuple[str, str]], timeout: float = 90.0
+) -> set[tuple[str, str]]:
+    """Wait until exactly ``expected`` is open on these hosts; fail with what is open otherwise.
+
+    Time-based trigger functions (``nodata``, ``count`` over a time window) are evaluated by
+    the server's timer about every 30 s, hence the long default.
+    """
+    seen: set[tuple[str, str]] = set()
+
+    def exactly_expected() -> bool:
+        nonlocal seen
+        seen = open_problems(api, hostids)
+        return seen == expected
+
+    deadline = time.monotonic() + timeout
+    while not exactly_expected():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"open problems after {timeout} s: {sorted(seen)}; expected {sorted(expected)}")
+        time.sleep(0.5)
+    return seen
+
+
+def assert_quiet_for(api: Any, hostids: Sequence[str], seconds: float, min_severity: int = 2) -> None:
+    """Fail as soon as a problem of ``min_severity`` (default Warning) or above opens within ``seconds``.
+
+    ``seconds`` must cover at least one timer pass (30 s) for time-based triggers to have had
+    their chance to fire.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        loud = {p for p in open_problems(api, hostids) if SEVERITY_NAMES.index(p[1]) >= min_severity}
+        if loud:
+            pytest.fail(f"problems on a normal day: {sorted(loud)}")
+        time.sleep(1.0)
