@@ -70,7 +70,7 @@ def test_garbled_multi_pid_answers_are_rejected(payload: bytes, reason: str) -> 
         split_pids(payload, SIZES)
 
 
-def test_pid_values_use_python_obd_decoders_in_reported_units() -> None:
+def test_pid_values_in_reported_units() -> None:
     table = pid_table()
     assert table["RPM"].decode(b"\x1a\xf8") == 1726.0
     assert table["COOLANT_TEMP"].decode(b"\x7b") == 83.0
