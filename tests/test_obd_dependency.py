@@ -1,9 +1,8 @@
 """python-OBD is pinned below its next minor release, and what is installed fits the pin.
 
-The OBD collector leans on python-OBD's command names and descriptions (and,
-for now, its ELM327 connection); a new minor release may rename or reshape
-them, so taking one is a deliberate change of this bound, with the OBD tests
-run against it.
+The OBD collector takes python-OBD's command names and descriptions; a new
+minor release may rename or reshape them, so taking one is a deliberate change
+of this bound, with the OBD tests run against it.
 """
 
 from __future__ import annotations
