@@ -97,6 +97,13 @@ def test_an_ecu_missing_a_frame_gives_nothing_others_still_count(
     assert ecu_payloads(lines, "6") == sorted((s, m) for s, m in answer.items() if s != broken)
 
 
+@given(st.lists(st.text("0123456789ABCDEF ", max_size=40) | st.sampled_from(STATUS_LINES), max_size=12),
+       st.sampled_from("123456789A"))
+def test_any_hex_lines_on_any_protocol_never_raise(lines: list[str], protocol: str) -> None:
+    for sender, message in ecu_payloads(lines, protocol):
+        assert isinstance(sender, int) and message
+
+
 def test_service_03_on_can_is_cut_to_its_count() -> None:
     # two codes announced, the rest of the frame is another code's worth of filler
     assert ecu_payloads(["7E8 10 08 43 02 01 43 01", "7E8 21 96 00 00 00 00 00 00"], "6") == [

@@ -80,14 +80,12 @@ def is_frame_line(line: str) -> bool:
 
 def _frame(line: str, shape: str) -> _Frame | None:
     compact = line.replace(" ", "")
-    if shape == "11":
-        sender, body = int(compact[:3], 16), compact[3:]
-    else:
-        head = 8 if shape == "29" else 6
-        sender, body = int(compact[head - 2 : head], 16), compact[head:]
-    if len(body) % 2:
+    head = {"11": 3, "29": 8}.get(shape, 6)  # hex digits before the data
+    if len(compact) <= head or (len(compact) - head) % 2:
         return None
-    data = bytes.fromhex(body)
+    # the sender: the whole 11-bit id, else the last header byte
+    sender = int(compact[:head] if shape == "11" else compact[head - 2 : head], 16)
+    data = bytes.fromhex(compact[head:])
     if shape == "legacy":
         data = data[:-1]  # the check byte (the ELM327 has checked it)
         return _Frame(sender, data) if 2 <= len(data) <= 7 else None
