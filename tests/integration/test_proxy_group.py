@@ -5,7 +5,10 @@ test hosts are monitored by the group, so the server spreads them over the
 proxies.  The agent has both proxies as one entry ``"p1;p2"``, the proxy that
 does not own the first host listed first: values for a host reach a proxy that
 does not own it and come back as a redirect (``{"redirect": {"revision": N,
-"address": ...}}``), which the agent must follow.  Then the owner is SIGKILLed at
+"address": ...}}``), which the agent must follow.  Then the server is stopped
+for longer than the group's failover delay: a proxy that lost the server that
+long answers the first value of each host it owns with ``{"redirect": {"reset":
+true}}`` (the client starts over from its configured list).  Then the owner is SIGKILLed at
 a quiet moment (see ``quiet_moment``): after the group's failover delay the server
 moves its hosts to the survivor, and the agent's readings flow again.  Every
 reading is in history exactly once.
@@ -39,12 +42,13 @@ from trapline.localzabbix import LocalZabbix
 
 PROXIES = ("proxy-1", "proxy-2")
 HOSTS = 2
-ROUNDS = 240
-INTERVAL = 0.25  # 60 s of readings, enough to cover the kill and the move
+ROUNDS = 360
+INTERVAL = 0.25  # 90 s of readings, enough to cover the server outage, the kill and the move
 FAILOVER_DELAY = "10s"  # the group's minimum
 CACHE_UPDATE_FREQUENCY = 10  # 7.0's default
 MONITORED_BY_PROXY_GROUP = 2
 MOVE_TIMEOUT = 120.0
+SERVER_OUTAGE = 15.0  # longer than FAILOVER_DELAY
 
 
 def _owners(api: Any, hosts: list[ZabbixHost]) -> dict[str, str]:
@@ -102,6 +106,18 @@ def test_agent_follows_redirects_and_a_proxy_failover_without_loss(tmp_path: Pat
             for found, host_ in zip(items, hosts, strict=True):
                 wait_stored(api, found, 5, 90, f"the first readings of {host_.name}")
 
+            # A proxy cut off from the server for the failover delay tells senders of the
+            # hosts it owns to reset (start over from their configured addresses), once per
+            # host per delay: stop the server for longer than that while the agent sends.
+            stack.stop_server()
+            time.sleep(SERVER_OUTAGE)
+            stack.start_server()
+            for found, host_ in zip(items, hosts, strict=True):
+                wait_stored(api, found, stored_rounds(api, found) + 5, 90, f"{host_.name} after the outage")
+
+            # The server may have reassigned hosts after its restart: kill today's owner.
+            owner = _assigned(api, hosts)[hosts[0].name]
+            (other,) = set(address) - {owner}
             with quiet_moment(agent, api, items):
                 before = [stored_rounds(api, found) for found in items]
                 assert max(before) < ROUNDS - 40, "the stream had ended before the proxy was killed"
