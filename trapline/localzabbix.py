@@ -1069,9 +1069,10 @@ def sigterm_as_exit() -> Iterator[None]:
 
 
 def main() -> None:
-    """``python3 -m trapline.localzabbix``: build the 7.0 chroot and the schema caches ahead of tests."""
+    """``python3 -m trapline.localzabbix``: build the 7.0 chroot, its proxy and the schema caches."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"7.0 chroot ready: {ensure_chroot()}")
+    print(f"7.0 proxy ready: {ensure_proxy()} in the chroot")
     for version in SUPPORTED_VERSIONS:
         with LocalZabbix(version) as stack:
             print(f"Zabbix {version} ({stack.package_version}) starts; schema cache ready")

@@ -150,3 +150,6 @@ def test_agent_follows_redirects_and_a_proxy_failover_without_loss(tmp_path: Pat
         print(f"proxy group: {summary}")
         assert all(r.lost == r.duplicated == r.foreign == 0 for r in results), summary
         assert redirects > 0, f"no redirect was followed: {summary}"
+        assert resets > 0, f"no proxy asked for a reset during the server outage: {summary}"
+        # A reset may also come from the proxy a redirect led to; the client starts over then.
+        assert "redirected twice" not in output, output[-3000:]
