@@ -7,8 +7,9 @@ the spool, hands them to the destination and applies the outcome: accepted
 rows are deleted, refused rows are retried with backoff until
 ``max_retry_age`` and then rejected (counted, logged), rows of an unreachable
 destination wait with capped backoff and never age.  SIGTERM stops the
-collectors, commits what is in memory, gives the destinations a last chance
-within ``shutdown_timeout`` and exits.
+collectors, commits what is in memory, lets delivery rounds in flight finish
+and record their verdicts, gives the destinations a last chance within
+``shutdown_timeout`` (one budget for both) and exits.
 """
 
 from __future__ import annotations
@@ -279,13 +280,13 @@ class Pipeline:
             self.spool.reject(outcome.rejected)
         settled = set(outcome.accepted) | set(outcome.rejected) | set(outcome.retry)
         unsettled = [s.id for s in batch if s.id not in settled]
-        if outcome.unreachable is not None:
-            # Nothing was refused: the rows wait for the destination without ageing.
-            # They are due again at once; the delivery loop sleeps with backoff first.
-            self.spool.defer(unsettled, 0.0, refused=False)
-            return
         refused = dict(outcome.retry)
-        refused.update((sid, "destination returned no outcome") for sid in unsettled)
+        if outcome.unreachable is not None:
+            # Rows without a verdict were not refused: they wait for the destination
+            # without ageing, due again at once; the delivery loop backs off first.
+            self.spool.defer(unsettled, 0.0, refused=False)
+        else:
+            refused.update((sid, "destination returned no outcome") for sid in unsettled)
         if refused:
             self._retry_refused(dest, batch, refused, now)
 
@@ -325,6 +326,8 @@ class Pipeline:
                 outcome = Delivery(unreachable=f"delivery round failed: {type(exc).__name__}: {exc}")
             if outcome is None:
                 wake.clear()
+                if self._stop.is_set():
+                    break
                 due = self.spool.next_due(dest.name)
                 wait = 1.0 if due is None else min(max(due - time.time(), 0.05), 1.0)
                 with contextlib.suppress(TimeoutError):
@@ -368,6 +371,8 @@ class Pipeline:
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
+        for wake in self._dest_wake.values():  # an idle delivery loop ends now, not after its wait
+            wake.set()
 
     async def run(self, install_signal_handlers: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -381,7 +386,7 @@ class Pipeline:
         ]
         service_tasks = [asyncio.create_task(self._intake_loop(), name="intake"),
                          asyncio.create_task(self._self_loop(), name="self")]
-        service_tasks += [asyncio.create_task(self._delivery_loop(d), name=f"deliver:{d.name}")
+        delivery_tasks = [asyncio.create_task(self._delivery_loop(d), name=f"deliver:{d.name}")
                           for d in self.destinations]
         log.info("trapline running: %d collectors, %d destinations, %d observers, spool %s (%d waiting)",
                  len(self.collectors), len(self.destinations), len(self.observers),
@@ -390,11 +395,14 @@ class Pipeline:
             await self._stop.wait()
         finally:
             log.info("stopping: committing readings in memory, last delivery attempt")
+            self.stop()  # also when run() itself was cancelled: the delivery loops must end
+            deadline = loop.time() + self.agent.shutdown_timeout
             await _cancel(collector_tasks)
             await _cancel(service_tasks)
             with contextlib.suppress(sqlite3.Error, OSError):  # logged with the count held
                 self.flush_intake()
-            await self._drain(self.agent.shutdown_timeout)
+            await self._finish_rounds(delivery_tasks, deadline - loop.time())
+            await self._drain(deadline - loop.time())
             for d in self.destinations:
                 await d.close()
             for obs in self.observers:
@@ -403,6 +411,24 @@ class Pipeline:
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+
+    async def _finish_rounds(self, tasks: list[asyncio.Task[None]], seconds: float) -> None:
+        """Let the delivery rounds in flight end and record their verdicts.
+
+        Cancelling a round would lose the acknowledgements of requests Zabbix
+        already answered, and the drain would send those values again.  Only a
+        round still running when ``shutdown_timeout`` is up is cancelled: its
+        rows were not acked and stay in the spool for the next start.
+        """
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=max(seconds, 0.0))
+        if late:
+            log.warning(
+                "%d delivery round(s) still running after shutdown_timeout, cancelled; their"
+                " readings stay in the spool", len(late),
+            )
+        await _cancel(tasks)  # also collects the ended ones, and any exception they kept
 
     async def _drain(self, seconds: float) -> None:
         async def drain_one(dest: Destination) -> None:

@@ -248,16 +248,27 @@ def test_faults_keep_the_whole_batch(fault: str, reason: str) -> None:
     asyncio.run(scenario())
 
 
-def test_one_failed_request_of_several_keeps_its_values_for_retry() -> None:
+@pytest.mark.parametrize("fault", ["garbage", "truncated", "reset", "failed"])
+def test_a_request_without_verdict_ends_the_round_and_refuses_nothing(fault: str) -> None:
+    """The values of a request that failed in transit may or may not be stored: they get no
+    verdict (never counted as refused, so they never age), and no further request is sent in
+    that round (issue 17: up to 40 connections per round against a failing server)."""
+
     async def scenario() -> None:
         async with fake_zabbix() as server:
-            dest = destination(server, batch_size=2, concurrency=1)
-            await dest.deliver(spool(readings("h", ["a", "b", "c", "d"])))  # keys now known
-            server.faults += ["", "garbage"]
-            outcome = await dest.deliver(spool(readings("h", ["a", "b", "c", "d"])))
-            assert outcome.unreachable is None
-            assert sorted(outcome.accepted) == [0, 1]
-            assert set(outcome.retry) == {2, 3} and "bad reply" in outcome.retry[2]
+            dest = destination(server, batch_size=2, concurrency=2)
+            keys = [f"k{i}" for i in range(16)]
+            await dest.deliver(spool(readings("h", keys)))  # keys now known: 8 requests of 2
+            sent_before, stored_before = len(server.requests), len(server.stored)
+            server.faults += ["", fault]
+            outcome = await dest.deliver(spool(readings("h", keys)))
+            assert outcome.unreachable is not None
+            assert not outcome.retry and not outcome.rejected
+            assert dest.stats.values_failed == 0
+            # Two lanes: the failing request and at most the ones the other lane sent before it
+            # learnt of the failure; the accepted values are exactly those the server stored.
+            assert len(server.requests) - sent_before <= 3
+            assert len(outcome.accepted) == len(server.stored) - stored_before
 
     asyncio.run(scenario())
 
