@@ -335,6 +335,10 @@ class Pipeline:
                         await wake.wait()
                 continue
             if outcome.unreachable is not None:
+                if outcome.accepted:
+                    # Part of the round got through: a flaky link, not a dead one.  Pause
+                    # briefly, but do not let the wait grow towards the cap while data flows.
+                    backoff.reset()
                 delay = backoff.next_delay()
                 self._throttled.warning(
                     "unreachable:" + dest.name, "%s unreachable (%s); retrying in %.1fs, data kept in spool",
