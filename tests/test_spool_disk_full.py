@@ -1,0 +1,115 @@
+"""The spool's disk fills up and frees again (issue 17, defect 3), on a real 2 MB tmpfs.
+
+While the disk is full: readings already committed keep flowing to a healthy
+destination, their deletes are held (never sent twice), new readings wait in
+memory up to ``max_memory_bytes`` and the oldest beyond it are dropped and
+counted.  Once space returns, delivery resumes within seconds and every reading
+is delivered exactly once or counted as dropped exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tests.small_disk import SmallDisk, small_disk
+from trapline.middleware.config import Section
+from trapline.middleware.filters import Filters
+from trapline.middleware.model import Reading
+from trapline.middleware.pipeline import Pipeline
+from trapline.middleware.plugin import Delivery, Spooled
+from trapline.middleware.settings import AgentSettings, SpoolSettings
+from trapline.middleware.spool import Spool
+
+CLOCK = 1_700_000_000
+MEMORY_BOUND = 64 * 1024  # the smallest allowed: ~200 readings of this test
+RESUME_BOUND = 10.0  # seconds after space returns; the issue measured 37-55 s before
+
+
+class RecordingDestination:
+    """Accepts everything while ``open``; records every spool id and seq value it was sent."""
+
+    name = "dest"
+    needs_labels = False
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.sent_ids: list[int] = []
+        self.values: list[int] = []
+
+    async def deliver(self, batch: Sequence[Spooled]) -> Delivery:
+        await self.open.wait()
+        self.sent_ids += [s.id for s in batch]
+        self.values += [int(s.item.value) for s in batch if isinstance(s.item, Reading)]
+        return Delivery(accepted=[s.id for s in batch])
+
+    async def close(self) -> None:
+        pass
+
+
+async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def _scenario(disk: SmallDisk) -> tuple[Pipeline, RecordingDestination, int, float]:
+    dest = RecordingDestination()
+    spool_settings = SpoolSettings(disk.path / "spool.db", 100_000, "normal", 3600, 0.01, 0.02, 200,
+                                   max_memory_bytes=MEMORY_BOUND)
+    p = Pipeline(
+        agent=AgentSettings(host=None, self_interval=3600, flush_interval=0.05, shutdown_timeout=5),
+        spool_settings=spool_settings,
+        spool=Spool(spool_settings.path, spool_settings.max_readings, spool_settings.sync),
+        filters=Filters.from_config(Section(Path("t"), "filters", {})),
+        destinations=[dest],
+    )
+    out = p.outbox("test")
+    made = 0
+
+    def feed(count: int) -> None:
+        nonlocal made
+        for _ in range(count):
+            made += 1
+            out.put(Reading("h", "seq", made, CLOCK + made, 0, "", {"pad": "x" * 100}))
+
+    task = asyncio.create_task(p.run(install_signal_handlers=False))
+    feed(1000)  # committed while the destination is closed
+    await _until(lambda: p.spool.depth() == 1000, 10, "1000 readings committed")
+    p.spool.checkpoint()  # an empty WAL: the next write needs new space
+    disk.fill()
+    dest.open.set()
+    for _ in range(20):  # readings keep coming while the disk is full
+        feed(100)
+        await asyncio.sleep(0.05)
+    # Committed readings flow to the healthy destination although nothing can be deleted.
+    await _until(lambda: len(dest.values) >= 1000, 10, "committed readings delivered while full")
+    assert p.stats.dropped > 0  # 2000 readings of ~450 bytes do not fit in 64 KiB
+    disk.free()
+    freed = time.monotonic()
+    feed(100)
+    await _until(lambda: len(set(dest.values)) + p.stats.dropped == made, RESUME_BOUND,
+                 "delivery after space returned")
+    resumed = time.monotonic() - freed
+    p.stop()
+    await task
+    return p, dest, made, resumed
+
+
+def test_full_spool_disk_loses_nothing_unaccounted_and_sends_nothing_twice() -> None:
+    with small_disk("2m") as disk:
+        p, dest, made, resumed = asyncio.run(_scenario(disk))
+        depth = Spool(disk.path / "spool.db").depth()
+    print(f"disk full: made={made} delivered={len(dest.values)} dropped={p.stats.dropped} "
+          f"resumed {resumed:.1f}s after space returned")
+    assert len(dest.sent_ids) == len(set(dest.sent_ids))  # no spool row sent twice
+    assert len(dest.values) == len(set(dest.values))  # no reading delivered twice
+    delivered = set(dest.values)
+    lost = set(range(1, made + 1)) - delivered
+    assert len(lost) == p.stats.dropped  # every loss counted, once
+    # What memory could not hold were the oldest of the readings made while full.
+    assert lost == set(range(1001, 1001 + len(lost)))
+    assert depth == 0
