@@ -549,14 +549,18 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# Bytes of a normalized Reading besides its text: tracemalloc over 100,000 readings with
+# a 7-character host and a 19-character key gave ~360 bytes each, strings included.
+_ITEM_OVERHEAD = 330
+
+
 def _approx_size(item: Item) -> int:
-    """Rough bytes an item holds in memory: objects (~300 bytes measured with
-    sys.getsizeof for a Reading and its fields) plus its text."""
+    """Rough bytes an item holds in memory: the objects plus its text."""
     if isinstance(item, Reading):
         value = item.value
         text = len(value) if isinstance(value, str) else 0
         labels = sum(len(k) + len(v) + 100 for k, v in item.labels.items()) if item.labels else 0
-        return 300 + len(item.host) + len(item.key) + text + len(item.unit) + labels
-    return 300 + len(item.host) + len(item.rule) + sum(
+        return _ITEM_OVERHEAD + len(item.host) + len(item.key) + text + len(item.unit) + labels
+    return _ITEM_OVERHEAD + len(item.host) + len(item.rule) + sum(
         100 + sum(len(k) + len(str(v)) for k, v in row.items()) for row in item.rows
     )
