@@ -35,6 +35,7 @@ from tests.agent_process import (
     toml_config,
 )
 from tests.fault_proxy import FaultProxy
+from tests.small_disk import SmallDisk, small_disk
 from tests.zabbix_fixtures import wait_until
 from trapline.localzabbix import LocalZabbix
 
@@ -49,6 +50,7 @@ MAX_RETRY_AGE = 8.0
 FAULT_SECONDS = 25.0  # longer than MAX_RETRY_AGE: aged values would have been rejected
 WARM_UP_VALUES = 10
 SETTLE_TIMEOUT = 60.0
+RECOVERY_SECONDS = 10.0  # after the spool's disk has space again, before SIGTERM
 
 
 @dataclass
@@ -110,11 +112,13 @@ def proxy(zabbix: LocalZabbix) -> Iterator[FaultProxy]:
         yield running
 
 
-def _run(zabbix: LocalZabbix, proxy: FaultProxy, tmp_path: Path, mode: str) -> Run:
+def _run(
+    zabbix: LocalZabbix, proxy: FaultProxy, tmp_path: Path, mode: str, disk: SmallDisk | None = None
+) -> Run:
     api = zabbix.api()
     host = create_synthetic_host(api, prefix="trapline-faults")
     zabbix.config_cache_reload()
-    spool = tmp_path / "spool.db"
+    spool = (disk.path if disk is not None else tmp_path) / "spool.db"
     config = tmp_path / "trapline.toml"
     config.write_text(
         toml_config(
@@ -150,6 +154,12 @@ def _run(zabbix: LocalZabbix, proxy: FaultProxy, tmp_path: Path, mode: str) -> R
         )
         if mode == "hold":
             _sigterm_during_a_round(agent, proxy)
+        elif disk is not None:
+            disk.fill()
+            time.sleep(FAULT_SECONDS)
+            disk.free()
+            time.sleep(RECOVERY_SECONDS)
+            assert agent.terminate() == 0, agent.output()
         else:
             proxy.set_mode(mode)
             time.sleep(FAULT_SECONDS)
@@ -226,3 +236,19 @@ def test_sigterm_during_a_round(zabbix: LocalZabbix, proxy: FaultProxy, tmp_path
     assert run.account.expected > 0 and run.account.spooled == 0, summary
     assert (run.account.lost, run.account.duplicated, len(run.z3008)) == (0, 0, 0), summary
     assert run.proxy.counts.resent == 0, summary  # the held round's verdict was kept
+
+
+@pytest.mark.integration
+def test_spool_disk_filled_then_freed(zabbix: LocalZabbix, proxy: FaultProxy, tmp_path: Path) -> None:
+    """The spool on an 8 MB tmpfs that fills up for a while: readings wait in memory (the
+    default 16 MiB holds this test's ~10,000), deliveries go on, nothing is sent twice."""
+    with small_disk("8m") as disk:
+        run = _run(zabbix, proxy, tmp_path, "pass", disk)
+    summary = _summary(run, zabbix)
+    print(summary)
+    full = "cannot write the spool" in run.agent_log or "cannot delete" in run.agent_log
+    assert full, run.agent_log[-3000:]  # the disk was full for the agent, not only for the test
+    assert run.account.expected > 0 and run.account.spooled == 0, summary
+    assert (run.account.lost, run.account.duplicated, len(run.z3008)) == (0, 0, 0), summary
+    assert run.proxy.counts.resent == 0, summary
+    assert "dropped" not in run.agent_log, run.agent_log[-3000:]
