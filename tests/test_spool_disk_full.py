@@ -113,3 +113,16 @@ def test_full_spool_disk_loses_nothing_unaccounted_and_sends_nothing_twice() -> 
     # What memory could not hold were the oldest of the readings made while full.
     assert lost == set(range(1001, 1001 + len(lost)))
     assert depth == 0
+
+
+def test_checkpoint_truncates_the_wal(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", sync="normal")
+    try:
+        spool.put([Reading("h", "k", i, CLOCK + i, 0) for i in range(5000)], ["dest"])
+        wal = tmp_path / "spool.db-wal"
+        assert wal.stat().st_size > 0
+        spool.checkpoint()
+        assert wal.stat().st_size == 0
+        assert spool.depth() == 5000  # nothing lost by the checkpoint
+    finally:
+        spool.close()
