@@ -10,9 +10,12 @@ is delivered exactly once or counted as dropped exactly once.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import pytest
 
 from tests.small_disk import SmallDisk, small_disk
 from trapline.middleware.config import Section
@@ -126,3 +129,35 @@ def test_checkpoint_truncates_the_wal(tmp_path: Path) -> None:
         assert spool.depth() == 5000  # nothing lost by the checkpoint
     finally:
         spool.close()
+
+
+def test_delivered_rows_whose_delete_failed_are_neither_resent_nor_counted_as_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: readings Zabbix had accepted were later dropped by the bound and counted."""
+    from tests.test_pipeline import ScriptedDestination, make_pipeline, put  # noqa: PLC0415
+
+    dest = ScriptedDestination()
+    p = make_pipeline(tmp_path, dest)
+    p.spool.max_readings = 1000
+    put(p, ["a"], 1000)
+    p.flush_intake()
+    real_ack = p.spool.ack
+
+    def disk_full(ids: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(p.spool, "ack", disk_full)
+    async def rounds_until_idle() -> int:
+        count = 0
+        while await p.deliver_once(dest) is not None:
+            count += 1
+        return count
+
+    assert asyncio.run(rounds_until_idle()) == 2  # batch = 500
+    assert len(dest.delivered) == 1000  # every row once: none claimed again
+    monkeypatch.setattr(p.spool, "ack", real_ack)
+    put(p, ["b"], 500)
+    p.flush_intake()  # the held deletes go first, then the bound has room
+    assert p.stats.dropped == 0
+    assert p.spool.depth() == 500
