@@ -52,7 +52,7 @@ def freeze_startup_objects() -> None:
 
 
 async def _check_all(settings: Settings) -> list[tuple[str, str, str]]:
-    rows: list[tuple[str, str, str]] = [("config", "ok", str(settings.file))]
+    rows: list[tuple[str, str, str]] = [("config", "ok", str(settings.file)), _check_spool(settings)]
     components: list[Destination | Observer | Collector] = [
         *settings.destinations, *settings.observers, *settings.collectors
     ]
@@ -69,6 +69,15 @@ async def _check_all(settings: Settings) -> list[tuple[str, str, str]]:
         except Exception as exc:
             rows.append((name, "FAILED", str(exc) or type(exc).__name__))
     return rows
+
+
+def _check_spool(settings: Settings) -> tuple[str, str, str]:
+    """Open the spool exactly as ``run`` does (creating it if missing), then close it."""
+    try:
+        Pipeline.from_settings(settings).spool.close()
+    except Exception as exc:  # whatever would stop `run` at start
+        return ("spool", "FAILED", f"{settings.spool.path}: {type(exc).__name__}: {exc}")
+    return ("spool", "ok", str(settings.spool.path))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
