@@ -1006,7 +1006,9 @@ class LocalZabbix:
             if (
                 proc.name.isdigit()
                 and _parent_pid(proc) == server.pid
-                and "configuration syncer" in _process_title(int(proc.name))
+                # 7.0 also runs "configuration syncer worker #N" processes, whose titles never
+                # report a sync; they can have the lower pid once pids wrap around.
+                and "configuration syncer [" in _process_title(int(proc.name))
             ):
                 return int(proc.name)
         raise _fail("config_cache_reload", "no configuration syncer process found", self._log(daemon))
