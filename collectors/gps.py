@@ -81,8 +81,8 @@ class GpsSettings:
 def build(name: str, section: Section) -> GpsCollector:
     settings = GpsSettings(
         host=section.text("host"),
-        server=section.text("server", "127.0.0.1"),
-        port=section.integer("port", 2947, minimum=1),
+        server=section.host("server", "127.0.0.1"),
+        port=section.port("port", 2947),
         interval=section.number("interval", 5.0, minimum=0.05),
         call_timeout=section.number("call_timeout", 5.0, minimum=0.1),
         retry_initial=section.number("retry_initial", 1.0, minimum=0.01),

@@ -10,8 +10,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from trapline import __version__
+from trapline.middleware import redact
 from trapline.middleware.config import ConfigError
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.plugin import Collector, Destination, Observer
@@ -24,8 +26,16 @@ def _load(path: Path) -> Settings:
     try:
         return load_settings(path)
     except ConfigError as exc:
-        print(f"trapline: config error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        _config_error(str(exc))
+    except Exception as exc:
+        _config_error(f"{path}: {type(exc).__name__}: {exc}")
+
+
+def _config_error(line: str) -> NoReturn:
+    # print(), not logging: logging is not set up yet.  Masked all the same, since the
+    # text may quote a value read from the config.
+    print(f"trapline: config error: {redact.mask(line)}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -122,8 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:
-        print(f"trapline: config error: {exc}", file=sys.stderr)
+        print(f"trapline: config error: {redact.mask(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as exc:
+        # The machine refused something the config asked for (a port in use, a
+        # directory not writable): one line, like a config error, not a traceback.
+        print(f"trapline: {redact.mask(str(exc))}", file=sys.stderr)
+        return 1
     logging.shutdown()
     return code
 

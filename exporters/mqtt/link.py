@@ -76,12 +76,12 @@ class BrokerSettings:
 
 def parse_broker(section: Section, default_client_id: str) -> BrokerSettings:
     """The connection keys both the ``[mqtt]`` destination and the bridge collector read."""
-    host = section.text("host")
+    host = section.host("host")
     tls_files = section.tls_files()
     tls = section.boolean("tls", tls_files.any)
     if tls_files.any and not tls:
         raise section.error("tls", "false, but TLS certificate files are given")
-    port = section.integer("port", 8883 if tls else 1883, minimum=1)
+    port = section.port("port", 8883 if tls else 1883)
     client_id = section.text("client_id", default_client_id)
     if not valid_host(client_id):
         raise section.error("client_id", "expected 1-128 characters from A-Z a-z 0-9 space . _ -")
@@ -99,8 +99,9 @@ def parse_broker(section: Section, default_client_id: str) -> BrokerSettings:
     return BrokerSettings(
         host=host, port=port, client_id=client_id, username=username, password=password,
         tls=tls, tls_files=tls_files,
-        keepalive=section.integer("keepalive", 60, minimum=5),
-        session_expiry=section.integer("session_expiry", 86400, minimum=0),
+        # MQTT puts both in fixed-width fields: keepalive 16 bits, session expiry 32 bits.
+        keepalive=section.integer("keepalive", 60, minimum=5, maximum=65535),
+        session_expiry=section.integer("session_expiry", 86400, minimum=0, maximum=2**32 - 1),
         qos=qos, topics=Topics(prefix),
     )
 

@@ -45,7 +45,7 @@ def _diagnoser(section: Section, timeout: float) -> Diagnoser | None:
             if section.has(key):
                 raise section.error(key, "given without api_url")
         return None
-    url = section.text("api_url")
+    url = section.url("api_url", ("http", "https"))
     if section.has("api_user"):
         user = section.text("api_user")
         password = section.secret("api_password")
