@@ -205,13 +205,14 @@ class GpsCollector:
                 await worker.call(lambda: _connect(s.server, s.port, s.call_timeout), s.call_timeout,
                                   f"connect to gpsd {s.server}:{s.port}")
                 backoff.reset()
+                out.resolved("gpsd", f"gps: {self.name}: connected to gpsd {s.server}:{s.port}")
                 while True:
                     packet = await worker.call(_poll, s.call_timeout, "gpsd poll")
                     self._emit(out, packet)
                     await asyncio.sleep(s.interval)
             except (DeadlineMissed, GpsdError, OSError, ValueError, KeyError) as exc:
                 delay = backoff.next_delay()
-                out.error(f"gps: {type(exc).__name__}: {exc}; reconnecting")
+                out.error(f"gps: {type(exc).__name__}: {exc}; reconnecting", "gpsd")
             finally:
                 worker.abandon()
                 _drop_connection()

@@ -318,6 +318,7 @@ class MqttLink:
         self._refusal = None
         self.generation += 1
         self.connected.set()
+        self._throttled.resolved("connect", "%s reachable again", self.settings.address)
         log.info("connected to MQTT broker %s as %s (session %s)", self.settings.address,
                  self.settings.client_id, "resumed" if session_present else "new")
         if self._announce:
@@ -356,7 +357,7 @@ class MqttLink:
             done.set_result(None)
 
     def _report(self, why: str) -> None:
-        self._throttled.error(why, "%s", why)
+        self._throttled.error("subscription", "%s", why)
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
