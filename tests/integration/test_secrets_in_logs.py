@@ -11,8 +11,9 @@ and fail while echoing the request back:
 - AWS external id: a real moto server (AssumeRole accepted) and the echo endpoint
   (HTTP 500 with the request echoed, which botocore dumps at debug);
 - Zabbix API token: values go to a real Zabbix 7.0 trapper for a host that does not
-  exist, so the agent asks the API why; the API is the echo endpoint, answering with a
-  JSON-RPC error whose text echoes the request (pyzabbix puts it in its exception);
+  exist, so the agent asks the API why. The API is either the real Zabbix 7.0 API, which
+  refuses the token, or the echo endpoint, answering with a JSON-RPC error whose text
+  echoes the request (pyzabbix puts it in its exception);
 - MQTT password: a real mosquitto with password auth, the destination with the right
   password and the bridge collector with a wrong one (refused).
 
@@ -141,11 +142,18 @@ def secret_file(tmp: Path, name: str) -> str:
     return str(path)
 
 
+@pytest.fixture(params=["echo", "real"])
+def urls(request: pytest.FixtureRequest, zabbix70: LocalZabbix, echo_url: str) -> tuple[str, str]:
+    """The echo endpoint, and the Zabbix API the agent asks: the echo, or the real API refusing the token."""
+    return echo_url, f"{echo_url}/zabbix" if request.param == "echo" else zabbix70.api_url
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_no_secret_in_the_debug_log(
-    tmp_path: Path, zabbix70: LocalZabbix, echo_url: str, mist_server: MistServer, moto_url: str
+    tmp_path: Path, zabbix70: LocalZabbix, urls: tuple[str, str], mist_server: MistServer, moto_url: str
 ) -> None:
+    echo_url, api_url = urls
     users = {"van": SECRETS["mqtt_ok"]}
     (tmp_path / "mqtt").mkdir()
     with running_mosquitto(tmp_path / "mqtt", users) as broker:
@@ -155,7 +163,7 @@ def test_no_secret_in_the_debug_log(
         config = tmp_path / "trapline.toml"
         config.write_text(toml_config({
             "spool": {"path": str(tmp_path / "spool.db")},
-            "zabbix": {"servers": [zabbix70.trapper_address], "api_url": f"{echo_url}/zabbix",
+            "zabbix": {"servers": [zabbix70.trapper_address], "api_url": api_url,
                        "api_token_file": secret_file(tmp_path, "zabbix")},
             "mqtt": {"host": "127.0.0.1", "port": broker.port, "username": "van",
                      "password_file": secret_file(tmp_path, "mqtt_ok")},
