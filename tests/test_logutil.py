@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
+from tests.test_pipeline import ScriptedDestination, make_pipeline
 from trapline.middleware.logutil import SUMMARY_INTERVAL, ThrottledLog
+from trapline.middleware.pipeline import _Outbox
 
 
 class Clock:
@@ -60,3 +63,23 @@ def test_conditions_are_independent(caplog: pytest.LogCaptureFixture) -> None:
         throttle.warning("b", "fault b")
     throttle.resolved("c", "never started")
     assert [r.getMessage() for r in caplog.records] == ["fault a", "fault b"]
+
+
+def test_the_pipeline_outbox_counts_every_error_and_logs_each_condition_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trapline.collector.mist")
+    pipeline = make_pipeline(tmp_path, ScriptedDestination())
+    out = _Outbox(pipeline, "mist")
+    for delay in (1.0, 2.0, 4.0):
+        out.error(f"site lookup: HTTP 401; retrying in {delay}s", condition="site lookup")
+    out.error("frame dropped: not JSON")
+    out.error("frame dropped: no id")
+    out.resolved("site lookup", "site lookup works again")
+    pipeline.spool.close()
+    assert pipeline.stats.collector("mist").errors == 5
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[:2] == ["collector mist: site lookup: HTTP 401; retrying in 1.0s",
+                         "collector mist: frame dropped: not JSON"]
+    assert lines[2].startswith("collector mist: site lookup works again (after 3 occurrences over ")
+    assert len(lines) == 3
