@@ -223,7 +223,8 @@ class Section:
         value: int = self._get(key, (int,), "an integer", default)
         low = -INT64_MAX - 1 if minimum is None else minimum
         if not low <= value <= maximum:
-            raise self.error(key, f"expected an integer from {low} to {maximum}, got {value}")
+            got = value if abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+            raise self.error(key, f"expected an integer from {low} to {maximum}, got {got}")
         return value
 
     def port(self, key: str, default: int | _Missing = MISSING) -> int:
@@ -237,7 +238,12 @@ class Section:
         maximum: float | None = None,
     ) -> float:
         """A finite number: nan and inf would silently disable every comparison made with them."""
-        value = float(self._get(key, (int, float), "a number", default))
+        raw = self._get(key, (int, float), "a number", default)
+        try:
+            value = float(raw)
+        except OverflowError:  # an integer beyond any float
+            got = f"an integer of {len(str(raw))} digits"
+            raise self.error(key, f"expected a finite number, got {got}") from None
         if not math.isfinite(value):
             raise self.error(key, f"expected a finite number, got {value}")
         if minimum is not None and value < minimum:
@@ -387,4 +393,6 @@ def load_toml(path: Path) -> Section:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid TOML (nested too deeply)") from None
+    except ValueError as exc:  # Python's limit on the digits of an integer literal
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     return Section(path, "", data)

@@ -173,6 +173,8 @@ MQTT = "\n[mqtt]\nhost = 'broker'\n"
         (GOOD + '\n["new\\nline"]\n', '"new\\nline": unknown section'),
         ("", "the file is empty"),
         ("x = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("x = " + "9" * 5000, "not valid TOML (Exceeds the limit"),
+        (GOOD.replace("[agent]", "[agent]\nself_interval = 1" + "0" * 400), "finite number, got an"),
     ],
 )
 def test_values_out_of_range(tmp_path: Path, text: str, expected: str) -> None:

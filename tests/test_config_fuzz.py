@@ -122,10 +122,12 @@ NAMES = TEXT.filter(bool) | st.sampled_from(
 )
 INTERESTING = st.sampled_from(
     [0, -1, 1, 65535, 65536, 99999, 2**31, 2**32, 2**63 - 1, -(2**63), "not a url", "127.0.0.1:10051:1",
-     "[::1]:0", "http://", "ws://host:99999/x", "", "a\x00b", "no-such-host.invalid:9708", "/dev/null"]
+     10**400, "[::1]:0", "http://", "ws://host:99999/x", "", "a\x00b", "no-such-host.invalid:9708",
+     "/dev/null"]
 )
 SCALARS = (
     st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.integers(min_value=2**63).map(lambda n: n**3)  # TOML (tomllib) reads integers of any size
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.booleans()
     | TEXT
