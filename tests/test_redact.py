@@ -109,3 +109,19 @@ def test_python_obd_messages_print_once_and_masked() -> None:
     assert stderr.count("marker ***") == 1, stderr
     assert "obd-secret-value" not in stderr
     assert stderr.count("debug marker") == 1, stderr  # --log-level, not python-OBD, decides
+
+
+def test_a_crash_traceback_is_masked_too() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c",
+         "from trapline import cli\n"
+         "from trapline.middleware.config import Secret\n"
+         "Secret('crash-secret-value')\n"
+         "def crash(args): raise RuntimeError('echoed crash-secret-value')\n"
+         "cli.cmd_run = crash\n"
+         "raise SystemExit(cli.main(['run', '-c', 'unused.toml']))\n"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert "RuntimeError: echoed ***" in result.stderr
+    assert "crash-secret-value" not in result.stderr

@@ -139,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # directory not writable): one line, like a config error, not a traceback.
         print(f"trapline: {redact.mask(str(exc))}", file=sys.stderr)
         return 1
+    except Exception:
+        # A bug: the traceback goes through logging, whose handlers mask the secrets;
+        # Python's own hook would print it as is.
+        redact.install()
+        logging.getLogger("trapline").critical("stopped by an unexpected error", exc_info=True)
+        return 1
     logging.shutdown()
     return code
 
