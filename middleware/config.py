@@ -172,20 +172,29 @@ class Section:
     rejects every key that no getter asked for, which catches typos.
     """
 
-    def __init__(self, file: Path, name: str, data: dict[str, Any]) -> None:
+    def __init__(
+        self, file: Path, name: str, data: dict[str, Any], hosts: list[tuple[str, str]] | None = None
+    ) -> None:
         self.file = file
         self.name = name
         self._data = data
         self._seen: set[str] = set()
+        # Every host name read through this section or its sub-tables, with where it was
+        # read: ``trapline check`` resolves them (``run`` does not, DNS may come up later).
+        self.hosts: list[tuple[str, str]] = [] if hosts is None else hosts
 
     # -- helpers -----------------------------------------------------------
     def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.where(key)}: {message}")
+
+    def where(self, key: str) -> str:
+        """``file: [section].key``, as every message names a place in the config."""
         shown = show_key(key) if key else ""
         if not self.name:
-            where = shown or "top level"
+            place = shown or "top level"
         else:
-            where = f"[{self.name}].{shown}" if key else f"[{self.name}]"
-        return ConfigError(f"{self.file}: {where}: {message}")
+            place = f"[{self.name}].{shown}" if key else f"[{self.name}]"
+        return f"{self.file}: {place}"
 
     def names(self) -> list[str]:
         return list(self._data)
@@ -281,6 +290,7 @@ class Section:
                 raise ValueError("port 0")
         except ValueError as exc:
             raise self.error(key, f"{exc} (got {value!r})") from None
+        self.hosts.append((self.where(key), parts.hostname or ""))
         return value
 
     def host_port(
@@ -289,16 +299,20 @@ class Section:
         """``host[:port]`` parsed strictly (see :func:`parse_host_port`)."""
         value = self.text(key, default)
         try:
-            return parse_host_port(value, default_port, lowest_port)
+            host, port = parse_host_port(value, default_port, lowest_port)
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
+        self.hosts.append((self.where(key), host))
+        return host, port
 
     def host(self, key: str, default: str | _Missing = MISSING) -> str:
         value = self.text(key, default)
         try:
-            return check_host(value)
+            check_host(value)
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
+        self.hosts.append((self.where(key), value))
+        return value
 
     def path(self, key: str, default: Path | _Missing = MISSING) -> Path:
         """A file path; relative paths are relative to the config file."""
@@ -348,7 +362,8 @@ class Section:
     def table(self, key: str, required: bool = False) -> Section:
         default: dict[str, Any] | _Missing = MISSING if required else {}
         value = self._get(key, (dict,), "a table", default)
-        return Section(self.file, f"{self.name}.{show_key(key)}" if self.name else show_key(key), value)
+        name = f"{self.name}.{show_key(key)}" if self.name else show_key(key)
+        return Section(self.file, name, value, self.hosts)
 
     def tables(self, key: str) -> list[Section]:
         """An array of tables (``[[name.key]]``)."""
@@ -358,7 +373,7 @@ class Section:
             if not isinstance(entry, dict):
                 raise self.error(f"{key}[{i}]", f"expected a table, got {entry!r}")
             prefix = f"{self.name}.{show_key(key)}" if self.name else show_key(key)
-            out.append(Section(self.file, f"{prefix}[{i}]", entry))
+            out.append(Section(self.file, f"{prefix}[{i}]", entry, self.hosts))
         return out
 
     def subsections(self) -> Iterator[tuple[str, Section]]:

@@ -52,6 +52,7 @@ class Settings:
     collectors: list[Collector] = field(default_factory=list)
     destinations: list[Destination] = field(default_factory=list)
     observers: list[Observer] = field(default_factory=list)
+    hosts: list[tuple[str, str]] = field(default_factory=list)  # (where in the file, host name)
 
 
 def _load_builder(spec: str) -> Callable[..., Any]:
@@ -101,6 +102,7 @@ def load_settings(path: Path) -> Settings:
             settings.observers.append(_load_builder(spec)(root.table(kind)))
     for name, sec in root.table("collectors").subsections():
         settings.collectors.append(_build_collector(name, sec))
+    settings.hosts = root.hosts
     return settings
 
 

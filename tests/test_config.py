@@ -217,3 +217,15 @@ def test_cli_run_and_check_print_one_line_for_bytes_that_are_not_utf8(tmp_path: 
         result = run_cli(command, "-c", str(path))
         assert result.returncode == 2
         assert result.stderr.splitlines() == [f"trapline: config error: {path}: not UTF-8 (byte 0)"]
+
+
+def test_check_exits_2_naming_the_key_of_a_host_that_does_not_resolve(tmp_path: Path) -> None:
+    unknown = "no-such-host.invalid"  # .invalid never resolves (RFC 2606)
+    cases = {"[mqtt].host": f"[mqtt]\nhost = '{unknown}'",
+             "[zabbix].servers[0]": f"[zabbix]\nservers = ['127.0.0.1;{unknown}']"}
+    for key, section in cases.items():
+        path = write(tmp_path, GOOD + "\n" + section + "\n")
+        result = run_cli("check", "-c", str(path))
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"trapline: config error: {path}: {key}: cannot resolve '{unknown}'")

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import importlib
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,8 +82,21 @@ async def _check_all(settings: Settings) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _resolve_hosts(settings: Settings) -> None:
+    """A host name that does not resolve when ``check`` runs is a config error (a typo, mostly).
+
+    ``run`` does not do this: on a vehicle, DNS may come up after the agent.
+    """
+    for where, host in settings.hosts:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            _config_error(f"{where}: cannot resolve {host!r} ({exc})")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _load(args.config)
+    _resolve_hosts(settings)
     configure_logging("warning")
     rows = asyncio.run(_check_all(settings))
     width = max(len(r[0]) for r in rows)

@@ -71,6 +71,7 @@ def build_destinations(section: Section) -> list[Destination]:
             nodes = parse_cluster(entry)
         except ValueError as exc:
             raise section.error(f"servers[{index}]", str(exc)) from None
+        section.hosts.extend((section.where(f"servers[{index}]"), node.host) for node in nodes)
         client = ClusterClient(nodes, timeout=timeout, tls=tls)
         destinations.append(
             ZabbixDestination(
