@@ -233,7 +233,8 @@ class Section:
         low = -INT64_MAX - 1 if minimum is None else minimum
         if not low <= value <= maximum:
             got = value if abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
-            raise self.error(key, f"expected an integer from {low} to {maximum}, got {got}")
+            bound = f">= {low}" if value < low else f"<= {maximum}"
+            raise self.error(key, f"expected an integer {bound}, got {got}")
         return value
 
     def port(self, key: str, default: int | _Missing = MISSING) -> int:
