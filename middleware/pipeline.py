@@ -7,8 +7,9 @@ the spool, hands them to the destination and applies the outcome: accepted
 rows are deleted, refused rows are retried with backoff until
 ``max_retry_age`` and then rejected (counted, logged), rows of an unreachable
 destination wait with capped backoff and never age.  SIGTERM stops the
-collectors, commits what is in memory, gives the destinations a last chance
-within ``shutdown_timeout`` and exits.
+collectors, commits what is in memory, lets delivery rounds in flight finish
+and record their verdicts, gives the destinations a last chance within
+``shutdown_timeout`` (one budget for both) and exits.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from trapline.middleware.backoff import Backoff, retry_delay
 from trapline.middleware.filters import Filters
 from trapline.middleware.logutil import ThrottledLog
-from trapline.middleware.model import Item
+from trapline.middleware.model import Item, Reading
 from trapline.middleware.normalize import Rejected, normalize
 from trapline.middleware.plugin import Collector, Delivery, Destination, Observer, Spooled
 from trapline.middleware.settings import AgentSettings, Settings, SpoolSettings
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 
 # Wake the intake early when this many items wait, so a burst is committed promptly.
 _INTAKE_HIGH_WATER = 5000
+# After a spool error (disk full, I/O error) a delivery loop waits this long, not the
+# growing backoff of a down destination: delivery resumes soon after space returns.
+_SPOOL_ERROR_PAUSE = 1.0
+# Seconds between WAL checkpoints that truncate the file: without them a WAL that grew
+# (a burst, a long outage) keeps its size, and on a full disk it cannot shrink.
+_CHECKPOINT_INTERVAL = 10.0
+# Drops are summarised in one log line at most this often.
+_DROP_LOG_INTERVAL = 60.0
 _UNREADABLE = "spool data unreadable"
 
 
@@ -85,6 +94,12 @@ class Pipeline:
         self._intake: list[Item] = []
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._unspooled: list[Item] = []  # normalized readings a failed spool write left behind
+        # Per destination, spool ids whose verdict (accepted or rejected, already counted)
+        # could not be written: they are never claimed again, and deleted once the spool
+        # can be written, so nothing the destination accepted is sent twice.
+        self._undeleted: dict[str, set[int]] = {d.name: set() for d in self.destinations}
+        self._drops_unlogged: dict[str, int] = {}
+        self._drops_logged_at: float | None = None
         self._intake_wake = asyncio.Event()
         self._dest_wake = {d.name: asyncio.Event() for d in self.destinations}
         self._stop = asyncio.Event()
@@ -163,6 +178,9 @@ class Pipeline:
         admitted, self._unspooled = self._unspooled + admitted, []
         if not admitted:
             return 0
+        # Delivered rows must leave before the bound could count them as dropped.
+        for dest in self._undeleted:
+            self._delete_settled(dest)
         try:
             dropped = self.spool.put(admitted, self.destinations)
         except (sqlite3.Error, OSError) as exc:
@@ -171,13 +189,7 @@ class Pipeline:
         except Exception:  # a reading the spool cannot store, which normalize let pass
             dropped, admitted = self._put_one_by_one(admitted)
         if dropped:
-            self.stats.dropped += dropped
-            self._throttled.error(
-                "spool-full",
-                "spool full (max_readings=%d): dropped the %d oldest readings",
-                self.spool.max_readings,
-                dropped,
-            )
+            self._count_dropped(dropped, f"spool full (max_readings={self.spool.max_readings})")
         for ev in self._dest_wake.values():
             ev.set()
         return len(admitted)
@@ -215,18 +227,41 @@ class Pipeline:
     def _keep_unspooled(self, items: list[Item], exc: Exception) -> None:
         """The spool cannot be written (disk full, I/O error): hold the readings in memory.
 
-        Held readings are retried at every flush; beyond ``max_readings`` the oldest
-        are dropped and counted, as the spool itself would.
+        Held readings are retried at every flush; beyond ``max_memory_bytes`` (an
+        estimate) the oldest are dropped and counted: a crash loses what memory holds,
+        so it must not grow with the length of the disk's trouble.
         """
-        excess = len(items) - self.spool.max_readings
-        if excess > 0:
-            self.stats.dropped += excess
-            items = items[excess:]
-        self._unspooled = items
+        sizes = [_approx_size(item) for item in items]
+        total, first = sum(sizes), 0
+        while total > self.spool_settings.max_memory_bytes and first < len(items):
+            total -= sizes[first]
+            first += 1
+        if first:
+            bound = self.spool_settings.max_memory_bytes
+            self._count_dropped(first, f"spool not writable, beyond max_memory_bytes={bound}")
+        self._unspooled = items[first:]
         self._throttled.error(
-            "spool-write", "cannot write the spool (%s): %d readings held in memory, retrying",
-            exc, len(items),
+            "spool-write", "cannot write the spool (%s): %d readings (~%d bytes) held in memory, retrying",
+            exc, len(self._unspooled), total,
         )
+
+    def _count_dropped(self, count: int, why: str) -> None:
+        """Count readings dropped unsent, once each; the log gets a summary (``_log_drops``)."""
+        self.stats.dropped += count
+        self._drops_unlogged[why] = self._drops_unlogged.get(why, 0) + count
+        self._log_drops()
+
+    def _log_drops(self, final: bool = False) -> None:
+        now = time.monotonic()
+        last = self._drops_logged_at
+        if not self._drops_unlogged or not (final or last is None or now - last >= _DROP_LOG_INTERVAL):
+            return
+        window = f"in the last {now - last:.0f}s" if last is not None else "just now"
+        reasons = "; ".join(f"{n} {why}" for why, n in self._drops_unlogged.items())
+        log.error("dropped %d readings %s (%s); %d since start",
+                  sum(self._drops_unlogged.values()), window, reasons, self.stats.dropped)
+        self._drops_unlogged.clear()
+        self._drops_logged_at = now
 
     def reject_reading(self, item: Item, reason: str) -> None:
         self.stats.rejected[reason] += 1
@@ -234,6 +269,7 @@ class Pipeline:
         self._throttled.warning("reject:" + reason, "rejected %s:%s: %s", item.host, key, reason)
 
     async def _intake_loop(self) -> None:
+        checkpointed = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.agent.flush_interval):
@@ -241,11 +277,23 @@ class Pipeline:
             self._intake_wake.clear()
             with contextlib.suppress(sqlite3.Error, OSError):  # logged and kept by flush_intake
                 self.flush_intake()
+            self._log_drops()  # a summary is due even when no new drop comes to trigger it
+            if time.monotonic() - checkpointed >= _CHECKPOINT_INTERVAL:
+                checkpointed = time.monotonic()
+                try:
+                    self.spool.checkpoint()
+                except (sqlite3.Error, OSError) as exc:
+                    self._throttled.warning("checkpoint", "spool WAL checkpoint failed: %s", exc)
 
     # -- delivery --------------------------------------------------------------
     async def deliver_once(self, dest: Destination) -> Delivery | None:
         """One delivery round for ``dest``; None when nothing was due."""
-        batch = self.spool.claim(dest.name, self.spool_settings.batch)
+        settled = self._undeleted[dest.name]
+        self._delete_settled(dest.name)
+        limit = self.spool_settings.batch
+        batch = self.spool.claim(dest.name, limit + len(settled))
+        if settled:  # their verdict is known: never send them again
+            batch = [s for s in batch if s.id not in settled][:limit]
         if lost := self.spool.take_unreadable():
             self.stats.rejected[_UNREADABLE] += lost
             log.error(
@@ -270,7 +318,6 @@ class Pipeline:
     def _apply(self, dest: str, batch: list[Spooled], outcome: Delivery) -> None:
         stats = self.stats.destination(dest)
         now = time.time()
-        self.spool.ack(outcome.accepted)
         stats.sent += len(outcome.accepted)
         for reason in outcome.rejected.values():
             self.stats.rejected[reason] += 1
@@ -279,16 +326,17 @@ class Pipeline:
                 "dest-reject:" + dest, "%s rejected %d values: %s",
                 dest, len(outcome.rejected), next(iter(outcome.rejected.values())),
             )
-            self.spool.reject(outcome.rejected)
+        self._undeleted[dest].update(outcome.accepted, outcome.rejected)
+        self._delete_settled(dest)
         settled = set(outcome.accepted) | set(outcome.rejected) | set(outcome.retry)
         unsettled = [s.id for s in batch if s.id not in settled]
-        if outcome.unreachable is not None:
-            # Nothing was refused: the rows wait for the destination without ageing.
-            # They are due again at once; the delivery loop sleeps with backoff first.
-            self.spool.defer(unsettled, 0.0, refused=False)
-            return
         refused = dict(outcome.retry)
-        refused.update((sid, "destination returned no outcome") for sid in unsettled)
+        if outcome.unreachable is not None:
+            # Rows without a verdict were not refused: they wait for the destination
+            # without ageing, due again at once; the delivery loop backs off first.
+            self.spool.defer(unsettled, 0.0, refused=False)
+        else:
+            refused.update((sid, "destination returned no outcome") for sid in unsettled)
         if refused:
             self._retry_refused(dest, batch, refused, now)
 
@@ -307,7 +355,8 @@ class Pipeline:
                 "%s: %d values still refused after %.0fs, rejected: %s",
                 dest, len(expired), self.spool_settings.max_retry_age, next(iter(expired.values())),
             )
-            self.spool.reject(expired)
+            self._undeleted[dest].update(expired)
+            self._delete_settled(dest)
         by_delay: dict[float, list[int]] = {}
         for sid in refused.keys() - expired.keys():
             delay = retry_delay(attempts.get(sid, 0) + 1, self.spool_settings.retry_initial,
@@ -316,6 +365,24 @@ class Pipeline:
         for due, ids in by_delay.items():
             self.spool.defer(ids, due, refused=True)
 
+    def _delete_settled(self, dest: str) -> bool:
+        """Delete the rows whose verdict is counted; on a spool error keep them for the next try."""
+        settled = self._undeleted[dest]
+        if not settled:
+            return True
+        try:
+            self.spool.ack(settled)  # ack and reject both delete: one write for both
+        except (sqlite3.Error, OSError) as exc:
+            self._throttled.error(
+                "spool-delete:" + dest,
+                "cannot delete %d delivered or rejected readings of %s from the spool (%s);"
+                " they are not sent again, deleting is retried",
+                len(settled), dest, exc,
+            )
+            return False
+        settled.clear()
+        return True
+
     async def _delivery_loop(self, dest: Destination) -> None:
         backoff = Backoff(initial=1.0, cap=60.0)
         wake = self._dest_wake[dest.name]
@@ -323,11 +390,20 @@ class Pipeline:
         while not self._stop.is_set():
             try:
                 outcome = await self.deliver_once(dest)
-            except Exception as exc:  # the spool's disk, or a bug: this destination must go on
+            except (sqlite3.Error, OSError) as exc:  # the spool's disk, not the destination
+                self._throttled.warning(
+                    "spool-error:" + dest.name, "delivery to %s: spool error (%s); retrying in %.0fs",
+                    dest.name, exc, _SPOOL_ERROR_PAUSE,
+                )
+                await self._sleep_unless_stopping(_SPOOL_ERROR_PAUSE)
+                continue
+            except Exception as exc:  # a bug: this destination must go on
                 log.debug("delivery round for %s failed", dest.name, exc_info=True)
                 outcome = Delivery(unreachable=f"delivery round failed: {type(exc).__name__}: {exc}")
             if outcome is None:
                 wake.clear()
+                if self._stop.is_set():
+                    break
                 due = self.spool.next_due(dest.name)
                 wait = 1.0 if due is None else min(max(due - time.time(), 0.05), 1.0)
                 with contextlib.suppress(TimeoutError):
@@ -335,6 +411,10 @@ class Pipeline:
                         await wake.wait()
                 continue
             if outcome.unreachable is not None:
+                if outcome.accepted:
+                    # Part of the round got through: a flaky link, not a dead one.  Pause
+                    # briefly, but do not let the wait grow towards the cap while data flows.
+                    backoff.reset()
                 delay = backoff.next_delay()
                 self._throttled.warning(
                     "unreachable:" + dest.name, "%s unreachable (%s); retrying in %.1fs, data kept in spool",
@@ -371,6 +451,8 @@ class Pipeline:
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
+        for wake in self._dest_wake.values():  # an idle delivery loop ends now, not after its wait
+            wake.set()
 
     async def run(self, install_signal_handlers: bool = True) -> None:
         loop = asyncio.get_running_loop()
@@ -384,7 +466,7 @@ class Pipeline:
         ]
         service_tasks = [asyncio.create_task(self._intake_loop(), name="intake"),
                          asyncio.create_task(self._self_loop(), name="self")]
-        service_tasks += [asyncio.create_task(self._delivery_loop(d), name=f"deliver:{d.name}")
+        delivery_tasks = [asyncio.create_task(self._delivery_loop(d), name=f"deliver:{d.name}")
                           for d in self.destinations]
         log.info("trapline running: %d collectors, %d destinations, %d observers, spool %s (%d waiting)",
                  len(self.collectors), len(self.destinations), len(self.observers),
@@ -393,11 +475,19 @@ class Pipeline:
             await self._stop.wait()
         finally:
             log.info("stopping: committing readings in memory, last delivery attempt")
+            self.stop()  # also when run() itself was cancelled: the delivery loops must end
+            deadline = loop.time() + self.agent.shutdown_timeout
             await _cancel(collector_tasks)
             await _cancel(service_tasks)
             with contextlib.suppress(sqlite3.Error, OSError):  # logged with the count held
                 self.flush_intake()
-            await self._drain(self.agent.shutdown_timeout)
+            await self._finish_rounds(delivery_tasks, deadline - loop.time())
+            await self._drain(deadline - loop.time())
+            for name, settled in self._undeleted.items():
+                if not self._delete_settled(name):
+                    log.error("%d readings %s accepted stay in the spool and will be sent again",
+                              len(settled), name)
+            self._log_drops(final=True)
             for d in self.destinations:
                 await d.close()
             for obs in self.observers:
@@ -406,6 +496,24 @@ class Pipeline:
             if install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
+
+    async def _finish_rounds(self, tasks: list[asyncio.Task[None]], seconds: float) -> None:
+        """Let the delivery rounds in flight end and record their verdicts.
+
+        Cancelling a round would lose the acknowledgements of requests Zabbix
+        already answered, and the drain would send those values again.  Only a
+        round still running when ``shutdown_timeout`` is up is cancelled: its
+        rows were not acked and stay in the spool for the next start.
+        """
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=max(seconds, 0.0))
+        if late:
+            log.warning(
+                "%d delivery round(s) still running after shutdown_timeout, cancelled; their"
+                " readings stay in the spool", len(late),
+            )
+        await _cancel(tasks)  # also collects the ended ones, and any exception they kept
 
     async def _drain(self, seconds: float) -> None:
         async def drain_one(dest: Destination) -> None:
@@ -442,3 +550,20 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# Bytes of a normalized Reading besides its text: tracemalloc over 100,000 readings with
+# a 7-character host and a 19-character key gave ~360 bytes each, strings included.
+_ITEM_OVERHEAD = 330
+
+
+def _approx_size(item: Item) -> int:
+    """Rough bytes an item holds in memory: the objects plus its text."""
+    if isinstance(item, Reading):
+        value = item.value
+        text = len(value) if isinstance(value, str) else 0
+        labels = sum(len(k) + len(v) + 100 for k, v in item.labels.items()) if item.labels else 0
+        return _ITEM_OVERHEAD + len(item.host) + len(item.key) + text + len(item.unit) + labels
+    return _ITEM_OVERHEAD + len(item.host) + len(item.rule) + sum(
+        100 + sum(len(k) + len(str(v)) for k, v in row.items()) for row in item.rows
+    )

@@ -40,6 +40,8 @@ class SpoolSettings:
     retry_initial: float
     retry_cap: float
     batch: int  # rows claimed per delivery round
+    # Readings held in memory while the spool cannot be written (estimated bytes).
+    max_memory_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -85,6 +87,7 @@ def load_settings(path: Path) -> Settings:
         retry_initial=spool_sec.number("retry_initial", 5.0, minimum=0.01),
         retry_cap=spool_sec.number("retry_cap", 60.0, minimum=0.01),
         batch=spool_sec.integer("batch", 10_000, minimum=1),
+        max_memory_bytes=spool_sec.integer("max_memory_bytes", 16 * 1024 * 1024, minimum=64 * 1024),
     )
     spool_sec.done()
 

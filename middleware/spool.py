@@ -565,6 +565,10 @@ class Spool:
         ).fetchone()[0]
         return SpoolStats(self._depth, oldest)
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it to zero bytes."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def close(self) -> None:
         self._db.close()
 

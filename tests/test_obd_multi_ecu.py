@@ -1,7 +1,7 @@
 """Mode 01 answers from more than one ECU (engine + transmission) are data, not garbage.
 
-The unit tests feed raw ELM327 lines (headers on, as python-OBD configures the
-adapter) through python-OBD's own CAN parser, which gives one message per
+The unit tests feed raw ELM327 lines (headers on, as the adapter is set up)
+through the collector's frame parser, which gives one message per
 transmitting ECU, and decode them the way the collector does.
 """
 
@@ -12,23 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from obd.protocols import ISO_15765_4_11bit_500k, ISO_15765_4_29bit_500k
 
 from tests.elm_fixtures import obd_section
 from tests.outbox import ListOutbox
 from trapline.collectors.obd import build
+from trapline.collectors.obd.elm327 import ecu_payloads as parse
 from trapline.collectors.obd.payload import pids_from_ecus
 
 SIZES = {0x0C: 2, 0x0D: 1, 0x04: 1, 0x05: 1}  # RPM, SPEED, ENGINE_LOAD, COOLANT_TEMP
 
 
-def ecu_payloads(*lines: str, protocol: Any = ISO_15765_4_11bit_500k) -> list[bytes]:
-    """One reassembled payload per ECU, in the order python-OBD hands them to the collector."""
-    parser = protocol([])
-    return [bytes(m.data) for m in parser(list(lines)) if m.parsed()]
+def ecu_payloads(*lines: str, protocol: str = "6") -> list[bytes]:
+    """One reassembled payload per ECU, in the order the adapter hands them to the collector."""
+    return [message for _, message in parse(lines, protocol)]
 
 
-def decode(*lines: str, protocol: Any = ISO_15765_4_11bit_500k) -> tuple[dict[int, bytes], list[str]]:
+def decode(*lines: str, protocol: str = "6") -> tuple[dict[int, bytes], list[str]]:
     return pids_from_ecus(ecu_payloads(*lines, protocol=protocol), SIZES)
 
 
@@ -46,7 +45,7 @@ def test_single_pid_answered_by_two_ecus_takes_the_engines(lines: tuple[str, ...
 def test_29_bit_can_engine_is_preferred_too() -> None:
     # 18DAF1xx: xx is the sender, engine 10, transmission 18
     values, rejected = decode("18 DA F1 18 03 41 04 33", "18 DA F1 10 03 41 04 00",
-                              protocol=ISO_15765_4_29bit_500k)
+                              protocol="7")
     assert (values, rejected) == ({0x04: b"\x00"}, [])
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from obd.protocols import ISO_15765_4_11bit_500k
 
 from trapline.collectors.obd.catalog import DecodeError, pid_table
+from trapline.collectors.obd.elm327 import ecu_payloads
 from trapline.collectors.obd.payload import (
     PayloadError,
     decode_dtc,
@@ -21,9 +21,8 @@ SIZES = {0x0C: 2, 0x0D: 1, 0x05: 1, 0x04: 1, 0x0F: 1, 0x11: 1}
 
 
 def can_payloads(*lines: str) -> list[bytes]:
-    """Reassemble raw ELM327 CAN lines the way the collector gets them from python-OBD."""
-    protocol = ISO_15765_4_11bit_500k(["7E8064100BE3FA813"])
-    return [bytes(m.data) for m in protocol(list(lines)) if m.parsed()]
+    """Reassemble raw ELM327 CAN lines (11-bit ids) the way the collector gets them."""
+    return [message for _, message in ecu_payloads(lines, "6")]
 
 
 def test_multi_frame_multi_pid_answer_is_split_in_any_order() -> None:
@@ -70,7 +69,7 @@ def test_garbled_multi_pid_answers_are_rejected(payload: bytes, reason: str) -> 
         split_pids(payload, SIZES)
 
 
-def test_pid_values_use_python_obd_decoders_in_reported_units() -> None:
+def test_pid_values_in_reported_units() -> None:
     table = pid_table()
     assert table["RPM"].decode(b"\x1a\xf8") == 1726.0
     assert table["COOLANT_TEMP"].decode(b"\x7b") == 83.0

@@ -286,3 +286,77 @@ def test_a_damaged_spool_batch_is_rejected_with_a_reason_and_the_rest_flows(tmp_
     assert p.stats.rejected == {"spool data unreadable": 3}
     assert [(r.key, r.value) for r in dest.delivered] == [("b", 0), ("b", 1)]
     assert p.spool.depth() == 0
+
+
+def test_values_without_verdict_beside_accepted_ones_do_not_age(tmp_path: Path) -> None:
+    """A round where some requests were answered and one failed in transit: the answered
+    values leave the spool, the others wait without ageing (issue 17, defect 1)."""
+    dest = ScriptedDestination()
+
+    async def half_lost(batch: Sequence[Spooled]) -> Delivery:
+        dest.rounds += 1
+        half = [s.id for s in batch[: len(batch) // 2]]
+        return Delivery(accepted=half, unreachable="connection closed without a reply")
+
+    dest.deliver = half_lost  # type: ignore[method-assign]
+    p = make_pipeline(tmp_path, dest, max_retry_age=0.01)
+    put(p, ["a"], 32)
+    p.flush_intake()
+    asyncio.run(rounds(p, dest, 4))
+    assert p.spool.depth() == 2  # each round takes half of what is left: 32, 16, 8, 4, 2
+    assert sum(p.stats.rejected.values()) == 0
+    assert p.stats.destination("dest").failed == 0
+    assert p.spool.first_refused(range(100)) == {}
+
+
+class SlowDestination(ScriptedDestination):
+    """Accepts everything, after ``delay`` seconds per round; records every id it was sent."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.sent_ids: list[int] = []
+        self.started = asyncio.Event()
+
+    async def deliver(self, batch: Sequence[Spooled]) -> Delivery:
+        self.sent_ids += [s.id for s in batch]
+        self.started.set()
+        await asyncio.sleep(self.delay)
+        return await super().deliver(batch)
+
+
+def _stop_during_a_round(
+    tmp_path: Path, delay: float, shutdown_timeout: float
+) -> tuple[Pipeline, SlowDestination]:
+    dest = SlowDestination(delay)
+    p = make_pipeline(tmp_path, dest)
+    p.agent = AgentSettings(
+        host=None, self_interval=3600, flush_interval=0.01, shutdown_timeout=shutdown_timeout
+    )
+    put(p, ["a"], 30)
+
+    async def main() -> None:
+        task = asyncio.create_task(p.run(install_signal_handlers=False))
+        await dest.started.wait()  # a round is in flight
+        p.stop()
+        await task
+
+    asyncio.run(main())
+    return p, dest
+
+
+def test_stop_lets_the_round_in_flight_finish_and_sends_nothing_twice(tmp_path: Path) -> None:
+    p, dest = _stop_during_a_round(tmp_path, delay=0.3, shutdown_timeout=5)
+    assert p.spool.depth() == 0
+    assert len(dest.delivered) == 30
+    assert len(dest.sent_ids) == len(set(dest.sent_ids)) == 30
+
+
+def test_a_round_past_shutdown_timeout_is_cancelled_and_its_rows_stay(tmp_path: Path) -> None:
+    _, dest = _stop_during_a_round(tmp_path, delay=3600, shutdown_timeout=0.3)
+    assert dest.delivered == []
+    reopened = Spool(tmp_path / "s.db")
+    try:
+        assert reopened.depth() == 30
+    finally:
+        reopened.close()

@@ -265,6 +265,25 @@ def test_redirect_reset_resends_to_the_configured_node() -> None:
     run(scenario())
 
 
+def test_reset_from_the_redirect_target_starts_over_from_the_configured_nodes() -> None:
+    # A 7.0 proxy that owns the host but has lost the server for the group's failover
+    # delay answers the redirected request with reset (tests/integration/test_proxy_group.py
+    # provokes it for real); starting over, the configured proxy redirects again.
+    async def scenario() -> None:
+        async with fake_zabbix() as owner, fake_zabbix() as other:
+            other.faults += [f"redirect:127.0.0.1:{owner.port}"] * 2
+            owner.faults.append("reset-redirect")
+            client = ClusterClient([other.endpoint], timeout=2)
+            assert (await client.send(one_request())).processed == 3
+            assert (len(other.requests), len(owner.requests), len(owner.stored)) == (2, 2, 3)
+            other.faults += [f"redirect:127.0.0.1:{owner.port}"] * 2
+            owner.faults += ["reset-redirect"] * 2  # a second reset in one send: give up for now
+            with pytest.raises(SendError, match="redirected twice"):
+                await client.send(one_request())
+
+    run(scenario())
+
+
 # -- TLS ------------------------------------------------------------------------
 
 

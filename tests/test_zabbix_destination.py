@@ -30,7 +30,7 @@ from tests.zabbix_fixtures import (
     wait_until,
 )
 from trapline.exporters.zabbix import build_destinations
-from trapline.exporters.zabbix.client import ClusterClient, Endpoint, parse_cluster
+from trapline.exporters.zabbix.client import ClusterClient, Endpoint, SendError, parse_cluster
 from trapline.exporters.zabbix.destination import NOT_ACCEPTED, ZabbixDestination, _BoundedSet
 from trapline.exporters.zabbix.diagnose import ApiDiagnoser, Ident, reason_for
 from trapline.exporters.zabbix.protocol import Reply, parse_reply, unpack_frame
@@ -248,16 +248,27 @@ def test_faults_keep_the_whole_batch(fault: str, reason: str) -> None:
     asyncio.run(scenario())
 
 
-def test_one_failed_request_of_several_keeps_its_values_for_retry() -> None:
+@pytest.mark.parametrize("fault", ["garbage", "truncated", "reset", "failed"])
+def test_a_request_without_verdict_ends_the_round_and_refuses_nothing(fault: str) -> None:
+    """The values of a request that failed in transit may or may not be stored: they get no
+    verdict (never counted as refused, so they never age), and no further request is sent in
+    that round (issue 17: up to 40 connections per round against a failing server)."""
+
     async def scenario() -> None:
         async with fake_zabbix() as server:
-            dest = destination(server, batch_size=2, concurrency=1)
-            await dest.deliver(spool(readings("h", ["a", "b", "c", "d"])))  # keys now known
-            server.faults += ["", "garbage"]
-            outcome = await dest.deliver(spool(readings("h", ["a", "b", "c", "d"])))
-            assert outcome.unreachable is None
-            assert sorted(outcome.accepted) == [0, 1]
-            assert set(outcome.retry) == {2, 3} and "bad reply" in outcome.retry[2]
+            dest = destination(server, batch_size=2, concurrency=2)
+            keys = [f"k{i}" for i in range(16)]
+            await dest.deliver(spool(readings("h", keys)))  # keys now known: 8 requests of 2
+            sent_before, stored_before = len(server.requests), len(server.stored)
+            server.faults += ["", fault]
+            outcome = await dest.deliver(spool(readings("h", keys)))
+            assert outcome.unreachable is not None
+            assert not outcome.retry and not outcome.rejected
+            assert dest.stats.values_failed == 0
+            # Two lanes: the failing request and at most the ones the other lane sent before it
+            # learnt of the failure; the accepted values are exactly those the server stored.
+            assert len(server.requests) - sent_before <= 3
+            assert len(outcome.accepted) == len(server.stored) - stored_before
 
     asyncio.run(scenario())
 
@@ -598,3 +609,72 @@ def test_real_diagnosis_through_the_api(zabbix: LocalZabbix, caplog: pytest.LogC
     assert f"host {host.name}, keys t.off: item 't.off' is disabled" in caplog.text
     second = asyncio.run(dest.deliver(batch[1:2]))
     assert second.retry == {1: f"{NOT_ACCEPTED}: item 't.off' is disabled"}
+
+
+# Item keys as the Zabbix key grammar allows them ("Item key format" in the manual): a name,
+# then bracketed parameters, quoted ones holding commas, quotes and any Unicode.
+_PARAM = st.text(st.characters(exclude_categories=("Cs",), exclude_characters='"\\'), max_size=6)
+_KEYS = st.lists(
+    st.tuples(st.from_regex(r"[a-z][a-z0-9_.-]{0,8}", fullmatch=True), _PARAM).map(
+        lambda parts: f'{parts[0]}["{parts[1]}",x]'
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=_KEYS,
+    refused=st.sets(st.integers(0, 24), max_size=5),
+    faults=st.lists(st.booleans(), max_size=40),
+    batch_size=st.integers(1, 6),
+    concurrency=st.integers(1, 4),
+)
+def test_property_transport_faults_never_refuse_and_never_double(
+    keys: list[str], refused: set[int], faults: list[bool], batch_size: int, concurrency: int
+) -> None:
+    """Whatever calls fail in transit (``faults``, one per request, True = no reply): a value
+    is only ever in ``retry`` if the server counted it failed, no request starts in a round
+    after more than the other lanes' in-flight ones, and repeating rounds until every value
+    is settled stores each exactly once."""
+    refused_keys = {keys[i] for i in refused if i < len(keys)}
+    stored: list[tuple[str, int]] = []
+    calls_after_fault: list[int] = []
+
+    class FlakyServer:
+        async def send(self, framed: bytes) -> Reply:
+            await asyncio.sleep(0)  # let the lanes interleave like real I/O
+            if calls_after_fault:
+                calls_after_fault[-1] += 1
+            if faults and faults.pop(0):
+                calls_after_fault.append(0)
+                raise SendError("connection closed without a reply")
+            data = json.loads(unpack_frame(framed, 1 << 30))["data"]
+            failed = sum(v["key"] in refused_keys for v in data)
+            stored.extend((v["key"], v["ns"]) for v in data if v["key"] not in refused_keys)
+            total = len(data)
+            info = f"processed: {total - failed}; failed: {failed}; total: {total}; seconds spent: 0"
+            return parse_reply(json.dumps({"response": "success", "info": info}).encode())
+
+    readings_ = [Reading("h", k, n, CLOCK, n) for n, k in enumerate(keys * 2)]
+    pending = [Spooled(n, r, CLOCK, 0) for n, r in enumerate(readings_)]
+    dest = ZabbixDestination("prop", FlakyServer(), batch_size=batch_size, concurrency=concurrency,
+                             resend_delay=0)
+    accepted: list[int] = []
+    for _ in range(60):  # each round settles something once the faults run out
+        calls_after_fault.clear()
+        outcome = asyncio.run(dest.deliver(pending))
+        assert all(pending_item.item.key in refused_keys
+                   for pending_item in pending if pending_item.id in outcome.retry)
+        assert (outcome.unreachable is not None) == bool(calls_after_fault)
+        if calls_after_fault:
+            assert calls_after_fault[0] <= concurrency - 1
+        accepted += outcome.accepted
+        pending = [s for s in pending if s.id not in outcome.accepted and s.id not in outcome.retry]
+        if not pending:
+            break
+    assert not pending
+    expected = [(r.key, r.ns) for r in readings_ if r.key not in refused_keys]
+    assert sorted(stored) == sorted(expected)  # each stored once: nothing lost, nothing doubled
+    assert sorted(accepted) == sorted(n for n, r in enumerate(readings_) if r.key not in refused_keys)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,16 +33,22 @@ ITEM_TYPE_TRAPPER = 2
 TEST_HOST_GROUP = "trapline tests"
 
 
-def _session_stack(version: str, factory: pytest.TempPathFactory) -> Iterator[LocalZabbix]:
-    stack = LocalZabbix(version, factory.mktemp(f"zabbix{version}"))
+@contextmanager
+def started(stack: LocalZabbix) -> Iterator[LocalZabbix]:
+    """Start ``stack`` (a missing peer if it cannot start); stop it on leaving."""
     try:
         stack.start()
     except (LocalZabbixError, OSError) as exc:
-        missing_peer(f"local Zabbix {version} did not start: {exc}")
+        missing_peer(f"local Zabbix {stack.version} did not start: {exc}")
     try:
         yield stack
     finally:
         stack.stop()
+
+
+def _session_stack(version: str, factory: pytest.TempPathFactory) -> Iterator[LocalZabbix]:
+    with started(LocalZabbix(version, factory.mktemp(f"zabbix{version}"))) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")

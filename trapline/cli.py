@@ -63,7 +63,7 @@ def freeze_startup_objects() -> None:
 
 
 async def _check_all(settings: Settings) -> list[tuple[str, str, str]]:
-    rows: list[tuple[str, str, str]] = [("config", "ok", str(settings.file))]
+    rows: list[tuple[str, str, str]] = [("config", "ok", str(settings.file)), _check_spool(settings)]
     components: list[Destination | Observer | Collector] = [
         *settings.destinations, *settings.observers, *settings.collectors
     ]
@@ -92,6 +92,15 @@ def _resolve_hosts(settings: Settings) -> None:
             socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as exc:
             _config_error(f"{where}: cannot resolve {host!r} ({exc})")
+
+
+def _check_spool(settings: Settings) -> tuple[str, str, str]:
+    """Open the spool exactly as ``run`` does (creating it if missing), then close it."""
+    try:
+        Pipeline.from_settings(settings).spool.close()
+    except Exception as exc:  # whatever would stop `run` at start
+        return ("spool", "FAILED", f"{settings.spool.path}: {type(exc).__name__}: {exc}")
+    return ("spool", "ok", str(settings.spool.path))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

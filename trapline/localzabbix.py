@@ -12,6 +12,11 @@ bind mounts it needs exist only for it and vanish with it:
   the Debian frontend reads ``zabbix.conf.php`` from.  The host's ``/etc/zabbix`` is
   never written, so several stacks (6.0 and 7.0, or two of the same) run side by side.
 
+Larger topologies for tests: ``ha_node_name`` makes the first server an HA node and
+:meth:`LocalZabbix.add_ha_node` adds standby nodes on the same database; on 7.0,
+:meth:`LocalZabbix.add_proxy` starts active SQLite proxies (the proxy package is
+unpacked into the chroot, see :func:`ensure_proxy`).
+
 A ``pg_dump -Fc`` of the freshly loaded schema is cached per package version, so only
 the first start pays the ~25 s schema load; later starts are API-ready in seconds.
 """
@@ -65,6 +70,10 @@ CHROOT_PACKAGES: Final = (
 )
 # Written last by ensure_chroot(): a chroot without it is an interrupted build.
 CHROOT_READY_MARKER: Final = ".trapline-ready"
+# zabbix-proxy-sqlite3 conflicts with the server package, so it is unpacked (not installed) here.
+PROXY_PACKAGE: Final = "zabbix-proxy-sqlite3"
+PROXY_DIR: Final = "/opt/trapline-zabbix-proxy"
+PROXY_BINARY: Final = f"{PROXY_DIR}/usr/sbin/zabbix_proxy"
 
 # What a stack creates in its work directory besides its *.log and *.out files.
 STACK_SUBDIRS: Final = ("postgres", "frontend", "run")
@@ -90,6 +99,27 @@ SERVER_SETTINGS: Final[Mapping[str, str]] = {
     "StartLLDProcessors": "1",
     "StartProxyPollers": "0",
 }
+
+# A 7.0 proxy of a test stack: active, SQLite, asking the server for its configuration and
+# sending its data every second so that tests see changes quickly.
+PROXY_SETTINGS: Final[Mapping[str, str]] = {
+    "ProxyMode": "0",
+    "ProxyConfigFrequency": "1",
+    "DataSenderFrequency": "1",
+    "StartPollers": "1",
+    "StartPollersUnreachable": "1",
+    "StartTrappers": "3",
+    "StartPingers": "0",
+    "StartDiscoverers": "0",
+    "StartHTTPPollers": "0",
+    "StartPreprocessors": "1",
+    "StartDBSyncers": "1",
+}
+# What a daemon's log says once it serves: the trapper of an active node or a proxy, or
+# the HA manager of a node that came up as standby (standby nodes do not listen).
+TRAPPER_STARTED: Final = b"[trapper #1]"
+STANDBY_STARTED: Final = b'node started in "standby" mode'
+PRIMARY: Final = "zabbix_server"  # child and file name of the stack's first server
 
 PORT_RANGE: Final = (20000, 32767)
 STEP_TIMEOUT: Final = 60.0
@@ -270,6 +300,32 @@ def ensure_chroot(path: Path = CHROOT_DIR) -> Path:
     return path
 
 
+def ensure_proxy(chroot: Path = CHROOT_DIR) -> str:
+    """Make sure ``zabbix_proxy`` 7.0 (SQLite) is unpacked in the chroot; its path there.
+
+    ``apt-get download`` plus ``dpkg-deb -x``: the proxy package cannot be installed next
+    to the server package, but its binary runs from any directory.
+    """
+    if (chroot / PROXY_BINARY.lstrip("/")).exists():
+        return PROXY_BINARY
+    with _exclusive("proxy"):
+        if not (chroot / PROXY_BINARY.lstrip("/")).exists():
+            buildlog = chroot.with_name(chroot.name + ".proxy.log")
+            unpack = (
+                f"set -e; cd /tmp; rm -f ./*.deb; apt-get download -q {PROXY_PACKAGE}"
+                f" && dpkg-deb -x ./{PROXY_PACKAGE}_*.deb {PROXY_DIR} && rm -f ./*.deb"
+            )
+            with buildlog.open("wb") as out:
+                _run_logged(
+                    "unpack zabbix_proxy 7.0 in the chroot",
+                    namespace_command(chroot, [], ["sh", "-c", unpack]),
+                    out,
+                    buildlog,
+                    dict(BASE_ENV),
+                )
+    return PROXY_BINARY
+
+
 def _run_logged(
     step: str, argv: Sequence[str], out: IO[bytes], logfile: Path, env: Mapping[str, str] | None = None
 ) -> None:
@@ -347,6 +403,7 @@ class LocalZabbix:
         *,
         cache_update_frequency: int = DEFAULT_CACHE_UPDATE_FREQUENCY,
         server_config: Mapping[str, str] | None = None,
+        ha_node_name: str | None = None,
     ) -> None:
         if version not in SUPPORTED_VERSIONS:
             raise ValueError(f"unsupported Zabbix version {version!r}; choose one of {SUPPORTED_VERSIONS}")
@@ -355,6 +412,9 @@ class LocalZabbix:
         self._workdir: Path | None = None
         self.cache_update_frequency = cache_update_frequency
         self._server_config = dict(server_config or {})
+        # With a name the first server is node one of a 6.0+ HA cluster; add_ha_node() adds more.
+        self.ha_node_name = ha_node_name
+        self._ports: dict[str, int] = {}  # daemon (child) name -> its trapper port
         self._system: _System | None = None
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._postgres_port = 0
@@ -389,7 +449,13 @@ class LocalZabbix:
 
     @property
     def server_log(self) -> Path:
-        return self.workdir / "zabbix_server.log"
+        return self._log(PRIMARY)
+
+    def _log(self, daemon: str) -> Path:
+        return self.workdir / f"{daemon}.log"
+
+    def _conf(self, daemon: str) -> str:
+        return f"{INNER_STACK_DIR}/{daemon}.conf"
 
     @property
     def package_version(self) -> str:
@@ -451,7 +517,9 @@ class LocalZabbix:
 
     def stop(self) -> None:
         """Stop everything this stack started (frontend, server, database), newest first."""
-        for name in ("php", "zabbix_server", "postgres"):
+        # Proxies and HA nodes go before the first server, the database last.
+        daemons = [name for name in self._children if name not in ("php", PRIMARY, "postgres")]
+        for name in ("php", *reversed(daemons), PRIMARY, "postgres"):
             child = self._children.pop(name, None)
             if child is not None:
                 self._terminate(name, child)
@@ -665,56 +733,175 @@ class LocalZabbix:
             if loader.wait() != 0:
                 raise _fail(step, f"psql exited with status {loader.returncode}", errors)
 
-    def _start_server(self) -> None:
-        self.trapper_port = _free_port()
+    def _server_settings(self, daemon: str, port: int, node: str | None) -> dict[str, str]:
         settings = {
-            "ListenIP": "127.0.0.1",
-            "ListenPort": str(self.trapper_port),
-            "LogType": "file",
-            "LogFile": f"{INNER_STACK_DIR}/zabbix_server.log",
-            "LogFileSize": "0",
-            "PidFile": f"{INNER_STACK_DIR}/run/zabbix_server.pid",
-            "SocketDir": f"{INNER_STACK_DIR}/run",
+            **self._daemon_settings(daemon, port),
             "DBHost": "127.0.0.1",
             "DBPort": str(self._postgres_port),
             "DBName": "zabbix",
             "DBUser": "postgres",
-            "AllowRoot": "1",
             "CacheUpdateFrequency": str(self.cache_update_frequency),
             **SERVER_SETTINGS,
             **self._server_config,
         }
-        (self.workdir / "zabbix_server.conf").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        if node is not None:
+            settings |= {"HANodeName": node, "NodeAddress": f"{self.trapper_host}:{port}"}
+        return settings
+
+    def _daemon_settings(self, daemon: str, port: int) -> dict[str, str]:
+        """What every server or proxy of the stack needs: its port and its own files."""
+        # Each daemon needs its own socket directory: the IPC sockets have fixed names.
+        sockets = "run" if daemon == PRIMARY else f"run/{daemon}"
+        (self.workdir / sockets).mkdir(exist_ok=True)
+        self._ports[daemon] = port
+        return {
+            "ListenIP": self.trapper_host,
+            "ListenPort": str(port),
+            "LogType": "file",
+            "LogFile": f"{INNER_STACK_DIR}/{daemon}.log",
+            "LogFileSize": "0",
+            "PidFile": f"{INNER_STACK_DIR}/{sockets}/{daemon}.pid",
+            "SocketDir": f"{INNER_STACK_DIR}/{sockets}",
+            "AllowRoot": "1",
+        }
+
+    def _write_conf(self, daemon: str, settings: Mapping[str, str]) -> None:
+        (self.workdir / f"{daemon}.conf").write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+
+    def _start_server(self) -> None:
+        self.trapper_port = _free_port()
+        self._write_conf(PRIMARY, self._server_settings(PRIMARY, self.trapper_port, self.ha_node_name))
         self.start_server()
 
     def start_server(self) -> None:
         """(Re)start only the server, with the port and database it had; wait for its trapper."""
-        offset = self.server_log.stat().st_size if self.server_log.exists() else 0
-        self._spawn("zabbix_server", ["zabbix_server", "-f", "-c", self._server_conf])
+        self._launch("start zabbix_server", PRIMARY, "zabbix_server", (TRAPPER_STARTED,))
 
-        def trapper_started() -> bool:
+    def _launch(self, step: str, daemon: str, program: str, ready: Sequence[bytes]) -> None:
+        """Start a server or proxy on its config file; wait until its log shows one of ``ready``."""
+        logfile = self._log(daemon)
+        offset = logfile.stat().st_size if logfile.exists() else 0
+        self._spawn(daemon, [program, "-f", "-c", self._conf(daemon)])
+
+        def started() -> bool:
             try:
-                with self.server_log.open("rb") as log:
+                with logfile.open("rb") as log:
                     log.seek(offset)
-                    return b"[trapper #1]" in log.read()
+                    text = log.read()
             except FileNotFoundError:
                 return False
+            return any(needle in text for needle in ready)
 
-        self._await("start zabbix_server", "zabbix_server", trapper_started, self.server_log)
+        self._await(step, daemon, started, logfile)
 
     def stop_server(self) -> None:
         """Stop only the server (SIGTERM: it flushes its history cache first); the API stays up."""
-        child = self._children.pop("zabbix_server", None)
+        child = self._children.pop(PRIMARY, None)
         if child is not None:
-            self._terminate("zabbix_server", child)
+            self._terminate(PRIMARY, child)
 
     def server_running(self) -> bool:
-        child = self._children.get("zabbix_server")
+        child = self._children.get(PRIMARY)
         return child is not None and child.poll() is None
 
-    @property
-    def _server_conf(self) -> str:
-        return f"{INNER_STACK_DIR}/zabbix_server.conf"
+    # -- HA cluster (6.0+) ---------------------------------------------------------------
+
+    def _node_daemon(self, node: str | None) -> str:
+        if node is None:
+            return PRIMARY
+        if self.ha_node_name is None:
+            raise LocalZabbixError("this stack was started without ha_node_name: it has no HA nodes")
+        return PRIMARY if node == self.ha_node_name else f"zabbix_server-{node}"
+
+    def add_ha_node(self, node: str) -> str:
+        """Start another server on the same database as HA node ``node``; its trapper address.
+
+        It comes up as standby (it does not listen until it becomes active); returns once
+        its HA manager says so.
+        """
+        daemon = self._node_daemon(node)
+        if daemon in self._ports:
+            raise LocalZabbixError(f"HA node {node!r} exists already")
+        self._write_conf(daemon, self._server_settings(daemon, _free_port(), node))
+        self.start_node(node)
+        return self.node_address(node)
+
+    def node_address(self, node: str) -> str:
+        return f"{self.trapper_host}:{self._ports[self._node_daemon(node)]}"
+
+    def node_log(self, node: str) -> Path:
+        return self._log(self._node_daemon(node))
+
+    def start_node(self, node: str) -> None:
+        """(Re)start HA node ``node``; returns when it is active (trapper up) or standby."""
+        ready = (TRAPPER_STARTED, STANDBY_STARTED)
+        self._launch(f"start HA node {node}", self._node_daemon(node), "zabbix_server", ready)
+
+    def kill_node(self, node: str) -> None:
+        """SIGKILL the whole process group of HA node ``node``: a crash, nothing flushed."""
+        self._kill(self._node_daemon(node))
+
+    def runtime_control(self, command: str, node: str | None = None) -> str:
+        """``zabbix_server -R command`` on ``node`` (default: the first server); its output."""
+        return self._control("zabbix_server", self._node_daemon(node), command)
+
+    def _control(self, program: str, daemon: str, command: str) -> str:
+        output = self.workdir / "runtime-control.out"
+        with output.open("wb") as out:
+            argv = [program, "-c", self._conf(daemon), "-R", command]
+            self._run(f"runtime control {command}", argv, stdout=out)
+        return output.read_text(errors="replace")
+
+    def _kill(self, daemon: str) -> None:
+        child = self._children.pop(daemon, None)
+        if child is None or child.poll() is not None:
+            raise LocalZabbixError(f"{daemon} is not running")
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+    # -- 7.0 proxies -----------------------------------------------------------------------
+
+    def add_proxy(self, name: str) -> str:
+        """Start an active 7.0 ``zabbix_proxy`` (SQLite) named ``name``; its trapper address.
+
+        Register it through the API (``proxy.create`` with this address as
+        ``local_address``/``local_port``) before or after: it asks the server for its
+        configuration every second.
+        """
+        if self.version != "7.0":
+            raise LocalZabbixError("proxies are set up for the 7.0 stack only")
+        ensure_proxy(self._require_system().root)
+        daemon = f"zabbix_proxy-{name}"
+        if daemon in self._ports:
+            raise LocalZabbixError(f"proxy {name!r} exists already")
+        settings = {
+            **self._daemon_settings(daemon, _free_port()),
+            "Server": self.trapper_address,
+            "Hostname": name,
+            "DBName": f"{INNER_STACK_DIR}/{daemon}.db",
+            **PROXY_SETTINGS,
+        }
+        self._write_conf(daemon, settings)
+        self.start_proxy(name)
+        return self.proxy_address(name)
+
+    def proxy_address(self, name: str) -> str:
+        return f"{self.trapper_host}:{self._ports[f'zabbix_proxy-{name}']}"
+
+    def proxy_log(self, name: str) -> Path:
+        return self._log(f"zabbix_proxy-{name}")
+
+    def start_proxy(self, name: str) -> None:
+        """(Re)start proxy ``name`` on its config and SQLite file; returns once its trapper runs."""
+        self._launch(f"start proxy {name}", f"zabbix_proxy-{name}", PROXY_BINARY, (TRAPPER_STARTED,))
+
+    def kill_proxy(self, name: str) -> None:
+        """SIGKILL proxy ``name`` and its children."""
+        self._kill(f"zabbix_proxy-{name}")
+
+    def proxy_runtime_control(self, name: str, command: str) -> str:
+        """``zabbix_proxy -R command`` on proxy ``name``; its output."""
+        return self._control(PROXY_BINARY, f"zabbix_proxy-{name}", command)
 
     def _start_frontend(self) -> None:
         self._http_port = _free_port()
@@ -767,21 +954,22 @@ class LocalZabbix:
 
     # -- runtime ---------------------------------------------------------------------------
 
-    def config_cache_reload(self) -> None:
-        """Make the server load its configuration from the database now, and wait until it has.
+    def config_cache_reload(self, node: str | None = None) -> None:
+        """Make the server (or HA node ``node``) load its configuration now, and wait until it has.
 
         Call it after the objects you need are visible through the API.  A reload asked
         for while a periodic sync runs is dropped by the server, so that case is retried.
         """
+        daemon = self._node_daemon(node)
+        logfile = self._log(daemon)
         deadline = time.monotonic() + STEP_TIMEOUT
         while time.monotonic() < deadline:
-            syncer = self._config_syncer_pid()
+            syncer = self._config_syncer_pid(daemon)
             before = _process_title(syncer)
-            offset = self.server_log.stat().st_size
-            self._run(
-                "config_cache_reload", ["zabbix_server", "-c", self._server_conf, "-R", "config_cache_reload"]
-            )
+            offset = logfile.stat().st_size
+            self._control("zabbix_server", daemon, "config_cache_reload")
             answer = self._await_log_after(
+                logfile,
                 offset,
                 (
                     "forced reloading of the configuration cache",
@@ -793,29 +981,27 @@ class LocalZabbix:
                 continue
             if _wait_for(functools.partial(_sync_finished_since, syncer, before), STEP_TIMEOUT, 0.01):
                 return
-        raise _fail("config_cache_reload", "the configuration syncer did not finish a sync", self.server_log)
+        raise _fail("config_cache_reload", "the configuration syncer did not finish a sync", logfile)
 
-    def _await_log_after(self, offset: int, needles: Sequence[str]) -> str:
+    def _await_log_after(self, logfile: Path, offset: int, needles: Sequence[str]) -> str:
         found = ""
 
         def logged() -> bool:
             nonlocal found
-            with self.server_log.open("rb") as handle:
+            with logfile.open("rb") as handle:
                 handle.seek(offset)
                 tail = handle.read().decode(errors="replace")
             found = next((line for line in tail.splitlines() for n in needles if n in line), "")
             return bool(found)
 
         if not _wait_for(logged, STEP_TIMEOUT, 0.02):
-            raise _fail(
-                "config_cache_reload", f"none of {list(needles)} appeared in the log", self.server_log
-            )
+            raise _fail("config_cache_reload", f"none of {list(needles)} appeared in the log", logfile)
         return found
 
-    def _config_syncer_pid(self) -> int:
-        server = self._children.get("zabbix_server")
+    def _config_syncer_pid(self, daemon: str) -> int:
+        server = self._children.get(daemon)
         if server is None or server.poll() is not None:
-            raise _fail("config_cache_reload", "zabbix_server is not running", self.server_log)
+            raise _fail("config_cache_reload", f"{daemon} is not running", self._log(daemon))
         for proc in Path("/proc").iterdir():
             if (
                 proc.name.isdigit()
@@ -823,7 +1009,7 @@ class LocalZabbix:
                 and "configuration syncer" in _process_title(int(proc.name))
             ):
                 return int(proc.name)
-        raise _fail("config_cache_reload", "no configuration syncer process found", self.server_log)
+        raise _fail("config_cache_reload", "no configuration syncer process found", self._log(daemon))
 
 
 def _parent_pid(proc: Path) -> int:
@@ -883,9 +1069,10 @@ def sigterm_as_exit() -> Iterator[None]:
 
 
 def main() -> None:
-    """``python3 -m trapline.localzabbix``: build the 7.0 chroot and the schema caches ahead of tests."""
+    """``python3 -m trapline.localzabbix``: build the 7.0 chroot, its proxy and the schema caches."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"7.0 chroot ready: {ensure_chroot()}")
+    print(f"7.0 proxy ready: {ensure_proxy()} in the chroot")
     for version in SUPPORTED_VERSIONS:
         with LocalZabbix(version) as stack:
             print(f"Zabbix {version} ({stack.package_version}) starts; schema cache ready")

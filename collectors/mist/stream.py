@@ -5,13 +5,10 @@ to the collector until the connection ends; then it reconnects after a capped,
 jittered exponential backoff and subscribes everything again.  A fault that
 repeats (a refused token, an unreachable host) is reported once, not per try.
 
-Each message is handed to the collector as it is read, from the connection's
-``data_received``, instead of through ``recv()``: that skips a queue, a future
-and a task wake-up per message, about 10 us of the ~65 us a Mist update cost
-end to end (bench/RESULTS.md section 4).  ``wire.py`` also reads the data
-frames themselves, ahead of the library's parser.  Handling is synchronous, so
-a busy collector simply reads the socket later: the kernel's receive buffer and
-TCP flow control stand in for the library's message queue.
+Frames are read with the library's public connection API (``recv``), one
+task per connection, and used at once; while the collector is busy nothing
+is read, so the library's bounded receive queue and TCP flow control hold the
+server back instead of a queue of ours growing.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from trapline.collectors.mist.frames import (
     decode_frame,
 )
 from trapline.collectors.mist.settings import MistSettings
-from trapline.collectors.mist.wire import framing_connection
 from trapline.middleware.backoff import Backoff
 from trapline.middleware.config import Secret
 from trapline.middleware.plugin import Outbox
@@ -80,7 +76,6 @@ class StreamConnection:
         self._awaiting: set[str] = set()
         self._all_acked = asyncio.Event()
         self._max_library_size = settings.max_frame_bytes * _LIBRARY_SIZE_FACTOR
-        self._connection_class = framing_connection(self.handle, self._max_library_size)
         self._down = f"{label} down"  # the condition key of this connection's outage
 
     def __repr__(self) -> str:
@@ -90,8 +85,8 @@ class StreamConnection:
     def handle(self, frame: str | bytes) -> None:
         """Use one frame; a bad frame is counted and reported, never raised.
 
-        It runs inside the connection's ``data_received``, where an exception
-        would end the connection: even a bug costs only the frame at hand.
+        It runs in the connection's read loop, which an exception would end:
+        even a bug costs only the frame at hand.
         """
         try:
             self._use(frame)
@@ -169,26 +164,37 @@ class StreamConnection:
             ping_timeout=settings.ping_timeout,
             max_size=self._max_library_size,
             compression="deflate" if settings.compression else None,
-            create_connection=self._connection_class,
         ) as ws:
             self.sessions += 1
             self.subscribed.clear()
             self.refused.clear()
             self._awaiting = set(self.channels)
-            self._all_acked.clear()  # frames are handled from here on: acks may arrive during the sends
-            for channel in sorted(self.channels):
-                await ws.send(json.dumps({"subscribe": channel}))
-            await self._acks_or_close(ws)
-            if not self._awaiting:
-                healthy_since.append(time.monotonic())
-                self._out.resolved(self._down, f"{self.label}: connected again")
-                logger.info(
-                    "%s: subscribed %d of %d channels", self.label, len(self.subscribed), len(self.channels)
-                )
-            await ws.wait_closed()
-        # As recv() would: a clean close ends the session, any other is an error.
+            self._all_acked.clear()
+            reader = asyncio.ensure_future(self._read(ws))  # acks may arrive during the sends
+            try:
+                for channel in sorted(self.channels):
+                    await ws.send(json.dumps({"subscribe": channel}))
+                await self._acks_or_close(ws)
+                if not self._awaiting:
+                    healthy_since.append(time.monotonic())
+                    self._out.resolved(self._down, f"{self.label}: connected again")
+                    subscribed, wanted = len(self.subscribed), len(self.channels)
+                    logger.info("%s: subscribed %d of %d channels", self.label, subscribed, wanted)
+                await reader
+            finally:
+                reader.cancel()
+        # The reader stops at any close; only a clean one ends the session quietly.
         if not isinstance(ws.protocol.close_exc, ConnectionClosedOK):
             raise ws.protocol.close_exc
+
+    async def _read(self, ws: ClientConnection) -> None:
+        """Use every frame until the connection ends (how it ended is judged by the caller)."""
+        try:
+            while True:
+                # Undecoded: the JSON decoder takes UTF-8 bytes as they are, no str copy first.
+                self.handle(await ws.recv(decode=False))
+        except ConnectionClosed:
+            return
 
     async def _acks_or_close(self, ws: ClientConnection) -> None:
         """Wait until every channel is acked or the connection ends; AckTimeout after subscribe_timeout."""

@@ -1,7 +1,7 @@
-"""Pure decoding of ELM327/OBD-II answer payloads (no I/O, no python-OBD state).
+"""Pure decoding of ELM327/OBD-II answer payloads (no I/O).
 
-A *payload* is one ECU's reassembled message (python-OBD has already joined
-the ISO-TP frames of a multi-frame CAN answer): the service byte (0x41, 0x43,
+A *payload* is one ECU's reassembled message (:mod:`.elm327` has already
+joined the ISO-TP frames of a multi-frame CAN answer): the service byte (0x41, 0x43,
 0x47, 0x49) followed by the data.  Every malformed payload raises
 :class:`PayloadError` with a reason fit for ``out.error``.
 """
@@ -71,8 +71,8 @@ def split_pids(payload: bytes, sizes: Mapping[int, int]) -> dict[int, bytes]:
 def pids_from_ecus(payloads: Sequence[bytes], sizes: Mapping[int, int]) -> tuple[dict[int, bytes], list[str]]:
     """Merge the mode 01 answers of every ECU that answered one request.
 
-    ``payloads`` holds one message per ECU, lowest transmitter id first (python-OBD
-    sorts them, so the engine's 7E8 comes before the transmission's 7E9).  For a
+    ``payloads`` holds one message per ECU, lowest transmitter id first (the
+    adapter sorts them, so the engine's 7E8 comes before the transmission's 7E9).  For a
     PID answered by several ECUs the first one wins.  Returns the values and the
     reasons a payload was rejected (one per malformed ECU answer; the others are
     still used).
@@ -97,8 +97,8 @@ def decode_dtcs(payloads: Sequence[bytes], answer_byte: int) -> list[str]:
     """The DTCs of a mode 03/07 answer from one or more ECUs, sorted and unique.
 
     Each payload is ``answer_byte, count, (high, low)*``: CAN ECUs send the count,
-    python-OBD inserts a 0 for the older protocols and trims CAN answers to the
-    count.  ``0000`` pairs are padding.
+    :mod:`.elm327` puts a 0 in for the older protocols and trims service 03
+    answers on CAN to the count.  ``0000`` pairs are padding.
     """
     codes: set[str] = set()
     for payload in payloads:
@@ -155,8 +155,8 @@ def parse_voltage(text: str) -> float:
 def ecu_answered_0100(lines: Sequence[str]) -> bool:
     """Whether raw answer lines to ``0100`` contain an ECU's reply.
 
-    Used while the ignition is off, when python-OBD has no protocol parser yet:
-    any all-hex line holding ``4100`` means an ECU is talking again.
+    Used while the ignition is off, before any protocol is known to parse
+    frames by: any all-hex line holding ``4100`` means an ECU is talking again.
     """
     for line in lines:
         compact = line.replace(" ", "").upper()

@@ -113,24 +113,28 @@ class ClusterClient:
         reachable, timeout, reset, garbage, or a second redirect.
         """
         reply = await self._send_to_cluster(framed)
-        redirect = reply.redirect
-        if redirect is None:
-            return reply
+        followed = reset = False
         # A proxy of a 7.0 proxy group that does not own the host answers with
-        # the proxy that does; like the C sender we follow that once.
-        if redirect.reset:
-            log.info("zabbix %s asked to reset its redirect; resending to the configured nodes", self)
-            reply = await self._send_to_cluster(framed)
-        else:
+        # the proxy that does; like the C sender we follow that once.  The owner
+        # answers "reset" when it has lost the server for the group's failover
+        # delay (the server may have moved its hosts): start over from the
+        # configured nodes, where one more redirect may follow.
+        while (redirect := reply.redirect) is not None:
+            if redirect.reset and not reset:
+                reset, followed = True, False
+                log.info("zabbix %s asked to reset its redirect; resending to the configured nodes", self)
+                reply = await self._send_to_cluster(framed)
+                continue
+            if redirect.reset or followed:
+                raise SendError(f"redirected twice (last to {redirect.address or 'reset'}); giving up")
             assert redirect.address is not None
             try:
                 target = parse_endpoint(redirect.address)
             except ValueError as exc:
                 raise SendError(f"unusable redirect address {redirect.address!r}: {exc}") from None
             log.info("zabbix %s redirected to %s", self.active_node, target)
+            followed = True
             reply = await self._exchange(target, framed)
-        if reply.redirect is not None:
-            raise SendError(f"redirected twice (last to {reply.redirect.address or 'reset'}); giving up")
         return reply
 
     async def _send_to_cluster(self, framed: bytes) -> Reply:

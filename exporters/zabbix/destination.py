@@ -25,7 +25,12 @@ new keys (the common case) never re-sends.
 Values that failed go to ``Delivery.retry``: an item that LLD just created is
 accepted after the server's next configuration cache sync, and the retried
 values then arrive with their original clock.  The pipeline turns retries that
-are too old into rejections.
+are too old into rejections.  Only the server's own count of failed values is
+a refusal: a request that failed in transit (refused or dropped connection,
+timeout, a reply cut short or unreadable, a whole-request "failed") says
+nothing about its values, which may or may not be stored.  Such values get no
+verdict and do not age; the round ends there, so a broken link or server sees
+one failing connection per round and backoff, not a burst of them.
 """
 
 from __future__ import annotations
@@ -131,10 +136,6 @@ def _count(chunk: list[_ItemValues]) -> int:
     return sum(len(values.ids) for values in chunk)
 
 
-def _all_ids(chunk: list[_ItemValues]) -> Iterator[int]:
-    return (spool_id for values in chunk for spool_id in values.ids)
-
-
 def _pack(items: list[_ItemValues], size: int) -> Iterator[list[_ItemValues]]:
     """Requests of at most ``size`` values, splitting an item where a request is full."""
     chunk: list[_ItemValues] = []
@@ -183,6 +184,8 @@ class _Round:
 
     delivery: Delivery = field(default_factory=Delivery)
     failed: list[_ItemValues] = field(default_factory=list)
+    # Requests that got no verdict (transport failure, garbage, a whole-request
+    # "failed"): the first one ends the round, so no lane opens another connection.
     transport_errors: list[str] = field(default_factory=list)
 
 
@@ -231,25 +234,20 @@ class ZabbixDestination:
         # LLD first, in requests of its own: the items it creates must exist
         # (after the next config sync) before their values can be accepted.
         await self._send_all(lld, state)
-        if state.transport_errors and data:
-            reason = f"zabbix {self.name}: not sent, discovery could not be delivered first"
-            state.delivery.retry.update(dict.fromkeys(_all_ids(data), reason))
-        else:
+        if not state.transport_errors:
             await self._send_all(data, state)
         delivery = state.delivery
         if state.transport_errors:
             log.warning(
-                "zabbix %s: %d request(s) without a verdict, values kept: %s",
+                "zabbix %s: %d request(s) without a verdict, round ended, values kept: %s",
                 self.name,
                 len(state.transport_errors),
                 state.transport_errors[0],
             )
-            if not delivery.accepted and not state.failed:
-                # No value got a verdict: the destination is down or broken,
-                # not refusing.  The pipeline backs off (capped, jittered) and
-                # the rows wait without ageing towards rejection.
-                delivery.retry.clear()
-                delivery.unreachable = state.transport_errors[0]
+            # Values without a verdict are in no bucket: the pipeline keeps them
+            # due without ageing them (they were not refused, their fate is
+            # unknown) and backs off before the next round.
+            delivery.unreachable = state.transport_errors[0]
         if state.failed:
             self._report_failed(state.failed, len(batch))
         return delivery
@@ -313,6 +311,8 @@ class ZabbixDestination:
 
     async def _send_lane(self, lane: list[_ItemValues], state: _Round) -> None:
         for chunk in self._chunks(lane):
+            if state.transport_errors:  # a request of this round got no verdict: back off, do not burst
+                return
             await self._send_chunk(chunk, state)
 
     async def _request(self, chunk: list[_ItemValues]) -> Reply:
@@ -347,7 +347,7 @@ class ZabbixDestination:
         try:
             reply = await self._request(chunk)
         except SendError as exc:
-            self._retry(chunk, f"zabbix {self.name}: {exc}", state)
+            state.transport_errors.append(f"zabbix {self.name}: {exc}")
             return
         await self._settle(chunk, reply.failed, state)
 
@@ -374,15 +374,11 @@ class ZabbixDestination:
                 # happened): the first count says nothing about the rest, ask again.
                 second_failed = (await self._request(second)).failed
         except SendError as exc:
-            self._retry(chunk, f"zabbix {self.name}: while locating refused values: {exc}", state)
+            state.transport_errors.append(f"zabbix {self.name}: while locating refused values: {exc}")
             return
         await asyncio.gather(
             self._settle(first, first_failed, state), self._settle(second, second_failed, state)
         )
-
-    def _retry(self, chunk: list[_ItemValues], reason: str, state: _Round) -> None:
-        state.transport_errors.append(reason)
-        state.delivery.retry.update(dict.fromkeys(_all_ids(chunk), reason))
 
     # -- failures -------------------------------------------------------------
     def _failure_reason(self, ident: Ident) -> str:

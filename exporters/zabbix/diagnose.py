@@ -156,10 +156,13 @@ class ApiDiagnoser:
         _log_reasons(reasons)
 
     async def check(self) -> str:
-        """Log in and read the API version, for ``trapline check``."""
+        """Log in, make a call that needs it, and read the API version, for ``trapline check``."""
 
         def version() -> str:
             api = self._connect()
+            # pyzabbix takes a token without asking the server, and apiinfo.version is
+            # anonymous: only a call that needs authentication shows a refused token.
+            api.host.get(output=["hostid"], limit=1)
             return str(api.api_version())
 
         try:
