@@ -147,8 +147,11 @@ def run_trapline(port: int, duration: float, multi: bool, state_dir: Path) -> di
             if isinstance(item, Reading) and item.key.startswith("obd.pid["):
                 self.counted = (self.counted[0] + 1, time.perf_counter())
 
-        def error(self, reason: str) -> None:
+        def error(self, reason: str, condition: str | None = None) -> None:
             self.errors.append(reason)
+
+        def resolved(self, condition: str, message: str) -> None:
+            pass  # the bench counts errors only
 
     section = Section(Path("bench.toml"), "collectors.bench", {
         "type": "obd", "host": "bench", "device": f"socket://127.0.0.1:{port}", "protocol": "6",

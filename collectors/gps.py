@@ -81,8 +81,8 @@ class GpsSettings:
 def build(name: str, section: Section) -> GpsCollector:
     settings = GpsSettings(
         host=section.text("host"),
-        server=section.text("server", "127.0.0.1"),
-        port=section.integer("port", 2947, minimum=1),
+        server=section.host("server", "127.0.0.1"),
+        port=section.port("port", 2947),
         interval=section.number("interval", 5.0, minimum=0.05),
         call_timeout=section.number("call_timeout", 5.0, minimum=0.1),
         retry_initial=section.number("retry_initial", 1.0, minimum=0.01),
@@ -205,13 +205,14 @@ class GpsCollector:
                 await worker.call(lambda: _connect(s.server, s.port, s.call_timeout), s.call_timeout,
                                   f"connect to gpsd {s.server}:{s.port}")
                 backoff.reset()
+                out.resolved("gpsd", f"gps: {self.name}: connected to gpsd {s.server}:{s.port}")
                 while True:
                     packet = await worker.call(_poll, s.call_timeout, "gpsd poll")
                     self._emit(out, packet)
                     await asyncio.sleep(s.interval)
             except (DeadlineMissed, GpsdError, OSError, ValueError, KeyError) as exc:
                 delay = backoff.next_delay()
-                out.error(f"gps: {type(exc).__name__}: {exc}; reconnecting")
+                out.error(f"gps: {type(exc).__name__}: {exc}; reconnecting", "gpsd")
             finally:
                 worker.abandon()
                 _drop_connection()

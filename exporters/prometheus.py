@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import time
 import tomllib
 from collections.abc import Iterator
@@ -187,11 +188,14 @@ class PrometheusExporter:
 
 
 def build(section: Section) -> PrometheusExporter:
-    listen = section.text("listen", "127.0.0.1:9708")
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise section.error("listen", f"expected address:port, got {listen!r}")
+    host, port = section.host_port("listen", None, "127.0.0.1:9708", lowest_port=0)
+    try:
+        # A local address to listen on: unlike a remote peer it cannot come up later, so a name
+        # that does not resolve here is a config mistake, found before the agent starts.
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise section.error("listen", f"cannot resolve {host!r} on this machine ({exc})") from None
     stale_after = section.number("stale_after", 600.0, minimum=1)
-    exporter = PrometheusExporter(host.strip("[]"), int(port), stale_after)
+    exporter = PrometheusExporter(host, port, stale_after)
     section.done()
     return exporter

@@ -60,9 +60,12 @@ class _Outbox:
         self._stats.readings += 1
         self._pipeline.accept(item)
 
-    def error(self, reason: str) -> None:
+    def error(self, reason: str, condition: str | None = None) -> None:
         self._stats.errors += 1
-        self._throttled.warning(reason, "collector %s: %s", self._name, reason)
+        self._throttled.warning(condition or "one-off errors", "collector %s: %s", self._name, reason)
+
+    def resolved(self, condition: str, message: str) -> None:
+        self._throttled.resolved(condition, "collector %s: %s", self._name, message)
 
     def committed(self) -> asyncio.Future[None]:
         return self._pipeline.committed()

@@ -26,8 +26,18 @@ class Outbox(Protocol):
 
     def put(self, item: Item) -> None: ...
 
-    def error(self, reason: str) -> None:
-        """Count and log one collector error (bad frame, lost adapter...)."""
+    def error(self, reason: str, condition: str | None = None) -> None:
+        """Count and log one collector error (bad frame, lost adapter...).
+
+        ``condition`` names a fault that persists until :meth:`resolved` (a refused
+        token, an unreachable API): logged when it starts, then as a periodic summary,
+        whatever the text of each ``reason``.  Without it the error is a one-off (a bad
+        frame); those are summarised together per collector.
+        """
+        ...
+
+    def resolved(self, condition: str, message: str) -> None:
+        """The ``condition`` is over; logs ``message`` once if its start was logged."""
         ...
 
 

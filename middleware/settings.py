@@ -15,6 +15,7 @@ from typing import Any
 
 from trapline.collectors import REGISTRY as COLLECTOR_TYPES
 from trapline.exporters import DESTINATIONS, OBSERVERS
+from trapline.middleware import redact
 from trapline.middleware.config import Section, load_toml
 from trapline.middleware.filters import Filters
 from trapline.middleware.plugin import Collector, Destination, Observer
@@ -53,6 +54,7 @@ class Settings:
     collectors: list[Collector] = field(default_factory=list)
     destinations: list[Destination] = field(default_factory=list)
     observers: list[Observer] = field(default_factory=list)
+    hosts: list[tuple[str, str]] = field(default_factory=list)  # (where in the file, host name)
 
 
 def _load_builder(spec: str) -> Callable[..., Any]:
@@ -103,6 +105,7 @@ def load_settings(path: Path) -> Settings:
             settings.observers.append(_load_builder(spec)(root.table(kind)))
     for name, sec in root.table("collectors").subsections():
         settings.collectors.append(_build_collector(name, sec))
+    settings.hosts = root.hosts
     return settings
 
 
@@ -121,7 +124,27 @@ def _build_collector(name: str, sec: Section) -> Collector:
 
 
 def configure_logging(level: str) -> None:
+    """One stderr handler on the root logger, every library routed through it, secrets masked."""
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    adopt_library_loggers()
+    redact.install()
+
+
+def adopt_library_loggers() -> None:
+    """Take their own console handlers away from libraries that add one at import (python-OBD).
+
+    Such a logger also propagates to the root handler, so each of its messages was
+    printed twice, once without our format or redaction.  Its level goes back to
+    NOTSET so that ``--log-level`` decides for it as for every other logger.
+    """
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if not isinstance(logger, logging.Logger) or not logger.propagate:
+            continue
+        own = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+        for handler in own:
+            logger.removeHandler(handler)
+        if own:
+            logger.setLevel(logging.NOTSET)

@@ -15,12 +15,20 @@ class ListOutbox:
     def __init__(self) -> None:
         self.items: list[Item] = []
         self.errors: list[str] = []
+        self.conditions: dict[str, str] = {}  # active condition -> its latest reason
+        self.cleared: list[str] = []
 
     def put(self, item: Item) -> None:
         self.items.append(item)
 
-    def error(self, reason: str) -> None:
+    def error(self, reason: str, condition: str | None = None) -> None:
         self.errors.append(reason)
+        if condition is not None:
+            self.conditions[condition] = reason
+
+    def resolved(self, condition: str, message: str) -> None:
+        self.conditions.pop(condition, None)
+        self.cleared.append(message)
 
     def readings(self, key: str, host: str | None = None) -> list[Reading]:
         return [i for i in self.items if isinstance(i, Reading) and i.key == key and host in (None, i.host)]

@@ -145,3 +145,87 @@ def test_cli_refuses_world_readable_secret(tmp_path: Path) -> None:
     assert "readable by group or others" in result.stderr
     assert "very-secret-token" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# Each value below was accepted, or crashed the CLI with a traceback, before the range checks
+# (issue 17, "Config validation"); the expected text names the key and the range.
+ZABBIX = '\n[zabbix]\nservers = ["127.0.0.1:10051"]\n'
+MQTT = "\n[mqtt]\nhost = 'broker'\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (GOOD.replace("[agent]", "[agent]\nself_interval = nan"), "[agent].self_interval: expected a finite"),
+        (GOOD.replace("[agent]", "[agent]\nshutdown_timeout = inf"), "shutdown_timeout: expected a finite"),
+        (GOOD.replace("[spool]", "[spool]\nbatch = 9223372036854775808"), "[spool].batch: expected an int"),
+        (GOOD + ZABBIX.replace("10051", "99999"), "[zabbix].servers[0]: bad port"),
+        (GOOD + ZABBIX.replace("10051", "10051:1"), "[zabbix].servers[0]: '127.0.0.1:10051:1' is neither"),
+        (GOOD + ZABBIX + 'api_url = "not a url"\napi_token_env = "X"\n', "[zabbix].api_url: expected a http"),
+        (GOOD + ZABBIX + 'api_url = "http://:80/"\napi_token_env = "X"\n', "[zabbix].api_url: ''"),
+        (GOOD + MQTT + "port = 65536\n", "[mqtt].port: expected an integer <= 65535"),
+        (GOOD + MQTT + "keepalive = 70000\n", "[mqtt].keepalive: expected an integer <= 65535"),
+        (GOOD + MQTT + "session_expiry = 4294967296\n", "session_expiry: expected an integer <= 4294967295"),
+        (GOOD + "\n[mqtt]\nhost = 'two words'\n", "[mqtt].host: 'two words' is not a host name"),
+        (GOOD + "\n[prometheus]\nlisten = '127.0.0.1'\n", "[prometheus].listen: expected host:port"),
+        (GOOD + "\n[prometheus]\nlisten = 'no-such-host.invalid:97'\n", "[prometheus].listen: cannot"),
+        (GOOD.replace("{dir}/spool.db", "{dir}/spo\\u0000ol.db"), "[spool].path: expected a file path"),
+        (GOOD + '\n["new\\nline"]\n', '"new\\nline": unknown section'),
+        ("", "the file is empty"),
+        ("x = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("x = " + "9" * 5000, "not valid TOML (Exceeds the limit"),
+        (GOOD.replace("[agent]", "[agent]\nself_interval = 1" + "0" * 400), "finite number, got an"),
+    ],
+)
+def test_values_out_of_range(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value).startswith(f"{path}: ")
+    assert expected in str(err.value)
+
+
+def test_non_utf8_bytes_name_the_offset(tmp_path: Path) -> None:
+    path = tmp_path / "trapline.toml"
+    path.write_bytes(b"[agent]\nhost = \"\xff\"\n")
+    with pytest.raises(ConfigError, match=r"trapline.toml: not UTF-8 \(byte 16\)"):
+        load_settings(path)
+
+
+def test_missing_secret_file_names_key_and_file(tmp_path: Path) -> None:
+    absent = tmp_path / "mqtt.password"
+    path = write(tmp_path, GOOD + MQTT + f"username = 'van'\npassword_file = '{absent}'\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value).startswith(f"{path}: [mqtt].password_file: {absent}: cannot read secret file")
+
+
+def test_good_addresses_still_parse(tmp_path: Path) -> None:
+    sec = Section(tmp_path / "x.toml", "t", {
+        "a": "[fe80::1%eth0]:10051", "b": "zbx_1.example.", "c": "2001:db8::5", "u": "https://[::1]:8443/x",
+    })
+    assert sec.host_port("a", 1) == ("fe80::1%eth0", 10051)
+    assert sec.host_port("b", 10051) == ("zbx_1.example.", 10051)
+    assert sec.host_port("c", 10051) == ("2001:db8::5", 10051)
+    assert sec.url("u", ("https",)) == "https://[::1]:8443/x"
+
+
+def test_cli_run_and_check_print_one_line_for_bytes_that_are_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "trapline.toml"
+    path.write_bytes(b"\x80\x81")
+    for command in ("run", "check"):
+        result = run_cli(command, "-c", str(path))
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [f"trapline: config error: {path}: not UTF-8 (byte 0)"]
+
+
+def test_check_exits_2_naming_the_key_of_a_host_that_does_not_resolve(tmp_path: Path) -> None:
+    unknown = "no-such-host.invalid"  # .invalid never resolves (RFC 2606)
+    cases = {"[mqtt].host": f"[mqtt]\nhost = '{unknown}'",
+             "[zabbix].servers[0]": f"[zabbix]\nservers = ['127.0.0.1;{unknown}']"}
+    for key, section in cases.items():
+        path = write(tmp_path, GOOD + "\n" + section + "\n")
+        result = run_cli("check", "-c", str(path))
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"trapline: config error: {path}: {key}: cannot resolve '{unknown}'")

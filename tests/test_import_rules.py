@@ -25,7 +25,7 @@ SOURCE_FOLDERS = {
 LINKED_INTO_TRAPLINE = {"collectors", "middleware", "exporters", "zabbix_templates"}
 
 # Modules of middleware/ that the redesign moves down into the core.
-CORE_IN_MIDDLEWARE = {"model", "plugin", "config", "logutil", "backoff", "blocking"}
+CORE_IN_MIDDLEWARE = {"model", "plugin", "config", "logutil", "backoff", "blocking", "redact"}
 # Helper modules that belong to one plugin and move into its folder.
 PLUGIN_OF_HELPER = {"vehicle_derived": "gps", "prometheus_expand": "prometheus"}
 APPLICATION = {

@@ -7,11 +7,14 @@ import asyncio
 import gc
 import importlib
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from trapline import __version__
+from trapline.middleware import redact
 from trapline.middleware.config import ConfigError
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.plugin import Collector, Destination, Observer
@@ -24,8 +27,16 @@ def _load(path: Path) -> Settings:
     try:
         return load_settings(path)
     except ConfigError as exc:
-        print(f"trapline: config error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        _config_error(str(exc))
+    except Exception as exc:
+        _config_error(f"{path}: {type(exc).__name__}: {exc}")
+
+
+def _config_error(line: str) -> NoReturn:
+    # print(), not logging: logging is not set up yet.  Masked all the same, since the
+    # text may quote a value read from the config.
+    print(f"trapline: config error: {redact.mask(line)}", file=sys.stderr)
+    raise SystemExit(EXIT_CONFIG)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -71,6 +82,18 @@ async def _check_all(settings: Settings) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _resolve_hosts(settings: Settings) -> None:
+    """A host name that does not resolve when ``check`` runs is a config error (a typo, mostly).
+
+    ``run`` does not do this: on a vehicle, DNS may come up after the agent.
+    """
+    for where, host in settings.hosts:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            _config_error(f"{where}: cannot resolve {host!r} ({exc})")
+
+
 def _check_spool(settings: Settings) -> tuple[str, str, str]:
     """Open the spool exactly as ``run`` does (creating it if missing), then close it."""
     try:
@@ -82,6 +105,7 @@ def _check_spool(settings: Settings) -> tuple[str, str, str]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _load(args.config)
+    _resolve_hosts(settings)
     configure_logging("warning")
     rows = asyncio.run(_check_all(settings))
     width = max(len(r[0]) for r in rows)
@@ -131,8 +155,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ConfigError as exc:
-        print(f"trapline: config error: {exc}", file=sys.stderr)
+        print(f"trapline: config error: {redact.mask(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
+    except OSError as exc:
+        # The machine refused something the config asked for (a port in use, a
+        # directory not writable): one line, like a config error, not a traceback.
+        print(f"trapline: {redact.mask(str(exc))}", file=sys.stderr)
+        return 1
+    except Exception:
+        # A bug: the traceback goes through logging, whose handlers mask the secrets;
+        # Python's own hook would print it as is.
+        redact.install()
+        logging.getLogger("trapline").critical("stopped by an unexpected error", exc_info=True)
+        return 1
     logging.shutdown()
     return code
 

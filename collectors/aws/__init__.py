@@ -42,6 +42,7 @@ from trapline.middleware.config import Section
 from trapline.middleware.plugin import Outbox
 
 log = logging.getLogger(__name__)
+_POLLING = "polling"  # the condition key of failing poll cycles
 
 
 class AwsCollector:
@@ -60,7 +61,9 @@ class AwsCollector:
             for item in result.items:
                 out.put(item)
             for reason in result.errors:
-                out.error(f"{self.name}: {reason}")
+                out.error(f"{self.name}: {reason}", _POLLING)
+            if not result.errors:
+                out.resolved(_POLLING, f"{self.name}: a poll cycle succeeded again")
             await asyncio.sleep(self.next_delay(result.throttled, loop.time() - started))
 
     async def _cycle(self) -> CycleResult:

@@ -76,7 +76,7 @@ def parse_settings(name: str, section: Section) -> AwsSettings:
         role_arn=section.text("role_arn", "") or None,
         external_id=section.secret("external_id", required=False),
         role_session_name=section.text("role_session_name", f"trapline-{name}"),
-        endpoint_url=section.text("endpoint_url", "") or None,
+        endpoint_url=section.url("endpoint_url", ("https", "http")) if section.has("endpoint_url") else None,
         poll_interval=poll_interval,
         discovery_interval=section.number("discovery_interval", 600.0, minimum=poll_interval),
         max_backoff=section.number("max_backoff", 900.0, minimum=poll_interval),

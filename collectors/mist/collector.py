@@ -19,6 +19,7 @@ from trapline.middleware.config import Secret
 from trapline.middleware.plugin import Outbox
 
 logger = logging.getLogger(__name__)
+_SITE_LOOKUP = "site lookup"  # the condition key of failing REST site lookups
 
 
 class MistCollector:
@@ -92,7 +93,7 @@ class MistCollector:
                 delay = await step(out)
             except Exception as exc:
                 logger.debug("mist %s: %s failed", self.name, what, exc_info=True)
-                out.error(f"mist {self.name}: {what} failed: {type(exc).__name__}: {exc}")
+                out.error(f"mist {self.name}: {what} failed: {type(exc).__name__}: {exc}", what)
                 delay = self.settings.retry_max
             await asyncio.sleep(delay)
 
@@ -106,13 +107,16 @@ class MistCollector:
         self._apply_sites(out)
         if not failures:
             self._rest_backoff.reset()
+            out.resolved(_SITE_LOOKUP, f"mist {self.name}: site lookup works again")
             return self.settings.site_refresh
         delay = self._rest_backoff.next_delay()
         for failure in failures:
             if isinstance(failure, RateLimited) and failure.retry_after is not None:
                 delay = max(delay, failure.retry_after)
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
-        out.error(f"mist {self.name}: site lookup: {failures[0]}{more}; retrying in {delay:.3g}s")
+        # Keyed on the condition: the text carries a delay that changes on every retry.
+        reason = f"mist {self.name}: site lookup: {failures[0]}{more}; retrying in {delay:.3g}s"
+        out.error(reason, _SITE_LOOKUP)
         return delay
 
     # -- connections ---------------------------------------------------------

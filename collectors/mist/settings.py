@@ -66,12 +66,8 @@ def parse_settings(section: Section) -> tuple[MistSettings, Secret]:
     regions = cloud_regions()
     cloud = section.choice("cloud", tuple(regions), "global01")
     domain = regions[cloud]
-    stream_url = section.text("stream_url", f"wss://api-ws.{domain}/api-ws/v1/stream")
-    rest_url = section.text("rest_url", f"https://api.{domain}").rstrip("/")
-    if not stream_url.startswith(("wss://", "ws://")):
-        raise section.error("stream_url", f"expected a ws:// or wss:// URL, got {stream_url!r}")
-    if not rest_url.startswith(("https://", "http://")):
-        raise section.error("rest_url", f"expected an http:// or https:// URL, got {rest_url!r}")
+    stream_url = section.url("stream_url", ("ws", "wss"), f"wss://api-ws.{domain}/api-ws/v1/stream")
+    rest_url = section.url("rest_url", ("http", "https"), f"https://api.{domain}").rstrip("/")
     token = section.secret("token")
     if token is None:  # required=True raises first; this only narrows the type
         raise section.error("token_file", "missing")

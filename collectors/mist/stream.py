@@ -76,7 +76,7 @@ class StreamConnection:
         self._awaiting: set[str] = set()
         self._all_acked = asyncio.Event()
         self._max_library_size = settings.max_frame_bytes * _LIBRARY_SIZE_FACTOR
-        self._last_problem: str | None = None
+        self._down = f"{label} down"  # the condition key of this connection's outage
 
     def __repr__(self) -> str:
         return f"StreamConnection({self.label!r}, {len(self.channels)} channels)"
@@ -150,11 +150,8 @@ class StreamConnection:
         line = f"{self.label}: {problem}; reconnecting in {delay:.3g}s"
         if was_healthy:
             logger.warning("%s", line)  # servers drop long-lived streams now and then
-        elif problem != self._last_problem:
-            self._out.error(f"{line} (repeats are logged at debug level)")
         else:
-            logger.debug("%s (attempt %d)", line, self.attempts)
-        self._last_problem = None if was_healthy else problem
+            self._out.error(line, self._down)
 
     async def _session(self, healthy_since: list[float]) -> None:
         settings = self.settings
@@ -180,9 +177,7 @@ class StreamConnection:
                 await self._acks_or_close(ws)
                 if not self._awaiting:
                     healthy_since.append(time.monotonic())
-                    if self._last_problem is not None:
-                        logger.info("%s: connected again", self.label)
-                    self._last_problem = None
+                    self._out.resolved(self._down, f"{self.label}: connected again")
                     subscribed, wanted = len(self.subscribed), len(self.channels)
                     logger.info("%s: subscribed %d of %d channels", self.label, subscribed, wanted)
                 await reader

@@ -77,6 +77,7 @@ from trapline.middleware.plugin import Outbox
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+_ADAPTER = "adapter"  # the condition key of a lost or failing adapter
 
 PID_DISCOVERY = "obd.pid.discovery"
 DTC_DISCOVERY = "obd.dtc.discovery"
@@ -243,10 +244,10 @@ class ObdCollector:
         try:
             return await job.result(deadline, what)
         except DeadlineMissed as exc:
-            self.out.error(f"obd: {exc}; abandoning the connection")
+            self.out.error(f"obd: {exc}; abandoning the connection", _ADAPTER)
             conn.adapter.abort()
         except Exception as exc:  # python-OBD raises on some garbage; never fatal here
-            self.out.error(f"obd: {what} failed: {type(exc).__name__}: {exc}")
+            self.out.error(f"obd: {what} failed: {type(exc).__name__}: {exc}", _ADAPTER)
         self.link.lost()
         return None
 
@@ -303,6 +304,8 @@ class ObdCollector:
             conn, conn.adapter.connect, self.settings.connect_timeout, f"connect to {self.settings.device}"
         )
         changed = self.link.connected(Reach.NOTHING if reach is None else reach)
+        if reach is not None:
+            self.out.resolved(_ADAPTER, f"obd: {self.name}: adapter answers again")
         if changed:
             log.info("%s: OBD link is now %s", self.name, self.link.state.name.lower())
         self._report_state()

@@ -31,7 +31,8 @@ __all__ = ["MqttDestination", "build_destinations"]
 
 def build_destinations(section: Section) -> list[Destination]:
     settings = parse_broker(section, default_client_id("edge"))
-    max_payload = section.integer("max_payload", 131072, minimum=1024)
+    # 268435455 is the largest packet MQTT's variable-length header can announce.
+    max_payload = section.integer("max_payload", 131072, minimum=1024, maximum=268_435_455)
     timeout = section.number("timeout", 10.0, minimum=0.1)
     section.done()
     return [MqttDestination(settings, max_payload, timeout)]

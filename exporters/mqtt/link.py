@@ -76,12 +76,12 @@ class BrokerSettings:
 
 def parse_broker(section: Section, default_client_id: str) -> BrokerSettings:
     """The connection keys both the ``[mqtt]`` destination and the bridge collector read."""
-    host = section.text("host")
+    host = section.host("host")
     tls_files = section.tls_files()
     tls = section.boolean("tls", tls_files.any)
     if tls_files.any and not tls:
         raise section.error("tls", "false, but TLS certificate files are given")
-    port = section.integer("port", 8883 if tls else 1883, minimum=1)
+    port = section.port("port", 8883 if tls else 1883)
     client_id = section.text("client_id", default_client_id)
     if not valid_host(client_id):
         raise section.error("client_id", "expected 1-128 characters from A-Z a-z 0-9 space . _ -")
@@ -99,8 +99,9 @@ def parse_broker(section: Section, default_client_id: str) -> BrokerSettings:
     return BrokerSettings(
         host=host, port=port, client_id=client_id, username=username, password=password,
         tls=tls, tls_files=tls_files,
-        keepalive=section.integer("keepalive", 60, minimum=5),
-        session_expiry=section.integer("session_expiry", 86400, minimum=0),
+        # MQTT puts both in fixed-width fields: keepalive 16 bits, session expiry 32 bits.
+        keepalive=section.integer("keepalive", 60, minimum=5, maximum=65535),
+        session_expiry=section.integer("session_expiry", 86400, minimum=0, maximum=2**32 - 1),
         qos=qos, topics=Topics(prefix),
     )
 
@@ -317,6 +318,7 @@ class MqttLink:
         self._refusal = None
         self.generation += 1
         self.connected.set()
+        self._throttled.resolved("connect", "%s reachable again", self.settings.address)
         log.info("connected to MQTT broker %s as %s (session %s)", self.settings.address,
                  self.settings.client_id, "resumed" if session_present else "new")
         if self._announce:
@@ -355,7 +357,7 @@ class MqttLink:
             done.set_result(None)
 
     def _report(self, why: str) -> None:
-        self._throttled.error(why, "%s", why)
+        self._throttled.error("subscription", "%s", why)
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}

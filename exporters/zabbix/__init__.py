@@ -45,7 +45,7 @@ def _diagnoser(section: Section, timeout: float) -> Diagnoser | None:
             if section.has(key):
                 raise section.error(key, "given without api_url")
         return None
-    url = section.text("api_url")
+    url = section.url("api_url", ("http", "https"))
     if section.has("api_user"):
         user = section.text("api_user")
         password = section.secret("api_password")
@@ -71,6 +71,7 @@ def build_destinations(section: Section) -> list[Destination]:
             nodes = parse_cluster(entry)
         except ValueError as exc:
             raise section.error(f"servers[{index}]", str(exc)) from None
+        section.hosts.extend((section.where(f"servers[{index}]"), node.host) for node in nodes)
         client = ClusterClient(nodes, timeout=timeout, tls=tls)
         destinations.append(
             ZabbixDestination(

@@ -28,6 +28,7 @@ from trapline.exporters.zabbix.protocol import (
     parse_reply,
     unpack_body,
 )
+from trapline.middleware.config import parse_host_port
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +46,9 @@ class Endpoint:
 
 def parse_endpoint(text: str) -> Endpoint:
     """``host``, ``host:port``, ``[v6addr]`` or ``[v6addr]:port``, like the agent's ``ServerActive``."""
-    text = text.strip()
-    if not text:
+    if not text.strip():
         raise ValueError("empty address")
-    port_text: str | None = None  # None: no port given; "": a colon without a port
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not host:
-            raise ValueError(f"bad IPv6 address {text!r}")
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"bad address {text!r}")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:  # a name, an IPv4 address, or a bare IPv6 address (which cannot carry a port)
-        host = text
-    if not host:
-        raise ValueError(f"no host in {text!r}")
-    if port_text is None:
-        return Endpoint(host, DEFAULT_PORT)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad port in {text!r}")
-    return Endpoint(host, int(port_text))
+    return Endpoint(*parse_host_port(text, DEFAULT_PORT))
 
 
 def parse_cluster(entry: str) -> list[Endpoint]:
