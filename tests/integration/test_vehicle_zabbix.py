@@ -29,6 +29,7 @@ from trapline.localzabbix import LocalZabbix
 from trapline.middleware.model import Item, Reading
 from trapline.middleware.plugin import Delivery, Spooled
 from trapline.provision import (
+    AGENT_TEMPLATE,
     VEHICLE_TEMPLATE,
     ensure_fleet_dashboard,
     ensure_template,
@@ -259,6 +260,7 @@ def test_provisioning_updates_a_host_made_by_hand_and_keeps_its_links(zabbix: Lo
     assert found["inventory_mode"] == "1"
     assert {t["host"] for t in found["parentTemplates"]} == {
         VEHICLE_TEMPLATE,
+        AGENT_TEMPLATE,
         api.template.get(templateids=other_template["templateids"], output=["host"])[0]["host"],
     }
     assert len({g["name"] for g in found[groups_key]}) == 2
