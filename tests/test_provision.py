@@ -117,15 +117,20 @@ def test_the_command_line_reads_the_proxy_and_power_cut_options() -> None:
     ("version", "field", "width"),
     [((6, 0), "groupids", 24), ((6, 4), "groupids.0", 24), ((7, 0), "groupids.0", 72)],
 )
-def test_geomap_widget_follows_the_dashboard_grid_and_field_names(
+def test_map_and_problems_share_the_dashboard_grid_and_follow_the_field_names(
     version: tuple[int, int], field: str, width: int
 ) -> None:
     widget = provision.geomap_widget("42", version)
-    assert widget["type"] == "geomap"
-    assert widget["width"] == width
-    assert widget["fields"] == [{"type": 2, "name": field, "value": "42"}]
+    problems = provision.problems_widget("42", version)
+    assert (widget["type"], problems["type"]) == ("geomap", "problems")
+    # Side by side, together exactly as wide as the grid.
+    assert (widget["x"], widget["width"] + problems["width"]) == (0, width)
+    assert problems["x"] == widget["width"]
+    for w in (widget, problems):
+        assert w["fields"] == [{"type": 2, "name": field, "value": "42"}]
     assert provision._shows_group(widget, "42")
     assert not provision._shows_group(widget, "43")
+    assert not provision._shows_group(problems, "42")
 
 
 def test_a_map_of_another_widget_type_does_not_count() -> None:

@@ -50,6 +50,7 @@ DEFAULT_DASHBOARD = "Fleet map"
 INVENTORY_AUTOMATIC = 1
 WIDGET_FIELD_HOST_GROUP = 2
 GEOMAP_WIDGET = "geomap"
+PROBLEMS_WIDGET = "problems"
 # The dashboard grid is 24 columns wide up to 6.4 and 72 from 7.0 on; rows are alike.
 _GRID_COLUMNS_7 = 72
 _GRID_COLUMNS_6 = 24
@@ -238,13 +239,25 @@ def provision_vehicle(
 # Fleet dashboard
 # --------------------------------------------------------------------------
 def geomap_widget(groupid: str, version: tuple[int, int]) -> dict[str, Any]:
-    """A full-width Geomap widget showing the hosts of one host group."""
+    """A Geomap widget over the hosts of one host group: two thirds of the dashboard's width."""
+    return _group_widget(GEOMAP_WIDGET, "Fleet", groupid, version, x=0, width_thirds=2)
+
+
+def problems_widget(groupid: str, version: tuple[int, int]) -> dict[str, Any]:
+    """The open problems of one host group, beside the map: what the coloured markers mean."""
+    return _group_widget(PROBLEMS_WIDGET, "Fleet problems", groupid, version, x=2, width_thirds=1)
+
+
+def _group_widget(
+    kind: str, name: str, groupid: str, version: tuple[int, int], *, x: int, width_thirds: int
+) -> dict[str, Any]:
+    third = (_GRID_COLUMNS_7 if version >= (7, 0) else _GRID_COLUMNS_6) // 3
     return {
-        "type": GEOMAP_WIDGET,
-        "name": "Fleet",
-        "x": 0,
+        "type": kind,
+        "name": name,
+        "x": x * third,
         "y": 0,
-        "width": _GRID_COLUMNS_7 if version >= (7, 0) else _GRID_COLUMNS_6,
+        "width": width_thirds * third,
         "height": _MAP_HEIGHT,
         "fields": [{"type": WIDGET_FIELD_HOST_GROUP, "name": _groupids_field(version), "value": groupid}],
     }
@@ -265,14 +278,14 @@ def _shows_group(widget: Mapping[str, Any], groupid: str) -> bool:
 
 
 def ensure_fleet_dashboard(api: ZabbixApiClient, group: str, name: str = DEFAULT_DASHBOARD) -> Outcome:
-    """A shared global dashboard ``name`` with a Geomap widget over the host group ``group``.
+    """A shared global dashboard ``name`` with a Geomap and a problems list over the host group ``group``.
 
     An existing dashboard of that name keeps its pages; if none of them maps the
     group yet, a page with the map is added.
     """
     groupid = ensure_host_group(api, group).objectid
     version = server_version(api)
-    page = {"name": group, "widgets": [geomap_widget(groupid, version)]}
+    page = {"name": group, "widgets": [geomap_widget(groupid, version), problems_widget(groupid, version)]}
     found = _call(api, "dashboard.get", {
         "output": ["dashboardid"], "filter": {"name": [name]}, "selectPages": "extend",
     })
