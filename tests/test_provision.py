@@ -76,21 +76,61 @@ def test_an_unreachable_server_is_one_line_and_exit_1(
 
 
 # --------------------------------------------------------------------------
+# Proxy and power-cut settings
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("version", "proxyid", "fields"),
+    [
+        ((6, 0), "7", {"proxy_hostid": "7"}),
+        ((6, 0), None, {"proxy_hostid": "0"}),
+        ((7, 0), "7", {"monitored_by": 1, "proxyid": "7"}),
+        ((7, 0), None, {"monitored_by": 0}),
+    ],
+)
+def test_the_monitored_by_fields_follow_the_server_version(
+    version: tuple[int, int], proxyid: str | None, fields: dict[str, Any]
+) -> None:
+    assert provision.proxy_fields(proxyid, version) == fields
+
+
+def test_the_proxy_name_may_carry_each_vans_host_name() -> None:
+    assert provision.VehicleSettings(proxy="{host}-proxy").proxy_for("van-17") == "van-17-proxy"
+    assert provision.VehicleSettings(proxy="depot").proxy_for("van-17") == "depot"
+    assert provision.VehicleSettings().proxy_for("van-17") is None
+
+
+def test_the_command_line_reads_the_proxy_and_power_cut_options() -> None:
+    parser = argparse.ArgumentParser(prog="trapline")
+    provision.add_parser(parser.add_subparsers(dest="command", required=True))
+    server = ["--url", "http://127.0.0.1:9/"]
+    args = parser.parse_args(["provision", "van-17", *server, "--proxy", "{host}-proxy", "--create-proxy",
+                              "--power-cut-at-ignition"])
+    assert (args.proxy_name, args.create_proxy, args.power_cut_at_ignition) == ("{host}-proxy", True, True)
+    plain = parser.parse_args(["provision", "van-17", *server])
+    assert (plain.proxy_name, plain.create_proxy, plain.power_cut_at_ignition) == (None, False, False)
+
+
+# --------------------------------------------------------------------------
 # Geomap widget per server version
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("version", "field", "width"),
     [((6, 0), "groupids", 24), ((6, 4), "groupids.0", 24), ((7, 0), "groupids.0", 72)],
 )
-def test_geomap_widget_follows_the_dashboard_grid_and_field_names(
+def test_map_and_problems_share_the_dashboard_grid_and_follow_the_field_names(
     version: tuple[int, int], field: str, width: int
 ) -> None:
     widget = provision.geomap_widget("42", version)
-    assert widget["type"] == "geomap"
-    assert widget["width"] == width
-    assert widget["fields"] == [{"type": 2, "name": field, "value": "42"}]
+    problems = provision.problems_widget("42", version)
+    assert (widget["type"], problems["type"]) == ("geomap", "problems")
+    # Side by side, together exactly as wide as the grid.
+    assert (widget["x"], widget["width"] + problems["width"]) == (0, width)
+    assert problems["x"] == widget["width"]
+    for w in (widget, problems):
+        assert w["fields"] == [{"type": 2, "name": field, "value": "42"}]
     assert provision._shows_group(widget, "42")
     assert not provision._shows_group(widget, "43")
+    assert not provision._shows_group(problems, "42")
 
 
 def test_a_map_of_another_widget_type_does_not_count() -> None:

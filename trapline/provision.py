@@ -1,9 +1,13 @@
 """``trapline provision``: put vehicles into Zabbix, ready for the agent to send to.
 
 For each vehicle a host is created (or brought up to date) in a host group,
-with the "Vehicle OBD-II and GPS by Zabbix trapper" template linked and the
-host inventory in automatic mode, so the GPS items fill the inventory's
-location and the vehicle shows up on a Geomap.  A global dashboard ("Fleet
+with the "Vehicle OBD-II and GPS by Zabbix trapper" template linked, and the
+"trapline agent by Zabbix trapper" template too, because the vehicle install
+reports the agent's own metrics on the vehicle's host.  The host inventory is
+in automatic mode, so the GPS items fill the inventory's location and the
+vehicle shows up on a Geomap.  With --proxy-name the host is monitored by the
+van's proxy (created with --create-proxy); with --power-cut-at-ignition the
+host says that its agent's silence and restarts are normal.  A global dashboard ("Fleet
 map") with a Geomap widget over the group is created once.  Running it again
 changes nothing that is already right, and never removes groups, templates or
 dashboard pages someone added by hand.
@@ -36,12 +40,17 @@ log = logging.getLogger(__name__)
 
 VEHICLE_TEMPLATE = "Vehicle OBD-II and GPS by Zabbix trapper"
 VEHICLE_TEMPLATE_FILE = "template_vehicle_obd_gps.yaml"
+AGENT_TEMPLATE = "trapline agent by Zabbix trapper"
+AGENT_TEMPLATE_FILE = "template_trapline_agent.yaml"
+# The agent template's switch for hosts whose agent is powered off on purpose.
+STOPS_EXPECTED_MACRO = "{$TRAPLINE.STOPS.EXPECTED}"
 DEFAULT_GROUP = "Vehicles"
 DEFAULT_DASHBOARD = "Fleet map"
 
 INVENTORY_AUTOMATIC = 1
 WIDGET_FIELD_HOST_GROUP = 2
 GEOMAP_WIDGET = "geomap"
+PROBLEMS_WIDGET = "problems"
 # The dashboard grid is 24 columns wide up to 6.4 and 72 from 7.0 on; rows are alike.
 _GRID_COLUMNS_7 = 72
 _GRID_COLUMNS_6 = 24
@@ -67,27 +76,85 @@ def _call(api: ZabbixApiClient, method: str, params: Mapping[str, Any]) -> Any:
 # --------------------------------------------------------------------------
 # Template, group, host
 # --------------------------------------------------------------------------
-def _template_id(api: ZabbixApiClient) -> str | None:
-    found = _call(api, "template.get", {"output": ["templateid"], "filter": {"host": [VEHICLE_TEMPLATE]}})
+def _template_id(api: ZabbixApiClient, name: str) -> str | None:
+    found = _call(api, "template.get", {"output": ["templateid"], "filter": {"host": [name]}})
     return str(found[0]["templateid"]) if found else None
 
 
-def ensure_template(api: ZabbixApiClient) -> Outcome:
-    """The vehicle template's id; the shipped file is imported first if the server lacks it.
+def ensure_template(
+    api: ZabbixApiClient, name: str = VEHICLE_TEMPLATE, file_name: str = VEHICLE_TEMPLATE_FILE
+) -> Outcome:
+    """A shipped template's id; its file is imported first if the server lacks it.
 
     An existing template is left as it is: updating it is ``trapline templates import``'s job.
     """
-    templateid = _template_id(api)
+    templateid = _template_id(api, name)
     if templateid is not None:
         return Outcome(templateid, "unchanged")
-    paths = [p for p in shipped_templates() if p.name == VEHICLE_TEMPLATE_FILE]
+    paths = [p for p in shipped_templates() if p.name == file_name]
     if not paths:
-        raise ProvisionError(f"{VEHICLE_TEMPLATE_FILE} is not among the shipped templates")
+        raise ProvisionError(f"{file_name} is not among the shipped templates")
     import_templates(api, paths)
-    templateid = _template_id(api)
+    templateid = _template_id(api, name)
     if templateid is None:
-        raise ProvisionError(f"template {VEHICLE_TEMPLATE!r} is still missing after its import")
+        raise ProvisionError(f"template {name!r} is still missing after its import")
     return Outcome(templateid, "created")
+
+
+# --------------------------------------------------------------------------
+# Proxy: 7.0 renamed the proxy's name field and replaced proxy_hostid with monitored_by/proxyid
+# --------------------------------------------------------------------------
+PROXY_ACTIVE_6 = 5  # proxy.status in 6.0-6.4
+PROXY_ACTIVE_7 = 0  # proxy.operating_mode from 7.0
+MONITORED_BY_PROXY = 1
+
+
+def _proxy_name_field(version: tuple[int, int]) -> str:
+    return "name" if version >= (7, 0) else "host"
+
+
+def ensure_proxy(api: ZabbixApiClient, name: str, create: bool) -> Outcome:
+    """The id of the proxy ``name``; created as an active proxy when ``create`` and missing."""
+    version = server_version(api)
+    field = _proxy_name_field(version)
+    found = _call(api, "proxy.get", {"output": ["proxyid"], "filter": {field: [name]}})
+    if found:
+        return Outcome(str(found[0]["proxyid"]), "unchanged")
+    if not create:
+        raise ProvisionError(f"proxy {name!r} does not exist on the server (--create-proxy creates it)")
+    mode = {"operating_mode": PROXY_ACTIVE_7} if version >= (7, 0) else {"status": PROXY_ACTIVE_6}
+    created = _call(api, "proxy.create", {field: name, **mode})
+    proxyid = str(created["proxyids"][0])
+    log.info("created active proxy %s (proxyid %s)", name, proxyid)
+    return Outcome(proxyid, "created")
+
+
+def proxy_fields(proxyid: str | None, version: tuple[int, int]) -> dict[str, Any]:
+    """The host fields that say who monitors it: the proxy, or the server when ``proxyid`` is None."""
+    if version >= (7, 0):
+        if proxyid is None:
+            return {"monitored_by": 0}
+        return {"monitored_by": MONITORED_BY_PROXY, "proxyid": proxyid}
+    return {"proxy_hostid": proxyid or "0"}
+
+
+def _monitored_by(host: Mapping[str, Any], version: tuple[int, int]) -> str | None:
+    if version >= (7, 0):
+        return str(host["proxyid"]) if int(host.get("monitored_by", 0)) == MONITORED_BY_PROXY else None
+    proxyid = str(host.get("proxy_hostid", "0"))
+    return None if proxyid == "0" else proxyid
+
+
+@dataclass(frozen=True)
+class VehicleSettings:
+    """What provisioning sets on a vehicle host beyond its group and templates."""
+
+    proxy: str | None = None  # proxy name; "{host}" in it becomes the vehicle's host name
+    create_proxy: bool = False
+    power_cut_at_ignition: bool = False
+
+    def proxy_for(self, host: str) -> str | None:
+        return self.proxy.replace("{host}", host) if self.proxy else None
 
 
 def ensure_host_group(api: ZabbixApiClient, name: str) -> Outcome:
@@ -98,29 +165,43 @@ def ensure_host_group(api: ZabbixApiClient, name: str) -> Outcome:
     return Outcome(str(created["groupids"][0]), "created")
 
 
-def provision_vehicle(api: ZabbixApiClient, host: str, group: str = DEFAULT_GROUP) -> Outcome:
-    """Create or update the vehicle's host: in ``group``, template linked, inventory automatic.
+def provision_vehicle(
+    api: ZabbixApiClient, host: str, group: str = DEFAULT_GROUP, settings: VehicleSettings = VehicleSettings()
+) -> Outcome:
+    """Create or update the vehicle's host: in ``group``, both templates linked, inventory automatic.
 
-    The host name is the technical one the agent's collectors send as ``host``.
+    The host name is the technical one the agent's collectors send as ``host``; the vehicle
+    install also sends the agent's own metrics there, hence the agent template.
     """
-    templateid = ensure_template(api).objectid
+    templateids = [
+        ensure_template(api).objectid,
+        ensure_template(api, AGENT_TEMPLATE, AGENT_TEMPLATE_FILE).objectid,
+    ]
     groupid = ensure_host_group(api, group).objectid
+    version = server_version(api)
+    proxy_name = settings.proxy_for(host)
+    proxyid = ensure_proxy(api, proxy_name, settings.create_proxy).objectid if proxy_name else None
     # 6.2 renamed host groups in host.get (selectGroups -> selectHostGroups).
     select_groups, groups_key = (
-        ("selectHostGroups", "hostgroups") if server_version(api) >= (6, 2) else ("selectGroups", "groups")
+        ("selectHostGroups", "hostgroups") if version >= (6, 2) else ("selectGroups", "groups")
     )
+    proxy_output = ["monitored_by", "proxyid"] if version >= (7, 0) else ["proxy_hostid"]
     found = _call(api, "host.get", {
-        "output": ["hostid", "inventory_mode"],
+        "output": ["hostid", "inventory_mode", *proxy_output],
         "filter": {"host": [host]},
         "selectParentTemplates": ["templateid"],
+        "selectMacros": ["hostmacroid", "macro", "value"],
         select_groups: ["groupid"],
     })
+    macros = [{"macro": STOPS_EXPECTED_MACRO, "value": "1"}] if settings.power_cut_at_ignition else []
     if not found:
         created = _call(api, "host.create", {
             "host": host,
             "groups": [{"groupid": groupid}],
-            "templates": [{"templateid": templateid}],
+            "templates": [{"templateid": t} for t in templateids],
             "inventory_mode": INVENTORY_AUTOMATIC,
+            "macros": macros,
+            **(proxy_fields(proxyid, version) if proxyid else {}),
         })
         hostid = str(created["hostids"][0])
         log.info("created vehicle host %s (hostid %s) in group %s", host, hostid, group)
@@ -129,15 +210,24 @@ def provision_vehicle(api: ZabbixApiClient, host: str, group: str = DEFAULT_GROU
     existing = found[0]
     hostid = str(existing["hostid"])
     groupids = [str(g["groupid"]) for g in existing.get(groups_key, [])]
-    templateids = [str(t["templateid"]) for t in existing.get("parentTemplates", [])]
+    linked = [str(t["templateid"]) for t in existing.get("parentTemplates", [])]
     changes: dict[str, Any] = {}
     if groupid not in groupids:
         changes["groups"] = [{"groupid": g} for g in [*groupids, groupid]]
-    if templateid not in templateids:
+    missing = [t for t in templateids if t not in linked]
+    if missing:
         # host.update replaces the linked templates: keep the ones already there.
-        changes["templates"] = [{"templateid": t} for t in [*templateids, templateid]]
+        changes["templates"] = [{"templateid": t} for t in [*linked, *missing]]
     if int(existing.get("inventory_mode", -1)) != INVENTORY_AUTOMATIC:
         changes["inventory_mode"] = INVENTORY_AUTOMATIC
+    # Only set what was asked for: a host someone moved to a proxy by hand keeps it.
+    if proxyid is not None and _monitored_by(existing, version) != proxyid:
+        changes.update(proxy_fields(proxyid, version))
+    have = {str(m["macro"]): m for m in existing.get("macros", [])}
+    if macros and have.get(STOPS_EXPECTED_MACRO, {}).get("value") != "1":
+        # host.update replaces the host's macros: keep the others, by their ids.
+        kept = [{"hostmacroid": m["hostmacroid"]} for name, m in have.items() if name != STOPS_EXPECTED_MACRO]
+        changes["macros"] = [*kept, *macros]
     if not changes:
         return Outcome(hostid, "unchanged")
     _call(api, "host.update", {"hostid": hostid, **changes})
@@ -149,13 +239,25 @@ def provision_vehicle(api: ZabbixApiClient, host: str, group: str = DEFAULT_GROU
 # Fleet dashboard
 # --------------------------------------------------------------------------
 def geomap_widget(groupid: str, version: tuple[int, int]) -> dict[str, Any]:
-    """A full-width Geomap widget showing the hosts of one host group."""
+    """A Geomap widget over the hosts of one host group: two thirds of the dashboard's width."""
+    return _group_widget(GEOMAP_WIDGET, "Fleet", groupid, version, x=0, width_thirds=2)
+
+
+def problems_widget(groupid: str, version: tuple[int, int]) -> dict[str, Any]:
+    """The open problems of one host group, beside the map: what the coloured markers mean."""
+    return _group_widget(PROBLEMS_WIDGET, "Fleet problems", groupid, version, x=2, width_thirds=1)
+
+
+def _group_widget(
+    kind: str, name: str, groupid: str, version: tuple[int, int], *, x: int, width_thirds: int
+) -> dict[str, Any]:
+    third = (_GRID_COLUMNS_7 if version >= (7, 0) else _GRID_COLUMNS_6) // 3
     return {
-        "type": GEOMAP_WIDGET,
-        "name": "Fleet",
-        "x": 0,
+        "type": kind,
+        "name": name,
+        "x": x * third,
         "y": 0,
-        "width": _GRID_COLUMNS_7 if version >= (7, 0) else _GRID_COLUMNS_6,
+        "width": width_thirds * third,
         "height": _MAP_HEIGHT,
         "fields": [{"type": WIDGET_FIELD_HOST_GROUP, "name": _groupids_field(version), "value": groupid}],
     }
@@ -176,14 +278,14 @@ def _shows_group(widget: Mapping[str, Any], groupid: str) -> bool:
 
 
 def ensure_fleet_dashboard(api: ZabbixApiClient, group: str, name: str = DEFAULT_DASHBOARD) -> Outcome:
-    """A shared global dashboard ``name`` with a Geomap widget over the host group ``group``.
+    """A shared global dashboard ``name`` with a Geomap and a problems list over the host group ``group``.
 
     An existing dashboard of that name keeps its pages; if none of them maps the
     group yet, a page with the map is added.
     """
     groupid = ensure_host_group(api, group).objectid
     version = server_version(api)
-    page = {"name": group, "widgets": [geomap_widget(groupid, version)]}
+    page = {"name": group, "widgets": [geomap_widget(groupid, version), problems_widget(groupid, version)]}
     found = _call(api, "dashboard.get", {
         "output": ["dashboardid"], "filter": {"name": [name]}, "selectPages": "extend",
     })
@@ -211,8 +313,9 @@ def ensure_fleet_dashboard(api: ZabbixApiClient, group: str, name: str = DEFAULT
 # --------------------------------------------------------------------------
 def _cmd_provision(args: argparse.Namespace) -> int:
     api = connect(args)
+    settings = VehicleSettings(args.proxy_name, args.create_proxy, args.power_cut_at_ignition)
     for host in args.hosts:
-        outcome = provision_vehicle(api, host, args.group)
+        outcome = provision_vehicle(api, host, args.group, settings)
         print(f"host {host}: {outcome.action} (hostid {outcome.objectid})")
     if args.dashboard:
         outcome = ensure_fleet_dashboard(api, args.group, args.dashboard)
@@ -245,6 +348,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--group", default=DEFAULT_GROUP, help=f"host group (default {DEFAULT_GROUP!r})")
     parser.add_argument("--dashboard", default=DEFAULT_DASHBOARD,
                         help=f"name of the fleet map dashboard (default {DEFAULT_DASHBOARD!r}); '' for none")
+    parser.add_argument("--proxy-name", "--proxy", dest="proxy_name", metavar="NAME",
+                        help="monitor the hosts by this Zabbix proxy (the van's own proxy uplink); "
+                        "'{host}' in NAME becomes each vehicle's host name, e.g. '{host}-proxy'")
+    parser.add_argument("--create-proxy", action="store_true",
+                        help="create the proxy as an active proxy when the server lacks it")
+    parser.add_argument("--power-cut-at-ignition", action="store_true",
+                        help=f"the vans cut the agent's power with the ignition: set "
+                        f"{STOPS_EXPECTED_MACRO}=1, so their silence and restarts raise nothing")
     add_server_arguments(parser)
     parser.set_defaults(func=_guarded)
     return parser

@@ -29,6 +29,7 @@ from trapline.localzabbix import LocalZabbix
 from trapline.middleware.model import Item, Reading
 from trapline.middleware.plugin import Delivery, Spooled
 from trapline.provision import (
+    AGENT_TEMPLATE,
     VEHICLE_TEMPLATE,
     ensure_fleet_dashboard,
     ensure_template,
@@ -215,9 +216,10 @@ def test_a_provisioned_vehicle_gets_items_problems_and_a_place_on_the_map(
     (board,) = api.dashboard.get(dashboardids=[dashboard.objectid], selectPages="extend", output=["name"])
     widgets = [w for page in board["pages"] for w in page["widgets"]]
     assert board["name"] == "Fleet map"
-    assert [w["type"] for w in widgets] == ["geomap"]
+    assert sorted(w["type"] for w in widgets) == ["geomap", "problems"]
     groupid = api.hostgroup.get(filter={"name": [group]}, output=["groupid"])[0]["groupid"]
-    assert [f["value"] for f in widgets[0]["fields"] if f["name"].startswith("groupids")] == [groupid]
+    for widget in widgets:
+        assert [f["value"] for f in widget["fields"] if f["name"].startswith("groupids")] == [groupid]
 
 
 def _location(api: Any, hostid: str) -> dict[str, str] | None:
@@ -259,6 +261,7 @@ def test_provisioning_updates_a_host_made_by_hand_and_keeps_its_links(zabbix: Lo
     assert found["inventory_mode"] == "1"
     assert {t["host"] for t in found["parentTemplates"]} == {
         VEHICLE_TEMPLATE,
+        AGENT_TEMPLATE,
         api.template.get(templateids=other_template["templateids"], output=["host"])[0]["host"],
     }
     assert len({g["name"] for g in found[groups_key]}) == 2
@@ -269,4 +272,5 @@ def test_provisioning_updates_a_host_made_by_hand_and_keeps_its_links(zabbix: Lo
     assert ensure_fleet_dashboard(api, group, name).action == "updated"
     assert ensure_fleet_dashboard(api, group, name).action == "unchanged"
     (board,) = api.dashboard.get(filter={"name": [name]}, selectPages="extend")
-    assert sorted(w["type"] for page in board["pages"] for w in page["widgets"]) == ["clock", "geomap"]
+    types = sorted(w["type"] for page in board["pages"] for w in page["widgets"])
+    assert types == ["clock", "geomap", "problems"]
