@@ -231,7 +231,8 @@ def test_mist_aps_become_zabbix_hosts_with_values_and_problems(zabbix: LocalZabb
             # 1. The discovery host's LLD turned each AP into a host with the AP template.
             hq = await until(lambda: discovered_ap(api, hq_ap), "the HQ AP host")
             lab = await until(lambda: discovered_ap(api, lab_ap), "the lab AP host")
-            assert (hq["name"], lab["name"]) == ("AP-HQ-1", "AP-LAB-1")
+            # Visible names carry the MAC: two APs named alike in Mist are two hosts.
+            assert (hq["name"], lab["name"]) == (f"AP-HQ-1 ({hq_ap})", f"AP-LAB-1 ({lab_ap})")
             assert {g["name"] for g in hq["groups"]} == {"Mist", "Mist/Acme", "Mist/Acme/Headquarters"}
             assert {g["name"] for g in lab["groups"]} == {"Mist", "Mist/Acme", "Mist/Acme/Lab"}
             assert [t["host"] for t in hq["parentTemplates"]] == [AP_TEMPLATE_NAME]
