@@ -22,9 +22,6 @@ from trapline.middleware.plugin import Outbox
 logger = logging.getLogger(__name__)
 
 STATS_KEY = "mist.collector.stats"
-# How often the collector's state goes to the discovery host: the template's nodata
-# window for "trapline sends nothing" is a few of these.
-STATS_INTERVAL = 30.0
 
 
 class MistCollector:
@@ -107,7 +104,7 @@ class MistCollector:
         now = time.monotonic()
         for item in self.fleet.due(now, streams_up=self._streams_up()):
             out.put(item)
-        if self._stats_sent is None or now - self._stats_sent >= STATS_INTERVAL:
+        if self._stats_sent is None or now - self._stats_sent >= self.settings.state_interval:
             self._stats_sent = now
             out.put(self.stats())
         return self.settings.tick
@@ -118,7 +115,7 @@ class MistCollector:
     def stats(self) -> Reading:
         """The collector's own state for the discovery host: streams, devices, and why some are not hosts.
 
-        Sent every STATS_INTERVAL whatever happens, so that its absence means the agent
+        Sent every ``state_interval`` whatever happens, so that its absence means the agent
         (or its way to Zabbix) is gone: one root cause for every AP's silence.
         """
         channels = sum(len(c.channels) for c in self.connections.values())
