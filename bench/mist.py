@@ -103,6 +103,7 @@ def full_update(index: int, round_no: int) -> dict[str, Any]:
         version="0.14.29",
         serial=f"A{index:09d}",
         ip=f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}",
+        ip_stat={"ip": f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}"},
         power_src="PoE 802.3at",
         power_budget=1200,
         env_stat={

@@ -22,29 +22,42 @@ SCHEMA = FieldSchema.load()
 MAC = "5c5b35000001"
 DEVICE_ID = f"00000000-0000-0000-1000-{MAC}"
 
-scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["a", "é", ""]) | st.just(1.5)
+# Values of each type fields.toml may declare, or null (taken as absent); wrongly typed
+# values are tests/test_mist_field_types.py's subject.
+OF_TYPE: dict[frozenset[type], st.SearchStrategy[Any]] = {
+    frozenset({str}): st.sampled_from(["a", "é", ""]),
+    frozenset({int, float}): st.integers(-5, 5) | st.just(1.5),
+    frozenset({bool}): st.booleans(),
+}
 
 
-def members(names: frozenset[str]) -> st.SearchStrategy[dict[str, Any]]:
+def members_of(level: str, names: list[str]) -> st.SearchStrategy[dict[str, Any]]:
+    declared = SCHEMA.accepted[level]
+    one = st.sampled_from(names).flatmap(
+        lambda name: st.tuples(st.just(name), st.none() | OF_TYPE[declared[name]])
+    ) | st.tuples(st.just("dropped"), st.integers())
+    return st.lists(one, max_size=4).map(dict)
+
+
+def members(level: str) -> st.SearchStrategy[dict[str, Any]]:
     # A few of the kept members, sometimes one that is dropped; any order.
-    return st.dictionaries(st.sampled_from(sorted(names)) | st.just("dropped"), scalars, max_size=4)
+    return members_of(level, sorted(SCHEMA.accepted[level]))
 
 
-def entries(names: frozenset[str]) -> st.SearchStrategy[dict[str, Any]]:
-    return st.dictionaries(st.sampled_from(["band_24", "band_5", "eth0", "eth1"]), members(names), max_size=3)
+def entries(level: str) -> st.SearchStrategy[dict[str, Any]]:
+    return st.dictionaries(st.sampled_from(["band_24", "band_5", "eth0", "eth1"]), members(level), max_size=3)
 
 
 nested = st.fixed_dictionaries(
     {},
     optional={
-        **{name: members(names) for name, names in SCHEMA.objects.items()},
-        **{name: entries(names) for name, names in SCHEMA.maps.items()},
+        **{name: members(name) for name in SCHEMA.objects},
+        **{name: entries(name) for name in SCHEMA.maps},
     },
 )
-top_level = st.sampled_from(["uptime", "num_clients", "name", "cpu_util", "extra"])
 partial = st.builds(
     lambda top, inner: {"id": DEVICE_ID, "mac": MAC} | top | inner,
-    st.dictionaries(top_level, scalars, max_size=4),
+    members_of("", ["uptime", "num_clients", "name", "cpu_util"]),
     nested,
 )
 full = st.builds(

@@ -41,6 +41,7 @@ NOT_EXPOSED = {
     "version",
     "serial",
     "ip",
+    "ip_stat.ip",
     "power_src",
 }
 

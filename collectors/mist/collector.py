@@ -9,17 +9,20 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy
+from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, encode_json
 from trapline.collectors.mist.frames import DataFrame, FrameError, device_stats_channel, site_of_channel
 from trapline.collectors.mist.rest import MistRest, RateLimited, RestBudget, SiteDirectory
 from trapline.collectors.mist.settings import MistSettings
 from trapline.collectors.mist.stream import StreamConnection
 from trapline.middleware.backoff import Backoff
 from trapline.middleware.config import Secret
+from trapline.middleware.model import Reading
 from trapline.middleware.plugin import Outbox
 
 logger = logging.getLogger(__name__)
 _SITE_LOOKUP = "site lookup"  # the condition key of failing REST site lookups
+
+STATS_KEY = "mist.collector.stats"
 
 
 class MistCollector:
@@ -47,6 +50,7 @@ class MistCollector:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._assignment: dict[str, int] = {}  # channel -> connection index; stable across refreshes
         self._rest_backoff = Backoff(settings.retry_min, settings.retry_max)
+        self._stats_sent: float | None = None
 
     def __repr__(self) -> str:
         return f"MistCollector({self.name!r}, {self.settings.stream_url!r})"
@@ -71,17 +75,17 @@ class MistCollector:
         """One data frame from any connection."""
         site_id = site_of_channel(event.channel)
         if site_id is None or site_id not in self.fleet.sites:
-            out.error(f"mist {self.name}: data on a channel not subscribed: {event.channel[:80]!r}")
+            out.error(f"data on a channel not subscribed: {event.channel[:80]!r}")
             return
         now = time.monotonic()  # one reading of the clock serves the update and what it makes due
         try:
             problems = self.fleet.update(site_id, event.data, now)
         except FrameError as exc:
-            out.error(f"mist {self.name}: site {site_id}: {exc}")
+            out.error(f"site {site_id}: {exc}")
             return
         if problems:
             more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-            out.error(f"mist {self.name}: site {site_id}: dropped {'; '.join(problems[:3])}{more}")
+            out.error(f"site {site_id}: dropped {'; '.join(problems[:3])}{more}")
         for item in self.fleet.due(now, sweep=False):
             out.put(item)
 
@@ -93,21 +97,46 @@ class MistCollector:
                 delay = await step(out)
             except Exception as exc:
                 logger.debug("mist %s: %s failed", self.name, what, exc_info=True)
-                out.error(f"mist {self.name}: {what} failed: {type(exc).__name__}: {exc}", what)
+                out.error(f"{what} failed: {type(exc).__name__}: {exc}", what)
                 delay = self.settings.retry_max
             await asyncio.sleep(delay)
 
     async def _housekeeping(self, out: Outbox) -> float:
-        for item in self.fleet.due(time.monotonic()):
+        now = time.monotonic()
+        for item in self.fleet.due(now, streams_up=self._streams_up()):
             out.put(item)
+        if self._stats_sent is None or now - self._stats_sent >= self.settings.state_interval:
+            self._stats_sent = now
+            out.put(self.stats())
         return self.settings.tick
+
+    def _streams_up(self) -> bool:
+        return all(c.channels <= c.subscribed for c in self.connections.values())
+
+    def stats(self) -> Reading:
+        """The collector's own state for the discovery host: streams, devices, and why some are not hosts.
+
+        Sent every ``state_interval`` whatever happens, so that its absence means the agent
+        (or its way to Zabbix) is gone: one root cause for every AP's silence.
+        """
+        channels = sum(len(c.channels) for c in self.connections.values())
+        subscribed = sum(len(c.subscribed & c.channels) for c in self.connections.values())
+        unmonitored = self.fleet.unmonitored()
+        value = {
+            "channels": channels,
+            "channels_down": channels - subscribed,
+            "devices": len(self.fleet),
+            "monitored": len(self.fleet) - sum(unmonitored.values()),
+            "unmonitored": dict(unmonitored),
+        }
+        return Reading.now(self.settings.discovery_host, STATS_KEY, encode_json(value).decode())
 
     async def _refresh_sites(self, out: Outbox) -> float:
         failures = await self.directory.refresh()
         self._apply_sites(out)
         if not failures:
             self._rest_backoff.reset()
-            out.resolved(_SITE_LOOKUP, f"mist {self.name}: site lookup works again")
+            out.resolved(_SITE_LOOKUP, "site lookup works again")
             return self.settings.site_refresh
         delay = self._rest_backoff.next_delay()
         for failure in failures:
@@ -115,8 +144,7 @@ class MistCollector:
                 delay = max(delay, failure.retry_after)
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
         # Keyed on the condition: the text carries a delay that changes on every retry.
-        reason = f"mist {self.name}: site lookup: {failures[0]}{more}; retrying in {delay:.3g}s"
-        out.error(reason, _SITE_LOOKUP)
+        out.error(f"site lookup: {failures[0]}{more}; retrying in {delay:.3g}s", _SITE_LOOKUP)
         return delay
 
     # -- connections ---------------------------------------------------------
@@ -148,7 +176,7 @@ class MistCollector:
 
     def _start(self, index: int, channels: frozenset[str], out: Outbox) -> None:
         connection = StreamConnection(
-            f"mist {self.name} connection {index}",
+            f"connection {index}",
             self.settings,
             self._token,
             channels,
@@ -157,4 +185,4 @@ class MistCollector:
         )
         self.connections[index] = connection
         self._tasks[index] = asyncio.create_task(connection.run(), name=connection.label)
-        logger.info("%s: %d channels", connection.label, len(channels))
+        logger.info("collector %s: %s: %d channels", self.name, connection.label, len(channels))

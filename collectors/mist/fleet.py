@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import sys
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -42,7 +44,10 @@ from msgspec.structs import astuple
 from trapline.collectors.mist.frames import FrameError, parse_json, parse_payload
 from trapline.middleware.model import Discovery, Item, Reading
 
+logger = logging.getLogger(__name__)
+
 LLD_KEY = "mist.ap.discovery"
+UNKNOWN_ORG = "(organization not known yet)"  # {#ORGNAME} until the REST API named it
 RAW_KEY = "mist.ap.raw"
 STALE_KEY = "mist.ap.stale"
 
@@ -55,8 +60,13 @@ MAX_SHAPES = 1024  # distinct state shapes kept (each shared by every device tha
 _MAC = re.compile(r"[0-9a-f]{12}")
 _MAC_SEPARATORS = str.maketrans("", "", ":-.")
 
-# Exact types of the scalars a JSON parser makes; text also needs its length checked.
-_PLAIN_SCALARS = frozenset({int, float, bool, type(None)})
+# The exact Python types a JSON parser makes for each type fields.toml may declare
+# (a bool is no number: ``type()``, not ``isinstance``, tells them apart).
+_JSON_TYPES: Mapping[str, frozenset[type]] = {
+    "text": frozenset({str}),
+    "number": frozenset({int, float}),
+    "bool": frozenset({bool}),
+}
 _NS_PER_S = 1_000_000_000
 
 # The standard library's spelling of compact sorted JSON, for what msgspec refuses
@@ -99,7 +109,10 @@ class SiteInfo:
 _Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 _EntryName = Annotated[str, msgspec.Meta(max_length=64)]
-_Scalar: Any = _Int | float | _Text | bool | None | msgspec.UnsetType
+_MSGSPEC_TYPES: Mapping[str, Any] = {"text": _Text, "number": _Int | float, "bool": bool}
+
+# A field's declared type, per level of fields.toml ("" the top one, else the object or map).
+Declared = Mapping[str, Mapping[str, str]]
 
 
 # The structs live only between decoding an update and converting it to dicts, and
@@ -107,21 +120,30 @@ _Scalar: Any = _Int | float | _Text | bool | None | msgspec.UnsetType
 _STRUCT_OPTIONS: dict[str, Any] = {"omit_defaults": True, "gc": False}
 
 
-def _members_type(name: str, members: frozenset[str]) -> Any:
-    fields = [(member, _Scalar, msgspec.UNSET) for member in sorted(members)]
-    return msgspec.defstruct(name, fields, **_STRUCT_OPTIONS)
+def _scalar_fields(declared: Mapping[str, str]) -> list[tuple[str, Any, Any]]:
+    return [
+        (member, _MSGSPEC_TYPES[kind] | msgspec.UnsetType, msgspec.UNSET)
+        for member, kind in sorted(declared.items())
+    ]
 
 
-def _kept_fields_decoder(
-    scalars: frozenset[str], objects: Mapping[str, frozenset[str]], maps: Mapping[str, frozenset[str]]
-) -> msgspec.json.Decoder[Any]:
-    """A JSON decoder that builds only the kept fields (unset ones are left out) and checks their types."""
-    fields: list[tuple[str, Any, Any]] = [(name, _Scalar, msgspec.UNSET) for name in sorted(scalars)]
-    for name, members in sorted(objects.items()):
+def _members_type(name: str, declared: Mapping[str, str]) -> Any:
+    return msgspec.defstruct(name, _scalar_fields(declared), **_STRUCT_OPTIONS)
+
+
+def _kept_fields_decoder(declared: Declared, maps: frozenset[str]) -> msgspec.json.Decoder[Any]:
+    """A JSON decoder that builds only the kept fields (unset ones are left out) and checks their types.
+
+    A null or a value of another type fails the whole update over to :meth:`FieldSchema.filter`.
+    """
+    fields = _scalar_fields(declared[""])
+    for name, members in sorted(declared.items()):
+        if not name or name in maps:
+            continue
         fields.append((name, _members_type(name, members) | msgspec.UnsetType, msgspec.UNSET))
-    for name, members in sorted(maps.items()):
+    for name in sorted(maps):
         # Types built at run time from fields.toml: mypy cannot follow them.
-        entries: Any = dict[_EntryName, _members_type(name, members)]  # type: ignore[misc]
+        entries: Any = dict[_EntryName, _members_type(name, declared[name])]  # type: ignore[misc]
         bounded: Any = Annotated[entries, msgspec.Meta(max_length=MAX_MAP_ENTRIES)]
         fields.append((name, bounded | msgspec.UnsetType, msgspec.UNSET))
     # Sorted like the stored state's JSON, so an update and a state of the same fields have equal shapes.
@@ -146,10 +168,13 @@ def _set_fields(struct: Any, complete: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(compress(complete, map(is_not, values, repeat(_UNSET))))
 
 
-def _is_scalar(value: object) -> bool:
-    if isinstance(value, str):
-        return len(value) <= MAX_TEXT
-    return value is None or isinstance(value, int | float | bool)
+def _load_declared(table: Mapping[str, Any], where: str) -> dict[str, str]:
+    """The members of one fields.toml table with their declared types, checked."""
+    for name, kind in table.items():
+        if kind not in _JSON_TYPES:
+            known = ", ".join(_JSON_TYPES)
+            raise ValueError(f"fields.toml: {where}{name}: unknown type {kind!r} (one of {known})")
+    return dict(table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,27 +186,45 @@ class FieldSchema:
     maps: Mapping[str, frozenset[str]]
     nested: frozenset[str]  # the fields of objects and maps
     nested_kinds: tuple[tuple[str, bool], ...]  # the same, sorted, each with whether it is a map
+    # Per level ("" the top one, else the object or map), each member's accepted Python types.
+    accepted: Mapping[str, Mapping[str, frozenset[type]]]
     decoder: msgspec.json.Decoder[Any]  # reads these fields, and only these, from JSON text
     # The sorted names of every field at each level ("" the top one): a shape's part when none is
     # missing.  Shapes keep these very tuples (canonical), so that comparing them is cheap.
     complete: Mapping[str, tuple[str, ...]]
+    # Map -> member -> Zabbix key (without its parameter) of the counters sent as samples of their own.
+    counters: Mapping[str, Mapping[str, str]]
 
     @classmethod
     def load(cls) -> FieldSchema:
         text = resources.files(__package__).joinpath("fields.toml").read_text(encoding="utf-8")
         data = tomllib.loads(text)
-        scalars = frozenset(data["scalars"])
+        declared: dict[str, dict[str, str]] = {"": _load_declared(data["scalars"], "")}
+        for group in ("objects", "maps"):
+            for name, table in data.get(group, {}).items():
+                declared[name] = _load_declared(table, f"{name}.")
+        scalars = frozenset(declared[""])
         if missing := IDENTITY_FIELDS - scalars:
             raise ValueError(f"fields.toml: the scalars must include {', '.join(sorted(missing))}")
-        objects = {k: frozenset(v) for k, v in data.get("objects", {}).items()}
-        maps = {k: frozenset(v) for k, v in data.get("maps", {}).items()}
+        if declared[""]["type"] != "text" or declared[""]["model"] != "text":
+            raise ValueError("fields.toml: type and model must be text (they classify devices)")
+        objects = {k: frozenset(declared[k]) for k in data.get("objects", {})}
+        maps = {k: frozenset(declared[k]) for k in data.get("maps", {})}
         nested = frozenset(objects.keys() | maps.keys())
-        decoder = _kept_fields_decoder(scalars, objects, maps)
+        decoder = _kept_fields_decoder(declared, frozenset(maps))
         kinds = tuple((name, name in maps) for name in sorted(nested))
+        accepted = {
+            level: {member: _JSON_TYPES[kind] for member, kind in members.items()}
+            for level, members in declared.items()
+        }
         complete = {"": tuple(sorted(scalars | nested))} | {
             name: tuple(sorted(members)) for name, members in (objects | maps).items()
         }
-        return cls(scalars, objects, maps, nested, kinds, decoder, complete)
+        counters = {name: dict(members) for name, members in data.get("counters", {}).items()}
+        for name, members in counters.items():
+            if not members.keys() <= maps.get(name, frozenset()):
+                raise ValueError(f"fields.toml: counters.{name}: only members of maps.{name} can be counters")
+        return cls(scalars, objects, maps, nested, kinds, accepted, decoder, complete, counters)
 
     def decode_kept(self, text: str) -> Any:
         """The kept fields of an update's JSON text as a struct, or None when any of them is malformed.
@@ -198,40 +241,42 @@ class FieldSchema:
     def filter(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The kept fields of ``payload`` and a reason for every kept field that had a wrong type."""
         problems: list[str] = []
-        kept = self._members("", payload, self.scalars, problems)
+        kept = self._members("", payload, self.accepted[""], problems)
         for name in payload.keys() & self.nested:
             value = payload[name]
+            if value is None:
+                continue  # null: Mist does not know, as if the field were absent
             if name in self.objects:
                 if isinstance(value, dict):
-                    kept[name] = self._members(f"{name}.", value, self.objects[name], problems)
+                    kept[name] = self._members(f"{name}.", value, self.accepted[name], problems)
                 else:
                     problems.append(f"field {name}: expected an object, got {type(value).__name__}")
             elif isinstance(value, dict) and len(value) <= MAX_MAP_ENTRIES:
-                kept[name] = self._entries(name, value, self.maps[name], problems)
+                kept[name] = self._entries(name, value, self.accepted[name], problems)
             else:
                 problems.append(f"field {name}: expected an object of at most {MAX_MAP_ENTRIES} entries")
         return kept, problems
 
     @staticmethod
     def _members(
-        prefix: str, value: Mapping[str, Any], wanted: frozenset[str], problems: list[str]
+        prefix: str, value: Mapping[str, Any], wanted: Mapping[str, frozenset[type]], problems: list[str]
     ) -> dict[str, Any]:
-        """The scalar members of ``value`` named in ``wanted`` (one comprehension: this is the hot loop)."""
+        """The members of ``value`` named in ``wanted`` that have their declared type (the hot loop)."""
         members = {
             member: inner
             for member, inner in value.items()
-            if member in wanted and (type(inner) in _PLAIN_SCALARS or _is_scalar(inner))
+            if type(inner) in wanted.get(member, ()) and (type(inner) is not str or len(inner) <= MAX_TEXT)
         }
-        if len(members) != len(value.keys() & wanted):  # rare: name what had a wrong type
+        if len(members) != len(value.keys() & wanted.keys()):  # rare: name what was dropped
             problems.extend(
-                f"field {prefix}{member}: expected a scalar, got {type(inner).__name__}"
+                _wrong_type(prefix + member, inner)
                 for member, inner in value.items()
-                if member in wanted and member not in members
+                if member in wanted and member not in members and inner is not None
             )
         return members
 
     def _entries(
-        self, name: str, value: Mapping[str, Any], wanted: frozenset[str], problems: list[str]
+        self, name: str, value: Mapping[str, Any], wanted: Mapping[str, frozenset[type]], problems: list[str]
     ) -> dict[str, Any]:
         entries: dict[str, Any] = {}
         for entry, inner in value.items():
@@ -309,6 +354,21 @@ class FieldSchema:
             else:
                 current.update(update)
             state[name] = current
+
+
+def _wrong_type(field: str, value: object) -> str:
+    return f"field {field}: {type(value).__name__} value not of the type fields.toml declares (or too long)"
+
+
+def lld_key_param(value: str) -> str:
+    """``value`` as Zabbix writes an LLD macro's value into an item key parameter.
+
+    Zabbix quotes it only when it has to (it starts with a quote or a space, or holds a
+    comma or a closing bracket): a trapper value must name the key exactly as LLD made it.
+    """
+    if value.startswith(('"', " ")) or "," in value or "]" in value:
+        return '"' + value.replace('"', '\\"') + '"'
+    return value
 
 
 def normalize_mac(value: object) -> str | None:
@@ -403,6 +463,11 @@ class Fleet:
         self._lld_sent_at: float | None = None
         # No LLD value can be due sooner than this after one was sent: checked per update.
         self._lld_quiet = min(policy.lld_min_interval, policy.lld_refresh)
+        # Keys of the devices not monitored whose reason was logged (named once, not per update).
+        self._named: dict[str, str] = {}
+        # Silence is counted from here at the earliest: the last time a stream was down.  While the
+        # agent hears nothing, APs are not stale (that is one problem, on the discovery host).
+        self._heard_since = float("-inf")
 
     # -- input ---------------------------------------------------------------
     def set_sites(self, sites: Mapping[str, SiteInfo]) -> None:
@@ -412,6 +477,7 @@ class Fleet:
         self._sites = dict(sites)
         for key in [k for k, d in self._devices.items() if d.site_id not in self._sites]:
             del self._devices[key]
+            self._named.pop(key, None)
             self._ready.discard(key)
             self._held.discard(key)
         self._lld_dirty = True
@@ -457,13 +523,19 @@ class Fleet:
                 # Beyond MAX_SHAPES a device keeps no shape and every update merges.
                 device.shape = self._kept_shape(shape)
             kind, name, model = _identity(state)
+        # The schema makes "type" optional: else what this device said before, else its model family.
+        kind = kind if isinstance(kind, str) and kind else device.kind or kind_of_model(model)
         if site_id != device.site_id or kind != device.kind or name != device.name or model != device.model:
             device.site_id, device.kind, device.model = sys.intern(site_id), _shared(kind), _shared(model)
             device.name = name
             self._lld_dirty = True
         device.updated = now
         device.clock_ns = time.time_ns()
-        if self._eligible(device):
+        if not self._eligible(device):
+            self._name_unmonitored(key, device)
+        else:
+            if device.announced:  # before its host exists a sample would be refused (a rate needs two anyway)
+                self._queued.extend(self._counter_readings(device, kept if fields is None else fields))
             if self._may_send(device, now):
                 self._ready.add(key)
                 self._held.discard(key)
@@ -540,15 +612,19 @@ class Fleet:
         return kept
 
     # -- output --------------------------------------------------------------
-    def due(self, now: float, sweep: bool = True) -> list[Item]:
+    def due(self, now: float, sweep: bool = True, streams_up: bool = True) -> list[Item]:
         """Everything to send now.
 
         ``sweep`` (the collector's periodic tick) also checks every device for
         staleness and releases held updates whose time has come; without it (after
         each update) only what is ready goes, at a cost independent of fleet size.
+        ``streams_up`` False (a stream channel is not subscribed) stops the staleness
+        clock of every device until ``stale_after`` after the streams are back.
         """
         items, self._queued = self._queued, []
-        if sweep:
+        if not streams_up:
+            self._heard_since = now
+        elif sweep:
             items.extend(self._newly_stale(now))
         lld = self._discovery_due(now)
         if lld is not None:
@@ -608,6 +684,28 @@ class Fleet:
     def _eligible(self, device: _Device) -> bool:
         return device.mac is not None and device.kind in self.policy.device_types
 
+    def _unmonitored_reason(self, device: _Device) -> str:
+        if device.mac is None:
+            return "no MAC"
+        if device.kind is None:
+            return "kind unknown"  # held: its merged state goes out once an update tells its kind
+        return f"type {device.kind}"
+
+    def _name_unmonitored(self, key: str, device: _Device) -> None:
+        """Log once per device and reason why it is not monitored."""
+        reason = self._unmonitored_reason(device)
+        if self._named.get(key) != reason:
+            self._named[key] = reason
+            logger.info(
+                "Mist device %s (%s, model %s) not monitored: %s (device_types: %s)",
+                key, _text(device.name) or "unnamed", _text(device.model) or "unknown", reason,
+                ", ".join(sorted(self.policy.device_types)),
+            )
+
+    def unmonitored(self) -> Counter[str]:
+        """How many devices are not monitored, per reason (self-metrics)."""
+        return Counter(self._unmonitored_reason(d) for d in self._devices.values() if not self._eligible(d))
+
     def _node_id(self, device: _Device) -> str:
         return f"{self.policy.node_prefix}{device.mac}"
 
@@ -622,7 +720,8 @@ class Fleet:
             "{#SITENAME}": site.name,
             "{#SITEID}": site.site_id,
             "{#MAC}": str(device.mac),
-            "{#ORGNAME}": site.org_name,
+            # Never empty: the template's group prototypes "Mist/{#ORGNAME}/..." would be refused.
+            "{#ORGNAME}": site.org_name or UNKNOWN_ORG,
             "{#MODEL}": _text(device.model),
         }
 
@@ -668,17 +767,55 @@ class Fleet:
         labels = self._labels(device)
         return Reading(self._node_id(device), RAW_KEY, device.state, clock, ns, "", labels)
 
+    def _counter_readings(self, device: _Device, update: Any) -> list[Reading]:
+        """The counters ``update`` (its kept fields, as dicts or as the decoded struct) carries."""
+        readings: list[Reading] = []
+        clock, ns = divmod(device.clock_ns, _NS_PER_S)
+        as_dict = isinstance(update, dict)
+        for name, members in self.schema.counters.items():
+            entries = update.get(name) if as_dict else getattr(update, name)
+            if not isinstance(entries, dict):
+                continue
+            for entry, stats in entries.items():
+                for member, key in members.items():
+                    value = stats.get(member) if as_dict else getattr(stats, member)
+                    if type(value) is int or type(value) is float:
+                        item_key = f"{key}[{lld_key_param(entry)}]"
+                        readings.append(Reading(self._node_id(device), item_key, value, clock, ns))
+        return readings
+
     def _stale_reading(self, device: _Device, value: int) -> Reading:
         return Reading.now(self._node_id(device), STALE_KEY, value, labels=self._labels(device))
 
     def _newly_stale(self, now: float) -> list[Reading]:
         out = []
         for device in self._devices.values():
-            silent = now - device.updated >= self.policy.stale_after
+            silent = now - max(device.updated, self._heard_since) >= self.policy.stale_after
             if silent and not device.stale and device.announced:
                 device.stale = True
                 out.append(self._stale_reading(device, 1))
         return out
+
+
+# Model name prefixes of each device kind, from Juniper's hardware lists for Mist
+# (access points AP12 ... AP64 and BT11 beacons; EX and QFX switches; SRX and SSR
+# gateways).  Longest first, so that no prefix hides a longer one.
+MODEL_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("QFX", "switch"),
+    ("SRX", "gateway"),
+    ("SSR", "gateway"),
+    ("AP", "ap"),
+    ("BT", "ble"),
+    ("EX", "switch"),
+)
+
+
+def kind_of_model(model: object) -> str | None:
+    """The device kind a model name implies (``AP45`` -> ``ap``), None when no family matches."""
+    if not isinstance(model, str):
+        return None
+    upper = model.upper()
+    return next((kind for prefix, kind in MODEL_FAMILIES if upper.startswith(prefix)), None)
 
 
 def _struct_identity(kept: Any) -> tuple[object, object, object]:

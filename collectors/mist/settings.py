@@ -45,11 +45,13 @@ class MistSettings:
     retry_max: float
     max_frame_bytes: int
     compression: bool  # permessage-deflate offered to the server
+    state_interval: float  # how often the collector's own state goes to the discovery host
 
     @property
     def tick(self) -> float:
         """How often pending updates, staleness and LLD refreshes are checked."""
-        finest = min(x for x in (self.min_interval, self.stale_after, self.lld_min_interval, 4.0) if x > 0)
+        candidates = (self.min_interval, self.stale_after, self.lld_min_interval, self.state_interval, 4.0)
+        finest = min(x for x in candidates if x > 0)
         return max(0.02, finest / 4)
 
 
@@ -104,6 +106,7 @@ def parse_settings(section: Section) -> tuple[MistSettings, Secret]:
         retry_max=retry_max,
         max_frame_bytes=section.integer("max_frame_bytes", 1 << 20, minimum=1024),
         compression=section.choice("compression", ("deflate", "none"), "deflate") == "deflate",
+        state_interval=section.number("state_interval", 30.0, minimum=0.05),
     )
     section.done()
     return settings, token

@@ -140,6 +140,7 @@ class StreamConnection:
             except Exception as exc:  # survive anything; the traceback goes to the debug log
                 logger.debug("%s: unexpected failure", self.label, exc_info=True)
                 problem = f"unexpected {type(exc).__name__}: {exc}"
+            self.subscribed.clear()  # nothing is subscribed until the next session's acks
             if healthy_since and time.monotonic() - healthy_since[0] >= self.settings.retry_max:
                 self.backoff.reset()  # only a connection that stayed up earns a quick retry
             delay = self.backoff.next_delay()

@@ -77,7 +77,9 @@ async def until(check: Callable[[], T], what: str, nudge: Callable[[], None] | N
         await asyncio.sleep(0.2)
 
 
-def write_config(tmp: Path, zabbix: LocalZabbix, server: MistServer, discovery_host: str) -> Path:
+def write_config(
+    tmp: Path, zabbix: LocalZabbix, server: MistServer, discovery_host: str, extra: str = ""
+) -> Path:
     token_file = tmp / "mist.token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o600)
@@ -109,6 +111,7 @@ stale_after = {STALE_AFTER}
 lld_min_interval = 0
 retry_min = 0.05
 retry_max = 0.5
+{extra}
 """,
         encoding="utf-8",
     )
@@ -143,6 +146,18 @@ class KeepAlive:
             for mac in sorted(self.macs):
                 await self.server.push(self.site_of[mac], ap_basic(mac, uptime=self.uptime))
             await asyncio.sleep(KEEPALIVE_INTERVAL)
+
+
+@asynccontextmanager
+async def keeping_alive(server: MistServer, site_of: dict[str, str]) -> AsyncIterator[KeepAlive]:
+    """A :class:`KeepAlive` running for the duration of the block."""
+    keepalive = KeepAlive(server, site_of)
+    pusher = asyncio.create_task(keepalive.run())
+    try:
+        yield keepalive
+    finally:
+        pusher.cancel()
+        await asyncio.gather(pusher, return_exceptions=True)
 
 
 def template_keys(lld_rows: dict[str, list[dict[str, str]]]) -> set[str]:
@@ -231,7 +246,8 @@ def test_mist_aps_become_zabbix_hosts_with_values_and_problems(zabbix: LocalZabb
             # 1. The discovery host's LLD turned each AP into a host with the AP template.
             hq = await until(lambda: discovered_ap(api, hq_ap), "the HQ AP host")
             lab = await until(lambda: discovered_ap(api, lab_ap), "the lab AP host")
-            assert (hq["name"], lab["name"]) == ("AP-HQ-1", "AP-LAB-1")
+            # Visible names carry the MAC: two APs named alike in Mist are two hosts.
+            assert (hq["name"], lab["name"]) == (f"AP-HQ-1 ({hq_ap})", f"AP-LAB-1 ({lab_ap})")
             assert {g["name"] for g in hq["groups"]} == {"Mist", "Mist/Acme", "Mist/Acme/Headquarters"}
             assert {g["name"] for g in lab["groups"]} == {"Mist", "Mist/Acme", "Mist/Acme/Lab"}
             assert [t["host"] for t in hq["parentTemplates"]] == [AP_TEMPLATE_NAME]
@@ -288,9 +304,10 @@ def test_mist_aps_become_zabbix_hosts_with_values_and_problems(zabbix: LocalZabb
                 noisy = "Mist: Radio 2.4 GHz: Noise floor is high"
                 await until(lambda: noisy in problems(api, hq_id), "the noise problem")
                 assert problems(api, hq_id) == {"Mist: Port eth0: Link down", noisy}
-                # The link comes back at 100 Mbps: "link down" resolves, the slow link is reported.
-                await server.push("s1", ap_basic(hq_ap, port_stat={"eth0": {"up": True, "speed": 100}}))
-                slow = "Mist: Port eth0: Speed below 1000 Mbps"
+                # The link comes back at 10 Mbps: "link down" resolves, the slow link is reported
+                # (below the default expected speed, 100 Mbps, which itself raises nothing).
+                await server.push("s1", ap_basic(hq_ap, port_stat={"eth0": {"up": True, "speed": 10}}))
+                slow = "Mist: Port eth0: Speed below 100 Mbps"
                 await until(lambda: problems(api, hq_id) == {slow, noisy}, "the slow-link problem alone")
 
                 # 5. The lab AP falls silent while the HQ AP keeps talking.
