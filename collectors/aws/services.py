@@ -18,6 +18,7 @@ from trapline.collectors.aws.resources import (
     Run,
     RunTracker,
     epoch,
+    job_label,
     key_param,
     now_epoch,
     pages_until_known,
@@ -78,10 +79,27 @@ def _text(*parts: object) -> str:
 
 
 def _run(
-    run_id: str, state: str, started: int | None, ended: int | None, values: list[tuple[str, Value]]
+    run_id: str,
+    state: str,
+    started: int | None,
+    ended: int | None,
+    *,
+    name: str = "",
+    error: str = "",
+    extra: Sequence[tuple[str, Value]] = (),
 ) -> Run:
-    clock = ended or started or now_epoch()
-    return Run(run_id, state, float(started or clock), clock, (*values, ("state", state)))
+    """A run clocked at its end when it has one (the problem then carries the failure time), else now.
+
+    Clocking an unfinished run at its start could put it behind a value sent earlier; Zabbix's
+    last() would then still be the earlier run, and a failure trigger would fire for it again.
+    """
+    clock = ended or now_epoch()
+    values: list[tuple[str, Value]] = []
+    if started is not None:
+        values.append(("started", started))
+    if ended is not None:
+        values.append(("ended", ended))
+    return Run(run_id, state, float(started or clock), clock, (*values, *extra), name, error)
 
 
 class EmrService:
@@ -167,9 +185,8 @@ def _step_run(step: StepSummaryTypeDef) -> Run:
         change.get("Code"), change.get("Message")
     )
     started = epoch(timeline.get("StartDateTime")) or epoch(timeline.get("CreationDateTime"))
-    step_id = step.get("Id", "")
-    values: list[tuple[str, Value]] = [("id", step_id), ("name", step.get("Name", "")), ("error", error)]
-    return _run(step_id, status.get("State", "UNKNOWN"), started, epoch(timeline.get("EndDateTime")), values)
+    state, ended = status.get("State", "UNKNOWN"), epoch(timeline.get("EndDateTime"))
+    return _run(step.get("Id", ""), state, started, ended, name=step.get("Name", ""), error=error)
 
 
 class ServerlessService:
@@ -231,15 +248,11 @@ class ServerlessService:
 
 
 def _serverless_run(run: JobRunSummaryTypeDef) -> Run:
-    values: list[tuple[str, Value]] = [
-        ("id", run.get("id", "")),
-        ("name", run.get("name", "")),
-        ("error", _text(run.get("stateDetails"))),
-    ]
     state = run.get("state", "UNKNOWN")
     final = state in ("SUCCESS", "FAILED", "CANCELLED")
     ended = epoch(run.get("updatedAt")) if final else None
-    return _run(run.get("id", ""), state, epoch(run.get("createdAt")), ended, values)
+    error, name = _text(run.get("stateDetails")), run.get("name", "")
+    return _run(run.get("id", ""), state, epoch(run.get("createdAt")), ended, name=name, error=error)
 
 
 class GlueService:
@@ -273,6 +286,7 @@ class GlueService:
                 lld = {
                     "{#JOBNAME}": name,
                     "{#JOBKEY}": param,
+                    "{#JOBLABEL}": job_label(name),
                     "{#GLUEVERSION}": job.get("GlueVersion", ""),
                     "{#WORKERTYPE}": job.get("WorkerType", ""),
                 }
@@ -314,21 +328,18 @@ class GlueService:
 
 def _glue_run(run: JobRunTypeDef) -> Run:
     state = run.get("JobRunState", "UNKNOWN")
-    started, ended = epoch(run.get("StartedOn")), epoch(run.get("CompletedOn"))
-    values: list[tuple[str, Value]] = [("id", run.get("Id", "")), ("attempt", run.get("Attempt", 0))]
-    if started is not None:
-        values.append(("started", started))
-    if state in GLUE_FINAL_STATES:
-        if ended is not None:
-            values.append(("ended", ended))
+    final = state in GLUE_FINAL_STATES
+    started, ended = epoch(run.get("StartedOn")), epoch(run.get("CompletedOn")) if final else None
+    extra: list[tuple[str, Value]] = [("attempt", run.get("Attempt", 0))]
+    if final:
         execution = run.get("ExecutionTime")
         if execution is not None:
-            values.append(("duration", execution))
+            extra.append(("duration", execution))
         dpu_seconds = _dpu_seconds(run)
         if dpu_seconds is not None:
-            values.append(("dpu_seconds", dpu_seconds))
-    values.append(("error", _text(run.get("ErrorMessage"))))
-    return _run(run.get("Id", ""), state, started, ended if state in GLUE_FINAL_STATES else None, values)
+            extra.append(("dpu_seconds", dpu_seconds))
+    error = _text(run.get("ErrorMessage"))
+    return _run(run.get("Id", ""), state, started, ended, error=error, extra=extra)
 
 
 def _dpu_seconds(run: JobRunTypeDef) -> float | None:

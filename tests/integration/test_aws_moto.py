@@ -93,6 +93,15 @@ def values(items: list[Item], key: str, host: str = "aws-test") -> list[Any]:
     return [i.value for i in items if isinstance(i, Reading) and i.key == key and i.host == host]
 
 
+def runs(items: list[Item], key: str, host: str = "aws-test") -> list[dict[str, Any]]:
+    """The runs sent on ``key``: one JSON value per run and state."""
+    return [json.loads(v) for v in values(items, key, host)]
+
+
+def field(items: list[Item], key: str, name: str, host: str = "aws-test") -> list[Any]:
+    return [run[name] for run in runs(items, key, host)]
+
+
 def discovery(items: list[Item], rule: str) -> list[dict[str, str]]:
     found = [i for i in items if isinstance(i, Discovery) and i.rule == rule]
     assert len(found) == 1, f"expected one {rule} value, got {len(found)}"
@@ -195,22 +204,22 @@ def test_failed_glue_run_then_a_successful_one(endpoint: str) -> None:
     make_job(glue, "etl-a")
     aws = poller(endpoint)
     first = aws.cycle()
-    assert values(first.items, "glue.job.run.state[etl-a]") == []  # no runs yet
+    assert field(first.items, "glue.job.run[etl-a]", "state") == []  # no runs yet
 
     failed_id = glue.start_job_run(JobName="etl-a")["JobRunId"]
     # FAILED cannot be produced through moto's API: set it in its backend.
     glue_backends[ACCOUNT][REGION].jobs["etl-a"].job_runs[-1].status = "FAILED"
     second = aws.cycle()
-    assert values(second.items, "glue.job.run.state[etl-a]") == ["FAILED"]
-    assert values(second.items, "glue.job.run.id[etl-a]") == [failed_id]
-    assert values(second.items, "glue.job.run.error[etl-a]") == [""]
+    assert field(second.items, "glue.job.run[etl-a]", "state") == ["FAILED"]
+    assert field(second.items, "glue.job.run[etl-a]", "id") == [failed_id]
+    assert field(second.items, "glue.job.run[etl-a]", "error") == [""]
     assert values(second.items, "glue.job.last_success[etl-a]") == []
-    assert values(aws.cycle().items, "glue.job.run.state[etl-a]") == []  # reported once
+    assert field(aws.cycle().items, "glue.job.run[etl-a]", "state") == []  # reported once
 
     ok_id = glue.start_job_run(JobName="etl-a")["JobRunId"]
     fourth = aws.cycle()
-    assert values(fourth.items, "glue.job.run.state[etl-a]") == ["SUCCEEDED"]
-    assert values(fourth.items, "glue.job.run.id[etl-a]") == [ok_id]
+    assert field(fourth.items, "glue.job.run[etl-a]", "state") == ["SUCCEEDED"]
+    assert field(fourth.items, "glue.job.run[etl-a]", "id") == [ok_id]
     assert len(values(fourth.items, "glue.job.last_success[etl-a]")) == 1
     assert values(fourth.items, "aws.poller.error") == ["ok"]
 
@@ -230,17 +239,17 @@ def test_failed_emr_step_is_reported_on_the_cluster_host(endpoint: str) -> None:
     host = f"emr-{cluster_id}"
     aws = poller(endpoint)
     first = aws.cycle()
-    assert values(first.items, "emr.step.state", host) == ["RUNNING"]  # newest step, first time
+    assert field(first.items, "emr.step", "state", host) == ["RUNNING"]  # newest step, first time
 
     step = _moto_emr_cluster(cluster_id).steps[0]
     step.state = "FAILED"
     step.end_date_time = dt.datetime.now(dt.UTC)
     step.last_state_change_reason = "Step failed: exit code 1"
     second = aws.cycle()
-    assert values(second.items, "emr.step.state", host) == ["FAILED"]
-    assert values(second.items, "emr.step.id", host) == [step.id]
-    assert values(second.items, "emr.step.name", host) == ["load"]
-    assert values(second.items, "emr.step.error", host) == ["Step failed: exit code 1"]
+    assert field(second.items, "emr.step", "state", host) == ["FAILED"]
+    assert field(second.items, "emr.step", "id", host) == [step.id]
+    assert field(second.items, "emr.step", "name", host) == ["load"]
+    assert field(second.items, "emr.step", "error", host) == ["Step failed: exit code 1"]
 
 
 def test_failed_emr_serverless_job_run_is_reported_on_the_application_host(endpoint: str) -> None:
@@ -260,9 +269,9 @@ def test_failed_emr_serverless_job_run_is_reported_on_the_application_host(endpo
     run.state, run.state_details = "FAILED", "Job failed, ExitCode: 1"
     result = aws.cycle()
     host = f"emr-serverless-{app}"
-    assert values(result.items, "emr.serverless.job.run.state", host) == ["FAILED"]
-    assert values(result.items, "emr.serverless.job.run.id", host) == [run_id]
-    assert values(result.items, "emr.serverless.job.run.error", host) == ["Job failed, ExitCode: 1"]
+    assert field(result.items, "emr.serverless.job.run", "state", host) == ["FAILED"]
+    assert field(result.items, "emr.serverless.job.run", "id", host) == [run_id]
+    assert field(result.items, "emr.serverless.job.run", "error", host) == ["Job failed, ExitCode: 1"]
 
 
 # -- CloudWatch -----------------------------------------------------------------------------
