@@ -317,7 +317,7 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
             stub.activate()
         return clients
 
-    poller = AwsPoller(settings, client_factory=factory)
+    poller = AwsPoller(settings, client_factory=factory, clock=lambda: 1_800_000_000.0)
     collector = AwsCollector("aws", settings, poller)
     result = poller.cycle()
     assert result.throttled
@@ -327,11 +327,52 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
     assert readings(result.items, "aws.poller.errors")[0].value == 1
     assert readings(result.items, "emr.cluster.state")[0].value == "WAITING"  # health still reported
     made["cloudwatch"].assert_no_pending_responses()
+
+    # Next cycle, same window: it was not marked done, so it is asked for again and its datapoint sent.
+    stamp = _at(1_800_000_000 - 900)
+    made["emr"].add_response(
+        "list_clusters", {"Clusters": [{"Id": "j-1", "Name": "c", "Status": {"State": "WAITING"}}]}
+    )
+    made["emr"].add_response("list_steps", {"Steps": []})
+    point = {"Id": "q0", "Timestamps": [stamp], "Values": [1.0], "StatusCode": "Complete"}
+    made["cloudwatch"].add_response("get_metric_data", {"MetricDataResults": [point]})
+    retried = poller.cycle()
+    assert retried.errors == []
+    sent = [
+        r
+        for r in retried.items
+        if isinstance(r, Reading) and r.host == "emr-j-1" and r.clock == 1_800_000_000 - 900
+    ]
+    assert len(sent) == 1
+    made["cloudwatch"].assert_no_pending_responses()
     # Throttled cycles wait 2x the interval and then longer; a clean cycle goes back to the interval.
     first = collector.next_delay(True, 0.0)
     second = collector.next_delay(True, 0.0)
     assert 60 <= first <= 120 and 120 <= second <= 240
     assert collector.next_delay(False, 10.0) == 50.0
+
+
+def test_once_throttled_the_cycle_stops_calling_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    settings = parse_settings("aws", section(emr={"enabled": False}, emr_serverless={"enabled": False}))
+    made: dict[str, Any] = {}
+
+    def factory(s: Any, calls: ApiCalls) -> Clients:
+        clients, stubs = _stubbed_clients(s, calls)
+        made.update(stubs)
+        jobs = [{"Name": f"job-{k}"} for k in range(300)]
+        stubs["glue"].add_response("get_jobs", {"Jobs": jobs})
+        stubs["glue"].add_client_error("get_job_runs", "ThrottlingException", "Rate exceeded", 400)
+        for stub in stubs.values():
+            stub.activate()
+        return clients
+
+    poller = AwsPoller(settings, client_factory=factory)
+    result = poller.cycle()
+    # A second GetJobRuns would hit the stubber's empty queue and show up as another error.
+    assert result.errors == ["GetJobRuns: throttled (ThrottlingException)"]
+    assert dict(poller.calls)["glue:GetJobRuns"] == 1
+    assert len([r for r in caplog.records if "throttled" in r.getMessage()]) == 1
+    made["glue"].assert_no_pending_responses()
 
 
 def test_unreachable_endpoint_is_an_error_reading_and_the_loop_keeps_running() -> None:
