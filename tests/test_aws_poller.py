@@ -309,7 +309,8 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
         clients, stubs = _stubbed_clients(s, calls)
         made.update(stubs)
         cluster = {"Id": "j-1", "Name": "c", "Status": {"State": "WAITING"}}
-        stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # discovery
+        stubs["emr"].add_response("list_clusters", {"Clusters": []})  # discovery: recently ended
+        stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # discovery: active
         stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # health
         stubs["emr"].add_response("list_steps", {"Steps": []})
         stubs["cloudwatch"].add_client_error("get_metric_data", "ThrottlingException", "Rate exceeded", 400)

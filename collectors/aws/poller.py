@@ -51,7 +51,7 @@ class AwsPoller:
         self._clock = clock
         self._clients: Clients | None = None
         services: list[Service] = [
-            EmrService(settings.emr),
+            EmrService(settings.emr, settings.discovery_interval),
             ServerlessService(settings.emr_serverless),
             GlueService(settings.glue, settings.host),
         ]

@@ -7,6 +7,7 @@ from the collector's worker thread.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -46,6 +47,7 @@ EMR_ACTIVE_STATES: tuple[ClusterStateType, ...] = (
     "WAITING",
     "TERMINATING",
 )
+EMR_ENDED_STATES: tuple[ClusterStateType, ...] = ("TERMINATED", "TERMINATED_WITH_ERRORS")
 EMR_METRIC_STATES = frozenset({"RUNNING", "WAITING"})  # clusters that publish metrics
 GLUE_FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED", "TIMEOUT", "ERROR", "EXPIRED"})
 SERVERLESS_METRIC_STATES = frozenset({"STARTED"})
@@ -107,20 +109,37 @@ class EmrService:
 
     name = "emr"
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, discovery_interval: float) -> None:
         self.settings = settings
+        self.discovery_interval = discovery_interval
         self.steps = RunTracker()
         self.states: dict[str, str] = {}
         self._final: set[str] = set()  # clusters whose terminal state was reported
+        self._listed_at: int | None = None  # when the previous discovery listed clusters
 
     def _active(self, clients: Clients) -> list[ClusterSummaryTypeDef]:
         pages = clients.emr.get_paginator("list_clusters").paginate(ClusterStates=list(EMR_ACTIVE_STATES))
         return [c for page in pages for c in page.get("Clusters", [])]
 
+    def _ended_since(self, clients: Clients, since: int) -> list[ClusterSummaryTypeDef]:
+        """Clusters created since ``since`` that have already terminated.
+
+        A cluster that fails in bootstrap is gone from the active list within minutes, often
+        between two discoveries: without this it would never get a host, nor its problem.
+        """
+        pages = clients.emr.get_paginator("list_clusters").paginate(
+            ClusterStates=list(EMR_ENDED_STATES), CreatedAfter=dt.datetime.fromtimestamp(since, dt.UTC)
+        )
+        return [c for page in pages for c in page.get("Clusters", [])]
+
     def discover(self, clients: Clients) -> list[Resource]:
         found = []
         wanted = self.settings.filter
-        for cluster in self._active(clients):
+        now = now_epoch()
+        # A little overlap with the previous listing: a cluster created as it ran is not missed.
+        since = (self._listed_at or now - int(self.discovery_interval)) - 60
+        clusters = {c.get("Id", ""): c for c in (*self._ended_since(clients, since), *self._active(clients))}
+        for cluster in clusters.values():
             cluster_id, name = cluster.get("Id", ""), cluster.get("Name", "")
             if not cluster_id or not wanted.matches_name(name):
                 continue
@@ -134,6 +153,7 @@ class EmrService:
             found.append(Resource(self.name, cluster_id, name, host, None, lld))
         self.steps.keep_only(r.id for r in found)
         self._final &= {r.id for r in found}
+        self._listed_at = now
         return found
 
     def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
@@ -145,7 +165,8 @@ class EmrService:
                 continue
             summary: Any = listing.get(cluster.id)
             if summary is None:
-                # Gone from the active list: ask once for its terminal state and reason.
+                # Gone from the active list: ask once for its terminal state and reason, and
+                # read its steps one last time (a step may have failed since the last poll).
                 summary = cycle.guard(f"emr cluster {cluster.id}", partial(_describe, clients, cluster.id))
                 if summary is None:
                     continue
@@ -157,8 +178,7 @@ class EmrService:
             why = _text(reason.get("Code"), reason.get("Message"))
             cycle.reading(cluster.host, "emr.cluster.state.reason", why)
             cycle.reading(cluster.host, "emr.cluster.state", state)
-            if cluster.id not in self._final:
-                cycle.guard(f"emr steps {cluster.id}", partial(self._steps, clients, cluster, cycle))
+            cycle.guard(f"emr steps {cluster.id}", partial(self._steps, clients, cluster, cycle))
 
     def _steps(self, clients: Clients, cluster: Resource, cycle: Cycle) -> None:
         pages = (

@@ -155,6 +155,8 @@ def test_clusters_apps_and_jobs_are_discovered_through_the_async_loop(endpoint: 
     make_cluster(emr, "dev-c", {"team": "data"})
     gone = make_cluster(emr, "prod-d", {"team": "data"})
     emr.terminate_job_flows(JobFlowIds=[gone])
+    # Ended long before this discovery (one that ended since the last discovery is listed: see below).
+    _moto_emr_cluster(gone).creation_datetime -= dt.timedelta(days=7)
     app = make_app(serverless, "app-x")
     make_app(serverless, "other")
     make_job(glue, "etl-a", {"team": "data"})
@@ -250,6 +252,29 @@ def test_failed_emr_step_is_reported_on_the_cluster_host(endpoint: str) -> None:
     assert field(second.items, "emr.step", "id", host) == [step.id]
     assert field(second.items, "emr.step", "name", host) == ["load"]
     assert field(second.items, "emr.step", "error", host) == ["Step failed: exit code 1"]
+
+
+def test_cluster_that_failed_between_two_discoveries_still_gets_its_host_and_state(endpoint: str) -> None:
+    emr = client(endpoint, "emr")
+    aws = poller(endpoint)
+    aws.cycle()  # discovery has run: the next one is an interval away
+    failed = make_cluster(emr, "bootstrap-fails", step=True)
+    old = make_cluster(emr, "ended-last-week")
+    emr.terminate_job_flows(JobFlowIds=[failed, old])
+    moto_failed = _moto_emr_cluster(failed)
+    moto_failed.state = "TERMINATED_WITH_ERRORS"
+    moto_failed.steps[0].state = "FAILED"
+    moto_failed.steps[0].end_date_time = dt.datetime.now(dt.UTC)
+    _moto_emr_cluster(old).creation_datetime -= dt.timedelta(days=7)
+
+    aws._next_discovery["emr"] = 0.0  # the next discovery, without waiting for it
+    result = aws.cycle()
+    ids = [row["{#CLUSTERID}"] for row in discovery(result.items, "emr.cluster.discovery")]
+    assert ids == [failed]  # never seen active, and not the one that ended long ago
+    host = f"emr-{failed}"
+    assert values(result.items, "emr.cluster.state", host) == ["TERMINATED_WITH_ERRORS"]
+    assert field(result.items, "emr.step", "state", host) == ["FAILED"]
+    assert field(aws.cycle().items, "emr.step", "state", host) == []  # reported once
 
 
 def test_failed_emr_serverless_job_run_is_reported_on_the_application_host(endpoint: str) -> None:

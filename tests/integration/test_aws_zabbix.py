@@ -449,6 +449,32 @@ def test_every_failed_step_and_serverless_run_is_named_in_its_own_problem(world:
     )
 
 
+def test_cluster_that_starts_and_fails_between_two_discoveries_raises_its_problem(world: World) -> None:
+    emr = client(world.endpoint, "emr")
+    cluster_id = make_cluster(emr, "fails-in-bootstrap")
+    emr.terminate_job_flows(JobFlowIds=[cluster_id])
+    cluster = _moto_emr_cluster(cluster_id)
+    cluster.state = "TERMINATED_WITH_ERRORS"
+    cluster.last_state_change_reason = "Bootstrap action 1 returned a non-zero return code"
+    world.poller._next_discovery["emr"] = 0.0  # the next discovery, never having seen it active
+    result = world.cycle()
+    host = f"emr-{cluster_id}"
+    wait_until(
+        lambda: (
+            items(world.api, host, "emr.cluster.state")
+            and world.api.trigger.get(
+                host=host, filter={"description": ["AWS EMR: Cluster terminated with errors"]}
+            )
+        ),
+        timeout=LLD_TIMEOUT,
+        what="the failed cluster's host",
+    )
+    world.zabbix.config_cache_reload()
+    deliver(world.zabbix, result)  # what the spool does with values refused before the host existed
+    name = wait_problem(world.api, world.hostid_of(host), "AWS EMR: Cluster terminated with errors")
+    assert name.endswith("Bootstrap action 1 returned a non-zero return code")
+
+
 # -- CloudWatch --------------------------------------------------------------------------------
 
 
