@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +13,14 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from botocore.stub import Stubber
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.outbox import ListOutbox, run_collector_until
 from tests.peers import free_port
 from trapline.collectors.aws import AwsCollector, build
 from trapline.collectors.aws.poller import AwsPoller
-from trapline.collectors.aws.resources import Run, RunTracker, key_param
+from trapline.collectors.aws.resources import ERROR_SHOWN, Run, RunTracker, key_param
 from trapline.collectors.aws.services import _glue_run, _serverless_run, _step_run
 from trapline.collectors.aws.session import ApiCalls, Clients, describe_failure
 from trapline.collectors.aws.settings import ResourceFilter, parse_settings
@@ -87,28 +91,44 @@ def test_filter_by_name_regex_and_tags() -> None:
     assert everything.matches_name("anything") and everything.matches_tags({})
 
 
-@pytest.mark.parametrize(
-    ("name", "param"),
-    [
-        ("etl-a", "etl-a"),
-        ("a,b", '"a,b"'),
-        ("x]y", '"x]y"'),
-        ('"q', '"\\"q"'),
-        ("[x", '"[x"'),
-        ("a b", "a b"),
-    ],
+# Glue job names: 1-255 characters matching AWS's "single-line string pattern" (CreateJob, Name):
+# tab, U+0020-U+D7FF, U+E000-U+FFFD and the supplementary planes.
+GLUE_NAMES = st.text(
+    st.one_of(
+        st.just("\t"),
+        st.characters(min_codepoint=0x20, blacklist_categories=("Cs",), blacklist_characters="\ufffe\uffff"),
+    ),
+    min_size=1,
+    max_size=255,
 )
-def test_key_param_quotes_only_when_zabbix_needs_it(name: str, param: str) -> None:
-    assert key_param(name) == param
+UNQUOTED_PARAM = re.compile(r'^[^,\]\["\s][^,\]]*$')  # what Zabbix takes as one unquoted key parameter
+
+
+@given(GLUE_NAMES)
+def test_key_param_is_one_unquoted_parameter_and_tells_names_apart(name: str) -> None:
+    param = key_param(name)
+    assert UNQUOTED_PARAM.match(param), param
+    assert not any(c.isspace() or not c.isprintable() for c in param)
+    assert urllib.parse.unquote(param) == name  # nothing lost: two names never share a key
+
+
+def test_key_param_leaves_plain_names_alone() -> None:
+    assert key_param("nightly-load_v2.1") == "nightly-load_v2.1"
+    assert key_param("a,b") == "a%2Cb"
 
 
 # -- state mapping ----------------------------------------------------------------
 
 
-def test_failed_glue_run_maps_to_state_error_duration_and_dpu_seconds() -> None:
+def fields(run: Run) -> dict[str, Any]:
+    decoded: dict[str, Any] = json.loads(run.as_json())
+    return decoded
+
+
+def test_failed_glue_run_is_one_value_with_state_error_duration_and_dpu_seconds() -> None:
     run = _glue_run(
         {
-            "Id": "jr_1",
+            "Id": "jr_" + "0123456789abcdef" * 4,
             "Attempt": 1,
             "JobName": "etl",
             "JobRunState": "FAILED",
@@ -119,27 +139,45 @@ def test_failed_glue_run_maps_to_state_error_duration_and_dpu_seconds() -> None:
             "ErrorMessage": "OutOfMemoryError: Java heap space",
         }
     )
-    values = dict(run.values)
-    assert run.values[-1] == ("state", "FAILED")  # state last: the rest is there when it triggers
-    assert values == {
-        "id": "jr_1",
+    assert fields(run) == {
+        "title": "jr_01234567\u2026cdef FAILED: OutOfMemoryError: Java heap space",
+        "id": "jr_" + "0123456789abcdef" * 4,
+        "state": "FAILED",
+        "error": "OutOfMemoryError: Java heap space",
         "attempt": 1,
         "started": 1000,
         "ended": 1600,
         "duration": 600,
         "dpu_seconds": 6000.0,
-        "error": "OutOfMemoryError: Java heap space",
-        "state": "FAILED",
     }
-    assert run.clock == 1600
+    assert run.clock == 1600  # the failure time
 
 
-def test_running_glue_run_has_no_end_and_is_clocked_at_its_start() -> None:
+def test_running_glue_run_has_no_end_and_is_clocked_when_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("trapline.collectors.aws.services.now_epoch", lambda: 5000)
     run = _glue_run(
         {"Id": "jr_2", "JobName": "etl", "JobRunState": "RUNNING", "StartedOn": _at(2000), "DPUSeconds": 5.0}
     )
-    assert "ended" not in dict(run.values) and "dpu_seconds" not in dict(run.values)
-    assert run.clock == 2000
+    assert "ended" not in fields(run) and "dpu_seconds" not in fields(run)
+    assert (fields(run)["started"], run.clock) == (2000, 5000)
+
+
+def test_timeout_without_message_has_no_dangling_colon() -> None:
+    run = _glue_run({"Id": "jr_3", "JobRunState": "TIMEOUT", "CompletedOn": _at(10)})
+    assert fields(run)["title"] == "jr_3 TIMEOUT"
+
+
+@given(st.text(max_size=3000))
+def test_title_is_one_short_line_that_regsub_can_cut_out_of_the_json(error: str) -> None:
+    run = _glue_run({"Id": "jr_4", "JobRunState": "FAILED", "CompletedOn": _at(10), "ErrorMessage": error})
+    text = run.as_json()
+    # The template's event name takes the title with regsub("\"title\":\"([^\"]*)\"", \1).
+    found = re.search(r'"title":"([^"]*)"', text)
+    assert found is not None and found.group(1) == fields(run)["title"]
+    assert len(found.group(1)) <= len("jr_4 FAILED: ") + ERROR_SHOWN
+    assert fields(run)["error"] == error[:2048]  # the full text stays in the value
+    # The trigger finds the state with "\"state\":\"(FAILED|...)\"": an error can never fake one.
+    assert [m.group(1) for m in re.finditer(r'"state":"(\w+)"', text)] == ["FAILED"]
 
 
 def test_failed_emr_step_carries_the_failure_reason() -> None:
@@ -154,11 +192,14 @@ def test_failed_emr_step_carries_the_failure_reason() -> None:
             },
         }
     )
-    assert dict(run.values) == {
+    assert fields(run) == {
+        "title": "load (s-1) FAILED: Unknown error.: Exception in thread main",
         "id": "s-1",
+        "state": "FAILED",
         "name": "load",
         "error": "Unknown error.: Exception in thread main",
-        "state": "FAILED",
+        "started": 20,
+        "ended": 90,
     }
     assert (run.started, run.clock) == (20, 90)
 
@@ -167,7 +208,7 @@ def test_cancelled_emr_step_falls_back_to_the_state_change_reason() -> None:
     run = _step_run(
         {"Id": "s-2", "Status": {"State": "CANCELLED", "StateChangeReason": {"Message": "Cancelled by user"}}}
     )
-    assert dict(run.values)["error"] == "Cancelled by user"
+    assert fields(run)["error"] == "Cancelled by user"
 
 
 def test_serverless_run_state_and_details() -> None:
@@ -181,12 +222,12 @@ def test_serverless_run_state_and_details() -> None:
             "updatedAt": _at(50),
         }
     )
-    assert dict(run.values) == {"id": "r1", "name": "daily", "error": "Job failed", "state": "FAILED"}
-    assert run.clock == 50
+    assert fields(run)["title"] == "daily (r1) FAILED: Job failed"
+    assert (fields(run)["state"], fields(run)["error"], run.clock) == ("FAILED", "Job failed", 50)
 
 
 def _run(run_id: str, state: str, started: int) -> Run:
-    return Run(run_id, state, float(started), started, (("state", state),))
+    return Run(run_id, state, float(started), started, ())
 
 
 def test_tracker_reports_only_the_newest_run_the_first_time_then_every_change_oldest_first() -> None:
@@ -268,7 +309,8 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
         clients, stubs = _stubbed_clients(s, calls)
         made.update(stubs)
         cluster = {"Id": "j-1", "Name": "c", "Status": {"State": "WAITING"}}
-        stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # discovery
+        stubs["emr"].add_response("list_clusters", {"Clusters": []})  # discovery: recently ended
+        stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # discovery: active
         stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # health
         stubs["emr"].add_response("list_steps", {"Steps": []})
         stubs["cloudwatch"].add_client_error("get_metric_data", "ThrottlingException", "Rate exceeded", 400)
@@ -276,7 +318,7 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
             stub.activate()
         return clients
 
-    poller = AwsPoller(settings, client_factory=factory)
+    poller = AwsPoller(settings, client_factory=factory, clock=lambda: 1_800_000_000.0)
     collector = AwsCollector("aws", settings, poller)
     result = poller.cycle()
     assert result.throttled
@@ -286,11 +328,52 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
     assert readings(result.items, "aws.poller.errors")[0].value == 1
     assert readings(result.items, "emr.cluster.state")[0].value == "WAITING"  # health still reported
     made["cloudwatch"].assert_no_pending_responses()
+
+    # Next cycle, same window: it was not marked done, so it is asked for again and its datapoint sent.
+    stamp = _at(1_800_000_000 - 900)
+    made["emr"].add_response(
+        "list_clusters", {"Clusters": [{"Id": "j-1", "Name": "c", "Status": {"State": "WAITING"}}]}
+    )
+    made["emr"].add_response("list_steps", {"Steps": []})
+    point = {"Id": "q0", "Timestamps": [stamp], "Values": [1.0], "StatusCode": "Complete"}
+    made["cloudwatch"].add_response("get_metric_data", {"MetricDataResults": [point]})
+    retried = poller.cycle()
+    assert retried.errors == []
+    sent = [
+        r
+        for r in retried.items
+        if isinstance(r, Reading) and r.host == "emr-j-1" and r.clock == 1_800_000_000 - 900
+    ]
+    assert len(sent) == 1
+    made["cloudwatch"].assert_no_pending_responses()
     # Throttled cycles wait 2x the interval and then longer; a clean cycle goes back to the interval.
     first = collector.next_delay(True, 0.0)
     second = collector.next_delay(True, 0.0)
     assert 60 <= first <= 120 and 120 <= second <= 240
     assert collector.next_delay(False, 10.0) == 50.0
+
+
+def test_once_throttled_the_cycle_stops_calling_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    settings = parse_settings("aws", section(emr={"enabled": False}, emr_serverless={"enabled": False}))
+    made: dict[str, Any] = {}
+
+    def factory(s: Any, calls: ApiCalls) -> Clients:
+        clients, stubs = _stubbed_clients(s, calls)
+        made.update(stubs)
+        jobs = [{"Name": f"job-{k}"} for k in range(300)]
+        stubs["glue"].add_response("get_jobs", {"Jobs": jobs})
+        stubs["glue"].add_client_error("get_job_runs", "ThrottlingException", "Rate exceeded", 400)
+        for stub in stubs.values():
+            stub.activate()
+        return clients
+
+    poller = AwsPoller(settings, client_factory=factory)
+    result = poller.cycle()
+    # A second GetJobRuns would hit the stubber's empty queue and show up as another error.
+    assert result.errors == ["GetJobRuns: throttled (ThrottlingException)"]
+    assert dict(poller.calls)["glue:GetJobRuns"] == 1
+    assert len([r for r in caplog.records if "throttled" in r.getMessage()]) == 1
+    made["glue"].assert_no_pending_responses()
 
 
 def test_unreachable_endpoint_is_an_error_reading_and_the_loop_keeps_running() -> None:

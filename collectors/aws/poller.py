@@ -51,7 +51,7 @@ class AwsPoller:
         self._clock = clock
         self._clients: Clients | None = None
         services: list[Service] = [
-            EmrService(settings.emr),
+            EmrService(settings.emr, settings.discovery_interval),
             ServerlessService(settings.emr_serverless),
             GlueService(settings.glue, settings.host),
         ]
@@ -105,12 +105,14 @@ class AwsPoller:
             return  # no new period has closed since the last fetch
         targets = service.metric_targets(self.resources[service.name], window)
         wanted = series_for(spec, targets)
-        self._last_window_end[service.name] = window.end
         self._series_per_fetch[service.name] = len(wanted)
         if not wanted:
+            self._last_window_end[service.name] = window.end
             return
         self.metrics_requested += len(wanted)
         fetched = fetch_latest(clients.cloudwatch, [s for s, _, _ in wanted], window)
+        # Done only once fetched: a fetch that raises (throttled) leaves the window to the next cycle.
+        self._last_window_end[service.name] = window.end
         for index, (stamp, value) in fetched.latest.items():
             _, resource, metric = wanted[index]
             key = resource.key(metric.key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import zlib
 from collections import Counter
@@ -20,11 +21,49 @@ T = TypeVar("T")
 MAX_PAGES = 10
 
 
+# ASCII that may stand unquoted in a Zabbix item key parameter, and still means the same
+# after Zabbix substitutes it into a key prototype (which quotes values it dislikes).
+_KEY_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~:/@+=")
+ID_SHOWN = 16  # a run id longer than this is shortened in problem names
+ERROR_SHOWN = 160  # error characters quoted in a problem name; the item keeps all of it
+
+
 def key_param(value: str) -> str:
-    """``value`` as one Zabbix item key parameter, quoted only when it has to be."""
-    if any(c in value for c in ",]") or value.startswith(("[", '"', " ")):
-        return '"' + value.replace('"', '\\"') + '"'
-    return value
+    """``value`` as one unquoted item key parameter: other ASCII, blanks and controls percent-encoded.
+
+    Quoting is not an option: an LLD macro value is quoted again by Zabbix when it
+    lands in a key prototype, so the key the collector sends would not match.
+    Printable non-ASCII stays as it is, so keys remain readable.
+    """
+    out = []
+    for char in value:
+        if char in _KEY_SAFE or (char > "\x7f" and char.isprintable() and not char.isspace()):
+            out.append(char)
+        else:
+            out.extend(f"%{b:02X}" for b in char.encode())
+    return "".join(out)
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = "".join(c for c in " ".join(text.split()) if c.isprintable())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+
+
+def _shown(text: str, limit: int) -> str:
+    """``text`` for a run title: one line, without the characters JSON escapes, at most ``limit``."""
+    return _one_line(text.replace('"', "'").replace("\\", "/"), limit)
+
+
+def job_label(name: str) -> str:
+    """A job name fit for item and problem names: one line, not longer than a title should be."""
+    return _one_line(name, 64)
+
+
+def short_id(run_id: str) -> str:
+    """Start and end of a long id: enough to tell runs apart and to find the run in the console."""
+    if len(run_id) <= ID_SHOWN:
+        return run_id
+    return f"{run_id[: ID_SHOWN - 5]}\u2026{run_id[-4:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +90,29 @@ class Run:
     state: str
     started: float  # epoch seconds, orders the runs
     clock: int  # epoch seconds of this state (end time when finished)
-    values: tuple[tuple[str, Value], ...]  # key suffix -> value; "state" comes last
+    values: tuple[tuple[str, Value], ...]  # JSON field -> value, read by dependent items
+    name: str = ""
+    error: str = ""
+
+    def title(self) -> str:
+        """What a problem name quotes: run (and its name), state, and the start of the error."""
+        label = short_id(self.id) if not self.name else f"{_shown(self.name, 64)} ({short_id(self.id)})"
+        text = f"{label} {self.state}"
+        return f"{text}: {_shown(self.error, ERROR_SHOWN)}" if self.error.strip() else text
+
+    def as_json(self) -> str:
+        """The run as one value: every field of a problem comes from the same value.
+
+        Zabbix expands each ``{ITEM.VALUE<n>}`` from its own item when the trigger is
+        evaluated, so fields spread over several items can belong to different runs.
+        The title is first and free of quotes, so an event name can cut it out with regsub.
+        """
+        fields: dict[str, Value] = {"title": self.title(), "id": self.id, "state": self.state}
+        if self.name:
+            fields["name"] = self.name
+        fields["error"] = self.error
+        fields.update(self.values)
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def epoch(value: dt.datetime | None) -> int | None:
@@ -82,7 +143,10 @@ class RunTracker:
         self._states[scope] = {r.id: r.state for r in newest_first}
         if previous is None:
             return newest_first[:1]
-        return [r for r in reversed(newest_first) if previous.get(r.id) != r.state]
+        changed = [r for r in reversed(newest_first) if previous.get(r.id) != r.state]
+        # Sent in the order of their own clocks: Zabbix's last() is the newest by clock, so a
+        # value sent after one with a later clock would leave the trigger judging the older run.
+        return sorted(changed, key=lambda r: (r.clock, r.started))
 
     def keep_only(self, scopes: Iterable[str]) -> None:
         wanted = set(scopes)
@@ -127,14 +191,13 @@ class Cycle:
         else:
             self.items.append(Reading(host, key, value, clock, ns, unit))
 
-    def runs(self, resource: Resource, prefix: str, runs: Iterable[Run]) -> None:
+    def runs(self, resource: Resource, key: str, runs: Iterable[Run]) -> None:
         for run in runs:
             # Two runs of one job may end in the same second: a nanosecond part derived from
             # the run and its state keeps their values apart in Zabbix (one history row per
             # item, clock and ns), and stays the same when a poll reports the run again.
             ns = zlib.crc32(f"{run.id}/{run.state}".encode()) % 1_000_000_000
-            for suffix, value in run.values:
-                self.reading(resource.host, resource.key(f"{prefix}.{suffix}"), value, run.clock, ns=ns)
+            self.reading(resource.host, resource.key(key), run.as_json(), run.clock, ns=ns)
 
     def guard(self, what: str, action: Callable[[], T]) -> T | None:
         """Run one step; a failure is counted and worded, never raised."""

@@ -7,6 +7,7 @@ from the collector's worker thread.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -18,6 +19,7 @@ from trapline.collectors.aws.resources import (
     Run,
     RunTracker,
     epoch,
+    job_label,
     key_param,
     now_epoch,
     pages_until_known,
@@ -45,6 +47,7 @@ EMR_ACTIVE_STATES: tuple[ClusterStateType, ...] = (
     "WAITING",
     "TERMINATING",
 )
+EMR_ENDED_STATES: tuple[ClusterStateType, ...] = ("TERMINATED", "TERMINATED_WITH_ERRORS")
 EMR_METRIC_STATES = frozenset({"RUNNING", "WAITING"})  # clusters that publish metrics
 GLUE_FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED", "TIMEOUT", "ERROR", "EXPIRED"})
 SERVERLESS_METRIC_STATES = frozenset({"STARTED"})
@@ -78,10 +81,27 @@ def _text(*parts: object) -> str:
 
 
 def _run(
-    run_id: str, state: str, started: int | None, ended: int | None, values: list[tuple[str, Value]]
+    run_id: str,
+    state: str,
+    started: int | None,
+    ended: int | None,
+    *,
+    name: str = "",
+    error: str = "",
+    extra: Sequence[tuple[str, Value]] = (),
 ) -> Run:
-    clock = ended or started or now_epoch()
-    return Run(run_id, state, float(started or clock), clock, (*values, ("state", state)))
+    """A run clocked at its end when it has one (the problem then carries the failure time), else now.
+
+    Clocking an unfinished run at its start could put it behind a value sent earlier; Zabbix's
+    last() would then still be the earlier run, and a failure trigger would fire for it again.
+    """
+    clock = ended or now_epoch()
+    values: list[tuple[str, Value]] = []
+    if started is not None:
+        values.append(("started", started))
+    if ended is not None:
+        values.append(("ended", ended))
+    return Run(run_id, state, float(started or clock), clock, (*values, *extra), name, error)
 
 
 class EmrService:
@@ -89,20 +109,37 @@ class EmrService:
 
     name = "emr"
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, discovery_interval: float) -> None:
         self.settings = settings
+        self.discovery_interval = discovery_interval
         self.steps = RunTracker()
         self.states: dict[str, str] = {}
         self._final: set[str] = set()  # clusters whose terminal state was reported
+        self._listed_at: int | None = None  # when the previous discovery listed clusters
 
     def _active(self, clients: Clients) -> list[ClusterSummaryTypeDef]:
         pages = clients.emr.get_paginator("list_clusters").paginate(ClusterStates=list(EMR_ACTIVE_STATES))
         return [c for page in pages for c in page.get("Clusters", [])]
 
+    def _ended_since(self, clients: Clients, since: int) -> list[ClusterSummaryTypeDef]:
+        """Clusters created since ``since`` that have already terminated.
+
+        A cluster that fails in bootstrap is gone from the active list within minutes, often
+        between two discoveries: without this it would never get a host, nor its problem.
+        """
+        pages = clients.emr.get_paginator("list_clusters").paginate(
+            ClusterStates=list(EMR_ENDED_STATES), CreatedAfter=dt.datetime.fromtimestamp(since, dt.UTC)
+        )
+        return [c for page in pages for c in page.get("Clusters", [])]
+
     def discover(self, clients: Clients) -> list[Resource]:
         found = []
         wanted = self.settings.filter
-        for cluster in self._active(clients):
+        now = now_epoch()
+        # A little overlap with the previous listing: a cluster created as it ran is not missed.
+        since = (self._listed_at or now - int(self.discovery_interval)) - 60
+        clusters = {c.get("Id", ""): c for c in (*self._ended_since(clients, since), *self._active(clients))}
+        for cluster in clusters.values():
             cluster_id, name = cluster.get("Id", ""), cluster.get("Name", "")
             if not cluster_id or not wanted.matches_name(name):
                 continue
@@ -116,6 +153,7 @@ class EmrService:
             found.append(Resource(self.name, cluster_id, name, host, None, lld))
         self.steps.keep_only(r.id for r in found)
         self._final &= {r.id for r in found}
+        self._listed_at = now
         return found
 
     def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
@@ -127,7 +165,8 @@ class EmrService:
                 continue
             summary: Any = listing.get(cluster.id)
             if summary is None:
-                # Gone from the active list: ask once for its terminal state and reason.
+                # Gone from the active list: ask once for its terminal state and reason, and
+                # read its steps one last time (a step may have failed since the last poll).
                 summary = cycle.guard(f"emr cluster {cluster.id}", partial(_describe, clients, cluster.id))
                 if summary is None:
                     continue
@@ -139,8 +178,7 @@ class EmrService:
             why = _text(reason.get("Code"), reason.get("Message"))
             cycle.reading(cluster.host, "emr.cluster.state.reason", why)
             cycle.reading(cluster.host, "emr.cluster.state", state)
-            if cluster.id not in self._final:
-                cycle.guard(f"emr steps {cluster.id}", partial(self._steps, clients, cluster, cycle))
+            cycle.guard(f"emr steps {cluster.id}", partial(self._steps, clients, cluster, cycle))
 
     def _steps(self, clients: Clients, cluster: Resource, cycle: Cycle) -> None:
         pages = (
@@ -167,9 +205,8 @@ def _step_run(step: StepSummaryTypeDef) -> Run:
         change.get("Code"), change.get("Message")
     )
     started = epoch(timeline.get("StartDateTime")) or epoch(timeline.get("CreationDateTime"))
-    step_id = step.get("Id", "")
-    values: list[tuple[str, Value]] = [("id", step_id), ("name", step.get("Name", "")), ("error", error)]
-    return _run(step_id, status.get("State", "UNKNOWN"), started, epoch(timeline.get("EndDateTime")), values)
+    state, ended = status.get("State", "UNKNOWN"), epoch(timeline.get("EndDateTime"))
+    return _run(step.get("Id", ""), state, started, ended, name=step.get("Name", ""), error=error)
 
 
 class ServerlessService:
@@ -231,15 +268,11 @@ class ServerlessService:
 
 
 def _serverless_run(run: JobRunSummaryTypeDef) -> Run:
-    values: list[tuple[str, Value]] = [
-        ("id", run.get("id", "")),
-        ("name", run.get("name", "")),
-        ("error", _text(run.get("stateDetails"))),
-    ]
     state = run.get("state", "UNKNOWN")
     final = state in ("SUCCESS", "FAILED", "CANCELLED")
     ended = epoch(run.get("updatedAt")) if final else None
-    return _run(run.get("id", ""), state, epoch(run.get("createdAt")), ended, values)
+    error, name = _text(run.get("stateDetails")), run.get("name", "")
+    return _run(run.get("id", ""), state, epoch(run.get("createdAt")), ended, name=name, error=error)
 
 
 class GlueService:
@@ -273,6 +306,7 @@ class GlueService:
                 lld = {
                     "{#JOBNAME}": name,
                     "{#JOBKEY}": param,
+                    "{#JOBLABEL}": job_label(name),
                     "{#GLUEVERSION}": job.get("GlueVersion", ""),
                     "{#WORKERTYPE}": job.get("WorkerType", ""),
                 }
@@ -314,21 +348,18 @@ class GlueService:
 
 def _glue_run(run: JobRunTypeDef) -> Run:
     state = run.get("JobRunState", "UNKNOWN")
-    started, ended = epoch(run.get("StartedOn")), epoch(run.get("CompletedOn"))
-    values: list[tuple[str, Value]] = [("id", run.get("Id", "")), ("attempt", run.get("Attempt", 0))]
-    if started is not None:
-        values.append(("started", started))
-    if state in GLUE_FINAL_STATES:
-        if ended is not None:
-            values.append(("ended", ended))
+    final = state in GLUE_FINAL_STATES
+    started, ended = epoch(run.get("StartedOn")), epoch(run.get("CompletedOn")) if final else None
+    extra: list[tuple[str, Value]] = [("attempt", run.get("Attempt", 0))]
+    if final:
         execution = run.get("ExecutionTime")
         if execution is not None:
-            values.append(("duration", execution))
+            extra.append(("duration", execution))
         dpu_seconds = _dpu_seconds(run)
         if dpu_seconds is not None:
-            values.append(("dpu_seconds", dpu_seconds))
-    values.append(("error", _text(run.get("ErrorMessage"))))
-    return _run(run.get("Id", ""), state, started, ended if state in GLUE_FINAL_STATES else None, values)
+            extra.append(("dpu_seconds", dpu_seconds))
+    error = _text(run.get("ErrorMessage"))
+    return _run(run.get("Id", ""), state, started, ended, error=error, extra=extra)
 
 
 def _dpu_seconds(run: JobRunTypeDef) -> float | None:

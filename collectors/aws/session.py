@@ -183,7 +183,9 @@ def describe_failure(exc: BaseException) -> Failure:
         code = error_code(exc) or "unknown"
         operation = exc.operation_name
         if code in THROTTLED:
-            return Failure(f"{operation}: throttled ({code})", throttled=True)
+            # Each further call would spend its retries on the same limit and log the same
+            # warning (300 jobs, 300 warnings): the rest waits for the next, backed-off cycle.
+            return Failure(f"{operation}: throttled ({code})", throttled=True, halts=True)
         if code in ACCESS_DENIED:
             return Failure(f"{operation}: access denied ({code})")
         if code in BAD_CREDENTIALS:

@@ -93,6 +93,15 @@ def values(items: list[Item], key: str, host: str = "aws-test") -> list[Any]:
     return [i.value for i in items if isinstance(i, Reading) and i.key == key and i.host == host]
 
 
+def runs(items: list[Item], key: str, host: str = "aws-test") -> list[dict[str, Any]]:
+    """The runs sent on ``key``: one JSON value per run and state."""
+    return [json.loads(v) for v in values(items, key, host)]
+
+
+def field(items: list[Item], key: str, name: str, host: str = "aws-test") -> list[Any]:
+    return [run[name] for run in runs(items, key, host)]
+
+
 def discovery(items: list[Item], rule: str) -> list[dict[str, str]]:
     found = [i for i in items if isinstance(i, Discovery) and i.rule == rule]
     assert len(found) == 1, f"expected one {rule} value, got {len(found)}"
@@ -146,6 +155,8 @@ def test_clusters_apps_and_jobs_are_discovered_through_the_async_loop(endpoint: 
     make_cluster(emr, "dev-c", {"team": "data"})
     gone = make_cluster(emr, "prod-d", {"team": "data"})
     emr.terminate_job_flows(JobFlowIds=[gone])
+    # Ended long before this discovery (one that ended since the last discovery is listed: see below).
+    _moto_emr_cluster(gone).creation_datetime -= dt.timedelta(days=7)
     app = make_app(serverless, "app-x")
     make_app(serverless, "other")
     make_job(glue, "etl-a", {"team": "data"})
@@ -195,22 +206,22 @@ def test_failed_glue_run_then_a_successful_one(endpoint: str) -> None:
     make_job(glue, "etl-a")
     aws = poller(endpoint)
     first = aws.cycle()
-    assert values(first.items, "glue.job.run.state[etl-a]") == []  # no runs yet
+    assert field(first.items, "glue.job.run[etl-a]", "state") == []  # no runs yet
 
     failed_id = glue.start_job_run(JobName="etl-a")["JobRunId"]
     # FAILED cannot be produced through moto's API: set it in its backend.
     glue_backends[ACCOUNT][REGION].jobs["etl-a"].job_runs[-1].status = "FAILED"
     second = aws.cycle()
-    assert values(second.items, "glue.job.run.state[etl-a]") == ["FAILED"]
-    assert values(second.items, "glue.job.run.id[etl-a]") == [failed_id]
-    assert values(second.items, "glue.job.run.error[etl-a]") == [""]
+    assert field(second.items, "glue.job.run[etl-a]", "state") == ["FAILED"]
+    assert field(second.items, "glue.job.run[etl-a]", "id") == [failed_id]
+    assert field(second.items, "glue.job.run[etl-a]", "error") == [""]
     assert values(second.items, "glue.job.last_success[etl-a]") == []
-    assert values(aws.cycle().items, "glue.job.run.state[etl-a]") == []  # reported once
+    assert field(aws.cycle().items, "glue.job.run[etl-a]", "state") == []  # reported once
 
     ok_id = glue.start_job_run(JobName="etl-a")["JobRunId"]
     fourth = aws.cycle()
-    assert values(fourth.items, "glue.job.run.state[etl-a]") == ["SUCCEEDED"]
-    assert values(fourth.items, "glue.job.run.id[etl-a]") == [ok_id]
+    assert field(fourth.items, "glue.job.run[etl-a]", "state") == ["SUCCEEDED"]
+    assert field(fourth.items, "glue.job.run[etl-a]", "id") == [ok_id]
     assert len(values(fourth.items, "glue.job.last_success[etl-a]")) == 1
     assert values(fourth.items, "aws.poller.error") == ["ok"]
 
@@ -230,17 +241,40 @@ def test_failed_emr_step_is_reported_on_the_cluster_host(endpoint: str) -> None:
     host = f"emr-{cluster_id}"
     aws = poller(endpoint)
     first = aws.cycle()
-    assert values(first.items, "emr.step.state", host) == ["RUNNING"]  # newest step, first time
+    assert field(first.items, "emr.step", "state", host) == ["RUNNING"]  # newest step, first time
 
     step = _moto_emr_cluster(cluster_id).steps[0]
     step.state = "FAILED"
     step.end_date_time = dt.datetime.now(dt.UTC)
     step.last_state_change_reason = "Step failed: exit code 1"
     second = aws.cycle()
-    assert values(second.items, "emr.step.state", host) == ["FAILED"]
-    assert values(second.items, "emr.step.id", host) == [step.id]
-    assert values(second.items, "emr.step.name", host) == ["load"]
-    assert values(second.items, "emr.step.error", host) == ["Step failed: exit code 1"]
+    assert field(second.items, "emr.step", "state", host) == ["FAILED"]
+    assert field(second.items, "emr.step", "id", host) == [step.id]
+    assert field(second.items, "emr.step", "name", host) == ["load"]
+    assert field(second.items, "emr.step", "error", host) == ["Step failed: exit code 1"]
+
+
+def test_cluster_that_failed_between_two_discoveries_still_gets_its_host_and_state(endpoint: str) -> None:
+    emr = client(endpoint, "emr")
+    aws = poller(endpoint)
+    aws.cycle()  # discovery has run: the next one is an interval away
+    failed = make_cluster(emr, "bootstrap-fails", step=True)
+    old = make_cluster(emr, "ended-last-week")
+    emr.terminate_job_flows(JobFlowIds=[failed, old])
+    moto_failed = _moto_emr_cluster(failed)
+    moto_failed.state = "TERMINATED_WITH_ERRORS"
+    moto_failed.steps[0].state = "FAILED"
+    moto_failed.steps[0].end_date_time = dt.datetime.now(dt.UTC)
+    _moto_emr_cluster(old).creation_datetime -= dt.timedelta(days=7)
+
+    aws._next_discovery["emr"] = 0.0  # the next discovery, without waiting for it
+    result = aws.cycle()
+    ids = [row["{#CLUSTERID}"] for row in discovery(result.items, "emr.cluster.discovery")]
+    assert ids == [failed]  # never seen active, and not the one that ended long ago
+    host = f"emr-{failed}"
+    assert values(result.items, "emr.cluster.state", host) == ["TERMINATED_WITH_ERRORS"]
+    assert field(result.items, "emr.step", "state", host) == ["FAILED"]
+    assert field(aws.cycle().items, "emr.step", "state", host) == []  # reported once
 
 
 def test_failed_emr_serverless_job_run_is_reported_on_the_application_host(endpoint: str) -> None:
@@ -260,9 +294,9 @@ def test_failed_emr_serverless_job_run_is_reported_on_the_application_host(endpo
     run.state, run.state_details = "FAILED", "Job failed, ExitCode: 1"
     result = aws.cycle()
     host = f"emr-serverless-{app}"
-    assert values(result.items, "emr.serverless.job.run.state", host) == ["FAILED"]
-    assert values(result.items, "emr.serverless.job.run.id", host) == [run_id]
-    assert values(result.items, "emr.serverless.job.run.error", host) == ["Job failed, ExitCode: 1"]
+    assert field(result.items, "emr.serverless.job.run", "state", host) == ["FAILED"]
+    assert field(result.items, "emr.serverless.job.run", "id", host) == [run_id]
+    assert field(result.items, "emr.serverless.job.run", "error", host) == ["Job failed, ExitCode: 1"]
 
 
 # -- CloudWatch -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from tests.integration.test_aws_moto import (
 )
 from tests.zabbix_fixtures import TEST_HOST_GROUP, unique_name, wait_until
 from trapline.collectors.aws.poller import AwsPoller, CycleResult
+from trapline.collectors.aws.resources import ERROR_SHOWN, key_param, short_id
 from trapline.collectors.aws.settings import parse_settings
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
 from trapline.exporters.zabbix.destination import ZabbixDestination
@@ -103,8 +104,10 @@ def items(api: Any, host: str, key: str) -> list[dict[str, str]]:
     return found
 
 
-def open_problems(api: Any, hostid: str) -> list[str]:
-    return [p["name"] for p in api.problem.get(hostids=[hostid], output=["name"])]
+def open_problems(api: Any, hostid: str, prefix: str = "") -> list[str]:
+    return [
+        p["name"] for p in api.problem.get(hostids=[hostid], output=["name"]) if p["name"].startswith(prefix)
+    ]
 
 
 def wait_problem(api: Any, hostid: str, start: str) -> str:
@@ -158,7 +161,9 @@ def make_poller(endpoint: str, host: str, clock: list[float]) -> AwsPoller:
 
 @pytest.fixture(scope="module")
 def world(
-    zabbix: LocalZabbix, moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+    zabbix: LocalZabbix,
+    moto_endpoint: str,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[World]:
     endpoint = moto_endpoint
     _post(endpoint, "/moto-api/reset")
@@ -197,8 +202,17 @@ def world(
         # Setup's virtual now: its EMR window ends 4 periods back, clear of the idle test's windows.
         clock = [bucket - 4 * EMR_PERIOD + 1.0]
         world = World(
-            zabbix, api, endpoint, host, hostid, make_poller(endpoint, host, clock), clock, bucket,
-            cluster_id, app_id, job,
+            zabbix,
+            api,
+            endpoint,
+            host,
+            hostid,
+            make_poller(endpoint, host, clock),
+            clock,
+            bucket,
+            cluster_id,
+            app_id,
+            job,
         )
         first = world.cycle()
         assert first.errors == []
@@ -206,11 +220,15 @@ def world(
         # Discovery creates hosts and items a moment after the LLD values arrive; the
         # trapper takes values for them only after a configuration cache reload.
         wait_until(
-            lambda: items(api, f"emr-{cluster_id}", "emr.step.state")
-            and items(api, f"emr-serverless-{app_id}", "emr.serverless.job.run.state")
-            and items(api, host, f"glue.job.run.state[{job}]")
-            and api.trigger.get(host=f"emr-{cluster_id}", filter={"description": ["AWS EMR: Step failed"]})
-            and api.trigger.get(hostids=[hostid], search={"description": "Run failed"}),
+            lambda: (
+                items(api, f"emr-{cluster_id}", "emr.step.state")
+                and items(api, f"emr-serverless-{app_id}", "emr.serverless.job.run.state")
+                and items(api, host, f"glue.job.run.state[{job}]")
+                and api.trigger.get(
+                    host=f"emr-{cluster_id}", filter={"description": ["AWS EMR: Step failed"]}
+                )
+                and api.trigger.get(hostids=[hostid], search={"description": "Run failed"})
+            ),
             timeout=LLD_TIMEOUT,
             what="discovered hosts, items and triggers",
         )
@@ -245,8 +263,11 @@ def test_clusters_applications_and_jobs_are_discovered(world: World) -> None:
 
     glue_items = api.item.get(hostids=[world.hostid], search={"key_": "glue.job."}, output=["key_", "name"])
     keys = {i["key_"] for i in glue_items}
-    assert {f"glue.job.run.state[{world.job}]", f"glue.job.run.error[{world.job}]",
-            f"glue.job.last_success[{world.job}]"} <= keys
+    assert {
+        f"glue.job.run.state[{world.job}]",
+        f"glue.job.run.error[{world.job}]",
+        f"glue.job.last_success[{world.job}]",
+    } <= keys
     assert all(world.job in i["name"] for i in glue_items)
 
 
@@ -273,7 +294,7 @@ def test_failed_glue_run_is_a_problem_with_its_error_until_a_run_succeeds(world:
     world.cycle()
 
     name = wait_problem(world.api, world.hostid, f"AWS Glue: Job {world.job}: Run ")
-    assert name == f"AWS Glue: Job {world.job}: Run {failed_id} FAILED: {message}"
+    assert name == f"AWS Glue: Job {world.job}: Run {short_id(failed_id)} FAILED: {message}"
 
     glue.start_job_run(JobName=world.job)  # moto: SUCCEEDED at once
     world.cycle()
@@ -303,10 +324,155 @@ def test_failed_emr_step_and_serverless_job_run_are_problems_on_their_hosts(worl
 
     cluster_host = world.hostid_of(f"emr-{world.cluster_id}")
     name = wait_problem(world.api, cluster_host, "AWS EMR: Step ")
-    assert name == f"AWS EMR: Step load ({step.id}) failed: Step failed: exit code 1"
+    assert name == f"AWS EMR: Step load ({short_id(step.id)}) FAILED: Step failed: exit code 1"
     app_host = world.hostid_of(f"emr-serverless-{world.app_id}")
     name = wait_problem(world.api, app_host, "AWS EMR Serverless: Job run ")
-    assert name == f"AWS EMR Serverless: Job run hourly ({run_id}) failed: Job failed, ExitCode: 1"
+    assert name == f"AWS EMR Serverless: Job run hourly ({short_id(run_id)}) FAILED: Job failed, ExitCode: 1"
+
+
+def _glue_runs_end(endpoint: str, job: str, outcomes: list[tuple[str, str]], ended_ago: int) -> list[str]:
+    """Start one run per outcome and finish them (state, ErrorMessage) a second apart, oldest first."""
+    from moto.glue.models import FakeJobRun, glue_backends  # noqa: PLC0415 (in-process peer)
+
+    glue = client(endpoint, "glue")
+    ids = [glue.start_job_run(JobName=job)["JobRunId"] for _ in outcomes]
+    runs = {r.job_run_id: r for r in glue_backends[ACCOUNT][REGION].jobs[job].job_runs}
+    now = dt.datetime.now(dt.UTC)
+    for k, (run_id, (state, message)) in enumerate(zip(ids, outcomes, strict=True)):
+        run = runs[run_id]
+        run.status = state
+        run.started_on = now - dt.timedelta(seconds=ended_ago + 60 - k)
+        run.completed_on = now - dt.timedelta(seconds=ended_ago - k)
+        extra = {"ErrorMessage": message} if message else {}
+        run.as_dict = lambda run=run, extra=extra: {**FakeJobRun.as_dict(run), **extra}
+    return ids
+
+
+# Glue job names may hold any character but line breaks (AWS Glue API, "Single-line string pattern");
+# these are the ones Zabbix item key parameters and macro contexts treat specially.
+ODD_JOB = 'nightly, "orders" [eu] ü'
+
+
+def test_every_failed_glue_run_is_named_in_its_own_problem_in_one_request_and_across_requests(
+    world: World,
+) -> None:
+    api, glue = world.api, client(world.endpoint, "glue")
+    make_job(glue, ODD_JOB)
+    world.poller._next_discovery["glue"] = 0.0  # discover the new job now, not in an hour
+    world.cycle()
+    key = f"glue.job.run[{key_param(ODD_JOB)}]"
+    wait_until(
+        lambda: (
+            items(api, world.host, key)
+            and api.trigger.get(hostids=[world.hostid], search={"description": f"{ODD_JOB}: Run failed"})
+        ),
+        timeout=LLD_TIMEOUT,
+        what="the odd job's items and trigger",
+    )
+    world.zabbix.config_cache_reload()
+    prefix = f"AWS Glue: Job {ODD_JOB}: Run "
+
+    def names() -> set[str]:
+        return set(open_problems(api, world.hostid, prefix))
+
+    long_error = "Py4JJavaError: " + "x" * 400
+    batch = [("FAILED", 'S3 403, "AccessDenied"'), ("TIMEOUT", ""), ("FAILED", long_error)]
+    ids = _glue_runs_end(world.endpoint, ODD_JOB, batch, ended_ago=120)
+    result = world.cycle()  # three runs ending within seconds, in one request
+    assert result.errors == []
+    expected = {
+        f"{prefix}{short_id(ids[0])} FAILED: S3 403, 'AccessDenied'",
+        f"{prefix}{short_id(ids[1])} TIMEOUT",
+        f"{prefix}{short_id(ids[2])} FAILED: {long_error[: ERROR_SHOWN - 1]}\u2026",
+    }
+    wait_until(
+        lambda: names() == expected, timeout=PROBLEM_TIMEOUT, what=f"problems {expected}, not {names()}"
+    )
+
+    for k, message in enumerate(["first retry failed", "second retry failed"]):  # one request each
+        (run_id,) = _glue_runs_end(world.endpoint, ODD_JOB, [("ERROR", message)], ended_ago=60 - k * 10)
+        world.cycle()
+        expected.add(f"{prefix}{short_id(run_id)} ERROR: {message}")
+        wait_until(lambda: names() == expected, timeout=PROBLEM_TIMEOUT, what=f"problems {expected}")
+
+    _glue_runs_end(world.endpoint, ODD_JOB, [("SUCCEEDED", "")], ended_ago=5)
+    world.cycle()
+    wait_until(lambda: not names(), timeout=PROBLEM_TIMEOUT, what="every failed run resolved by the success")
+
+
+def test_every_failed_step_and_serverless_run_is_named_in_its_own_problem(world: World) -> None:
+    from moto.emrserverless.models import emrserverless_backends  # noqa: PLC0415 (in-process peer)
+
+    emr, serverless = client(world.endpoint, "emr"), client(world.endpoint, "emr-serverless")
+    jar = {"Jar": "command-runner.jar"}
+    new_steps = [{"Name": f"step {k}", "ActionOnFailure": "CONTINUE", "HadoopJarStep": jar} for k in range(3)]
+    step_ids = emr.add_job_flow_steps(JobFlowId=world.cluster_id, Steps=new_steps)["StepIds"]
+    steps = {s.id: s for s in _moto_emr_cluster(world.cluster_id).steps}
+    now = dt.datetime.now(dt.UTC)
+    # A completed step resolves the failures before it: the completed one comes first.
+    outcomes = [("COMPLETED", ""), ("FAILED", "exit code 1"), ("FAILED", "exit code 2")]
+    for k, (step_id, (state, reason)) in enumerate(zip(step_ids, outcomes, strict=True)):
+        steps[step_id].state = state
+        # Ended after the step of the previous test, as steps of one cluster do.
+        steps[step_id].end_date_time = now - dt.timedelta(seconds=10 - k)
+        steps[step_id].last_state_change_reason = reason
+    run_ids = [
+        serverless.start_job_run(
+            applicationId=world.app_id,
+            executionRoleArn="arn:aws:iam::123456789012:role/job",
+            name=f"batch {k}",
+            jobDriver={"sparkSubmit": {"entryPoint": "s3://bucket/job.py"}},
+        )["jobRunId"]
+        for k in range(2)
+    ]
+    for run in emrserverless_backends[ACCOUNT][REGION].job_runs[world.app_id]:
+        if run.id in run_ids:
+            run.state, run.state_details = "FAILED", f"OOM in {run.name}"
+            # moto dates every run at midnight: end them now, a second apart, after the previous test's run.
+            run.created_at = run.updated_at = now + dt.timedelta(seconds=run_ids.index(run.id))
+    world.cycle()  # every step and run in one request
+
+    cluster_host = world.hostid_of(f"emr-{world.cluster_id}")
+    expected = {f"AWS EMR: Step step {k} ({short_id(step_ids[k])}) FAILED: exit code {k}" for k in (1, 2)}
+    wait_until(
+        lambda: set(open_problems(world.api, cluster_host, "AWS EMR: Step step")) == expected,
+        timeout=PROBLEM_TIMEOUT,
+        what=f"step problems {expected}",
+    )
+    app_host = world.hostid_of(f"emr-serverless-{world.app_id}")
+    prefix = "AWS EMR Serverless: Job run batch"
+    expected = {f"{prefix} {k} ({short_id(run_ids[k])}) FAILED: OOM in batch {k}" for k in (0, 1)}
+    wait_until(
+        lambda: set(open_problems(world.api, app_host, prefix)) == expected,
+        timeout=PROBLEM_TIMEOUT,
+        what=f"serverless problems {expected}",
+    )
+
+
+def test_cluster_that_starts_and_fails_between_two_discoveries_raises_its_problem(world: World) -> None:
+    emr = client(world.endpoint, "emr")
+    cluster_id = make_cluster(emr, "fails-in-bootstrap")
+    emr.terminate_job_flows(JobFlowIds=[cluster_id])
+    cluster = _moto_emr_cluster(cluster_id)
+    cluster.state = "TERMINATED_WITH_ERRORS"
+    cluster.last_state_change_reason = "Bootstrap action 1 returned a non-zero return code"
+    world.poller._next_discovery["emr"] = 0.0  # the next discovery, never having seen it active
+    result = world.cycle()
+    host = f"emr-{cluster_id}"
+    wait_until(
+        lambda: (
+            items(world.api, host, "emr.cluster.state")
+            and world.api.trigger.get(
+                host=host, filter={"description": ["AWS EMR: Cluster terminated with errors"]}
+            )
+        ),
+        timeout=LLD_TIMEOUT,
+        what="the failed cluster's host",
+    )
+    world.zabbix.config_cache_reload()
+    deliver(world.zabbix, result)  # what the spool does with values refused before the host existed
+    name = wait_problem(world.api, world.hostid_of(host), "AWS EMR: Cluster terminated with errors")
+    assert name.endswith("Bootstrap action 1 returned a non-zero return code")
 
 
 # -- CloudWatch --------------------------------------------------------------------------------
