@@ -85,8 +85,9 @@ class Delivery:
     accepted: list[int] = field(default_factory=list)
     retry: dict[int, str] = field(default_factory=dict)  # id -> why, stays spooled
     rejected: dict[int, str] = field(default_factory=dict)  # id -> why, dropped and counted
-    # Set when the destination could not be reached at all: nothing was refused,
-    # so the rows do not age towards rejection; the pipeline backs off instead.
+    # Set when the destination could not be reached, or a request got no verdict (the
+    # connection failed before a reply): nothing was refused, so the rows not in another
+    # bucket stay spooled without ageing towards rejection; the pipeline backs off instead.
     unreachable: str | None = None
 
 

@@ -176,7 +176,7 @@ class MistCollector:
 
     def _start(self, index: int, channels: frozenset[str], out: Outbox) -> None:
         connection = StreamConnection(
-            f"connection {index}",
+            f"collector {self.name}: connection {index}",
             self.settings,
             self._token,
             channels,
@@ -185,4 +185,4 @@ class MistCollector:
         )
         self.connections[index] = connection
         self._tasks[index] = asyncio.create_task(connection.run(), name=connection.label)
-        logger.info("collector %s: %s: %d channels", self.name, connection.label, len(channels))
+        logger.info("%s: %d channels", connection.label, len(channels))

@@ -193,9 +193,9 @@ def test_no_secret_in_the_debug_log(
             )
         # Each line shows that its endpoint was reached and answered as intended.
         reached = {
-            "mist_ok": "mist_ok connection 0: subscribed 1 of 1 channels",
+            "mist_ok": "collector mist_ok: connection 0: subscribed 1 of 1 channels",
             "mist_bad": "refused the API token (HTTP 401)",
-            "mist_echo": "mist mist_echo: site lookup",
+            "mist_echo": "collector mist_echo: site lookup",
             "aws_echo": "aws_echo:",
             "zabbix": "cannot diagnose refused values",
             "mqtt_bad": "refused the connection: Not authorized",
