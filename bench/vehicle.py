@@ -18,7 +18,7 @@ gpsfake replaying tests/data/route.nmea, a Zabbix server on a closed port and a
 Prometheus listener.  VmRSS after ``--settle`` seconds, then the process' CPU
 time (all threads, /proc/PID/stat) over ``--cpu-seconds``.
 
-    python3 bench/vehicle.py [--duration 10] [--runs 5] [--latency 0.05] [--agent-runs 3]
+    python3 -m bench.vehicle [--duration 10] [--runs 5] [--latency 0.05] [--agent-runs 3]
 
 Internal roles (started by the benchmark itself): ``proxy``, ``client``.
 """
@@ -42,9 +42,7 @@ from pathlib import Path
 from typing import Any
 
 # The tree this file is in, not whatever trapline is installed, is what gets measured.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, median, table
+from bench._util import machine, median, table
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTE = ROOT / "tests" / "data" / "route.nmea"

@@ -16,8 +16,8 @@ from botocore.stub import Stubber
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.outbox import ListOutbox, run_collector_until
-from tests.peers import free_port
+from tests.support.outbox import ListOutbox, run_collector_until
+from tests.support.peers import free_port
 from trapline.collectors.aws import AwsCollector, build
 from trapline.collectors.aws.poller import AwsPoller
 from trapline.collectors.aws.resources import ERROR_SHOWN, Run, RunTracker, key_param

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
 
-from tests.mist_server import WAIT_LIMIT
-from tests.outbox import ListOutbox
+from tests.support.mist_server import WAIT_LIMIT
+from tests.support.outbox import ListOutbox
 from trapline.collectors.mist import build
 from trapline.collectors.mist.stream import StreamConnection
 from trapline.middleware.config import Section

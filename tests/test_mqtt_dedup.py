@@ -8,7 +8,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import yaml
 
-from tests.outbox import ListOutbox
+from tests.support.outbox import ListOutbox
 from trapline.collectors.mqtt_bridge import AgentSeen, MqttBridge, RecentIds, build
 from trapline.exporters.mqtt.link import MqttLink
 from trapline.exporters.mqtt.schema import encode_chunks

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.outbox import ListOutbox
+from tests.support.outbox import ListOutbox
 from trapline.collectors.obd import build
 from trapline.collectors.obd.dtc_memory import DtcMemory, UnreadableMemory, memory_path
 from trapline.middleware.config import Section

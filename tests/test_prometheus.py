@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client import generate_latest
 
-from tests.peers import need_binary
+from tests.support.peers import need_binary
 from trapline.exporters.prometheus import PrometheusExporter
 from trapline.middleware.model import Discovery, Reading
 from trapline.middleware.normalize import normalize

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from prometheus_client import generate_latest
 
-from tests.peers import need_binary
+from tests.support.peers import need_binary
 from trapline.exporters.prometheus import PrometheusExporter
 from trapline.middleware.model import Reading
 from trapline.middleware.normalize import normalize

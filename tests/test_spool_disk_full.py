@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.small_disk import SmallDisk, small_disk
+from tests.support.small_disk import SmallDisk, small_disk
 from trapline.middleware.config import Section
 from trapline.middleware.filters import Filters
 from trapline.middleware.model import Reading

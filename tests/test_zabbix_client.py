@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import free_port
+from tests.support.peers import free_port
 from trapline.exporters.zabbix.client import (
     ClusterClient,
     Endpoint,

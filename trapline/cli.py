@@ -1,4 +1,4 @@
-"""The ``trapline`` command: run, check, templates, demo."""
+"""The ``trapline`` command: run, check, templates, provision."""
 
 from __future__ import annotations
 
@@ -143,7 +143,6 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 _LAZY_SUBCOMMANDS = {
     "templates": ("trapline.templates", "list, check, import or export the Zabbix templates"),
     "provision": ("trapline.provision", "create or update vehicle hosts and the Fleet map dashboard"),
-    "demo": ("trapline.demo", "run the whole thing locally: Zabbix, templates, demo sources"),
 }
 
 

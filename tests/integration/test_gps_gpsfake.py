@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.outbox import ListOutbox
-from tests.peers import free_port, missing_peer, need_binary, wait_port
+from tests.support.outbox import ListOutbox
+from tests.support.peers import free_port, missing_peer, need_binary, wait_port
 from trapline.collectors.gps import build
 from trapline.middleware.config import Section
 

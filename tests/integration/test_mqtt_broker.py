@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.mosquitto import Mosquitto, running_mosquitto
+from tests.support.mosquitto import Mosquitto, running_mosquitto
 from trapline.collectors.mqtt_bridge import MqttBridge, build
 from trapline.exporters.mqtt import MqttDestination, build_destinations
 from trapline.exporters.mqtt.schema import encode_chunks

@@ -24,7 +24,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.test_mqtt_broker import ListDestination, centre, identity, readings, subscribed, until
-from tests.peers import free_port, missing_peer, need_binary, wait_port
+from tests.support.peers import free_port, missing_peer, need_binary, wait_port
 from trapline.collectors.mqtt_bridge import build as build_bridge
 from trapline.exporters.mqtt import MqttDestination, build_destinations
 from trapline.middleware.config import Section

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.zabbix_fixtures import (
+from devtools.localzabbix import LocalZabbix
+from tests.support.zabbix_fixtures import (
     FLOAT,
     assert_quiet_for,
     history,
@@ -37,7 +38,6 @@ from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY, ObdC
 from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.exporters.zabbix import ZabbixDestination
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
-from trapline.localzabbix import LocalZabbix
 from trapline.middleware.model import Discovery, Item, Reading
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.plugin import Delivery, Spooled

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.elm_fixtures import obd_section
-from tests.outbox import ListOutbox
+from tests.support.elm_fixtures import obd_section
+from tests.support.outbox import ListOutbox
 from trapline.collectors.obd import build
 from trapline.middleware.blocking import BlockingWorker, Job
 from trapline.middleware.model import Item, Reading

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import missing_peer, need_binary
-from trapline.localzabbix import BASE_ENV, configured_debian_mirror, namespace_command
+from devtools.localzabbix import BASE_ENV, configured_debian_mirror, namespace_command
+from tests.support.peers import missing_peer, need_binary
 
 # On a fresh machine the first test also debootstraps bookworm and installs the Pi's
 # packages (no cache yet): more than the suite's 600 s per test.

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.zabbix_fixtures import FLOAT, ITEM_TYPE_TRAPPER, TEST_HOST_GROUP, UNSIGNED, history, unique_name
+from tests.support.zabbix_fixtures import (
+    FLOAT,
+    ITEM_TYPE_TRAPPER,
+    TEST_HOST_GROUP,
+    UNSIGNED,
+    history,
+    unique_name,
+)
 from trapline.middleware.model import Reading
 from trapline.middleware.spool import Spool
 

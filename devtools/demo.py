@@ -1,6 +1,6 @@
-"""``trapline demo``: the whole chain on this machine, with no car and no cloud.
+"""``python3 -m devtools.demo``, what ``make demo`` runs: the whole chain here, no car and no cloud.
 
-It starts a throwaway Zabbix 6.0 (:mod:`trapline.localzabbix`), imports the shipped
+It starts a throwaway Zabbix 6.0 (:mod:`devtools.localzabbix`), imports the shipped
 templates, creates the agent's own host and a vehicle host, then plays the car:
 ELM327-emulator answers OBD-II on a loopback port and gpsfake replays a drive
 through a real gpsd.  The agent runs as ``trapline run`` in a child process with a
@@ -44,7 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyzabbix.api import ZabbixAPIException
 from requests import RequestException
 
-from trapline.localzabbix import ADMIN_PASSWORD, ADMIN_USER, LocalZabbix, LocalZabbixError, log_tail
+from devtools.localzabbix import ADMIN_PASSWORD, ADMIN_USER, LocalZabbix, LocalZabbixError, log_tail
 from trapline.provision import ProvisionError, ensure_fleet_dashboard, ensure_host_group, provision_vehicle
 from trapline.templates import TemplateError, import_templates, shipped_templates
 
@@ -108,7 +108,7 @@ class Scenario:
 
 
 def load_scenario() -> Scenario:
-    raw = tomllib.loads(resources.files("trapline.demo_data").joinpath("scenario.toml").read_text("utf-8"))
+    raw = tomllib.loads(resources.files("devtools.demo_data").joinpath("scenario.toml").read_text("utf-8"))
     route = raw["route"]
     return Scenario(
         agent_host=raw["agent_host"],
@@ -411,7 +411,7 @@ def start_gpsfake(children: Children, route: Route) -> int:
 
 
 def write_agent_config(workdir: Path, values: Mapping[str, str]) -> Path:
-    template = resources.files("trapline.demo_data").joinpath("agent.toml").read_text("utf-8")
+    template = resources.files("devtools.demo_data").joinpath("agent.toml").read_text("utf-8")
     password = workdir / "zabbix-api-password"
     password.touch(0o600)
     password.chmod(0o600)  # the agent refuses a secret others can read
@@ -621,11 +621,6 @@ def run_demo(options: DemoOptions) -> int:
         say("stopped; nothing left running")
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return run_demo(DemoOptions(args.workdir, args.duration, args.dtc_after))
-
-
 def _non_negative(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -633,10 +628,10 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``demo`` on the ``trapline`` command line."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "demo", help="run the whole thing locally: Zabbix, templates, an emulated car, the agent",
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python3 -m devtools.demo``, what ``make demo`` runs."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m devtools.demo",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--duration", type=_non_negative, metavar="SECONDS",
@@ -646,6 +641,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "(default: a temporary directory, removed at the end)")
     parser.add_argument("--dtc-after", type=_non_negative, default=60.0, metavar="SECONDS",
                         help="when the emulated car gets its fault, after everything is up (default 60)")
-    parser.set_defaults(func=_cmd_demo)
-    return parser
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run_demo(DemoOptions(args.workdir, args.duration, args.dtc_after))
+    except KeyboardInterrupt:
+        return 130
 
+
+if __name__ == "__main__":
+    sys.exit(main())

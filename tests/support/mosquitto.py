@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.peers import free_port, missing_peer, need_binary, wait_port
+from tests.support.peers import free_port, missing_peer, need_binary, wait_port
 
 
 class Mosquitto:

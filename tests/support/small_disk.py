@@ -1,7 +1,7 @@
 """A tiny tmpfs to put a spool on, and a way to fill it and free it again.
 
 Mounting needs root (``mount -t tmpfs -o size=2m``); without it the tests that
-use this are skipped, or fail under ``CI=true`` (tests/peers.py).
+use this are skipped, or fail under ``CI=true`` (tests/support/peers.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.peers import missing_peer
+from tests.support.peers import missing_peer
 
 
 class SmallDisk:

@@ -1,6 +1,6 @@
 """pytest plugin: real local Zabbix stacks (6.0 and 7.0) for integration tests.
 
-Load it with ``pytest_plugins = ["tests.zabbix_fixtures"]``.  Each stack starts once
+Load it with ``pytest_plugins = ["tests.support.zabbix_fixtures"]``.  Each stack starts once
 per session, on first use, and stops at the end of the session.  The stacks keep the
 server's default ``CacheUpdateFrequency`` (60 s), so a test that needs new objects in
 the trapper calls ``config_cache_reload()`` (``create_trapper_host`` does it).
@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.peers import missing_peer
-from trapline.localzabbix import LocalZabbix, LocalZabbixError
+from devtools.localzabbix import LocalZabbix, LocalZabbixError
+from tests.support.peers import missing_peer
 
 T = TypeVar("T")
 

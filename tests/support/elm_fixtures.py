@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.peers import free_port, missing_peer, wait_port
+from tests.support.peers import free_port, missing_peer, wait_port
 from trapline.middleware.config import Section
 
 HOST = "van-17"

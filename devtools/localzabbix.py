@@ -938,7 +938,7 @@ class LocalZabbix:
             "$ZBX_SERVER_PORT": str(self.trapper_port),
             "$ZBX_SERVER_NAME": f"trapline local {self.version}",
         }
-        lines = ["<?php", "// Written by trapline.localzabbix for a throwaway stack."]
+        lines = ["<?php", "// Written by devtools.localzabbix for a throwaway stack."]
         lines += [f"{name} = {json.dumps(value)};" for name, value in settings.items()]
         lines += ["$DB['DOUBLE_IEEE754'] = true;", "$IMAGE_FORMAT_DEFAULT = IMAGE_FORMAT_PNG;", ""]
         return "\n".join(lines)
@@ -1071,7 +1071,7 @@ def sigterm_as_exit() -> Iterator[None]:
 
 
 def main() -> None:
-    """``python3 -m trapline.localzabbix``: build the 7.0 chroot, its proxy and the schema caches."""
+    """``python3 -m devtools.localzabbix``: build the 7.0 chroot, its proxy and the schema caches."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     print(f"7.0 chroot ready: {ensure_chroot()}")
     print(f"7.0 proxy ready: {ensure_proxy()} in the chroot")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.agent_process import AgentProcess, ZabbixItem, host_items, item_rows, toml_config
-from tests.zabbix_fixtures import wait_until
+from tests.support.agent_process import AgentProcess, ZabbixItem, host_items, item_rows, toml_config
+from tests.support.zabbix_fixtures import wait_until
 
 SEQ_KEY = "synthetic.seq[s1]"
 SINE_KEY = "synthetic.sine[s1]"
