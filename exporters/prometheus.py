@@ -37,6 +37,7 @@ from trapline.middleware.normalize import PrometheusUnit, split_params, unit_tab
 
 log = logging.getLogger(__name__)
 
+DEFAULT_LISTEN = "127.0.0.1:9708"
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _KEY = re.compile(r"^([^\[]+)(?:\[(.*)\])?$", re.DOTALL)
 
@@ -188,7 +189,7 @@ class PrometheusExporter:
 
 
 def build(section: Section) -> PrometheusExporter:
-    host, port = section.host_port("listen", None, "127.0.0.1:9708", lowest_port=0)
+    host, port = section.host_port("listen", None, DEFAULT_LISTEN, lowest_port=0)
     try:
         # A local address to listen on: unlike a remote peer it cannot come up later, so a name
         # that does not resolve here is a config mistake, found before the agent starts.
