@@ -13,6 +13,7 @@ packages=(
     debootstrap             # Zabbix 7.0 runs in a Debian trixie chroot
     gpsd gpsd-clients       # gpsfake replays NMEA through a real gpsd
     mosquitto mosquitto-clients prometheus
+    podman runc             # the container image test (crun refuses hybrid cgroups: devtools/container.py)
     python3 python3-venv python3-dev gcc util-linux
 )
 
