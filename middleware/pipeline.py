@@ -400,6 +400,8 @@ class Pipeline:
             except Exception as exc:  # a bug: this destination must go on
                 log.debug("delivery round for %s failed", dest.name, exc_info=True)
                 outcome = Delivery(unreachable=f"delivery round failed: {type(exc).__name__}: {exc}")
+            self._throttled.resolved("spool-error:" + dest.name, "delivery to %s: spool works again",
+                                     dest.name)
             if outcome is None:
                 wake.clear()
                 if self._stop.is_set():
@@ -423,6 +425,7 @@ class Pipeline:
                 await self._sleep_unless_stopping(delay)
             else:
                 backoff.reset()
+                self._throttled.resolved("unreachable:" + dest.name, "%s reachable again", dest.name)
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
