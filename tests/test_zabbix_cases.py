@@ -8,30 +8,28 @@ tests/integration/test_zabbix_cases_sender.py.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import cases
 from tests.test_zabbix_client import fake_zabbix
 from trapline.exporters.zabbix.client import ClusterClient
 from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.middleware.model import Reading
 from trapline.middleware.plugin import Spooled
 
-CASES = Path(__file__).resolve().parent / "cases" / "zabbix"
+CASES = cases.CASES / "zabbix"
 
 
 def case_names() -> list[str]:
-    return sorted(p.name for p in CASES.iterdir() if (p / "readings.json").is_file())
+    return cases.case_names("zabbix", "readings.json")
 
 
 def load(case: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((CASES / case / "readings.json").read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = cases.read_json("zabbix", case, "readings.json")  # type: ignore[assignment]
     return loaded
 
 
@@ -62,8 +60,7 @@ def replay(case: dict[str, Any]) -> list[list[dict[str, object]]]:
 
 @pytest.mark.parametrize("case", case_names())
 def test_case_sends_the_expected_requests(case: str) -> None:
-    expected = json.loads((CASES / case / "requests.json").read_text(encoding="utf-8"))
-    assert replay(load(case)) == expected
+    assert replay(load(case)) == cases.read_json("zabbix", case, "requests.json")
 
 
 def test_every_case_folder_is_complete() -> None:
@@ -72,15 +69,5 @@ def test_every_case_folder_is_complete() -> None:
     assert all((CASES / case / "requests.json").is_file() for case in folders)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="write requests.json of a case from its readings.json")
-    parser.add_argument("--write", required=True, metavar="CASE")
-    case = parser.parse_args().write
-    requests = replay(load(case))
-    text = json.dumps(requests, ensure_ascii=False, indent=1) + "\n"
-    (CASES / case / "requests.json").write_text(text, encoding="utf-8")
-    print(f"{case}: {len(requests)} requests")
-
-
 if __name__ == "__main__":
-    main()
+    cases.write_expected("zabbix", lambda case: {"requests.json": replay(load(case))})

@@ -11,13 +11,13 @@ entries are split into requests is trapline's own business and not compared.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import pytest
 
+from tests.support import cases
 from tests.support.peers import need_binary
-from tests.test_zabbix_cases import CASES, case_names, load
+from tests.test_zabbix_cases import case_names, load
 from tests.test_zabbix_client import fake_zabbix
 
 Entry = tuple[str, str, str, int, int]
@@ -81,5 +81,5 @@ def test_some_cases_are_left_to_the_sender() -> None:
 def test_zabbix_sender_sends_the_entries_the_case_expects(case: str, tmp_path: Path) -> None:
     path = tmp_path / "values.txt"
     path.write_text(input_file(load(case)), encoding="utf-8")
-    expected = json.loads((CASES / case / "requests.json").read_text(encoding="utf-8"))
-    assert entries(sent_by_zabbix_sender(path)) == entries(expected)
+    expected = cases.read_json("zabbix", case, "requests.json")
+    assert entries(sent_by_zabbix_sender(path)) == entries(expected)  # type: ignore[arg-type]
