@@ -49,11 +49,11 @@ from typing import Any
 import gpsd
 
 from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
-from trapline.middleware.backoff import Backoff
-from trapline.middleware.blocking import BlockingWorker, DeadlineMissed
-from trapline.middleware.config import Section
-from trapline.middleware.model import Reading, Value
-from trapline.middleware.plugin import Outbox
+from trapline.core.backoff import Backoff
+from trapline.core.blocking import BlockingWorker, DeadlineMissed
+from trapline.core.config import Section
+from trapline.core.model import Reading, Value
+from trapline.core.plugin import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from trapline.exporters.mqtt.link import (
+from trapline.core.config import Section
+from trapline.core.keys import quote_param
+from trapline.core.model import Discovery, Item, Reading, now_clock
+from trapline.core.plugin import CommittingOutbox, Outbox
+from trapline.wire.mqtt.link import (
     ONLINE,
     BrokerSettings,
     MqttLink,
@@ -66,11 +70,7 @@ from trapline.exporters.mqtt.link import (
     default_client_id,
     parse_broker,
 )
-from trapline.exporters.mqtt.schema import BadMessage, decode_envelope
-from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Item, Reading, now_clock
-from trapline.middleware.normalize import quote_param
-from trapline.middleware.plugin import CommittingOutbox, Outbox
+from trapline.wire.mqtt.schema import BadMessage, decode_envelope
 
 log = logging.getLogger(__name__)
 

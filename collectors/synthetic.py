@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import math
 
-from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Reading, now_clock
-from trapline.middleware.plugin import Outbox
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Reading, now_clock
+from trapline.core.plugin import Outbox
 
 DISCOVERY_RULE = "synthetic.discovery"
 

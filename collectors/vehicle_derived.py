@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from trapline.middleware.config import Section
-from trapline.middleware.model import Value
+from trapline.core.config import Section
+from trapline.core.model import Value
 
 _EARTH_RADIUS_M = 6_371_008.8
 

@@ -30,10 +30,11 @@ from importlib import resources
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from trapline.core.config import Section
+from trapline.core.keys import split_params
+from trapline.core.model import Item, Reading
+from trapline.core.units import PrometheusUnit, unit_table
 from trapline.exporters.prometheus_expand import Expander, Sample
-from trapline.middleware.config import Section
-from trapline.middleware.model import Item, Reading
-from trapline.middleware.normalize import PrometheusUnit, split_params, unit_table
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from trapline.middleware.logutil import ThrottledLog
-from trapline.middleware.model import Reading
-from trapline.middleware.normalize import unit_table
+from trapline.core.logutil import ThrottledLog
+from trapline.core.model import Reading
+from trapline.core.units import unit_table
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ExpansionError(ValueError):
 @dataclass(frozen=True, slots=True)
 class MetricDef:
     name: str  # key-style name; the exporter derives the Prometheus name from it and the unit
-    unit: str  # a canonical unit of middleware/units.toml
+    unit: str  # a canonical unit of trapline/core/units.toml
     kind: str  # "gauge" | "counter"
     help: str
 

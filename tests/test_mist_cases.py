@@ -10,7 +10,7 @@ import pytest
 
 from tests.support import cases
 from tests.test_mist_fuzz import make_connection
-from trapline.middleware.model import Discovery
+from trapline.core.model import Discovery
 
 KIND = "mist"
 

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.mist_server import ap_basic, ap_full
 from tests.support.peers import need_binary
 from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, SiteInfo
+from trapline.core.model import Reading
 from trapline.exporters.prometheus import PrometheusExporter
 from trapline.exporters.prometheus_expand import Expander, ExpansionError
-from trapline.middleware.model import Reading
 from trapline.middleware.normalize import normalize
 
 STALE_AFTER = 300.0

@@ -16,10 +16,10 @@ import pytest
 
 from tests.support import cases
 from tests.test_zabbix_client import fake_zabbix
+from trapline.core.model import Reading
+from trapline.core.plugin import Spooled
 from trapline.exporters.zabbix.client import ClusterClient
 from trapline.exporters.zabbix.destination import ZabbixDestination
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import Spooled
 
 CASES = cases.CASES / "zabbix"
 

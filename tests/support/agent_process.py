@@ -27,7 +27,7 @@ from tests.support.zabbix_fixtures import (
     history,
     unique_name,
 )
-from trapline.middleware.model import Reading
+from trapline.core.model import Reading
 from trapline.middleware.spool import Spool
 
 TomlValue = str | int | float | bool | list[str]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from trapline.middleware.redact import register as register_secret
+from trapline.core.redact import register as register_secret
 
 T = TypeVar("T")
 

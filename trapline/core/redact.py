@@ -3,7 +3,7 @@
 Call sites cannot be trusted to do this: websockets logs request headers at
 debug, botocore dumps requests, and exceptions from pyzabbix or an endpoint
 that echoes the request carry the secret in their text.  So every secret value
-is registered when it is read (:class:`~trapline.middleware.config.Secret`) and
+is registered when it is read (:class:`~trapline.core.config.Secret`) and
 a filter on the log handlers masks it in the finished message, the exception
 text and the stack, in every spelling a library is likely to print.
 """

@@ -29,9 +29,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from trapline.exporters.mqtt.schema import Topics, valid_host
-from trapline.middleware.config import Secret, Section, TlsFiles
-from trapline.middleware.logutil import ThrottledLog
+from trapline.core.config import Secret, Section, TlsFiles
+from trapline.core.logutil import ThrottledLog
+from trapline.wire.mqtt.schema import Topics, valid_host
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from trapline.middleware.config import Section
-from trapline.middleware.model import Item
+from trapline.core.config import Section
+from trapline.core.model import Item
 
 
 class Outbox(Protocol):

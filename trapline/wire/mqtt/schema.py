@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trapline.middleware.model import Discovery, Item, Reading
+from trapline.core.model import Discovery, Item, Reading
 
 VERSION = 1
 _NS_PER_S = 1_000_000_000
