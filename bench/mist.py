@@ -51,7 +51,7 @@ from trapline.cli import freeze_startup_objects
 from trapline.collectors.mist.collector import MistCollector
 from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, SiteInfo
 from trapline.collectors.mist.frames import decode_frame
-from trapline.exporters.prometheus import PrometheusExporter
+from trapline.exporters.prometheus.exporter import PrometheusExporter
 from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.exporters.zabbix.protocol import HEADER_SIZE, encode_request, frame, parse_header, unpack_body
 from trapline.middleware.filters import FilterRule, Filters

@@ -9,7 +9,7 @@ import paho.mqtt.client as mqtt
 import yaml
 
 from tests.support.outbox import ListOutbox
-from trapline.collectors.mqtt_bridge import AgentSeen, MqttBridge, RecentIds, build
+from trapline.collectors.mqtt_bridge.collector import AgentSeen, MqttBridge, RecentIds, build
 from trapline.core.config import Section
 from trapline.core.model import Discovery, Reading
 from trapline.templates import template_dir

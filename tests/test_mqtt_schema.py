@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trapline.app.settings import load_settings
-from trapline.collectors.mqtt_bridge import MqttBridge
-from trapline.collectors.mqtt_bridge import build as build_bridge
+from trapline.collectors.mqtt_bridge.collector import MqttBridge
+from trapline.collectors.mqtt_bridge.collector import build as build_bridge
 from trapline.core.config import ConfigError, Section
 from trapline.core.model import Discovery, Item, Reading
 from trapline.exporters.mqtt import MqttDestination, build_destinations

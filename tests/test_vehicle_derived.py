@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations, great_circle_m
+from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations, great_circle_m
 from trapline.core.config import ConfigError, Section
 
 HOME = (56.9496, 24.1052)

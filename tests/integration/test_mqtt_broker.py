@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.mosquitto import Mosquitto, running_mosquitto
-from trapline.collectors.mqtt_bridge import MqttBridge, build
+from trapline.collectors.mqtt_bridge.collector import MqttBridge, build
 from trapline.core.config import Section
 from trapline.core.model import Discovery, Item, Reading
 from trapline.core.plugin import Delivery, Spooled

@@ -34,9 +34,9 @@ from tests.support.zabbix_fixtures import (
     wait_until,
 )
 from trapline.app.settings import build_pipeline, load_settings
-from trapline.collectors.gps import fix_readings
+from trapline.collectors.gps.collector import fix_readings
+from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY, ObdCollector
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.core.model import Discovery, Item, Reading
 from trapline.core.plugin import Delivery, Spooled
 from trapline.exporters.zabbix import ZabbixDestination

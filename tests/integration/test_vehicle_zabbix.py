@@ -23,7 +23,7 @@ from devtools.localzabbix import LocalZabbix
 from tests.support.elm_fixtures import obd_section
 from tests.support.outbox import ListOutbox
 from tests.support.zabbix_fixtures import unique_name, wait_until
-from trapline.collectors.gps import fix_readings
+from trapline.collectors.gps.collector import fix_readings
 from trapline.collectors.obd import build
 from trapline.core.model import Item, Reading
 from trapline.core.plugin import Delivery, Spooled

@@ -32,7 +32,7 @@ from trapline.middleware.spool import Spool
 
 TomlValue = str | int | float | bool | list[str]
 
-# What the synthetic collector sends (collectors/synthetic.py), as Zabbix must be set up for it.
+# What the synthetic collector sends (collectors/synthetic/collector.py), as Zabbix must be set up for it.
 SYNTHETIC_RULE = "synthetic.discovery"
 SEQ = "synthetic.seq[{#SERIES}]"
 SINE = "synthetic.sine[{#SERIES}]"

@@ -1,4 +1,4 @@
-"""JSON master values as many Prometheus series, defined as data in ``prometheus_expand.toml``.
+"""JSON master values as many Prometheus series, defined as data in ``expand.toml``.
 
 A Zabbix template reads a JSON master item (``mist.ap.raw``: one AP's merged
 state) with dependent items, one JSONPath each.  Prometheus has no such thing,
@@ -30,7 +30,7 @@ from trapline.core.units import unit_table
 
 log = logging.getLogger(__name__)
 
-DATA_FILE = "prometheus_expand.toml"
+DATA_FILE = "expand.toml"
 _KINDS = ("gauge", "counter")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _METRIC = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.]*")
@@ -227,5 +227,5 @@ def _parse(data: Mapping[str, Any]) -> dict[str, tuple[_Row, ...]]:
 
 @cache
 def _shipped_rows() -> dict[str, tuple[_Row, ...]]:
-    text = resources.files("trapline.exporters").joinpath(DATA_FILE).read_text("utf-8")
+    text = resources.files("trapline.exporters.prometheus").joinpath(DATA_FILE).read_text("utf-8")
     return _parse(tomllib.loads(text))

@@ -48,7 +48,7 @@ from typing import Any
 
 import gpsd
 
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
+from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.core.backoff import Backoff
 from trapline.core.blocking import BlockingWorker, DeadlineMissed
 from trapline.core.config import Section

@@ -34,7 +34,7 @@ from trapline.core.config import Section
 from trapline.core.keys import split_params
 from trapline.core.model import Item, Reading
 from trapline.core.units import PrometheusUnit, unit_table
-from trapline.exporters.prometheus_expand import Expander, Sample
+from trapline.exporters.prometheus.expand import Expander, Sample
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class MetricSpec:
 @cache
 def catalog() -> dict[str, MetricSpec]:
     raw = tomllib.loads(
-        resources.files("trapline.exporters").joinpath("prometheus_catalog.toml").read_text("utf-8")
+        resources.files("trapline.exporters.prometheus").joinpath("catalog.toml").read_text("utf-8")
     )
     return {
         key: MetricSpec(spec.get("type", "gauge"), tuple(spec.get("param_labels", ())), spec["help"])
@@ -88,7 +88,7 @@ class PrometheusExporter:
         self.stale_after = stale_after
         # (metric name, kind, help) -> label names -> label values -> series
         self._families: dict[tuple[str, str, str], dict[tuple[str, ...], dict[tuple[str, ...], _Series]]] = {}
-        # JSON master values (mist.ap.raw) become many series: prometheus_expand.toml
+        # JSON master values (mist.ap.raw) become many series: expand.toml
         self.expander = Expander.shipped()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
