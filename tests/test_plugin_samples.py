@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.samples import private_copy
 from trapline.app.settings import load_settings
 from trapline.collectors import REGISTRY
 from trapline.exporters import DESTINATIONS, OBSERVERS
@@ -97,19 +98,9 @@ def test_every_key_the_code_reads_is_in_the_sample(plugin: str) -> None:
     assert not missing, f"{plugin}: keys read by the code but not in sample.toml: {sorted(missing)}"
 
 
-def private_copy(sample: str, tmp_path: Path) -> str:
-    """The sample with every ``*_file`` path pointing at a private file that exists."""
-
-    def replace(match: re.Match[str]) -> str:
-        target = tmp_path / match.group(1)
-        if match.group(1).startswith("tls_"):
-            target.write_text("not a real certificate\n")
-        else:
-            target.write_text("sample-secret\n")
-        target.chmod(0o600)
-        return f'{match.group(1)} = "{target}"'
-
-    return re.sub(r'^([a-z_]*_file)\s*=\s*"[^"]*"', replace, sample, flags=re.M)
+def test_the_readme_shows_the_agent_sample_unchanged() -> None:
+    sample = (ROOT / "trapline" / "app" / "sample.toml").read_text(encoding="utf-8")
+    assert f"```toml\n{sample}```" in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("plugin", sorted(FOLDERS))

@@ -1,4 +1,4 @@
-"""The ``trapline`` command: run, check, templates, provision."""
+"""The ``trapline`` command: run, check, templates, provision, config."""
 
 from __future__ import annotations
 
@@ -142,6 +142,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 _LAZY_SUBCOMMANDS = {
     "templates": ("trapline.templates", "list, check, import or export the Zabbix templates"),
     "provision": ("trapline.provision", "create or update vehicle hosts and the Fleet map dashboard"),
+    "config": ("trapline.app.examples", "example configurations: trapline config example ROLE"),
 }
 
 
