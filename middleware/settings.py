@@ -29,6 +29,7 @@ class AgentSettings:
     self_interval: float
     flush_interval: float
     shutdown_timeout: float
+    stall_timeout: float = 1800.0  # a collector this long without progress stops the watchdog pings
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ def load_settings(path: Path) -> Settings:
         self_interval=agent_sec.number("self_interval", 60.0, minimum=1),
         flush_interval=agent_sec.number("flush_interval", 0.2, minimum=0.001),
         shutdown_timeout=agent_sec.number("shutdown_timeout", 5.0, minimum=0),
+        stall_timeout=agent_sec.number("stall_timeout", 1800.0, minimum=1),
     )
     agent_sec.done()
 
