@@ -78,7 +78,7 @@ class Progress:
                 since = now
             seen[sample.part] = (sample.marker, since)
             if now - since > sample.limit:
-                stuck.append(f"{sample.part}: no progress for {now - since:.0f}s (limit {sample.limit:g}s)")
+                stuck.append(f"{sample.part}: no progress for {now - since:.1f}s (limit {sample.limit:g}s)")
         self._seen = seen
         return stuck
 

@@ -53,7 +53,7 @@ def test_a_part_still_past_its_limit_is_named_with_its_silence() -> None:
     assert progress.stuck(0.0, [Sample("collector a", 7, 30.0), Sample("spool commits", 0, 60.0)]) == []
     assert progress.stuck(30.0, [Sample("collector a", 7, 30.0), Sample("spool commits", 1, 60.0)]) == []
     assert progress.stuck(31.0, [Sample("collector a", 7, 30.0), Sample("spool commits", 2, 60.0)]) == [
-        "collector a: no progress for 31s (limit 30s)"
+        "collector a: no progress for 31.0s (limit 30s)"
     ]
 
 
@@ -65,7 +65,7 @@ def test_a_part_no_longer_sampled_is_forgotten() -> None:
     assert progress.stuck(100.0, []) == []
     assert progress.stuck(101.0, [Sample("collector a", 1, 5.0)]) == []
     assert progress.stuck(107.0, [Sample("collector a", 1, 5.0)]) == [
-        "collector a: no progress for 6s (limit 5s)"
+        "collector a: no progress for 6.0s (limit 5s)"
     ]
 
 
