@@ -46,6 +46,9 @@ _CHECKPOINT_INTERVAL = 10.0
 # The intake loop ends a round every flush_interval; this long without one, the spool's
 # commits are stuck (the task died on a bug), whatever the collectors' stall_timeout.
 _COMMIT_STALL = 60.0
+# A delivery loop turns at least once a second when idle, after each round (a few request
+# timeouts at worst) and after each backoff (at most 60 s): 300 s without a turn is a hang.
+_DELIVERY_STALL = 300.0
 # Drops are summarised in one log line at most this often.
 _DROP_LOG_INTERVAL = 60.0
 _UNREADABLE = "spool data unreadable"
@@ -116,6 +119,7 @@ class Pipeline:
         self._dest_wake = {d.name: asyncio.Event() for d in self.destinations}
         self._stop = asyncio.Event()
         self._intake_rounds = 0
+        self._delivery_turns = dict.fromkeys(self._dest_wake, 0)
         self._collector_runs: list[tuple[asyncio.Task[None], _Outbox]] = []
         self._throttled = ThrottledLog(log)
         for d in self.destinations:
@@ -404,6 +408,7 @@ class Pipeline:
         wake = self._dest_wake[dest.name]
         # Stops with the pipeline: after stop() the final drain takes over.
         while not self._stop.is_set():
+            self._delivery_turns[dest.name] += 1
             try:
                 outcome = await self.deliver_once(dest)
             except (sqlite3.Error, OSError) as exc:  # the spool's disk, not the destination
@@ -465,9 +470,11 @@ class Pipeline:
             await asyncio.sleep(self.agent.self_interval)
 
     def progress(self) -> list[Sample]:
-        """What the watchdog checks: the spool's commits and every collector still running."""
+        """What the watchdog checks: spool commits, delivery loops, every collector still running."""
         samples = [Sample("spool commits", self._intake_rounds,
                           max(_COMMIT_STALL, 10 * self.agent.flush_interval))]
+        samples += [Sample(f"delivery to {name}", turns, max(_DELIVERY_STALL, self.agent.stall_timeout))
+                    for name, turns in self._delivery_turns.items()]
         samples += [Sample(f"collector {outbox.name}", outbox.moves(), self.agent.stall_timeout)
                     for task, outbox in self._collector_runs if not task.done()]
         return samples

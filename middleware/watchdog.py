@@ -15,6 +15,9 @@ A ping is sent only while the agent makes progress:
   round at least every ``flush_interval``. A round whose commit failed (disk full)
   still counts: the pipeline holds those readings in memory and logs the fault, and
   a restart would lose them without freeing any space;
+- every delivery loop turns: once a second when idle, after every round and after
+  every backoff wait, so a destination that is down still turns it; a round that
+  never ends (a request without a timeout) does not;
 - every collector moves: each ``put``, ``error`` or ``resolved`` on its outbox counts.
   A polling collector (OBD, GPS, AWS, synthetic) ends every poll with one of them,
   also when it only waits: gpsd without a fix gives ``gps.fix.mode`` 0, a parked van
@@ -116,14 +119,16 @@ class Notifier:
 
     def __init__(self, address: str | bytes) -> None:
         self._address = address
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._failing = False
 
     def send(self, *fields: str) -> None:
         message = "\n".join(fields).encode()
         try:
-            # MSG_DONTWAIT: a full socket buffer costs this message, never a blocked loop.
-            self._sock.sendto(message, socket.MSG_DONTWAIT, self._address)
+            # A socket per message, as libsystemd's sd_notify: one every few seconds at most,
+            # and nothing held open by a pipeline built only to be checked (trapline check).
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # MSG_DONTWAIT: a full socket buffer costs this message, never a blocked loop.
+                sock.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError as exc:
             if not self._failing:
                 log.warning("cannot notify systemd (%s): %s", fields[0].partition("=")[0], exc)
@@ -132,9 +137,6 @@ class Notifier:
         if self._failing:
             log.info("notifying systemd works again")
         self._failing = False
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 # -- the heartbeat ---------------------------------------------------------------------

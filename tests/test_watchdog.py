@@ -15,7 +15,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,11 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trapline.middleware import pipeline as pipeline_module
 from trapline.middleware.config import Section
 from trapline.middleware.filters import Filters
 from trapline.middleware.model import Reading
 from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.plugin import Outbox
+from trapline.middleware.plugin import Delivery, Destination, Outbox, Spooled
 from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
 from trapline.middleware.watchdog import (
@@ -140,9 +141,7 @@ def test_messages_reach_an_abstract_socket(name: str) -> None:
     with listener(name + uuid.uuid4().hex[:8]) as (value, sock):
         address = socket_address(value)
         assert address is not None
-        notifier = Notifier(address)
-        notifier.send("READY=1", "STATUS=running: 2 collectors")
-        notifier.close()
+        Notifier(address).send("READY=1", "STATUS=running: 2 collectors")
         assert sock.recv(4096) == b"READY=1\nSTATUS=running: 2 collectors"
 
 
@@ -210,20 +209,23 @@ class Finishing:
 
 
 def pipeline_with(
-    tmp_path: Path, watchdog: Watchdog, stall: float, *collectors: Stalling | Finishing
+    tmp_path: Path, watchdog: Watchdog, stall: float, *collectors: Stalling | Finishing,
+    destination: Destination | None = None,
 ) -> Pipeline:
     agent = AgentSettings(host=None, self_interval=3600, flush_interval=0.01, shutdown_timeout=1,
                           stall_timeout=stall)
     spool_settings = SpoolSettings(tmp_path / "s.db", 100_000, "normal", 3600, 0.01, 0.02, 500)
     filters = Filters.from_config(Section(Path("t"), "filters", {}))
     return Pipeline(agent=agent, spool_settings=spool_settings, spool=Spool(spool_settings.path),
-                    filters=filters, collectors=collectors, watchdog=watchdog)
+                    filters=filters, collectors=collectors, watchdog=watchdog,
+                    destinations=[destination] if destination else [])
 
 
 async def until(sock: socket.socket, wanted: str, seen: list[str]) -> None:
     loop = asyncio.get_running_loop()
-    while not any(m.startswith(wanted) for m in seen):
-        seen.append((await loop.sock_recv(sock, 4096)).decode())
+    async with asyncio.timeout(30):  # a failure, not a hung test
+        while not any(m.startswith(wanted) for m in seen):
+            seen.append((await loop.sock_recv(sock, 4096)).decode())
 
 
 def test_pipeline_pings_while_collectors_move_then_names_the_stuck_one(
@@ -254,6 +256,44 @@ def test_pipeline_pings_while_collectors_move_then_names_the_stuck_one(
     errors = [r.getMessage() for r in caplog.records]
     assert len(errors) == 1 and "collector stalls: no progress" in errors[0], errors
     assert "steady" not in errors[0] and "once" not in errors[0]
+
+
+class Hanging:
+    """A destination whose first round never ends (a request without a timeout)."""
+
+    name = "hangs"
+    needs_labels = False
+
+    async def deliver(self, batch: Sequence[Spooled]) -> Delivery:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_delivery_round_that_never_ends_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline_module, "_DELIVERY_STALL", 0.5)  # 300 s in production
+    with listener() as (value, sock):
+        sock.setblocking(False)
+        watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "400000"})
+        assert watchdog is not None
+        pipeline = pipeline_with(tmp_path, watchdog, 0.5, Stalling("steady", 10**9, 0.02),
+                                 destination=Hanging())
+        seen: list[str] = []
+
+        async def scenario() -> None:
+            running = asyncio.create_task(pipeline.run(install_signal_handlers=False))
+            await until(sock, "STATUS=stuck", seen)
+            pipeline.stop()
+            await running
+
+        with caplog.at_level(logging.ERROR, logger="trapline.middleware.watchdog"):
+            asyncio.run(scenario())
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 1 and errors[0].startswith("watchdog: delivery to hangs: no progress for"), errors
 
 
 def test_without_watchdog_usec_ready_and_stopping_only(tmp_path: Path) -> None:
