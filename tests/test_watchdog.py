@@ -221,39 +221,46 @@ def pipeline_with(
                     destinations=[destination] if destination else [])
 
 
-async def until(sock: socket.socket, wanted: str, seen: list[str]) -> None:
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(30):  # a failure, not a hung test
-        while not any(m.startswith(wanted) for m in seen):
-            seen.append((await loop.sock_recv(sock, 4096)).decode())
+def run_until_stuck(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, *collectors: Stalling | Finishing,
+    destination: Destination | None = None,
+) -> tuple[list[str], list[str]]:
+    """Run a pipeline pinging every 0.2 s until it declares a part stuck, then stop it.
 
-
-def test_pipeline_pings_while_collectors_move_then_names_the_stuck_one(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+    Returns the messages systemd would have got and the watchdog's error lines.
+    """
     with listener() as (value, sock):
         sock.setblocking(False)
         watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "400000"})
         assert watchdog is not None and watchdog.interval == 0.2
-        pipeline = pipeline_with(tmp_path, watchdog, 1.0, Stalling("steady", 10**9, 0.02),
-                                 Stalling("stalls", 20, 0.02), Finishing())
+        pipeline = pipeline_with(tmp_path, watchdog, 1.0, *collectors, destination=destination)
         seen: list[str] = []
 
         async def scenario() -> None:
             running = asyncio.create_task(pipeline.run(install_signal_handlers=False))
-            await until(sock, "STATUS=stuck", seen)
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(30):  # a failure, not a hung test
+                while not any(m.startswith("STATUS=stuck") for m in seen):
+                    seen.append((await loop.sock_recv(sock, 4096)).decode())
             pipeline.stop()
             await running
 
         with caplog.at_level(logging.ERROR, logger="trapline.middleware.watchdog"):
             asyncio.run(scenario())
         seen += received(sock)
+    return seen, [r.getMessage() for r in caplog.records]
+
+
+def test_pipeline_pings_while_collectors_move_then_names_the_stuck_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen, errors = run_until_stuck(tmp_path, caplog, Stalling("steady", 10**9, 0.02),
+                                   Stalling("stalls", 20, 0.02), Finishing())
     assert seen[0] == "READY=1\nSTATUS=running; collectors: 3"
     stuck = next(i for i, m in enumerate(seen) if m.startswith("STATUS=stuck"))
     assert seen[stuck].startswith("STATUS=stuck: collector stalls: no progress for")
     assert "WATCHDOG=1" in seen[1:stuck]
     assert seen[stuck + 1:] == ["STOPPING=1\nSTATUS=stopping"]  # no ping after the verdict
-    errors = [r.getMessage() for r in caplog.records]
     assert len(errors) == 1 and "collector stalls: no progress" in errors[0], errors
     assert "steady" not in errors[0] and "once" not in errors[0]
 
@@ -276,23 +283,7 @@ def test_a_delivery_round_that_never_ends_is_named(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pipeline_module, "_DELIVERY_STALL", 0.5)  # 300 s in production
-    with listener() as (value, sock):
-        sock.setblocking(False)
-        watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "400000"})
-        assert watchdog is not None
-        pipeline = pipeline_with(tmp_path, watchdog, 0.5, Stalling("steady", 10**9, 0.02),
-                                 destination=Hanging())
-        seen: list[str] = []
-
-        async def scenario() -> None:
-            running = asyncio.create_task(pipeline.run(install_signal_handlers=False))
-            await until(sock, "STATUS=stuck", seen)
-            pipeline.stop()
-            await running
-
-        with caplog.at_level(logging.ERROR, logger="trapline.middleware.watchdog"):
-            asyncio.run(scenario())
-    errors = [r.getMessage() for r in caplog.records]
+    _, errors = run_until_stuck(tmp_path, caplog, Stalling("steady", 10**9, 0.02), destination=Hanging())
     assert len(errors) == 1 and errors[0].startswith("watchdog: delivery to hangs: no progress for"), errors
 
 
