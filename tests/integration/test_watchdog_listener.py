@@ -1,14 +1,17 @@
 """The real ``python -m trapline run`` under a stand-in for systemd enforcing WatchdogSec (issue 20 item 3).
 
-No systemd runs on this machine (PID 1 is not systemd, no podman), so ``ServiceManager``
-below does what systemd does for ``deploy/raspberrypi/trapline.service``, read from
-that file: it owns the notify socket (``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC``), accepts
-messages only from the main process (``NotifyAccess=main``, checked with the sender's
-SCM_CREDENTIALS), and when no ``WATCHDOG=1`` came for ``WatchdogSec`` it sends the
-unit's ``WatchdogSignal``, then SIGKILL if the agent is still there after the abort
-timeout, and starts it again (``Restart=on-failure``). The timeouts are scaled down;
-like systemd's, the watchdog counts from ``READY=1`` on. What systemd does is in
-systemd.service(5), WatchdogSec=, WatchdogSignal=, TimeoutAbortSec= and NotifyAccess=.
+test_watchdog_systemd.py runs the agent under a real systemd; this stand-in shows what
+systemd does not let a test see: every message in order (READY=1 with its STATUS first,
+no ping after a part was declared stuck, STOPPING=1 at the end), the abstract ``@name``
+socket address a system manager may use, and the sender of each message.
+``ServiceManager`` does what systemd does for ``deploy/raspberrypi/trapline.service``,
+read from that file: it owns the notify socket (``$NOTIFY_SOCKET``, ``$WATCHDOG_USEC``),
+accepts messages only from the main process (``NotifyAccess=main``, checked with the
+sender's SCM_CREDENTIALS), and when no ``WATCHDOG=1`` came for ``WatchdogSec`` it sends
+the unit's ``WatchdogSignal``, then SIGKILL if the agent is still there after the abort
+timeout, and starts it again (``Restart=on-failure``). The timeouts are scaled down; as
+systemd.service(5) says of WatchdogSec=, the watchdog is active once start-up completed
+(READY=1).
 
 The faults come from a test-only collector, ``watchdog_test``, added to the registry by
 a ``sitecustomize`` module on the agent's PYTHONPATH, so the agent itself runs unchanged:
@@ -228,17 +231,26 @@ class ServiceManager:
 # -- the tests -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def closed_port() -> Iterator[int]:
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
     """A local TCP port bound but not listening: the Zabbix destination refuses, the spool keeps all."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
 
 
-@contextlib.contextmanager
-def managed_agent(tmp_path: Path, port: int, notify_socket: str,
-                  collectors: dict[str, dict[str, str | int | float]]) -> Iterator[ServiceManager]:
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    with refusing_port() as port:
+        yield port
+
+
+def agent_files(tmp_path: Path, port: int,
+                collectors: dict[str, dict[str, str | int | float]]) -> tuple[list[str], dict[str, str]]:
+    """Write the agent's config and the sitecustomize that registers ``watchdog_test``.
+
+    Returns the command line and the environment (without any notify variable) to run it with.
+    """
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
@@ -257,7 +269,13 @@ def managed_agent(tmp_path: Path, port: int, notify_socket: str,
     env = {**os.environ, "PYTHONPATH": f"{site}:{ROOT}", "PYTHONUNBUFFERED": "1"}
     for inherited in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
         env.pop(inherited, None)
-    command = [sys.executable, "-m", "trapline", "run", "-c", str(config), "--log-level", "info"]
+    return [sys.executable, "-m", "trapline", "run", "-c", str(config), "--log-level", "info"], env
+
+
+@contextlib.contextmanager
+def managed_agent(tmp_path: Path, port: int, notify_socket: str,
+                  collectors: dict[str, dict[str, str | int | float]]) -> Iterator[ServiceManager]:
+    command, env = agent_files(tmp_path, port, collectors)
     manager = ServiceManager(command, env, notify_socket, tmp_path / "agent.log")
     manager.start()
     try:
