@@ -183,7 +183,11 @@ class Watchdog:
         try:
             while True:
                 self._last_turn = time.monotonic()
-                stuck = progress.stuck(self._last_turn, sample())
+                try:
+                    stuck = progress.stuck(self._last_turn, sample())
+                except Exception as exc:  # a bug here: health unknown, so no ping (systemd restarts)
+                    log.exception("watchdog: the progress check failed")
+                    stuck = [f"progress check failed: {type(exc).__name__}"]
                 if stuck:
                     log.error("watchdog: %s; no more pings, systemd restarts the agent", "; ".join(stuck))
                     self.notifier.send(f"STATUS=stuck: {stuck[0]}")

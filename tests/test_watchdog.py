@@ -303,6 +303,23 @@ def test_without_watchdog_usec_ready_and_stopping_only(tmp_path: Path) -> None:
         assert received(sock) == ["READY=1\nSTATUS=running; collectors: 1", "STOPPING=1\nSTATUS=stopping"]
 
 
+def test_a_failing_progress_check_ends_the_pings_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    with listener() as (value, sock):
+        watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "200000"})
+        assert watchdog is not None
+
+        def broken() -> list[Sample]:
+            raise KeyError("a bug")
+
+        with caplog.at_level(logging.ERROR, logger="trapline.middleware.watchdog"):
+            asyncio.run(watchdog.run(broken))  # returns: no ping will follow
+        assert received(sock) == ["STATUS=stuck: progress check failed: KeyError"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "watchdog: the progress check failed",
+        "watchdog: progress check failed: KeyError; no more pings, systemd restarts the agent",
+    ]
+
+
 def test_a_blocked_event_loop_is_logged_with_where_it_blocks(caplog: pytest.LogCaptureFixture) -> None:
     with listener() as (value, _):
         watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "200000"})
