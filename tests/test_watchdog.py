@@ -23,12 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trapline.core.config import Section
+from trapline.core.model import Reading
+from trapline.core.plugin import Delivery, Destination, Outbox, Spooled
 from trapline.middleware import pipeline as pipeline_module
-from trapline.middleware.config import Section
 from trapline.middleware.filters import Filters
-from trapline.middleware.model import Reading
 from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.plugin import Delivery, Destination, Outbox, Spooled
 from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
 from trapline.middleware.watchdog import (

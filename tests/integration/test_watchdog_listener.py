@@ -40,12 +40,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_process import spooled_readings, toml_config
+from tests.support.agent_process import spooled_readings, toml_config
+from tests.support.zabbix_fixtures import wait_until
 from tests.test_systemd_units import DEPLOY, unit_keys
-from tests.zabbix_fixtures import wait_until
-from trapline.middleware.config import Section
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import CommittingOutbox, Outbox
+from trapline.core.config import Section
+from trapline.core.model import Reading
+from trapline.core.plugin import CommittingOutbox, Outbox
 from trapline.middleware.watchdog import socket_address
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_watchdog_listener import UNIT, agent_files, counted, refusing_port
-from tests.peers import missing_peer, need_binary
+from tests.support.peers import missing_peer, need_binary
+from tests.support.zabbix_fixtures import wait_until
 from tests.test_systemd_units import unit_keys
-from tests.zabbix_fixtures import wait_until
 
 SYSTEMD = Path("/lib/systemd/systemd")
 SERVICE = "trapline-watchdog-test.service"
