@@ -225,15 +225,17 @@ def run_until_stuck(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, *collectors: Stalling | Finishing,
     destination: Destination | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Run a pipeline pinging every 0.2 s until it declares a part stuck, then stop it.
+    """Run a pipeline pinging every 0.5 s until it declares a part stuck (2 s still), then stop it.
 
     Returns the messages systemd would have got and the watchdog's error lines.
     """
     with listener() as (value, sock):
         sock.setblocking(False)
-        watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "400000"})
-        assert watchdog is not None and watchdog.interval == 0.2
-        pipeline = pipeline_with(tmp_path, watchdog, 1.0, *collectors, destination=destination)
+        # Intervals far above a loaded machine's scheduling delays: the thread that watches the
+        # loop must not see it late, which would add a line.
+        watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "1000000"})
+        assert watchdog is not None and watchdog.interval == 0.5
+        pipeline = pipeline_with(tmp_path, watchdog, 2.0, *collectors, destination=destination)
         seen: list[str] = []
 
         async def scenario() -> None:
@@ -322,17 +324,17 @@ def test_a_failing_progress_check_ends_the_pings_with_a_log_line(caplog: pytest.
 
 def test_a_blocked_event_loop_is_logged_with_where_it_blocks(caplog: pytest.LogCaptureFixture) -> None:
     with listener() as (value, _):
-        watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "200000"})
-        assert watchdog is not None
+        watchdog = Watchdog.from_environ({"NOTIFY_SOCKET": value, "WATCHDOG_USEC": "1000000"})
+        assert watchdog is not None  # pings every 0.5 s; the thread reports a loop 0.75 s late
 
         def blocking_call_in_the_loop() -> None:
-            time.sleep(1.0)  # what a collector must never do: the loop cannot turn
+            time.sleep(3.0)  # what a collector must never do: the loop cannot turn
 
         async def scenario() -> None:
             heartbeat = asyncio.create_task(watchdog.run(list))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1.0)
             blocking_call_in_the_loop()
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1.0)
             heartbeat.cancel()
 
         with caplog.at_level(logging.WARNING, logger="trapline.middleware.watchdog"):
