@@ -22,6 +22,7 @@ from trapline.middleware.filters import Filters
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
+from trapline.middleware.watchdog import Watchdog
 
 _SECTIONS = ("agent", "spool", "filters", "zabbix", "prometheus", "mqtt", "collectors", "logging")
 
@@ -57,6 +58,7 @@ def load_settings(path: Path) -> Settings:
         self_interval=agent_sec.number("self_interval", 60.0, minimum=1),
         flush_interval=agent_sec.number("flush_interval", 0.2, minimum=0.001),
         shutdown_timeout=agent_sec.number("shutdown_timeout", 5.0, minimum=0),
+        stall_timeout=agent_sec.number("stall_timeout", 1800.0, minimum=1),
     )
     agent_sec.done()
 
@@ -143,4 +145,5 @@ def build_pipeline(settings: Settings) -> Pipeline:
         collectors=settings.collectors,
         destinations=settings.destinations,
         observers=settings.observers,
+        watchdog=Watchdog.from_environ(),
     )
