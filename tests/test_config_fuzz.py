@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trapline import cli
-from trapline.middleware.config import ConfigError
-from trapline.middleware.settings import load_settings
+from trapline.app.settings import load_settings
+from trapline.core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trapline.middleware.settings import load_settings
+from trapline.app.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "deploy/container"

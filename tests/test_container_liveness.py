@@ -22,8 +22,8 @@ from tests.support.agent_process import running_agent, toml_config
 from tests.support.peers import free_port, wait_port
 from tests.support.zabbix_fixtures import wait_until
 from trapline import cli
+from trapline.core.model import Reading
 from trapline.exporters.prometheus import PrometheusExporter
-from trapline.middleware.model import Reading
 from trapline.middleware.normalize import normalize
 
 UPTIME = Reading("centre-1", "trapline.uptime", 42, 0, 0, "s")

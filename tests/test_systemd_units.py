@@ -20,6 +20,8 @@ DROP_IN = DEPLOY / "zabbix-proxy.service.d" / "trapline.conf"
 # What systemd says about text it cannot use; it then ignores the line and starts anyway.
 PARSE_COMPLAINTS = re.compile(r"Unknown key|Unknown section|ignoring|Failed to parse|Invalid|bad-setting")
 MAX_EXPOSURE = 2.0
+# "/opt/trapline/bin/trapline run ..." or "python3 -m trapline run ...".
+AGENT_COMMAND = re.compile(r"\btrapline\s+run\b")
 
 
 def verify(unit: Path) -> str:
@@ -50,6 +52,36 @@ def test_drop_in_parses_on_a_stand_in_proxy_unit(tmp_path: Path) -> None:
     unit.write_text("[Service]\nExecStart=/bin/true\n" + DROP_IN.read_text())
     complaints = [line for line in verify(unit).splitlines() if PARSE_COMPLAINTS.search(line)]
     assert not complaints, complaints
+
+
+def unit_keys(path: Path) -> dict[str, list[str]]:
+    """Every KEY=value of a unit file, in order, comments left out."""
+    keys: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";")):
+            key, value = line.split("=", 1)
+            keys.setdefault(key.strip(), []).append(value.strip())
+    return keys
+
+
+def units_running_trapline() -> list[Path]:
+    """Every unit shipped under deploy/ whose service is the agent itself."""
+    return [unit for unit in sorted(DEPLOY.parent.rglob("*.service"))
+            if any(AGENT_COMMAND.search(cmd) for cmd in unit_keys(unit).get("ExecStart", []))]
+
+
+def test_every_agent_unit_has_the_watchdog() -> None:
+    # Issue 20 item 3. trapline-rfcomm.service runs "rfcomm bind", a oneshot that exits at
+    # once: nothing of ours runs there, nothing could ping.
+    units = units_running_trapline()
+    assert [u.name for u in units] == ["trapline.service"]
+    for unit in units:
+        keys = unit_keys(unit)
+        assert keys.get("Type") == ["notify"], unit
+        assert keys.get("NotifyAccess") == ["main"], unit
+        watchdog = keys.get("WatchdogSec", [])
+        assert len(watchdog) == 1 and int(watchdog[0]) > 0, unit
+        assert keys.get("Restart") in (["on-failure"], ["always"], ["on-watchdog"]), unit
 
 
 @pytest.mark.parametrize("path", [DEPLOY / name for name in UNITS] + [DROP_IN], ids=lambda p: p.name)

@@ -184,7 +184,7 @@ def test_files_modes_and_enabled_units(installed: tuple[Path, str, str]) -> None
 
 def test_installed_agent_accepts_the_vehicle_config(installed: tuple[Path, str, str]) -> None:
     load = (
-        "from pathlib import Path; from trapline.middleware.settings import load_settings; "
+        "from pathlib import Path; from trapline.app.settings import load_settings; "
         "s = load_settings(Path('/etc/trapline/trapline.toml')); "
         "print(sorted(type(c).__name__ for c in s.collectors), len(s.destinations))"
     )
