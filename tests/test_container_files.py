@@ -9,8 +9,10 @@ the [prometheus] endpoint its health check asks.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,35 @@ def test_each_role_config_loads_as_the_container_reads_it(name: str, tmp_path: P
         f"{name}: no [prometheus], so its health check can never pass"
     assert seconds(service["stop_grace_period"]) >= settings.agent.shutdown_timeout + SHUTDOWN_MARGIN
 
+
+
+def image_requirements(pyproject: Path) -> list[str]:
+    spec = importlib.util.spec_from_file_location("image_requirements", HERE / "requirements.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    listed: list[str] = module.requirements(pyproject)
+    return listed
+
+
+def test_the_image_installs_every_roles_dependencies_and_no_test_tool() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = image_requirements(ROOT / "pyproject.toml")
+    assert set(project["dependencies"]) <= set(wanted)
+    extras = project.get("optional-dependencies", {})
+    for extra in set(extras) - {"dev", "demo"}:
+        assert {r for r in extras[extra] if not r.startswith("trapline[")} <= set(wanted), extra
+    assert not set(wanted) & set(extras.get("dev", []) + extras.get("demo", []))
+
+
+def test_role_extras_that_name_trapline_itself_are_left_to_the_package(tmp_path: Path) -> None:
+    """The layout with a small base and an extra per role (issue 19): each role's packages, once."""
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "trapline"\ndependencies = ["msgspec>=0.18"]\n'
+        '[project.optional-dependencies]\nmist = ["websockets>=14"]\naws = ["boto3>=1.28"]\n'
+        'mqtt = ["paho-mqtt>=2.0", "msgspec>=0.18"]\nall = ["trapline[mist,aws,mqtt]"]\n'
+        'demo = ["ELM327-emulator>=4.0"]\ndev = ["trapline[all]", "pytest>=8"]\n'
+    )
+    expected = ["msgspec>=0.18", "websockets>=14", "boto3>=1.28", "paho-mqtt>=2.0"]
+    assert image_requirements(pyproject) == expected
