@@ -18,13 +18,17 @@ Sample configuration section::
     overspeed_limit = 90     # km/h; 0 = none
     trip_start_speed = 8     # km/h held for trip_start_after s starts a trip ...
     trip_stop_speed = 3      # ... below this for trip_stop_after s ends it
+    state_dir = "/var/lib/trapline"  # odometer, today's distance, trips across restarts
 
 Items: ``gps.fix.mode`` (0 unknown, 1 no fix, 2 2D, 3 3D), ``gps.satellites.used``;
 with a fix also ``gps.latitude``/``gps.longitude`` (degrees, 6 decimals so they fit
 Zabbix's 16-character inventory fields), ``gps.speed`` (km/h), ``gps.track`` (°),
 ``gps.fix.age`` (s), ``gps.error.horizontal``/``gps.error.vertical`` (m, when gpsd
 gives them) and, with a 3D fix, ``gps.altitude`` (m above mean sea level).
-With a fix, the ``vehicle.*`` items of :mod:`vehicle_derived` too.
+With a fix, the ``vehicle.*`` items of :mod:`vehicle_derived` too, the running
+totals (``vehicle.odometer``, ``vehicle.distance.today``) sent only once written to
+``state_dir`` (shared with an OBD collector of the same host, see
+:mod:`trapline.wire.vehicle_state`).
 
 gpsd-py3 keeps one connection in module globals, has no socket timeout, raises
 on a missing fix or device, and reads only the pre-3.20 ``alt`` key.  So: one GPS
@@ -44,6 +48,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import gpsd
@@ -54,6 +59,7 @@ from trapline.middleware.blocking import BlockingWorker, DeadlineMissed
 from trapline.middleware.config import Section
 from trapline.middleware.model import Reading, Value
 from trapline.middleware.plugin import Outbox
+from trapline.wire.vehicle_state import DEFAULT_STATE_DIR, UnreadableState, open_state
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,7 @@ class GpsSettings:
     retry_initial: float = 1.0
     retry_max: float = 60.0
     derived: DerivedSettings = field(default_factory=DerivedSettings)
+    state_dir: Path = DEFAULT_STATE_DIR
 
 
 def build(name: str, section: Section) -> GpsCollector:
@@ -88,6 +95,7 @@ def build(name: str, section: Section) -> GpsCollector:
         retry_initial=section.number("retry_initial", 1.0, minimum=0.01),
         retry_max=section.number("retry_max", 60.0, minimum=0.01),
         derived=DerivedSettings.from_section(section),
+        state_dir=section.path("state_dir", DEFAULT_STATE_DIR),
     )
     section.text("type")
     section.done()
@@ -182,9 +190,16 @@ class GpsCollector:
     def __init__(self, name: str, settings: GpsSettings) -> None:
         self.name = name
         self.settings = settings
-        self.derived = EdgeDerivations(settings.derived)
+        self.state = open_state(settings.state_dir, settings.host)
+        self.derived: EdgeDerivations | None = None  # made once the state file is read
 
     async def run(self, out: Outbox) -> None:
+        if self.derived is None:
+            try:
+                self.state.load()
+            except UnreadableState as exc:
+                out.error(f"gps: {self.name}: {exc}")
+            self.derived = EdgeDerivations(self.settings.derived, self.state)
         if not _GPSD_MODULE.acquire(blocking=False):
             out.error(f"gps: {self.name}: another GPS collector holds gpsd-py3's only connection")
             await asyncio.Event().wait()  # stay idle until cancelled; never crash the agent
@@ -208,7 +223,7 @@ class GpsCollector:
                 out.resolved("gpsd", f"gps: {self.name}: connected to gpsd {s.server}:{s.port}")
                 while True:
                     packet = await worker.call(_poll, s.call_timeout, "gpsd poll")
-                    self._emit(out, packet)
+                    await self._emit(out, packet)
                     await asyncio.sleep(s.interval)
             except (DeadlineMissed, GpsdError, OSError, ValueError, KeyError) as exc:
                 delay = backoff.next_delay()
@@ -217,13 +232,15 @@ class GpsCollector:
                 worker.abandon()
                 _drop_connection()
 
-    def _emit(self, out: Outbox, packet: Mapping[str, Any]) -> None:
+    async def _emit(self, out: Outbox, packet: Mapping[str, Any]) -> None:
         now = datetime.now(UTC)
         readings = fix_readings(packet, now)
         lat, lon = readings.get("gps.latitude"), readings.get("gps.longitude")
         speed = readings.get("gps.speed")
-        if lat is not None and lon is not None and speed is not None:
+        if lat is not None and lon is not None and speed is not None and self.derived is not None:
             derived = self.derived.update(now.timestamp(), float(lat[0]), float(lon[0]), float(speed[0]))
             readings.update(derived)
+            # before sending: after a restart no total is below what Zabbix already has
+            await self.state.save_or_report(out, f"gps: {self.name}")
         for key, (value, unit) in readings.items():
             out.put(Reading.now(self.settings.host, key, value, unit))

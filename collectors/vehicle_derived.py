@@ -9,7 +9,8 @@ Keys (all on the vehicle's host):
 - ``vehicle.moving``: 1 while a trip is under way, 0 when parked (with hysteresis)
 - ``vehicle.trip.distance`` (m) and ``vehicle.trip.duration`` (s): the trip so far, 0 when parked
 - ``vehicle.trip.last.distance`` (m), ``vehicle.trip.last.duration`` (s): sent once when a trip ends
-- ``vehicle.trips``: trips completed since the agent started (a counter)
+- ``vehicle.trips``: trips completed (a counter, kept across restarts)
+- ``vehicle.odometer`` (m), ``vehicle.distance.today`` (m): see :mod:`trapline.wire.vehicle_state`
 - ``vehicle.home.distance`` (m): great-circle distance from the configured home point
 - ``vehicle.geofence.inside``: 1 inside the circle of ``geofence_radius`` around home, else 0
 - ``vehicle.overspeed.duration`` (s): how long the speed has been above the limit, 0 below it
@@ -19,15 +20,27 @@ for ``trip_start_after`` seconds (counted from the first such fix) and ends when
 it stays below ``trip_stop_speed`` for ``trip_stop_after`` seconds (the trip ends
 at the first slow fix).  Distance only grows while moving, so GPS jitter on a
 parked vehicle adds nothing.
+
+With a :class:`VehicleState`, the trip under way, the trip count and the
+distance driven go to ``state_dir`` too, so a restart mid-drive (SIGKILL, power
+cut) carries on with the same trip: the first fix after it adds the straight
+line from the last fix before it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Annotated
+
+import msgspec
 
 from trapline.middleware.config import Section
 from trapline.middleware.model import Value
+from trapline.wire.vehicle_state import VehicleState
+
+log = logging.getLogger(__name__)
 
 _EARTH_RADIUS_M = 6_371_008.8
 
@@ -80,39 +93,59 @@ class DerivedSettings:
         )
 
 
+class Trip(msgspec.Struct):
+    """Where the trip hysteresis stands; kept in the state file between restarts."""
+
+    moving: bool = False
+    trips: Annotated[int, msgspec.Meta(ge=0)] = 0  # completed
+    fast_since: float | None = None  # first fast fix while parked
+    slow_since: float | None = None  # first slow fix while moving
+    start: float = 0.0
+    distance: float = 0.0  # up to the last fix
+    distance_at_slow: float = 0.0  # trip distance when the vehicle slowed down
+    pending_distance: float = 0.0  # covered while a start was being confirmed
+    last: tuple[float, float] | None = None  # the last fix
+
+
 class EdgeDerivations:
-    def __init__(self, settings: DerivedSettings) -> None:
+    def __init__(self, settings: DerivedSettings, state: VehicleState | None = None) -> None:
         self.settings = settings
-        self.moving = False
-        self.trips = 0
-        self._fast_since: float | None = None  # first fast fix while parked
-        self._slow_since: float | None = None  # first slow fix while moving
-        self._trip_start = 0.0
-        self._trip_distance = 0.0  # up to the last fix
-        self._distance_at_slow = 0.0  # trip distance when the vehicle slowed down
-        self._pending_distance = 0.0  # covered while a start was being confirmed
-        self._last: tuple[float, float] | None = None
+        self.state = state
+        self.trip = Trip()
         self._over_since: float | None = None
+        if state is not None and state.trips:
+            try:
+                self.trip = msgspec.convert(state.trips, Trip)
+            except msgspec.ValidationError as exc:
+                log.warning("%s: the saved trip is malformed (%s); starting parked", state.path, exc)
 
     def update(self, clock: float, lat: float, lon: float, speed_kmh: float) -> Derived:
         """Feed one fix; returns the readings to send for it."""
-        s = self.settings
-        step = great_circle_m(*self._last, lat, lon) if self._last is not None else 0.0
-        self._last = (lat, lon)
+        s, trip = self.settings, self.trip
+        step = great_circle_m(*trip.last, lat, lon) if trip.last is not None else 0.0
+        trip.last = (lat, lon)
         out: Derived = {}
-        if self.moving:
-            self._trip_distance += step
+        counted = trip.distance
+        if trip.moving:
+            trip.distance += step
             out.update(self._while_moving(clock, speed_kmh))
         else:
+            counted = 0.0  # a trip confirmed by this fix brings its pending distance
             out.update(self._while_parked(clock, speed_kmh, step))
-        out["vehicle.moving"] = (int(self.moving), "")
-        if self.moving:
-            out["vehicle.trip.distance"] = (round(self._trip_distance, 1), "m")
-            out["vehicle.trip.duration"] = (round(clock - self._trip_start, 1), "s")
+        out["vehicle.moving"] = (int(trip.moving), "")
+        if trip.moving:
+            out["vehicle.trip.distance"] = (round(trip.distance, 1), "m")
+            out["vehicle.trip.duration"] = (round(clock - trip.start, 1), "s")
         else:
             out["vehicle.trip.distance"] = (0.0, "m")
             out["vehicle.trip.duration"] = (0.0, "s")
-        out["vehicle.trips"] = (self.trips, "")
+        out["vehicle.trips"] = (trip.trips, "")
+        if self.state is not None:
+            if trip.moving or "vehicle.trip.last.distance" in out:  # moving, or the trip ended just now
+                self.state.gps_distance(clock, trip.distance - counted)
+            self.state.trips = msgspec.to_builtins(trip)
+            out.update(self.state.odometer())
+            out.update(self.state.today(clock))
         if s.home is not None:
             home_distance = great_circle_m(*s.home, lat, lon)
             out["vehicle.home.distance"] = (round(home_distance, 1), "m")
@@ -128,37 +161,37 @@ class EdgeDerivations:
         return out
 
     def _while_parked(self, clock: float, speed_kmh: float, step: float) -> Derived:
-        s = self.settings
+        s, trip = self.settings, self.trip
         if speed_kmh < s.trip_start_speed:
-            self._fast_since = None
-            self._pending_distance = 0.0
+            trip.fast_since = None
+            trip.pending_distance = 0.0
             return {}
-        if self._fast_since is None:
-            self._fast_since = clock
-            self._pending_distance = 0.0
+        if trip.fast_since is None:
+            trip.fast_since = clock
+            trip.pending_distance = 0.0
         else:
-            self._pending_distance += step
-        if clock - self._fast_since >= s.trip_start_after:
-            self.moving = True
-            self._trip_start = self._fast_since
-            self._trip_distance = self._pending_distance
-            self._slow_since = None
-            self._fast_since = None
+            trip.pending_distance += step
+        if clock - trip.fast_since >= s.trip_start_after:
+            trip.moving = True
+            trip.start = trip.fast_since
+            trip.distance = trip.pending_distance
+            trip.slow_since = None
+            trip.fast_since = None
         return {}
 
     def _while_moving(self, clock: float, speed_kmh: float) -> Derived:
-        s = self.settings
+        s, trip = self.settings, self.trip
         if speed_kmh >= s.trip_stop_speed:
-            self._slow_since = None
+            trip.slow_since = None
             return {}
-        if self._slow_since is None:
-            self._slow_since = clock
-            self._distance_at_slow = self._trip_distance
-        if clock - self._slow_since < s.trip_stop_after:
+        if trip.slow_since is None:
+            trip.slow_since = clock
+            trip.distance_at_slow = trip.distance
+        if clock - trip.slow_since < s.trip_stop_after:
             return {}
-        self.moving = False
-        self.trips += 1
+        trip.moving = False
+        trip.trips += 1
         return {
-            "vehicle.trip.last.distance": (round(self._distance_at_slow, 1), "m"),
-            "vehicle.trip.last.duration": (round(self._slow_since - self._trip_start, 1), "s"),
+            "vehicle.trip.last.distance": (round(trip.distance_at_slow, 1), "m"),
+            "vehicle.trip.last.duration": (round(trip.slow_since - trip.start, 1), "s"),
         }

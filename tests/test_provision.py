@@ -20,6 +20,7 @@ from trapline.collectors.gps import fix_readings
 from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY
 from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.templates import check_template, shipped_templates
+from trapline.wire.vehicle_state import VehicleState
 
 TEMPLATE = next(p for p in shipped_templates() if p.name == provision.VEHICLE_TEMPLATE_FILE)
 
@@ -183,19 +184,20 @@ def test_the_vehicle_template_passes_the_checks() -> None:
     assert _template()["template"] == provision.VEHICLE_TEMPLATE
 
 
-def _derived_keys() -> set[str]:
-    """Every key the edge derivations send, with every option on and one whole trip."""
+def _derived_keys(state_dir: Path) -> set[str]:
+    """Every key the edge derivations and the vehicle totals send, with every option on and one whole trip."""
+    state = VehicleState(state_dir / "vehicle.json", "van")
     edge = EdgeDerivations(DerivedSettings(home=(0.0, 0.0), geofence_radius=1, overspeed_limit=1,
-                                           trip_start_after=0, trip_stop_after=0))
+                                           trip_start_after=0, trip_stop_after=0), state)
     keys: set[str] = set()
     for t, speed in enumerate([50.0, 50.0, 0.0]):
         keys |= set(edge.update(t, 0.001 * t, 0.0, speed))
-    return keys
+    return keys | set(state.odometer()) | set(state.engine()) | set(state.today(0))
 
 
-def test_template_items_are_exactly_what_the_collectors_send() -> None:
+def test_template_items_are_exactly_what_the_collectors_send(tmp_path: Path) -> None:
     gps_keys = set(fix_readings(FULL_GPSD_REPORT, datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC)))
-    derived = _derived_keys()
+    derived = _derived_keys(tmp_path)
     assert "vehicle.trip.last.distance" in derived
     assert {item["key"] for item in _template()["items"]} == OBD_KEYS | gps_keys | derived
 

@@ -54,7 +54,9 @@ def checksummed(body: str) -> str:
     return f"${body}*{functools.reduce(lambda a, c: a ^ ord(c), body, 0):02X}\r\n"
 
 
-def run_collector(port: int, scenario: Callable[[ListOutbox], Awaitable[None]]) -> ListOutbox:
+def run_collector(
+    port: int, scenario: Callable[[ListOutbox], Awaitable[None]], state_dir: Path
+) -> ListOutbox:
     out = ListOutbox()
     data = {
         "type": "gps",
@@ -64,6 +66,7 @@ def run_collector(port: int, scenario: Callable[[ListOutbox], Awaitable[None]]) 
         "call_timeout": 2.0,
         "retry_initial": 0.1,
         "retry_max": 0.5,
+        "state_dir": str(state_dir),
     }
     collector = build("gps", Section(Path("test.toml"), "collectors.gps", data))
 
@@ -91,7 +94,7 @@ def test_route_gives_a_3d_fix_with_position_speed_and_altitude(tmp_path: Path) -
     try:
         # 12 m/s = 43.2 km/h is reached about 8 s into the drive
         out = run_collector(
-            fake.port, lambda out: until(lambda: max(out.values("gps.speed"), default=0) > 40)
+            fake.port, lambda out: until(lambda: max(out.values("gps.speed"), default=0) > 40), tmp_path
         )
     finally:
         fake.stop()
@@ -118,7 +121,7 @@ def test_no_fix_is_a_fix_mode_not_a_crash(tmp_path: Path) -> None:
     fake = Gpsfake(nmea, tmp_path)
     fake.start()
     try:
-        out = run_collector(fake.port, lambda out: until(lambda: 1 in out.values("gps.fix.mode")))
+        out = run_collector(fake.port, lambda out: until(lambda: 1 in out.values("gps.fix.mode")), tmp_path)
     finally:
         fake.stop()
     assert not out.values("gps.latitude")
@@ -137,7 +140,7 @@ def test_gpsd_stopped_and_restarted_is_survived(tmp_path: Path) -> None:
         await until(lambda: len(out.values("gps.latitude")) > before + 2)
 
     try:
-        out = run_collector(fake.port, scenario)
+        out = run_collector(fake.port, scenario, tmp_path)
     finally:
         fake.stop()
     assert any("reconnecting" in e for e in out.errors)

@@ -1,0 +1,1 @@
+"""What two plugins share about one subject: formats and files both sides read and write."""
