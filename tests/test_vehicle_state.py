@@ -81,6 +81,7 @@ def test_the_ecu_sets_the_odometer_and_gps_is_ignored_while_it_is_fresh(tmp_path
     state.gps_distance(NOON, 300.0)
     state.ecu_odometer(NOON + 1, 50_000_000.0, FRESH)  # first reading: the real odometer, ahead of GPS
     assert odometer(state) == 50_000_000.0
+    assert state.today(NOON + 1)["vehicle.distance.today"][0] == 300.0  # the reading itself was not driven
     state.gps_distance(NOON + 2, 40.0)  # the ECU counts this stretch
     state.ecu_odometer(NOON + 30, 50_000_100.0, FRESH)
     assert odometer(state) == 50_000_100.0

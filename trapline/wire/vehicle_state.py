@@ -194,7 +194,10 @@ class VehicleState:
     def ecu_odometer(self, clock: float, metres: float, valid_for: float) -> None:
         """The ECU's odometer read at ``clock``; GPS distance is ignored for ``valid_for`` s."""
         d = self._data
-        if d.ecu_m is not None and metres < d.ecu_m - ECU_RESET_M:
+        if d.ecu_m is None and metres > d.odometer_m:
+            # The first reading ever: the car's real odometer, not distance driven today.
+            d.odometer_m = metres
+        elif d.ecu_m is not None and metres < d.ecu_m - ECU_RESET_M:
             log.warning("%s: the ECU odometer went back from %.0f m to %.0f m; counting on from %.0f m",
                         self.host, d.ecu_m, metres, d.odometer_m)
             d.ecu_offset_m = d.odometer_m - metres
