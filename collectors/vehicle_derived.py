@@ -143,7 +143,10 @@ class EdgeDerivations:
         if self.state is not None:
             if trip.moving or "vehicle.trip.last.distance" in out:  # moving, or the trip ended just now
                 self.state.gps_distance(clock, trip.distance - counted)
-            self.state.trips = msgspec.to_builtins(trip)
+            saved = msgspec.to_builtins(trip)
+            # Parked, only the last fix moves (GPS jitter): not worth a write to the SD card.
+            if trip.moving or {**saved, "last": None} != {**self.state.trips, "last": None}:
+                self.state.trips = saved
             out.update(self.state.odometer())
             out.update(self.state.today(clock))
         if s.home is not None:

@@ -283,3 +283,16 @@ def test_a_malformed_saved_trip_starts_parked_and_keeps_the_totals(tmp_path: Pat
     edge = EdgeDerivations(DerivedSettings(), restart(state))
     assert not edge.trip.moving and edge.trip.trips == 0
     assert edge.update(NOON + 1, 56.9, 24.1, 0.0)["vehicle.odometer"][0] == 10.0
+
+
+def test_a_parked_vehicle_with_gps_jitter_writes_nothing(tmp_path: Path) -> None:
+    state = fresh(tmp_path)
+    edge = EdgeDerivations(DerivedSettings(), state)
+    edge.update(NOON, 56.9, 24.1, 0.0)
+    asyncio.run(state.save())
+    written = state.path.stat().st_mtime_ns
+    for i in range(1, 50):  # a metre or so of wander, speed below any trip start
+        edge.update(NOON + i, 56.9 + (i % 3) * 1e-5, 24.1 - (i % 2) * 1e-5, 1.5)
+        asyncio.run(state.save())
+    assert state.path.stat().st_mtime_ns == written
+    assert odometer(state) == 0.0

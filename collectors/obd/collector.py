@@ -345,6 +345,7 @@ class ObdCollector:
             if self.link.needs_reconnect():
                 return
             self._report_state()
+            await self._report_totals()  # the engine time of the drive that just ended, if not yet saved
             await asyncio.sleep(self.settings.idle_interval)
 
     async def _serve_car(self, conn: _Connection) -> None:
