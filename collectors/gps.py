@@ -16,6 +16,9 @@ Sample configuration section::
     home_longitude = 24.1052
     geofence_radius = 50000  # m around home; 0 = none
     overspeed_limit = 90     # km/h; 0 = none
+    # Named geofences, circles or polygons, each with its own items (see vehicle_derived.py):
+    # [collectors.van17_gps.geofences.depot]  latitude, longitude, radius (m)
+    # [collectors.van17_gps.geofences.site-4] polygon = ["lat lon", "lat lon", "lat lon", ...]
     trip_start_speed = 8     # km/h held for trip_start_after s starts a trip ...
     trip_stop_speed = 3      # ... below this for trip_stop_after s ends it
     state_dir = "/var/lib/trapline"  # odometer, today's distance, trips across restarts
@@ -53,11 +56,11 @@ from typing import Any
 
 import gpsd
 
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
+from trapline.collectors.vehicle_derived import GEOFENCE_DISCOVERY, DerivedSettings, EdgeDerivations
 from trapline.middleware.backoff import Backoff
 from trapline.middleware.blocking import BlockingWorker, DeadlineMissed
 from trapline.middleware.config import Section
-from trapline.middleware.model import Reading, Value
+from trapline.middleware.model import Discovery, Reading, Value
 from trapline.middleware.plugin import Outbox
 from trapline.wire.vehicle_state import DEFAULT_STATE_DIR, UnreadableState, open_state
 
@@ -221,6 +224,9 @@ class GpsCollector:
                                   f"connect to gpsd {s.server}:{s.port}")
                 backoff.reset()
                 out.resolved("gpsd", f"gps: {self.name}: connected to gpsd {s.server}:{s.port}")
+                fences = self.derived.discovery_rows() if self.derived is not None else []
+                if fences:
+                    out.put(Discovery.now(s.host, GEOFENCE_DISCOVERY, fences))
                 while True:
                     packet = await worker.call(_poll, s.call_timeout, "gpsd poll")
                     await self._emit(out, packet)

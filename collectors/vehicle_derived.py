@@ -13,6 +13,9 @@ Keys (all on the vehicle's host):
 - ``vehicle.odometer`` (m), ``vehicle.distance.today`` (m): see :mod:`trapline.wire.vehicle_state`
 - ``vehicle.home.distance`` (m): great-circle distance from the configured home point
 - ``vehicle.geofence.inside``: 1 inside the circle of ``geofence_radius`` around home, else 0
+- ``vehicle.geofence.discovery``: LLD of the named geofences (``{#GEOFENCE}``), once per gpsd connection
+- ``vehicle.geofence.inside[NAME]``: 1 inside the named geofence (a circle or a polygon), else 0
+- ``vehicle.geofence.event[NAME]``: ``entry`` or ``exit``, sent once at the fix that crossed its edge
 - ``vehicle.overspeed.duration`` (s): how long the speed has been above the limit, 0 below it
 
 Hysteresis: a trip starts when the speed stays at or above ``trip_start_speed``
@@ -24,13 +27,30 @@ parked vehicle adds nothing.
 With a :class:`VehicleState`, the trip under way, the trip count and the
 distance driven go to ``state_dir`` too, so a restart mid-drive (SIGKILL, power
 cut) carries on with the same trip: the first fix after it adds the straight
-line from the last fix before it.
+line from the last fix before it.  Whether the vehicle is inside each named
+geofence is kept there as well, so a restart inside one is not an entry.
+
+Named geofences (any number, beside the older home circle, which stays as it
+was)::
+
+    [collectors.van17_gps.geofences.depot]
+    latitude = 56.9496
+    longitude = 24.1052
+    radius = 300                 # m: a circle
+    [collectors.van17_gps.geofences.customer-7]
+    polygon = ["56.95 24.10", "56.96 24.10", "56.96 24.12", "56.95 24.12"]  # "lat lon" corners
+
+A polygon is tested in the plane of latitude and longitude (plenty for the size
+of a yard or a town, not for one that spans the antimeridian or a pole).
+Names are letters, digits, ``_``, ``.`` and ``-``: they end up in item keys.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -45,6 +65,8 @@ log = logging.getLogger(__name__)
 _EARTH_RADIUS_M = 6_371_008.8
 
 Derived = dict[str, tuple[Value, str]]
+GEOFENCE_DISCOVERY = "vehicle.geofence.discovery"
+_FENCE_NAME = re.compile(r"[\w.-]+")
 
 
 def great_circle_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -53,6 +75,57 @@ def great_circle_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * _EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _position(section: Section, key: str, lat: float, lon: float) -> tuple[float, float]:
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise section.error(key, f"expected a position in degrees, got {lat}, {lon}")
+    return lat, lon
+
+
+def _inside_polygon(lat: float, lon: float, corners: Sequence[tuple[float, float]]) -> bool:
+    """Even-odd rule: a ray from the point eastwards crosses the edges an odd number of times."""
+    inside = False
+    for (lat1, lon1), (lat2, lon2) in zip(corners, [*corners[1:], corners[0]], strict=True):
+        if (lat1 > lat) != (lat2 > lat):  # the edge spans the point's latitude
+            crossing = lon1 + (lat - lat1) * (lon2 - lon1) / (lat2 - lat1)
+            if lon < crossing:
+                inside = not inside
+    return inside
+
+
+@dataclass(frozen=True, slots=True)
+class Geofence:
+    name: str
+    centre: tuple[float, float] = (0.0, 0.0)
+    radius: float = 0.0  # m, for a circle
+    corners: tuple[tuple[float, float], ...] = ()  # (lat, lon), for a polygon
+
+    def contains(self, lat: float, lon: float) -> bool:
+        if self.corners:
+            return _inside_polygon(lat, lon, self.corners)
+        return great_circle_m(*self.centre, lat, lon) <= self.radius
+
+    @classmethod
+    def from_section(cls, name: str, section: Section) -> Geofence:
+        if not _FENCE_NAME.fullmatch(name):
+            raise section.error("", "a geofence name is letters, digits, '_', '.', '-' (used in item keys)")
+        if not section.has("polygon"):
+            centre = _position(section, "latitude", section.number("latitude"), section.number("longitude"))
+            radius = section.number("radius", minimum=0.1)
+            section.done()
+            return cls(name, centre=centre, radius=radius)
+        corners = []
+        for corner in section.strings("polygon"):
+            try:
+                lat, lon = (float(part) for part in corner.split())
+            except ValueError:
+                raise section.error("polygon", f"expected 'lat lon' corners, got {corner!r}") from None
+            corners.append(_position(section, "polygon", lat, lon))
+        if len(set(corners)) < 3:
+            raise section.error("polygon", f"expected at least 3 distinct corners, got {len(set(corners))}")
+        section.done()
+        return cls(name, corners=tuple(corners))
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +137,15 @@ class DerivedSettings:
     trip_start_after: float = 10.0  # s
     trip_stop_speed: float = 3.0  # km/h
     trip_stop_after: float = 120.0  # s
+    geofences: tuple[Geofence, ...] = ()
 
     @classmethod
     def from_section(cls, section: Section) -> DerivedSettings:
         defaults = cls()
         home = None
         if section.has("home_latitude") or section.has("home_longitude"):
-            lat = section.number("home_latitude")
-            lon = section.number("home_longitude")
-            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
-                raise section.error("home_latitude", f"expected a position in degrees, got {lat}, {lon}")
-            home = (lat, lon)
+            home = _position(section, "home_latitude", section.number("home_latitude"),
+                             section.number("home_longitude"))
         radius = section.number("geofence_radius", 0.0, minimum=0)
         if radius and home is None:
             raise section.error("geofence_radius", "needs home_latitude and home_longitude")
@@ -90,6 +161,8 @@ class DerivedSettings:
             trip_start_after=section.number("trip_start_after", defaults.trip_start_after, minimum=0),
             trip_stop_speed=stop,
             trip_stop_after=section.number("trip_stop_after", defaults.trip_stop_after, minimum=0),
+            geofences=tuple(Geofence.from_section(name, sub)
+                            for name, sub in section.table("geofences").subsections()),
         )
 
 
@@ -105,6 +178,7 @@ class Trip(msgspec.Struct):
     distance_at_slow: float = 0.0  # trip distance when the vehicle slowed down
     pending_distance: float = 0.0  # covered while a start was being confirmed
     last: tuple[float, float] | None = None  # the last fix
+    inside: dict[str, bool] = {}  # per named geofence, at the last fix
 
 
 class EdgeDerivations:
@@ -118,6 +192,10 @@ class EdgeDerivations:
                 self.trip = msgspec.convert(state.trips, Trip)
             except msgspec.ValidationError as exc:
                 log.warning("%s: the saved trip is malformed (%s); starting parked", state.path, exc)
+
+    def discovery_rows(self) -> list[dict[str, str]]:
+        """The ``vehicle.geofence.discovery`` rows; empty without named geofences."""
+        return [{"{#GEOFENCE}": fence.name} for fence in self.settings.geofences]
 
     def update(self, clock: float, lat: float, lon: float, speed_kmh: float) -> Derived:
         """Feed one fix; returns the readings to send for it."""
@@ -140,6 +218,7 @@ class EdgeDerivations:
             out["vehicle.trip.distance"] = (0.0, "m")
             out["vehicle.trip.duration"] = (0.0, "s")
         out["vehicle.trips"] = (trip.trips, "")
+        out.update(self._geofences(lat, lon))
         if self.state is not None:
             if trip.moving or "vehicle.trip.last.distance" in out:  # moving, or the trip ended just now
                 self.state.gps_distance(clock, trip.distance - counted)
@@ -161,6 +240,17 @@ class EdgeDerivations:
                 self._over_since = None
             over = 0.0 if self._over_since is None else clock - self._over_since
             out["vehicle.overspeed.duration"] = (round(over, 1), "s")
+        return out
+
+    def _geofences(self, lat: float, lon: float) -> Derived:
+        """Inside or outside each named geofence, and an event where that changed since the last fix."""
+        out: Derived = {}
+        now = {fence.name: fence.contains(lat, lon) for fence in self.settings.geofences}
+        for name, inside in now.items():
+            out[f"vehicle.geofence.inside[{name}]"] = (int(inside), "")
+            if self.trip.inside.get(name, inside) != inside:
+                out[f"vehicle.geofence.event[{name}]"] = ("entry" if inside else "exit", "")
+        self.trip.inside = now  # a geofence taken out of the config is forgotten
         return out
 
     def _while_parked(self, clock: float, speed_kmh: float, step: float) -> Derived:

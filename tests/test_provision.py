@@ -18,7 +18,7 @@ import yaml
 from trapline import provision
 from trapline.collectors.gps import fix_readings
 from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
+from trapline.collectors.vehicle_derived import GEOFENCE_DISCOVERY, DerivedSettings, EdgeDerivations, Geofence
 from trapline.templates import check_template, shipped_templates
 from trapline.wire.vehicle_state import VehicleState
 
@@ -204,7 +204,11 @@ def test_template_items_are_exactly_what_the_collectors_send(tmp_path: Path) -> 
 
 def test_discovery_rules_match_the_collector() -> None:
     rules = {rule["key"]: rule for rule in _template()["discovery_rules"]}
-    assert set(rules) == {PID_DISCOVERY, DTC_DISCOVERY}
+    assert set(rules) == {PID_DISCOVERY, DTC_DISCOVERY, GEOFENCE_DISCOVERY}
+    fence = EdgeDerivations(DerivedSettings(geofences=(Geofence("depot", radius=1.0),))).update(0, 0, 0, 0)
+    prototypes = rules[GEOFENCE_DISCOVERY]["item_prototypes"]
+    assert {p["key"].replace("{#GEOFENCE}", "depot") for p in prototypes} == {
+        key for key in fence if "[depot]" in key} | {"vehicle.geofence.event[depot]"}
     assert [p["key"] for p in rules[PID_DISCOVERY]["item_prototypes"]] == ["obd.pid[{#PID}]"]
     assert [p["key"] for p in rules[DTC_DISCOVERY]["item_prototypes"]] == ["obd.dtc[{#DTC},{#STATE}]"]
 

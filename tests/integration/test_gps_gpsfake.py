@@ -9,6 +9,7 @@ import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,7 @@ def checksummed(body: str) -> str:
 
 
 def run_collector(
-    port: int, scenario: Callable[[ListOutbox], Awaitable[None]], state_dir: Path
+    port: int, scenario: Callable[[ListOutbox], Awaitable[None]], state_dir: Path, **extra: Any
 ) -> ListOutbox:
     out = ListOutbox()
     data = {
@@ -67,6 +68,7 @@ def run_collector(
         "retry_initial": 0.1,
         "retry_max": 0.5,
         "state_dir": str(state_dir),
+        **extra,
     }
     collector = build("gps", Section(Path("test.toml"), "collectors.gps", data))
 
@@ -144,3 +146,26 @@ def test_gpsd_stopped_and_restarted_is_survived(tmp_path: Path) -> None:
     finally:
         fake.stop()
     assert any("reconnecting" in e for e in out.errors)
+
+
+def test_named_geofences_see_the_route_leave_one_and_stay_in_the_other(tmp_path: Path) -> None:
+    # route.nmea starts at 56.94965 N 24.10519 E and drives about 120 m east-north-east.
+    fences = {
+        "start": {"latitude": 56.94965, "longitude": 24.10519, "radius": 40},
+        "town": {"polygon": ["56.94 24.09", "56.96 24.09", "56.96 24.12", "56.94 24.12"]},
+    }
+    fake = Gpsfake(ROUTE, tmp_path)
+    fake.start()
+    try:
+        out = run_collector(
+            fake.port, lambda out: until(lambda: "exit" in out.values("vehicle.geofence.event[start]")),
+            tmp_path, geofences=fences,
+        )
+    finally:
+        fake.stop()
+    assert list(out.discoveries("vehicle.geofence.discovery")[0].rows) == [
+        {"{#GEOFENCE}": "start"}, {"{#GEOFENCE}": "town"}]
+    inside = [int(v) for v in out.values("vehicle.geofence.inside[start]")]
+    assert inside[0] == 1 and inside[-1] == 0  # the route starts inside the circle, the exit left it
+    assert set(out.values("vehicle.geofence.inside[town]")) == {1}
+    assert not out.values("vehicle.geofence.event[town]")
