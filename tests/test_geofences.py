@@ -1,6 +1,6 @@
 """Named geofences of the GPS collector: circles and polygons, inside/outside, entry and exit.
 
-Config shapes follow the sample in collectors/vehicle_derived.py; names are any TOML
+Config shapes follow the sample in collectors/gps/vehicle_derived.py; names are any TOML
 key (TOML allows any string as a quoted key), so hypothesis draws arbitrary text.
 """
 
@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trapline.collectors.vehicle_derived import (
+from trapline.collectors.gps.vehicle_derived import (
     DerivedSettings,
     EdgeDerivations,
     Geofence,
     great_circle_m,
 )
-from trapline.middleware.config import ConfigError, Section
+from trapline.core.config import ConfigError, Section
 from trapline.wire.vehicle_state import VehicleState
 
 DEPOT = (56.9496, 24.1052)

@@ -16,9 +16,14 @@ import pytest
 import yaml
 
 from trapline import provision
-from trapline.collectors.gps import fix_readings
+from trapline.collectors.gps.collector import fix_readings
+from trapline.collectors.gps.vehicle_derived import (
+    GEOFENCE_DISCOVERY,
+    DerivedSettings,
+    EdgeDerivations,
+    Geofence,
+)
 from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY
-from trapline.collectors.vehicle_derived import GEOFENCE_DISCOVERY, DerivedSettings, EdgeDerivations, Geofence
 from trapline.templates import check_template, shipped_templates
 from trapline.wire.vehicle_state import VehicleState
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.outbox import ListOutbox
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
+from tests.support.outbox import ListOutbox
+from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.wire import vehicle_state
 from trapline.wire.vehicle_state import UnreadableState, VehicleState, open_state, state_path
 

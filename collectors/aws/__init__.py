@@ -37,9 +37,9 @@ import logging
 
 from trapline.collectors.aws.poller import AwsPoller, CycleResult
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
-from trapline.middleware.backoff import Backoff
-from trapline.middleware.config import Section
-from trapline.middleware.plugin import Outbox
+from trapline.core.backoff import Backoff
+from trapline.core.config import Section
+from trapline.core.plugin import Outbox
 
 log = logging.getLogger(__name__)
 _POLLING = "polling"  # the condition key of failing poll cycles

@@ -75,10 +75,10 @@ from trapline.collectors.obd.payload import (
     pids_from_ecus,
     split_pids,
 )
-from trapline.middleware.blocking import BlockingWorker, DeadlineMissed, Job
-from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Reading, Value
-from trapline.middleware.plugin import Outbox
+from trapline.core.blocking import BlockingWorker, DeadlineMissed, Job
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Reading, Value
+from trapline.core.plugin import Outbox
 from trapline.wire.vehicle_state import DEFAULT_STATE_DIR, UnreadableState, open_state
 
 T = TypeVar("T")

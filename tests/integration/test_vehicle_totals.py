@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import AgentProcess, TomlValue, spooled_readings, toml_config
-from tests.elm_fixtures import HOST
 from tests.integration.test_gps_gpsfake import Gpsfake, checksummed
-from tests.peers import free_port
-from tests.zabbix_fixtures import wait_until
-from trapline.collectors.vehicle_derived import great_circle_m
-from trapline.middleware.model import Reading
+from tests.support.agent_process import AgentProcess, TomlValue, spooled_readings, toml_config
+from tests.support.elm_fixtures import HOST
+from tests.support.peers import free_port
+from tests.support.zabbix_fixtures import wait_until
+from trapline.collectors.gps.vehicle_derived import great_circle_m
+from trapline.core.model import Reading
 from trapline.wire.vehicle_state import state_path
 
 pytestmark = pytest.mark.integration

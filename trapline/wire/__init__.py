@@ -1,1 +1,1 @@
-"""What two plugins share about one subject: formats and files both sides read and write."""
+"""Wire formats two plugins share about one protocol (docs/architecture.md)."""

@@ -39,7 +39,7 @@ from typing import Annotated, Any, Literal, NoReturn
 
 import msgspec
 
-from trapline.middleware.plugin import Outbox
+from trapline.core.plugin import Outbox
 
 log = logging.getLogger(__name__)
 
