@@ -6,28 +6,44 @@ over TCP and a real gpsd that gpsfake feeds with a generated NMEA drive north at
 in a power cut, and is started again.  What it said before and after is read back
 from its spool (its Zabbix is unreachable on purpose, so nothing leaves it).
 
-The triggers: totals shaped by :class:`VehicleState` itself, sent through the real
-Zabbix destination to a host made by ``trapline provision``, on Zabbix 6.0 and 7.0.
+The triggers and the geofence discovery: values shaped by :class:`VehicleState` and
+:class:`EdgeDerivations` themselves, sent through the real Zabbix destination to a
+host made by ``trapline provision``, on Zabbix 6.0 and 7.0.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devtools.localzabbix import LocalZabbix
 from tests.integration.test_gps_gpsfake import Gpsfake, checksummed
 from tests.support.agent_process import AgentProcess, TomlValue, spooled_readings, toml_config
 from tests.support.elm_fixtures import HOST
 from tests.support.peers import free_port
-from tests.support.zabbix_fixtures import wait_until
-from trapline.collectors.gps.vehicle_derived import great_circle_m
-from trapline.core.model import Reading
-from trapline.wire.vehicle_state import state_path
+from tests.support.zabbix_fixtures import assert_quiet_for, unique_name, wait_for_problems, wait_until
+from trapline.collectors.gps.vehicle_derived import (
+    GEOFENCE_DISCOVERY,
+    DerivedSettings,
+    EdgeDerivations,
+    Geofence,
+    great_circle_m,
+)
+from trapline.core.model import Discovery, Item, Reading
+from trapline.core.plugin import Spooled as Row
+from trapline.exporters.zabbix import ZabbixDestination
+from trapline.exporters.zabbix.client import ClusterClient, Endpoint
+from trapline.provision import provision_vehicle
+from trapline.templates import import_templates, shipped_templates
+from trapline.wire.vehicle_state import VehicleState, state_path
 
 pytestmark = pytest.mark.integration
 
@@ -96,12 +112,40 @@ def saved(tmp_path: Path) -> dict[str, Any]:
     return found
 
 
-def drive_until(agent: AgentProcess, condition: Callable[[], bool], what: str) -> None:
+def drive_killed_midway(
+    tmp_path: Path, adapter: tuple[int | None, int | None], first_leg: Callable[[dict[str, Any]], bool],
+    second_leg: Callable[[dict[str, Any], dict[str, Any]], bool],
+) -> tuple[Spooled, dict[str, Any]]:
+    """Drive until ``first_leg(state)``, SIGKILL the agent, start it again (with the OBD adapter
+    at ``adapter[1]`` now, None = unplugged) and drive until ``second_leg(state at the kill, state)``.
+
+    Returns what the agent spooled, split at the kill, and the state file at the kill.
+    """
+    route = tmp_path / "drive.nmea"
+    write_drive(route)
+    fake = Gpsfake(route, tmp_path)
+    fake.start()
+    zabbix_port = free_port()
+    log = tmp_path / "agent.log"
+    agent = AgentProcess(agent_config(tmp_path, zabbix_port, fake.port, adapter[0]), log)
     try:
-        wait_until(condition, timeout=LIMIT, interval=0.2, what=what)
+        agent.start()
+        wait_until(lambda: first_leg(saved(tmp_path)), timeout=LIMIT, interval=0.2, what="the first leg")
+        agent.kill()
+        killed, first = time.time(), saved(tmp_path)
+        agent = AgentProcess(agent_config(tmp_path, zabbix_port, fake.port, adapter[1]), log)
+        agent.start()
+        wait_until(lambda: second_leg(first, saved(tmp_path)), timeout=LIMIT, interval=0.2,
+                   what="the second leg")
+        assert agent.terminate() == 0, agent.output()
     except BaseException:
         print(agent.output()[-3000:])  # pytest shows it only when the test fails
         raise
+    finally:
+        if agent.running:
+            agent.kill()
+        fake.stop()
+    return Spooled(tmp_path, zabbix_port, killed), first
 
 
 class Spooled:
@@ -135,29 +179,11 @@ def test_a_killed_agent_carries_on_mid_drive_with_no_reset_and_no_jump(
     emulator: tuple[Any, int], tmp_path: Path
 ) -> None:
     _, obd_port = emulator  # the emulated car has no PID A6: the odometer is GPS distance
-    route = tmp_path / "drive.nmea"
-    write_drive(route)
-    fake = Gpsfake(route, tmp_path)
-    fake.start()
-    zabbix_port = free_port()
-    agent = AgentProcess(agent_config(tmp_path, zabbix_port, fake.port, obd_port), tmp_path / "agent.log")
-    try:
-        agent.start()
-        drive_until(agent, lambda: saved(tmp_path).get("odometer_m", 0) >= 300
-                    and saved(tmp_path).get("engine_s", 0) > 1, "300 m driven and the engine counted")
-        agent.kill()
-        killed = time.time()
-        first = saved(tmp_path)
-        agent.start()
-        drive_until(agent, lambda: saved(tmp_path)["odometer_m"] >= first["odometer_m"] + 300,
-                    "300 m more after the restart")
-        assert agent.terminate() == 0, agent.output()
-    finally:
-        if agent.running:
-            agent.kill()
-        fake.stop()
-
-    said = Spooled(tmp_path, zabbix_port, killed)
+    said, first = drive_killed_midway(
+        tmp_path, (obd_port, obd_port),
+        lambda state: state.get("odometer_m", 0) >= 300 and state.get("engine_s", 0) > 1,
+        lambda first, state: state["odometer_m"] >= first["odometer_m"] + 300,
+    )
     assert first["trips"]["moving"] is True, "killed mid-trip"
     for key in TOTALS:  # a reset would show as a step down
         values = said.series(said.all, key)
@@ -206,30 +232,11 @@ def test_the_ecu_odometer_wins_and_gps_carries_on_from_it_when_the_adapter_is_go
 ) -> None:
     emu, obd_port = emulator
     _a6_car(emu, elm_module)
-    route = tmp_path / "drive.nmea"
-    write_drive(route)
-    fake = Gpsfake(route, tmp_path)
-    fake.start()
-    zabbix_port = free_port()
-    agent = AgentProcess(agent_config(tmp_path, zabbix_port, fake.port, obd_port), tmp_path / "agent.log")
-    try:
-        agent.start()
-        drive_until(agent, lambda: saved(tmp_path).get("ecu_m") == ECU_ODOMETER_M
-                    and saved(tmp_path).get("trips", {}).get("distance", 0) >= 200,
-                    "the ECU odometer and 200 m")
-        agent.kill()
-        killed = time.time()
-        # the adapter is unplugged while the agent is down: GPS alone from now on
-        agent = AgentProcess(agent_config(tmp_path, zabbix_port, fake.port, None), tmp_path / "agent.log")
-        agent.start()
-        drive_until(agent, lambda: saved(tmp_path)["odometer_m"] >= ECU_ODOMETER_M + 200, "200 m by GPS")
-        assert agent.terminate() == 0, agent.output()
-    finally:
-        if agent.running:
-            agent.kill()
-        fake.stop()
-
-    said = Spooled(tmp_path, zabbix_port, killed)
+    said, _ = drive_killed_midway(
+        tmp_path, (obd_port, None),  # the adapter is unplugged while the agent is down: GPS alone then
+        lambda state: state.get("ecu_m") == ECU_ODOMETER_M and state["trips"].get("distance", 0) >= 200,
+        lambda _, state: state["odometer_m"] >= ECU_ODOMETER_M + 200,
+    )
     odometer = said.series(said.all, "vehicle.odometer")
     assert odometer == sorted(odometer), "the odometer went down"
     assert said.series(said.before, "obd.pid[ODOMETER]")[-1] == ECU_ODOMETER_M
@@ -242,3 +249,115 @@ def test_the_ecu_odometer_wins_and_gps_carries_on_from_it_when_the_adapter_is_go
     assert then[-1] >= ECU_ODOMETER_M + 200
     # today's distance is what was driven, not the odometer the ECU reported first
     assert said.series(said.all, "vehicle.distance.today")[-1] < 2_000
+
+
+# -- service triggers on Zabbix 6.0 and 7.0 ---------------------------------------------------------
+
+DISTANCE = ("Vehicle: Service due by distance", "warning")
+HOURS = ("Vehicle: Service due by engine hours", "warning")
+TEMPLATES = [p for p in shipped_templates()
+             if p.name in ("template_vehicle_obd_gps.yaml", "template_trapline_agent.yaml")]
+
+
+def test_service_triggers_fire_when_due_and_stay_quiet_before(zabbix: LocalZabbix, tmp_path: Path) -> None:
+    api = zabbix.api()
+    import_templates(api, TEMPLATES)
+    host = unique_name("van")
+    hostid = provision_vehicle(api, host, unique_name("Vehicles")).objectid
+    zabbix.config_cache_reload()
+    state = VehicleState(tmp_path / "vehicle.json", host)
+    clock = [time.time()]
+
+    def drive(odometer_km: float, engine_h: float) -> None:
+        """Bring the totals to these figures the way the collectors do, and send them."""
+        clock[0] += 1
+        state.ecu_odometer(clock[0], odometer_km * 1000, 60)
+        # two running samples that far apart carry the hours still missing
+        state.engine_sample(0.0, True, math.inf)
+        state.engine_sample(engine_h * 3600 - state.engine()["vehicle.engine.time"][0], True, math.inf)
+        readings = [Reading(host, key, value, int(clock[0]), 0, unit)
+                    for key, (value, unit) in (state.odometer() | state.engine()).items()]
+
+        send(zabbix, readings)
+        wait_until(lambda: _last(api, hostid, "vehicle.odometer") == int(clock[0]),
+                   what="the totals in Zabbix")
+
+    def set_macro(name: str, value: str) -> None:
+        found = api.usermacro.get(hostids=[hostid], filter={"macro": name}, output=["hostmacroid"])
+        if found:
+            api.usermacro.update(hostmacroid=found[0]["hostmacroid"], value=value)
+        else:
+            api.usermacro.create(hostid=hostid, macro=name, value=value)
+        zabbix.config_cache_reload()
+
+    # The template's defaults (0) never fire, however far the van went.
+    drive(14_999.9, 599.9)
+    assert_quiet_for(api, [hostid], 5)
+    # The next service set on the host: not due yet.
+    set_macro("{$VEHICLE.SERVICE.KM}", "15000")
+    set_macro("{$VEHICLE.SERVICE.HOURS}", "600")
+    drive(14_999.9, 599.9)
+    assert_quiet_for(api, [hostid], 5)
+    drive(15_000.0, 599.95)
+    wait_for_problems(api, [hostid], {DISTANCE}, timeout=30)
+    drive(15_010.0, 600.0)
+    wait_for_problems(api, [hostid], {DISTANCE, HOURS}, timeout=30)
+    # Serviced: the macros move on to the next service, the problems resolve with the next values.
+    set_macro("{$VEHICLE.SERVICE.KM}", "30000")
+    drive(15_010.5, 600.1)
+    wait_for_problems(api, [hostid], {HOURS}, timeout=30)
+    set_macro("{$VEHICLE.SERVICE.HOURS}", "1200")
+    drive(15_011.0, 600.2)
+    wait_for_problems(api, [hostid], set(), timeout=30)
+
+
+def _last(api: Any, hostid: str, key: str) -> int:
+    found = api.item.get(hostids=[hostid], filter={"key_": key}, output=["lastclock"])
+    return int(found[0]["lastclock"]) if found else 0
+
+
+def send(zabbix: LocalZabbix, items: Sequence[Item]) -> None:
+    """Through the real Zabbix destination, as the agent's pipeline hands items over."""
+
+    async def deliver() -> None:
+        destination = ZabbixDestination(
+            "vehicle", ClusterClient([Endpoint(zabbix.trapper_host, zabbix.trapper_port)], timeout=10))
+        try:
+            ids = itertools.count(1)
+            delivery = await destination.deliver([Row(next(ids), item, time.time(), 0) for item in items])
+        finally:
+            await destination.close()
+        assert len(delivery.accepted) == len(items), delivery
+
+    asyncio.run(deliver())
+
+
+def test_named_geofences_are_discovered_and_get_their_crossings(zabbix: LocalZabbix) -> None:
+    api = zabbix.api()
+    import_templates(api, TEMPLATES)
+    host = unique_name("van")
+    hostid = provision_vehicle(api, host, unique_name("Vehicles")).objectid
+    zabbix.config_cache_reload()
+    depot = Geofence("depot-1", centre=(56.9496, 24.1052), radius=100.0)
+    edge = EdgeDerivations(DerivedSettings(geofences=(depot,)))
+    send(zabbix, [Discovery.now(host, GEOFENCE_DISCOVERY, edge.discovery_rows())])
+
+    keys = ["vehicle.geofence.inside[depot-1]", "vehicle.geofence.event[depot-1]"]
+
+    def last_values() -> dict[str, str]:
+        output = ["key_", "lastvalue", "lastclock"]
+        found = api.item.get(hostids=[hostid], filter={"key_": keys}, output=output)
+        return {item["key_"]: item["lastvalue"] for item in found if item["lastclock"] != "0"}
+
+    wait_until(lambda: len(api.item.get(hostids=[hostid], filter={"key_": keys})) == 2,
+               what="the geofence's discovered items")
+    zabbix.config_cache_reload()
+    start = int(time.time()) - 10
+    readings: list[Item] = []
+    for i, lat in enumerate((56.9496, 56.9596)):  # in the depot, then a kilometre north of it
+        derived = edge.update(start + i, lat, 24.1052, 30.0)
+        readings += [Reading(host, key, value, start + i, 0, unit) for key, (value, unit) in derived.items()
+                     if key in keys]
+    send(zabbix, readings)
+    found = wait_until(lambda: len(values := last_values()) == 2 and values, what="the exit in Zabbix")
+    assert found == {"vehicle.geofence.inside[depot-1]": "0", "vehicle.geofence.event[depot-1]": "exit"}

@@ -13,7 +13,9 @@ while the ECU is silent (no PID 0xA6, adapter unplugged). The reported value
 never goes down: when the ECU comes back it corrects the GPS estimate forward
 (catching up what GPS missed) or, when GPS counted more, the value holds until
 the ECU passes it.  An ECU reading far below its previous one (another ECU,
-a cluster swap) starts a new baseline from the current value.
+a cluster swap) starts a new baseline from the current value.  The very first
+ECU reading sets the odometer outright: it is the car's total, not distance
+driven today.
 
 Engine time grows between two consecutive samples with the engine running
 (RPM above zero) that are at most ``max_gap`` apart; a longer gap (link lost,
