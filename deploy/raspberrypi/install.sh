@@ -357,8 +357,14 @@ say "done: $changes change(s)"
 if [[ $uplink == proxy ]]; then
     say "in Zabbix: proxy '$proxy_name' (active), PSK identity '$psk_identity', key in $psk_file"
     say "           (read it there as root; it is not printed); host '$vehicle' monitored by that proxy"
+    say "to add this van, copy $psk_file to the admin machine (mode 0600) and run there:"
+    say "  trapline provision $(printf '%q' "$vehicle") --proxy-name $(printf '%q' "$proxy_name") --create-proxy" \
+        "--psk-identity $(printf '%q' "$psk_identity") --psk-file ./$(printf '%q' "$vehicle").psk" \
+        "--url https://ZABBIX/ --token-file API_TOKEN_FILE"
 else
     say "in Zabbix: host '$vehicle', sending straight to $server"
+    say "to add this van, run on the admin machine:"
+    say "  trapline provision $(printf '%q' "$vehicle") --url https://ZABBIX/ --token-file API_TOKEN_FILE"
 fi
 exit 0
 }

@@ -10,10 +10,12 @@ system (copied, never modified), apt's downloaded packages and pip's cache.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -24,6 +26,7 @@ import pytest
 
 from devtools.localzabbix import BASE_ENV, configured_debian_mirror, namespace_command
 from tests.support.peers import missing_peer, need_binary
+from trapline import provision
 
 # On a fresh machine the first test also debootstraps bookworm and installs the Pi's
 # packages (no cache yet): more than the suite's 600 s per test.
@@ -155,6 +158,20 @@ def test_second_run_changes_nothing_and_secrets_stay_hidden(installed: tuple[Pat
     assert psk not in first_output and psk not in second_output
     info = psk_file.stat()
     assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o640, 0, ids(root, "group", "zabbix"))
+
+
+def test_the_install_prints_the_provision_command_of_this_van(installed: tuple[Path, str, str]) -> None:
+    # The command is printed by every run; it must be one trapline's own parser takes as is.
+    printed = "install.sh:   trapline provision "
+    lines = [line for line in installed[2].splitlines() if line.startswith(printed)]
+    assert len(lines) == 1, installed[2][-2000:]
+    line = lines[0]
+    argv = shlex.split(line.split("trapline ", 1)[1])
+    parser = argparse.ArgumentParser(prog="trapline")
+    provision.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    assert (args.hosts, args.proxy_name, args.create_proxy) == (["van-17"], "van-17-proxy", True)
+    assert args.psk_identity == "van-17-proxy" and args.psk_file == Path("./van-17.psk")
 
 
 def test_files_modes_and_enabled_units(installed: tuple[Path, str, str]) -> None:
