@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from trapline import __version__
 from trapline.middleware import redact
-from trapline.middleware.config import ConfigError
+from trapline.middleware.config import ConfigError, extra_hint, missing_modules
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.plugin import Collector, Destination, Observer
 from trapline.middleware.settings import Settings, configure_logging, load_settings
@@ -133,10 +133,14 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     # so `trapline run` stays small.
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in _LAZY_SUBCOMMANDS.items():
-        if chosen == name:
-            importlib.import_module(module).add_parser(sub)
-        else:
+        if chosen != name:
             sub.add_parser(name, help=help_text)
+            continue
+        missing = missing_modules(_ADMIN_LIBRARIES) if name in _ADMIN_COMMANDS else []
+        if missing:
+            # Before the import, whose ModuleNotFoundError would end in a traceback.
+            raise SystemExit(f"trapline {name}: {extra_hint('admin', missing)}")
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -145,6 +149,10 @@ _LAZY_SUBCOMMANDS = {
     "provision": ("trapline.provision", "create or update vehicle hosts and the Fleet map dashboard"),
     "demo": ("trapline.demo", "run the whole thing locally: Zabbix, templates, demo sources"),
 }
+# What trapline[admin] installs for these (pyproject.toml). The demo is a development
+# tool that wants every extra and the emulators: it is run from a checkout, never a role's venv.
+_ADMIN_COMMANDS = ("templates", "provision")
+_ADMIN_LIBRARIES = ("pyzabbix", "requests", "yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -252,7 +252,8 @@ fi
 stamp=$prefix/.trapline-source.sha256
 if [ "$(cat "$stamp" 2>/dev/null)" != "$fingerprint" ] || [ ! -x "$prefix/bin/trapline" ]; then
     say "installing trapline from $source into $prefix"
-    "$prefix/bin/pip" install -q --disable-pip-version-check "$install_from"
+    # Only the vehicle role's libraries (pyproject.toml extras): no boto3, no websockets on a Pi.
+    "$prefix/bin/pip" install -q --disable-pip-version-check "$install_from[vehicle]"
     echo "$fingerprint" >"$stamp"
     changed "trapline in $prefix"
 fi
