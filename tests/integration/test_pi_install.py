@@ -102,10 +102,10 @@ def in_chroot(root: Path, argv: Sequence[str], timeout: float = 600) -> subproce
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    """Path -> type, mode, owner and content hash of everything the script owns."""
+def snapshot(root: Path, watched: Sequence[str] = WATCHED) -> dict[str, str]:
+    """Path -> type, mode, owner and content hash of everything the script owns (``watched``)."""
     listing: dict[str, str] = {}
-    for top in WATCHED:
+    for top in watched:
         for path in sorted((root / top).rglob("*")):
             info = path.lstat()
             if stat.S_ISLNK(info.st_mode):
@@ -204,20 +204,24 @@ def test_proxy_accepts_its_config(installed: tuple[Path, str, str]) -> None:
     assert "Cannot perform runtime control command" in output, output
 
 
-def test_unit_verifies_and_its_sandbox_scores_at_most_2(installed: tuple[Path, str, str]) -> None:
-    root = installed[0]
+def verified_exposure(root: Path, unit_path: str, unit: str) -> float:
+    """``systemd-analyze verify`` of the installed unit must pass; returns its sandbox's exposure."""
     analyze = need_binary("systemd-analyze")
     verify = subprocess.run(
-        [analyze, "verify", f"--root={root}", "/etc/systemd/system/trapline.service"],
-        capture_output=True, text=True, check=False,
+        [analyze, "verify", f"--root={root}", unit_path], capture_output=True, text=True, check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     security = subprocess.run(
-        [analyze, "security", "--offline=yes", f"--root={root}", "trapline.service"],
+        [analyze, "security", "--offline=yes", f"--root={root}", unit],
         capture_output=True, text=True, check=False,
     )
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security.stdout)
     assert found, security.stdout + security.stderr
     exposure = float(found.group(1))
-    print(f"systemd-analyze security: trapline.service exposure {exposure}")
-    assert exposure <= MAX_EXPOSURE, security.stdout
+    print(f"systemd-analyze security: {unit} exposure {exposure}")
+    return exposure
+
+
+def test_unit_verifies_and_its_sandbox_scores_at_most_2(installed: tuple[Path, str, str]) -> None:
+    exposure = verified_exposure(installed[0], "/etc/systemd/system/trapline.service", "trapline.service")
+    assert exposure <= MAX_EXPOSURE
