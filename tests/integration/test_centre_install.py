@@ -1,7 +1,7 @@
-"""deploy/centre/install.sh, each role run twice in a fresh Debian bookworm chroot (issue 21 item 1).
+"""deploy/centre/install.sh, each role run twice in fresh Debian 12 and 13 chroots (issue 21 item 1).
 
-The chroot, its caches and the way into it are the Pi install test's (tests/integration/
-test_pi_install.py): the same debootstrapped base, apt and pip caches. The first run of a role
+The chroots, their caches and the way into them are the Pi install test's
+(tests/integration/test_pi_install.py): debootstrapped bases, apt and pip caches. The first run of a role
 installs for real (its virtualenv from the package index, the user, the directories, the unit);
 the second must change nothing. Then systemd checks the installed instance and its sandbox.
 """
@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_pi_install import (  # noqa: F401 (chroot is a fixture)
+from tests.integration.test_pi_install import (
     MAX_EXPOSURE,
     SOURCE_IN_CHROOT,
-    chroot,
+    fresh_chroot,
     ids,
     in_chroot,
     snapshot,
@@ -37,13 +38,22 @@ SECRETS = {"mist.token": "mist-api-token-0123456789", "mqtt.password": "broker-p
 COLLECTORS = {"mist": "MistCollector", "aws": "AwsCollector", "bridge": "MqttBridge"}
 
 
+Installed = tuple[Path, dict[str, tuple[str, str]]]  # the chroot, each role's two outputs
+
+
 def watched(role: str) -> tuple[str, ...]:
     return ("etc", f"opt/trapline-{role}", "var/lib/trapline", "usr/local/share/doc/trapline")
 
 
-@pytest.fixture(scope="module")
-def installed(chroot: Path) -> tuple[Path, dict[str, tuple[str, str]]]:  # noqa: F811
+# Debian 12 and 13, the releases the script is for (deploy/centre/README.md).
+@pytest.fixture(scope="module", params=["bookworm", "trixie"])
+def installed(request: pytest.FixtureRequest) -> Iterator[Installed]:
     """The chroot after each role's two runs: the first with --server, the second with nothing."""
+    with fresh_chroot(request.param) as chroot:
+        yield chroot, install_every_role_twice(chroot)
+
+
+def install_every_role_twice(chroot: Path) -> dict[str, tuple[str, str]]:
     secrets = chroot / "etc/trapline/secrets"
     secrets.mkdir(parents=True, mode=0o700)
     for name, value in SECRETS.items():
@@ -61,11 +71,11 @@ def installed(chroot: Path) -> tuple[Path, dict[str, tuple[str, str]]]:  # noqa:
         assert differences == [], f"the second run of {role} changed: {differences[:20]}"
         assert "done: 0 change(s)" in second.stdout, second.stdout
         outputs[role] = (first.stdout + first.stderr, second.stdout + second.stderr)
-    return chroot, outputs
+    return outputs
 
 
 def test_first_runs_install_and_second_runs_change_nothing(
-    installed: tuple[Path, dict[str, tuple[str, str]]],
+    installed: Installed,
 ) -> None:
     outputs = installed[1]
     for role, (first, _) in outputs.items():
@@ -79,7 +89,7 @@ def test_first_runs_install_and_second_runs_change_nothing(
 
 
 def test_each_role_gets_its_files_with_their_modes_and_its_unit_enabled(
-    installed: tuple[Path, dict[str, tuple[str, str]]],
+    installed: Installed,
 ) -> None:
     root = installed[0]
     uid, gid = ids(root, "passwd", "trapline"), ids(root, "group", "trapline")
@@ -104,7 +114,7 @@ def test_each_role_gets_its_files_with_their_modes_and_its_unit_enabled(
         assert link.is_symlink() and link.resolve().name == "trapline@.service", link
 
 
-def test_each_virtualenv_holds_only_its_role(installed: tuple[Path, dict[str, tuple[str, str]]]) -> None:
+def test_each_virtualenv_holds_only_its_role(installed: Installed) -> None:
     root = installed[0]
     for role, library in ROLES.items():
         listing = in_chroot(root, [f"/opt/trapline-{role}/bin/pip", "list", "--format=json"], timeout=120)
@@ -115,7 +125,7 @@ def test_each_virtualenv_holds_only_its_role(installed: tuple[Path, dict[str, tu
         assert not names & ROLE_ONLY - allowed, (role, names & ROLE_ONLY)
 
 
-def test_installed_agents_accept_their_configs(installed: tuple[Path, dict[str, tuple[str, str]]]) -> None:
+def test_installed_agents_accept_their_configs(installed: Installed) -> None:
     root = installed[0]
     for role, collector in COLLECTORS.items():
         load = (
@@ -126,9 +136,6 @@ def test_installed_agents_accept_their_configs(installed: tuple[Path, dict[str, 
         result = in_chroot(root, [f"/opt/trapline-{role}/bin/python", "-c", load], timeout=60)
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == [f"['{collector}']", "1", f"/var/lib/trapline/{role}/spool.db"]
-
-
-Installed = tuple[Path, dict[str, tuple[str, str]]]
 
 
 def test_a_secret_others_can_read_stops_the_script(installed: Installed) -> None:
@@ -146,7 +153,7 @@ def test_a_secret_others_can_read_stops_the_script(installed: Installed) -> None
 
 @pytest.mark.parametrize("role", sorted(ROLES))
 def test_instance_verifies_and_its_sandbox_scores_at_most_2(
-    installed: tuple[Path, dict[str, tuple[str, str]]], role: str,
+    installed: Installed, role: str,
 ) -> None:
     unit = f"trapline@{role}.service"
     # Through the link that enabling made: verify then loads the template as this instance.

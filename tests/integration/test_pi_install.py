@@ -10,6 +10,7 @@ system (copied, never modified), apt's downloaded packages and pip's cache.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -31,7 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/trapline")
-BASE = CACHE / "bookworm-pi-base"
 READY = ".trapline-ready"
 APT_ARCHIVES = CACHE / "pi-apt-archives"
 PIP_CACHE = CACHE / "pi-pip"
@@ -44,32 +44,34 @@ MAX_EXPOSURE = 2.0
 WATCHED = ("etc", "opt/trapline", "var/lib/trapline", "var/lib/zabbix", "usr/local/share/doc/trapline")
 
 
-def ensure_base() -> Path:
-    """A minimal bookworm, built once with debootstrap and kept read-only in the cache."""
-    if (BASE / READY).exists():
-        return BASE
+def ensure_base(suite: str = "bookworm") -> Path:
+    """A minimal Debian ``suite``, built once with debootstrap and kept read-only in the cache."""
+    base = CACHE / f"{suite}-pi-base"
+    if (base / READY).exists():
+        return base
     need_binary("debootstrap")
     CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / "bookworm-pi-base.lock").open("w") as lock:
+    with (CACHE / f"{suite}-pi-base.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (BASE / READY).exists():
-            return BASE
-        building = BASE.with_name(BASE.name + ".partial")
+        if (base / READY).exists():
+            return base
+        building = base.with_name(base.name + ".partial")
         shutil.rmtree(building, ignore_errors=True)
-        log = BASE.with_name(BASE.name + ".build.log")
+        log = base.with_name(base.name + ".build.log")
         with log.open("wb") as out:
-            argv = ["debootstrap", "--variant=minbase", "bookworm", str(building), configured_debian_mirror()]
+            argv = ["debootstrap", "--variant=minbase", suite, str(building), configured_debian_mirror()]
             if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode:
-                missing_peer(f"debootstrap of bookworm failed (the Debian mirror?), see {log}")
+                missing_peer(f"debootstrap of {suite} failed (the Debian mirror?), see {log}")
         (building / READY).write_text("")
-        building.rename(BASE)
-    return BASE
+        building.rename(base)
+    return base
 
 
-@pytest.fixture(scope="module")
-def chroot() -> Iterator[Path]:
-    base = ensure_base()
-    work = CACHE / f"pi-install-test.{os.getpid()}"
+@contextlib.contextmanager
+def fresh_chroot(suite: str = "bookworm") -> Iterator[Path]:
+    """A throw-away copy of the ``suite`` base with this checkout in it, removed afterwards."""
+    base = ensure_base(suite)
+    work = CACHE / f"pi-install-test.{suite}.{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     subprocess.run(["cp", "-a", str(base), str(work)], check=True)
     # Package scripts and install.sh alike must not start services here.
@@ -88,6 +90,12 @@ def chroot() -> Iterator[Path]:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def chroot() -> Iterator[Path]:
+    with fresh_chroot() as work:
+        yield work
 
 
 def in_chroot(root: Path, argv: Sequence[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
