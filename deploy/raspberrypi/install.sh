@@ -169,7 +169,8 @@ done
 ensure_dir /var/lib/trapline 0750 trapline:trapline
 
 # ---------------------------------------------------------------- trapline in a virtualenv
-install_trapline "$prefix" "$source" vehicle
+# mqtt too: a van may send through a broker ([mqtt] exporter, README "Scaling past one machine").
+install_trapline "$prefix" "$source" vehicle,mqtt
 
 # ---------------------------------------------------------------- configuration
 if [ ! -e "$etc/trapline.toml" ]; then

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -200,6 +201,14 @@ def test_installed_agent_accepts_the_vehicle_config(installed: tuple[Path, str, 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("]")[1].strip() == "1", result.stdout
     assert "Gps" in result.stdout and "Obd" in result.stdout, result.stdout
+
+
+def test_the_virtualenv_holds_the_vehicle_role_only(installed: tuple[Path, str, str]) -> None:
+    listing = in_chroot(installed[0], ["/opt/trapline/bin/pip", "list", "--format=json"], timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    names = {re.sub(r"[-_.]+", "-", p["name"]).lower() for p in json.loads(listing.stdout)}
+    assert {"obd", "pyserial", "gpsd-py3", "paho-mqtt"} <= names, names
+    assert not names & {"boto3", "botocore", "websockets", "pyzabbix"}, names
 
 
 def test_proxy_accepts_its_config(installed: tuple[Path, str, str]) -> None:
