@@ -157,3 +157,31 @@ def test_the_mist_install_checks_and_runs_a_mist_config(mist_venv: Path, tmp_pat
             assert b"Traceback" not in log, log.decode()[-3000:]
 
     asyncio.run(scenario())
+
+
+def test_another_roles_config_stops_with_one_line_naming_its_extra(mist_venv: Path, tmp_path: Path) -> None:
+    # Not a hidden module this time: boto3, paho and pyzabbix are really absent from this venv.
+    trapline = str(mist_venv / "bin" / "trapline")
+    cases = {
+        "aws": '[collectors.glue]\ntype = "aws"\nhost = "aws"\nregion = "eu-west-1"\n',
+        "mqtt": '[collectors.vehicles]\ntype = "mqtt_bridge"\nhost = "127.0.0.1"\n',
+        "vehicle": '[collectors.car]\ntype = "obd"\n',
+    }
+    for extra, section in cases.items():
+        config = tmp_path / f"{extra}.toml"
+        config.write_text(f'[spool]\npath = "{tmp_path / "spool.db"}"\n{section}')
+        result = subprocess.run(
+            [trapline, "run", "-c", str(config)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"trapline: config error: {config}: [collectors."), line
+        assert line.endswith(f"pip install 'trapline[{extra}]'"), line
+    admin = subprocess.run(
+        [trapline, "templates", "list"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert admin.returncode == 1
+    missing = "pyzabbix, requests, yaml"
+    assert admin.stderr.splitlines() == [
+        f"trapline templates: needs {missing}, not installed here: pip install 'trapline[admin]'"
+    ]
