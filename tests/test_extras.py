@@ -144,3 +144,15 @@ def test_with_every_library_present_the_same_config_loads(tmp_path: Path) -> Non
     result = run_hiding("no_such_module_here", ["run", "-c", str(config)], tmp_path)
     assert "pip install" not in result.stderr
     assert "[collectors.m]" in result.stderr  # the Mist builder ran and asked for its own keys
+
+
+def test_a_plugin_that_fails_to_import_otherwise_is_still_one_line(tmp_path: Path) -> None:
+    # A broken install (a file of the plugin itself missing) is not a missing extra: the line
+    # names the module that could not be loaded, and there is no traceback either.
+    config = tmp_path / "trapline.toml"
+    config.write_text(f'[spool]\npath = "{tmp_path}/spool.db"\n' + CONFIGS["mist"][2])
+    result = run_hiding("trapline.collectors.mist.stream", ["run", "-c", str(config)], tmp_path)
+    assert result.returncode == cli.EXIT_CONFIG, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert f"{config}: [collectors.m].type: trapline.collectors.mist cannot be loaded: " in line, line
+    assert "pip install" not in line
