@@ -6,7 +6,7 @@ when configured, so an agent without AWS never loads boto3, and one installed
 without ``trapline[aws]`` says so in one line when its config asks for AWS.
 """
 
-from trapline.middleware.plugin import PluginSpec
+from trapline.core.plugin import PluginSpec
 
 REGISTRY: dict[str, PluginSpec] = {
     "synthetic": PluginSpec("trapline.collectors.synthetic:build"),

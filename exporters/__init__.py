@@ -6,7 +6,7 @@ A destination builder returns a list (one ``[zabbix]`` section may name several
 independent servers); an observer builder returns one observer.
 """
 
-from trapline.middleware.plugin import PluginSpec
+from trapline.core.plugin import PluginSpec
 
 # Zabbix and Prometheus are in the base install: every role sends to Zabbix, and any
 # may serve its metrics (prometheus-client is small and pure Python).

@@ -22,13 +22,13 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from trapline.middleware.backoff import Backoff, retry_delay
+from trapline.core.backoff import Backoff, retry_delay
+from trapline.core.logutil import ThrottledLog
+from trapline.core.model import Item, Reading
+from trapline.core.plugin import Collector, Delivery, Destination, Observer, Spooled
 from trapline.middleware.filters import Filters
-from trapline.middleware.logutil import ThrottledLog
-from trapline.middleware.model import Item, Reading
 from trapline.middleware.normalize import Rejected, normalize
-from trapline.middleware.plugin import Collector, Delivery, Destination, Observer, Spooled
-from trapline.middleware.settings import AgentSettings, Settings, SpoolSettings
+from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
 from trapline.middleware.stats import AgentStats, CollectorStats
 
@@ -108,20 +108,6 @@ class Pipeline:
             self.stats.destination(d.name)
         for c in self.collectors:
             self.stats.collector(c.name)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
-        """The agent as ``trapline run`` builds it: every plugin of the config, its spool opened."""
-        spool = Spool(settings.spool.path, settings.spool.max_readings, settings.spool.sync)
-        return cls(
-            agent=settings.agent,
-            spool_settings=settings.spool,
-            spool=spool,
-            filters=settings.filters,
-            collectors=settings.collectors,
-            destinations=settings.destinations,
-            observers=settings.observers,
-        )
 
     # -- intake ----------------------------------------------------------------
     def outbox(self, name: str) -> _Outbox:
@@ -400,6 +386,8 @@ class Pipeline:
             except Exception as exc:  # a bug: this destination must go on
                 log.debug("delivery round for %s failed", dest.name, exc_info=True)
                 outcome = Delivery(unreachable=f"delivery round failed: {type(exc).__name__}: {exc}")
+            self._throttled.resolved("spool-error:" + dest.name, "delivery to %s: spool works again",
+                                     dest.name)
             if outcome is None:
                 wake.clear()
                 if self._stop.is_set():
@@ -423,6 +411,7 @@ class Pipeline:
                 await self._sleep_unless_stopping(delay)
             else:
                 backoff.reset()
+                self._throttled.resolved("unreachable:" + dest.name, "%s reachable again", dest.name)
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trapline.middleware.config import ConfigError, Secret, Section, read_secret_file
-from trapline.middleware.settings import load_settings
+from trapline.app.settings import load_settings
+from trapline.core.config import ConfigError, Secret, Section, read_secret_file
 
 GOOD = """
 [agent]

@@ -19,8 +19,8 @@ import pytest
 
 from trapline import cli
 from trapline.collectors import REGISTRY
+from trapline.core.config import Section, missing_modules
 from trapline.exporters import DESTINATIONS, OBSERVERS
-from trapline.middleware.config import Section, missing_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

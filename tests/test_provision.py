@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from trapline import provision
-from trapline.collectors.gps import fix_readings
+from trapline.collectors.gps.collector import fix_readings
+from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.templates import check_template, shipped_templates
 
 TEMPLATE = next(p for p in shipped_templates() if p.name == provision.VEHICLE_TEMPLATE_FILE)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import need_binary
+from tests.support.peers import need_binary
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "raspberrypi"
 CENTRE_UNIT = DEPLOY.parent / "centre" / "trapline@.service"

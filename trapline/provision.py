@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pyzabbix.api import ZabbixAPIException
 from requests import RequestException
 
-from trapline.middleware.config import ConfigError
+from trapline.core.config import ConfigError
 from trapline.templates import (
     TemplateError,
     ZabbixApiClient,

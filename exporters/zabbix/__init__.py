@@ -22,11 +22,11 @@ Sample configuration::
 
 from __future__ import annotations
 
+from trapline.core.config import Section
+from trapline.core.plugin import Destination
 from trapline.exporters.zabbix.client import ClusterClient, TlsSettings, parse_cluster
 from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.exporters.zabbix.diagnose import ApiDiagnoser, Diagnoser
-from trapline.middleware.config import Section
-from trapline.middleware.plugin import Destination
 
 __all__ = ["ZabbixDestination", "build_destinations"]
 

@@ -129,7 +129,7 @@ def test_installed_agents_accept_their_configs(installed: Installed) -> None:
     root = installed[0]
     for role, collector in COLLECTORS.items():
         load = (
-            "from pathlib import Path; from trapline.middleware.settings import load_settings; "
+            "from pathlib import Path; from trapline.app.settings import load_settings; "
             f"s = load_settings(Path('/etc/trapline/{role}.toml')); "
             "print(sorted(type(c).__name__ for c in s.collectors), len(s.destinations), s.spool.path)"
         )

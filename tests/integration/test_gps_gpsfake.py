@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.outbox import ListOutbox
-from tests.peers import free_port, missing_peer, need_binary, wait_port
-from trapline.collectors.gps import build
-from trapline.middleware.config import Section
+from tests.support.outbox import ListOutbox
+from tests.support.peers import free_port, missing_peer, need_binary, wait_port
+from trapline.collectors.gps.collector import build
+from trapline.core.config import Section
 
 pytestmark = pytest.mark.integration
 

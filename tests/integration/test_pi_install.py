@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import missing_peer, need_binary
-from trapline.localzabbix import BASE_ENV, configured_debian_mirror, namespace_command
+from devtools.localzabbix import BASE_ENV, configured_debian_mirror, namespace_command
+from tests.support.peers import missing_peer, need_binary
 
 # On a fresh machine the first test also debootstraps bookworm and installs the Pi's
 # packages (no cache yet): more than the suite's 600 s per test.
@@ -193,7 +193,7 @@ def test_files_modes_and_enabled_units(installed: tuple[Path, str, str]) -> None
 
 def test_installed_agent_accepts_the_vehicle_config(installed: tuple[Path, str, str]) -> None:
     load = (
-        "from pathlib import Path; from trapline.middleware.settings import load_settings; "
+        "from pathlib import Path; from trapline.app.settings import load_settings; "
         "s = load_settings(Path('/etc/trapline/trapline.toml')); "
         "print(sorted(type(c).__name__ for c in s.collectors), len(s.destinations))"
     )

@@ -1,6 +1,6 @@
 """A wheel built from this checkout, installed with only ``[mist]`` into a fresh virtualenv
 (issue 19 item 5, "How it is shown"): no other role's library comes along, and the installed
-``trapline`` checks and runs a Mist config against tests/mist_server.py.
+``trapline`` checks and runs a Mist config against tests/support/mist_server.py.
 
 pip resolves through the machine's configured package indexes, as ``make setup`` does; its
 cache under /var/cache/trapline keeps later runs short.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.mist_server import MistServer, ap_full
-from tests.peers import free_port, missing_peer
+from tests.support.mist_server import MistServer, ap_full
+from tests.support.peers import free_port, missing_peer
+from tests.support.wheel import build_wheel
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[2]
 PIP_CACHE = Path("/var/cache/trapline/pip-roles")
 # What the other roles install (pyproject.toml extras, with what they pull in).
 OTHER_ROLES = {"boto3", "botocore", "s3transfer", "obd", "pint", "pyserial", "gpsd-py3",
@@ -47,23 +46,13 @@ def pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def mist_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     work = tmp_path_factory.mktemp("mist-role")
-    # A clean copy: a build in the checkout would leave build/ and *.egg-info behind.
-    source = work / "src"
-    ignore = shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", "*_cache", ".hypothesis", "build", "*.egg-info"
-    )
-    shutil.copytree(REPO, source, symlinks=True, ignore=ignore)
-    PIP_CACHE.mkdir(parents=True, exist_ok=True)
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(source),
-         "--cache-dir", str(PIP_CACHE)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    if built.returncode:
-        missing_peer(f"pip wheel failed (the package index for setuptools?): {built.stderr[-1500:]}")
-    (wheel,) = (work / "dist").glob("trapline-*.whl")
+    try:
+        wheel = build_wheel(work)
+    except subprocess.CalledProcessError as exc:
+        missing_peer(f"pip wheel failed (the package index for the build backend?): {exc.stderr[-1500:]!r}")
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    PIP_CACHE.mkdir(parents=True, exist_ok=True)
     installed = pip(venv, "install", "-q", f"{wheel}[mist]")
     if installed.returncode:
         missing_peer(f"pip install of the wheel failed (the package index?): {installed.stderr[-1500:]}")
