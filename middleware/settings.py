@@ -13,6 +13,7 @@ class AgentSettings:
     self_interval: float
     flush_interval: float
     shutdown_timeout: float
+    stall_timeout: float = 1800.0  # a collector this long without progress stops the watchdog pings
 
 
 @dataclass(frozen=True, slots=True)

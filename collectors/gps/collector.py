@@ -1,37 +1,6 @@
 """GPS collector: position and fix quality from gpsd, through gpsd-py3.
 
-Sample configuration section::
-
-    [collectors.van17_gps]
-    type = "gps"
-    host = "van-17"          # Zabbix host of the vehicle
-    server = "127.0.0.1"     # gpsd
-    port = 2947
-    interval = 5.0           # seconds between polls
-    call_timeout = 5.0       # deadline of every gpsd call
-    retry_initial = 1.0      # backoff while gpsd is unreachable ...
-    retry_max = 60.0         # ... doubling up to this
-    # Derived at the edge from every fix (see vehicle_derived.py); all optional:
-    home_latitude = 56.9496
-    home_longitude = 24.1052
-    geofence_radius = 50000  # m around home; 0 = none
-    overspeed_limit = 90     # km/h; 0 = none
-    # Named geofences, circles or polygons, each with its own items (see vehicle_derived.py):
-    # [collectors.van17_gps.geofences.depot]  latitude, longitude, radius (m)
-    # [collectors.van17_gps.geofences.site-4] polygon = ["lat lon", "lat lon", "lat lon", ...]
-    trip_start_speed = 8     # km/h held for trip_start_after s starts a trip ...
-    trip_stop_speed = 3      # ... below this for trip_stop_after s ends it
-    state_dir = "/var/lib/trapline"  # odometer, today's distance, trips across restarts
-
-Items: ``gps.fix.mode`` (0 unknown, 1 no fix, 2 2D, 3 3D), ``gps.satellites.used``;
-with a fix also ``gps.latitude``/``gps.longitude`` (degrees, 6 decimals so they fit
-Zabbix's 16-character inventory fields), ``gps.speed`` (km/h), ``gps.track`` (°),
-``gps.fix.age`` (s), ``gps.error.horizontal``/``gps.error.vertical`` (m, when gpsd
-gives them) and, with a 3D fix, ``gps.altitude`` (m above mean sea level).
-With a fix, the ``vehicle.*`` items of :mod:`vehicle_derived` too, the running
-totals (``vehicle.odometer``, ``vehicle.distance.today``) sent only once written to
-``state_dir`` (shared with an OBD collector of the same host, see
-:mod:`trapline.wire.vehicle_state`).
+Settings: ``sample.toml``; items: ``README.md``, both beside this file.
 
 gpsd-py3 keeps one connection in module globals, has no socket timeout, raises
 on a missing fix or device, and reads only the pre-3.20 ``alt`` key.  So: one GPS

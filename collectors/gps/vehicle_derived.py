@@ -31,15 +31,7 @@ line from the last fix before it.  Whether the vehicle is inside each named
 geofence is kept there as well, so a restart inside one is not an entry.
 
 Named geofences (any number, beside the older home circle, which stays as it
-was)::
-
-    [collectors.van17_gps.geofences.depot]
-    latitude = 56.9496
-    longitude = 24.1052
-    radius = 300                 # m: a circle
-    [collectors.van17_gps.geofences.customer-7]
-    polygon = ["56.95 24.10", "56.96 24.10", "56.96 24.12", "56.95 24.12"]  # "lat lon" corners
-
+was) are ``geofences`` tables of the GPS collector's section: see ``sample.toml``.
 A polygon is tested in the plane of latitude and longitude (plenty for the size
 of a yard or a town, not for one that spans the antimeridian or a pole).
 Names are letters, digits, ``_``, ``.`` and ``-``: they end up in item keys.

@@ -1,34 +1,6 @@
-"""The OBD-II collector: one ELM327 adapter, polled through python-OBD.
+"""The OBD-II collector: one ELM327 adapter, polled over its own line protocol (elm327.py).
 
-Sample configuration section (all keys but ``type``, ``host`` and ``device``
-are optional; durations in seconds)::
-
-    [collectors.van17_obd]
-    type = "obd"
-    host = "van-17"                  # Zabbix host of the vehicle
-    device = "/dev/rfcomm0"          # or "socket://192.168.0.10:35000"
-    baudrate = 38400                 # default: auto-detect (38400 for socket://)
-    protocol = "6"                   # ELM327 protocol number; default: auto
-    call_timeout = 5.0               # deadline of every adapter call
-    connect_timeout = 30.0           # deadline of a connection attempt
-    retry_initial = 1.0              # backoff while no adapter answers ...
-    retry_max = 60.0                 # ... doubling up to this
-    idle_interval = 60.0             # ATRV + ignition probe while the ignition is off
-    unusable_max = 5                 # unusable answers in a row before reconnecting
-    multi_pid = true                 # several PIDs per request on CAN
-    max_pids_per_request = 6
-    dtc_interval = 300.0
-    state_dir = "/var/lib/trapline"  # DTCs reported, odometer and engine time across restarts
-
-    [collectors.van17_obd.tiers.fast]
-    interval = 1.0
-    pids = ["SPEED", "RPM", "ENGINE_LOAD", "THROTTLE_POS"]
-
-    [collectors.van17_obd.tiers.slow]
-    interval = 30.0
-    pids = ["COOLANT_TEMP", "INTAKE_TEMP", "FUEL_LEVEL", "CONTROL_MODULE_VOLTAGE", "ODOMETER"]
-
-Item keys are listed in ``README.md`` beside this file.
+Settings: ``sample.toml``; item keys: ``README.md``, both beside this file.
 
 Every adapter call runs in the connection's worker thread with its own
 deadline.  The requests of one polling round (the PIDs of every tier that is

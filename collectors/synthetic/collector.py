@@ -4,14 +4,7 @@ Useful to try a Zabbix set-up without any hardware, and for the fault tests:
 ``synthetic.seq[<series>]`` counts 1, 2, 3... so a missing or doubled value in
 Zabbix history is plain to see.
 
-Sample config::
-
-    [collectors.demo]
-    type = "synthetic"
-    host = "trapline-demo"      # Zabbix host that receives the readings
-    series = 3                  # how many series (LLD rows {#SERIES})
-    interval = 1.0              # seconds between rounds
-    limit = 0                   # stop after this many rounds (0 = never)
+Settings: ``sample.toml`` beside this file.
 """
 
 from __future__ import annotations

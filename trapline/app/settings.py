@@ -16,12 +16,13 @@ from typing import Any
 from trapline.collectors import REGISTRY as COLLECTOR_TYPES
 from trapline.core import redact
 from trapline.core.config import Section, load_toml
-from trapline.core.plugin import Collector, Destination, Observer
+from trapline.core.plugin import Collector, Destination, Observer, PluginSpec
 from trapline.exporters import DESTINATIONS, OBSERVERS
 from trapline.middleware.filters import Filters
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
+from trapline.middleware.watchdog import Watchdog
 
 _SECTIONS = ("agent", "spool", "filters", "zabbix", "prometheus", "mqtt", "collectors", "logging")
 
@@ -39,9 +40,16 @@ class Settings:
     hosts: list[tuple[str, str]] = field(default_factory=list)  # (where in the file, host name)
 
 
-def _load_builder(spec: str) -> Callable[..., Any]:
-    module_name, _, attr = spec.partition(":")
-    builder: Callable[..., Any] = getattr(importlib.import_module(module_name), attr)
+def _load_builder(spec: PluginSpec, sec: Section, key: str) -> Callable[..., Any]:
+    """The plugin's builder, or a ConfigError at ``key`` naming the extra to install."""
+    if spec.extra is not None:
+        sec.require_extra(key, spec.extra, spec.needs)
+    module_name, _, attr = spec.builder.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # a library outside the listed extras: still one line
+        raise sec.error(key, f"{module_name} cannot be loaded: {exc}") from None
+    builder: Callable[..., Any] = getattr(module, attr)
     return builder
 
 
@@ -57,6 +65,7 @@ def load_settings(path: Path) -> Settings:
         self_interval=agent_sec.number("self_interval", 60.0, minimum=1),
         flush_interval=agent_sec.number("flush_interval", 0.2, minimum=0.001),
         shutdown_timeout=agent_sec.number("shutdown_timeout", 5.0, minimum=0),
+        stall_timeout=agent_sec.number("stall_timeout", 1800.0, minimum=1),
     )
     agent_sec.done()
 
@@ -81,10 +90,12 @@ def load_settings(path: Path) -> Settings:
 
     for kind, spec in DESTINATIONS.items():
         if root.has(kind):
-            settings.destinations.extend(_load_builder(spec)(root.table(kind)))
+            sec = root.table(kind)
+            settings.destinations.extend(_load_builder(spec, sec, "")(sec))
     for kind, spec in OBSERVERS.items():
         if root.has(kind):
-            settings.observers.append(_load_builder(spec)(root.table(kind)))
+            sec = root.table(kind)
+            settings.observers.append(_load_builder(spec, sec, "")(sec))
     for name, sec in root.table("collectors").subsections():
         settings.collectors.append(_build_collector(name, sec))
     settings.hosts = root.hosts
@@ -97,11 +108,7 @@ def _build_collector(name: str, sec: Section) -> Collector:
     if spec is None:
         known = ", ".join(sorted(COLLECTOR_TYPES))
         raise sec.error("type", f"unknown collector type {kind!r} (known: {known})")
-    try:
-        builder = _load_builder(spec)
-    except ImportError as exc:
-        raise sec.error("type", f"collector {kind!r} cannot be loaded: {exc}") from None
-    collector: Collector = builder(name, sec)
+    collector: Collector = _load_builder(spec, sec, "type")(name, sec)
     return collector
 
 
@@ -143,4 +150,5 @@ def build_pipeline(settings: Settings) -> Pipeline:
         collectors=settings.collectors,
         destinations=settings.destinations,
         observers=settings.observers,
+        watchdog=Watchdog.from_environ(),
     )
