@@ -11,7 +11,7 @@ from trapline.core.plugin import PluginSpec
 REGISTRY: dict[str, PluginSpec] = {
     "synthetic": PluginSpec("trapline.collectors.synthetic:build"),
     "obd": PluginSpec("trapline.collectors.obd:build", "vehicle", ("serial", "obd")),
-    "gps": PluginSpec("trapline.collectors.gps:build", "vehicle", ("gpsd",)),
+    "gps": PluginSpec("trapline.collectors.gps:build", "vehicle", ("gpsd",), one_per_agent=True),
     "mist": PluginSpec("trapline.collectors.mist:build", "mist", ("websockets",)),
     "aws": PluginSpec("trapline.collectors.aws:build", "aws", ("boto3", "botocore")),
     "mqtt_bridge": PluginSpec("trapline.collectors.mqtt_bridge:build", "mqtt", ("paho",)),

@@ -96,7 +96,14 @@ def load_settings(path: Path) -> Settings:
         if root.has(kind):
             sec = root.table(kind)
             settings.observers.append(_load_builder(spec, sec, "")(sec))
+    first_of_kind: dict[str, str] = {}
     for name, sec in root.table("collectors").subsections():
+        kind = sec.text("type") if sec.has("type") else ""
+        known = COLLECTOR_TYPES.get(kind)
+        if known is not None and known.one_per_agent and kind in first_of_kind:
+            raise sec.error("type", f"a second {kind!r} collector (the first is {first_of_kind[kind]!r}): "
+                                    "one per agent")
+        first_of_kind.setdefault(kind, name)
         settings.collectors.append(_build_collector(name, sec))
     settings.hosts = root.hosts
     return settings

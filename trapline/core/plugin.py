@@ -35,6 +35,8 @@ class PluginSpec:
     builder: str  # "module:function"
     extra: str | None = None
     needs: tuple[str, ...] = ()
+    # At most one per agent: its library keeps one connection in module globals (gpsd-py3).
+    one_per_agent: bool = False
 
 
 class Outbox(Protocol):
