@@ -296,3 +296,32 @@ def test_a_parked_vehicle_with_gps_jitter_writes_nothing(tmp_path: Path) -> None
         asyncio.run(state.save())
     assert state.path.stat().st_mtime_ns == written
     assert odometer(state) == 0.0
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    max_leaves=20,
+)
+# The file's own fields with values of any JSON type, so most draws get past the outer shape.
+STATE_LIKE = st.fixed_dictionaries(
+    {"format": st.just(1), "host": st.just(HOST)},
+    optional={key: JSON for key in ("odometer_m", "ecu_m", "ecu_offset_m", "engine_s", "day", "today_m",
+                                    "trips")},
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(content=st.one_of(JSON, STATE_LIKE, st.binary(max_size=64).map(lambda b: b.decode("latin-1"))))
+def test_any_file_content_loads_or_is_one_clear_error(tmp_path_factory: pytest.TempPathFactory,
+                                                      content: object) -> None:
+    path = state_path(tmp_path_factory.mktemp("state"), HOST)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    state = VehicleState(path, HOST)
+    try:
+        state.load()
+    except UnreadableState:
+        assert path.with_name(path.name + ".unreadable").exists()
+        return
+    assert odometer(state) >= 0 and state.engine()["vehicle.engine.time"][0] >= 0
+    EdgeDerivations(DerivedSettings(), state).update(NOON, 56.9, 24.1, 0.0)  # whatever trips held
