@@ -331,6 +331,7 @@ host = "van-bench"
 server = "127.0.0.1"
 port = {gps_port}
 interval = 1.0
+state_dir = "{workdir}"
 """
     path = workdir / f"agent-{time.time_ns()}.toml"
     path.write_text(text)

@@ -37,7 +37,7 @@ _TABLE_LINE = re.compile(r"^\s*#?\s*\[\[?([^\]]+)\]\]?", re.M)
 def plugin_folders() -> dict[str, Path]:
     folders = {}
     for spec in [*REGISTRY.values(), *DESTINATIONS.values(), *OBSERVERS.values()]:
-        module = spec.partition(":")[0]  # trapline.collectors.<name> or trapline.exporters.<name>
+        module = spec.builder.partition(":")[0]  # trapline.collectors.<name> or trapline.exporters.<name>
         _, layer, name = module.split(".")
         folders[f"{layer}/{name}"] = ROOT / layer / name
     return folders

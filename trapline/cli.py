@@ -17,7 +17,7 @@ from typing import NoReturn
 from trapline import __version__
 from trapline.app.settings import Settings, build_pipeline, configure_logging, load_settings
 from trapline.core import redact
-from trapline.core.config import ConfigError, load_toml
+from trapline.core.config import ConfigError, extra_hint, load_toml, missing_modules
 from trapline.core.plugin import Collector, Destination, Observer
 
 EXIT_CONFIG = 2
@@ -184,10 +184,14 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     # so `trapline run` stays small.
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in _LAZY_SUBCOMMANDS.items():
-        if chosen == name:
-            importlib.import_module(module).add_parser(sub)
-        else:
+        if chosen != name:
             sub.add_parser(name, help=help_text)
+            continue
+        missing = missing_modules(_ADMIN_LIBRARIES)
+        if missing:
+            # Before the import, whose ModuleNotFoundError would end in a traceback.
+            raise SystemExit(f"trapline {name}: {extra_hint('admin', missing)}")
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -196,6 +200,8 @@ _LAZY_SUBCOMMANDS = {
     "provision": ("trapline.provision", "create or update vehicle hosts and the Fleet map dashboard"),
     "config": ("trapline.app.examples", "example configurations: trapline config example ROLE"),
 }
+# What trapline[admin] (pyproject.toml) installs for these subcommands.
+_ADMIN_LIBRARIES = ("pyzabbix", "requests", "yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,16 +20,18 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import gpsd
 
-from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations
+from trapline.collectors.gps.vehicle_derived import GEOFENCE_DISCOVERY, DerivedSettings, EdgeDerivations
 from trapline.core.backoff import Backoff
 from trapline.core.blocking import BlockingWorker, DeadlineMissed
 from trapline.core.config import Section
-from trapline.core.model import Reading, Value
+from trapline.core.model import Discovery, Reading, Value
 from trapline.core.plugin import Outbox
+from trapline.wire.vehicle_state import DEFAULT_STATE_DIR, UnreadableState, open_state
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class GpsSettings:
     retry_initial: float = 1.0
     retry_max: float = 60.0
     derived: DerivedSettings = field(default_factory=DerivedSettings)
+    state_dir: Path = DEFAULT_STATE_DIR
 
 
 def build(name: str, section: Section) -> GpsCollector:
@@ -64,6 +67,7 @@ def build(name: str, section: Section) -> GpsCollector:
         retry_initial=section.number("retry_initial", 1.0, minimum=0.01),
         retry_max=section.number("retry_max", 60.0, minimum=0.01),
         derived=DerivedSettings.from_section(section),
+        state_dir=section.path("state_dir", DEFAULT_STATE_DIR),
     )
     section.text("type")
     section.done()
@@ -158,9 +162,16 @@ class GpsCollector:
     def __init__(self, name: str, settings: GpsSettings) -> None:
         self.name = name
         self.settings = settings
-        self.derived = EdgeDerivations(settings.derived)
+        self.state = open_state(settings.state_dir, settings.host)
+        self.derived: EdgeDerivations | None = None  # made once the state file is read
 
     async def run(self, out: Outbox) -> None:
+        if self.derived is None:
+            try:
+                self.state.load()
+            except UnreadableState as exc:
+                out.error(f"gps: {self.name}: {exc}")
+            self.derived = EdgeDerivations(self.settings.derived, self.state)
         if not _GPSD_MODULE.acquire(blocking=False):
             out.error(f"gps: {self.name}: another GPS collector holds gpsd-py3's only connection")
             await asyncio.Event().wait()  # stay idle until cancelled; never crash the agent
@@ -182,9 +193,12 @@ class GpsCollector:
                                   f"connect to gpsd {s.server}:{s.port}")
                 backoff.reset()
                 out.resolved("gpsd", f"gps: {self.name}: connected to gpsd {s.server}:{s.port}")
+                fences = self.derived.discovery_rows() if self.derived is not None else []
+                if fences:
+                    out.put(Discovery.now(s.host, GEOFENCE_DISCOVERY, fences))
                 while True:
                     packet = await worker.call(_poll, s.call_timeout, "gpsd poll")
-                    self._emit(out, packet)
+                    await self._emit(out, packet)
                     await asyncio.sleep(s.interval)
             except (DeadlineMissed, GpsdError, OSError, ValueError, KeyError) as exc:
                 delay = backoff.next_delay()
@@ -193,13 +207,15 @@ class GpsCollector:
                 worker.abandon()
                 _drop_connection()
 
-    def _emit(self, out: Outbox, packet: Mapping[str, Any]) -> None:
+    async def _emit(self, out: Outbox, packet: Mapping[str, Any]) -> None:
         now = datetime.now(UTC)
         readings = fix_readings(packet, now)
         lat, lon = readings.get("gps.latitude"), readings.get("gps.longitude")
         speed = readings.get("gps.speed")
-        if lat is not None and lon is not None and speed is not None:
+        if lat is not None and lon is not None and speed is not None and self.derived is not None:
             derived = self.derived.update(now.timestamp(), float(lat[0]), float(lon[0]), float(speed[0]))
             readings.update(derived)
+            # before sending: after a restart no total is below what Zabbix already has
+            await self.state.save_or_report(out, f"gps: {self.name}")
         for key, (value, unit) in readings.items():
             out.put(Reading.now(self.settings.host, key, value, unit))

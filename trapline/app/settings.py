@@ -16,7 +16,7 @@ from typing import Any
 from trapline.collectors import REGISTRY as COLLECTOR_TYPES
 from trapline.core import redact
 from trapline.core.config import Section, load_toml
-from trapline.core.plugin import Collector, Destination, Observer
+from trapline.core.plugin import Collector, Destination, Observer, PluginSpec
 from trapline.exporters import DESTINATIONS, OBSERVERS
 from trapline.middleware.filters import Filters
 from trapline.middleware.pipeline import Pipeline
@@ -40,9 +40,16 @@ class Settings:
     hosts: list[tuple[str, str]] = field(default_factory=list)  # (where in the file, host name)
 
 
-def _load_builder(spec: str) -> Callable[..., Any]:
-    module_name, _, attr = spec.partition(":")
-    builder: Callable[..., Any] = getattr(importlib.import_module(module_name), attr)
+def _load_builder(spec: PluginSpec, sec: Section, key: str) -> Callable[..., Any]:
+    """The plugin's builder, or a ConfigError at ``key`` naming the extra to install."""
+    if spec.extra is not None:
+        sec.require_extra(key, spec.extra, spec.needs)
+    module_name, _, attr = spec.builder.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # a library outside the listed extras: still one line
+        raise sec.error(key, f"{module_name} cannot be loaded: {exc}") from None
+    builder: Callable[..., Any] = getattr(module, attr)
     return builder
 
 
@@ -83,11 +90,20 @@ def load_settings(path: Path) -> Settings:
 
     for kind, spec in DESTINATIONS.items():
         if root.has(kind):
-            settings.destinations.extend(_load_builder(spec)(root.table(kind)))
+            sec = root.table(kind)
+            settings.destinations.extend(_load_builder(spec, sec, "")(sec))
     for kind, spec in OBSERVERS.items():
         if root.has(kind):
-            settings.observers.append(_load_builder(spec)(root.table(kind)))
+            sec = root.table(kind)
+            settings.observers.append(_load_builder(spec, sec, "")(sec))
+    first_of_kind: dict[str, str] = {}
     for name, sec in root.table("collectors").subsections():
+        kind = sec.text("type") if sec.has("type") else ""
+        known = COLLECTOR_TYPES.get(kind)
+        if known is not None and known.one_per_agent and kind in first_of_kind:
+            raise sec.error("type", f"a second {kind!r} collector (the first is {first_of_kind[kind]!r}): "
+                                    "one per agent")
+        first_of_kind.setdefault(kind, name)
         settings.collectors.append(_build_collector(name, sec))
     settings.hosts = root.hosts
     return settings
@@ -99,11 +115,7 @@ def _build_collector(name: str, sec: Section) -> Collector:
     if spec is None:
         known = ", ".join(sorted(COLLECTOR_TYPES))
         raise sec.error("type", f"unknown collector type {kind!r} (known: {known})")
-    try:
-        builder = _load_builder(spec)
-    except ImportError as exc:
-        raise sec.error("type", f"collector {kind!r} cannot be loaded: {exc}") from None
-    collector: Collector = builder(name, sec)
+    collector: Collector = _load_builder(spec, sec, "type")(name, sec)
     return collector
 
 

@@ -7,6 +7,7 @@ section with :class:`Section`, which also rejects keys it was never asked for.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import math
 import os
@@ -14,7 +15,7 @@ import re
 import stat
 import tomllib
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -46,6 +47,28 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+(?:\[[0-9]+\])?")
 def show_key(key: str) -> str:
     """A key as TOML would spell it: bare when it can be, else quoted."""
     return key if _BARE_KEY.fullmatch(key) else '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def missing_modules(names: Iterable[str]) -> list[str]:
+    """Those of the top-level modules ``names`` that this interpreter cannot import.
+
+    Looked up, not imported: a role's libraries (boto3 takes a second) load when the
+    plugin runs, not when the config is read.
+    """
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken or half-removed install
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def extra_hint(extra: str, missing: Iterable[str]) -> str:
+    """The one line that tells a user which optional dependencies to add (pyproject.toml extras)."""
+    return f"needs {', '.join(missing)}, not installed here: pip install 'trapline[{extra}]'"
 
 
 class _Missing:
@@ -186,6 +209,12 @@ class Section:
     # -- helpers -----------------------------------------------------------
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"{self.where(key)}: {message}")
+
+    def require_extra(self, key: str, extra: str, modules: Iterable[str]) -> None:
+        """Stop the start at ``key`` if a library that the ``extra`` installs is missing."""
+        missing = missing_modules(modules)
+        if missing:
+            raise self.error(key, extra_hint(extra, missing))
 
     def where(self, key: str) -> str:
         """``file: [section].key``, as every message names a place in the config."""

@@ -5,7 +5,8 @@ somewhere that acknowledges them (a Zabbix server, an MQTT broker); an
 *observer* watches the live stream without acknowledgement (Prometheus).
 
 Adding a collector: a module in ``collectors/`` with ``build(section) ->
-Collector``, an entry in ``collectors.REGISTRY``, a sample config section in its
+Collector``, an entry in ``collectors.REGISTRY`` (with the extra that installs its
+libraries, see :class:`PluginSpec`), a sample config section in its
 docstring and the README, and tests.  Exporters work the same way.
 """
 
@@ -19,6 +20,23 @@ import msgspec
 
 from trapline.core.config import Section
 from trapline.core.model import Item
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """A registry entry: where a plugin's builder is and what it needs beyond the base install.
+
+    The builder's module is imported only when the config names the plugin. ``needs`` are
+    the top-level modules of the libraries that ``trapline[<extra>]`` installs for it; the
+    settings check them first, so a role installed without its extra stops at start with
+    one line naming the extra instead of a traceback from deep inside the plugin.
+    """
+
+    builder: str  # "module:function"
+    extra: str | None = None
+    needs: tuple[str, ...] = ()
+    # At most one per agent: its library keeps one connection in module globals (gpsd-py3).
+    one_per_agent: bool = False
 
 
 class Outbox(Protocol):
