@@ -14,8 +14,9 @@ from typing import Any
 ROLES: dict[str, tuple[str, ...]] = {
     "vehicle": ("exporters.zabbix", "collectors.obd", "collectors.gps"),
     "mist": ("exporters.zabbix", "exporters.prometheus", "collectors.mist"),
-    "aws": ("exporters.zabbix", "collectors.aws"),
-    "bridge": ("exporters.zabbix", "collectors.mqtt_bridge"),
+    # The centre roles serve /metrics: the container's health check reads the agent's uptime there.
+    "aws": ("exporters.zabbix", "exporters.prometheus", "collectors.aws"),
+    "bridge": ("exporters.zabbix", "exporters.prometheus", "collectors.mqtt_bridge"),
     "demo": ("exporters.zabbix", "exporters.prometheus", "collectors.synthetic"),
 }
 _SPOOL_PATH = 'path = "/var/lib/trapline/spool.db"'
