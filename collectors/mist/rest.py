@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from trapline.collectors.mist.fleet import SiteInfo
+from trapline.collectors.mist.shard import ALL_SITES, Shard
 from trapline.middleware.config import Secret
 
 logger = logging.getLogger(__name__)
@@ -118,19 +119,29 @@ def _site_rows(reply: Any, path: str) -> list[tuple[str, str]]:
 
 
 class SiteDirectory:
-    """Site and org names for the configured sites and orgs, refreshed by the caller.
+    """Site and org names for the configured sites and orgs in this instance's shard, refreshed by the caller.
 
     What one refresh could not learn keeps its previous (or id-only) value, so a
-    failing org never removes the sites of the others.
+    failing org never removes the sites of the others.  Sites outside the shard are
+    left out (configured ones are never even looked up); ``seen`` counts them too.
     """
 
-    def __init__(self, rest: MistRest, orgs: Iterable[str], sites: Iterable[str]) -> None:
+    def __init__(
+        self, rest: MistRest, orgs: Iterable[str], sites: Iterable[str], shard: Shard = ALL_SITES
+    ) -> None:
         self.rest = rest
+        self.shard = shard
         self.orgs = tuple(orgs)
-        self.sites = tuple(sites)
+        configured = tuple(sites)
+        self.sites = tuple(s for s in configured if shard.owns(s))
         self._org_names: dict[str, str] = {}
         self._org_sites: dict[str, dict[str, SiteInfo]] = {}
         self._site_info: dict[str, SiteInfo] = {s: SiteInfo.unnamed(s) for s in self.sites}
+        self._configured = frozenset(configured)
+        self._org_listed: dict[str, frozenset[str]] = {}  # every site an org listed, in any shard
+        self.seen = len(self._configured)  # distinct sites configured or listed, in any shard
+        # Each org refresh lists every site again; the hash is computed once per site.
+        self._owned: dict[str, bool] = {s: s in self._site_info for s in configured}
 
     def known(self) -> dict[str, SiteInfo]:
         """Every site to subscribe to, with the best names known so far."""
@@ -153,6 +164,9 @@ class SiteDirectory:
                 return [*failures, exc]
             except RestError as exc:
                 failures.append(exc)
+        everything = self._configured.union(*self._org_listed.values())
+        self.seen = len(everything)
+        self._owned = {s: owned for s, owned in self._owned.items() if s in everything}
         return failures
 
     async def _org_name(self, org: str) -> str:
@@ -173,8 +187,24 @@ class SiteDirectory:
             if len(batch) < _PAGE_SIZE:
                 break
             page += 1
-        self._org_sites[org] = {sid: SiteInfo(sid, name, org, org_name) for sid, name in rows}
-        logger.info("Mist org %s (%s): %d sites", org, org_name, len(rows))
+        self._org_listed[org] = frozenset(sid for sid, _ in rows)
+        self._org_sites[org] = {
+            sid: SiteInfo(sid, name, org, org_name) for sid, name in rows if self._owns(sid)
+        }
+        logger.info(
+            "Mist org %s (%s): %d sites, %d in shard %s",
+            org,
+            org_name,
+            len(rows),
+            len(self._org_sites[org]),
+            self.shard,
+        )
+
+    def _owns(self, site: str) -> bool:
+        owned = self._owned.get(site)
+        if owned is None:
+            owned = self._owned[site] = self.shard.owns(site)
+        return owned
 
     async def _refresh_site(self, site: str) -> None:
         path = f"/api/v1/sites/{site}"

@@ -1,0 +1,93 @@
+"""Two sharded Mist collectors against one stand-in Mist cloud (tests/mist_server.py).
+
+Both instances get the same orgs and sites, as an MSP would deploy them, and differ
+only in ``shard``: together they must subscribe every site exactly once, look up only
+their own configured sites, and say in their state what they own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_mist_stream import TOKEN, collecting
+from tests.mist_server import MistServer, ap_full
+from trapline.collectors.mist.collector import STATS_KEY
+from trapline.collectors.mist.fleet import LLD_KEY
+from trapline.collectors.mist.frames import device_stats_channel
+from trapline.collectors.mist.shard import shard_of
+
+pytestmark = pytest.mark.integration
+
+ORGS = {"org-a": "MSP customer A", "org-b": "MSP customer B"}
+# Site ids as Mist gives them (UUIDs), 10 per org, and 4 sites configured by id only.
+ORG_SITES = {
+    str(uuid.uuid5(uuid.NAMESPACE_URL, f"{org}/{i}")): (f"{name} site {i}", org)
+    for org, name in ORGS.items()
+    for i in range(10)
+}
+LONE_SITES = {str(uuid.uuid5(uuid.NAMESPACE_URL, f"lone/{i}")): (f"Lone site {i}", "org-c") for i in range(4)}
+
+
+def test_two_instances_split_the_sites_and_report_their_share(tmp_path: Path) -> None:
+    everything = ORG_SITES | LONE_SITES
+    share = {k: {s for s in everything if shard_of(s, 2) == k} for k in (1, 2)}
+    assert share[1] and share[2], "the fixture must give each instance some sites"
+
+    async def scenario() -> None:
+        (tmp_path / "1").mkdir()
+        (tmp_path / "2").mkdir()
+        config: dict[str, Any] = {"orgs": list(ORGS), "sites": list(LONE_SITES), "state_interval": 0.1}
+        async with (
+            MistServer(TOKEN, everything, ORGS | {"org-c": "Lone org"}) as server,
+            collecting(tmp_path / "1", server, shard="1/2", host="Mist discovery 1", **config) as (one, out1),
+            collecting(tmp_path / "2", server, shard="2/2", host="Mist discovery 2", **config) as (two, out2),
+        ):
+            await server.wait_until(lambda: all(server.subscribers(s) for s in everything))
+            # Each site on exactly one connection, and that connection belongs to its shard.
+            assert all(len(server.subscribers(s)) == 1 for s in everything)
+            for k, collector in ((1, one), (2, two)):
+                channels = set().union(*(c.channels for c in collector.connections.values()))
+                assert channels == {device_stats_channel(s) for s in share[k]}
+            # Configured sites of the other shard cost no REST call.
+            looked_up = {
+                call.rsplit("/", 1)[1] for call in server.rest_calls if call.startswith("/api/v1/sites/")
+            }
+            assert looked_up == set(LONE_SITES)
+            assert sorted(looked_up & share[1]) == sorted(one.directory.sites)
+
+            # One AP per site: each reaches the LLD of its own instance's discovery host only.
+            macs = {site: f"5c5b35{i:06x}" for i, site in enumerate(sorted(everything))}
+            for site, mac in macs.items():
+                await server.push(site, ap_full(mac, f"ap-{mac}"))
+
+            def announced(out: Any) -> set[str]:
+                found = out.discoveries(LLD_KEY)
+                return {row["{#SITEID}"] for row in found[-1].rows} if found else set()
+
+            await server.wait_until(lambda: announced(out1) == share[1] and announced(out2) == share[2])
+
+            def last_state(out: Any) -> dict[str, Any]:
+                readings = out.readings(STATS_KEY)
+                return dict(json.loads(str(readings[-1].value))) if readings else {}
+
+            await server.wait_until(
+                lambda: (
+                    [last_state(out1).get("devices"), last_state(out2).get("devices")]
+                    == [len(share[1]), len(share[2])]
+                )
+            )
+            for k, out in ((1, out1), (2, out2)):
+                assert {r.host for r in out.readings(STATS_KEY)} == {f"Mist discovery {k}"}
+                state = last_state(out)
+                assert state["shard"] == f"{k}/2"
+                assert (state["sites"], state["channels"], state["devices"]) == (len(share[k]),) * 3
+                assert state["sites_all"] == len(everything)
+            assert out1.errors == out2.errors == []
+
+    asyncio.run(scenario())
