@@ -19,6 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.test_config_fuzz import run_cli
+from trapline import cli
 from trapline.collectors.mist.settings import parse_settings
 from trapline.collectors.mist.shard import MAX_SHARDS, Shard, shard_of
 from trapline.middleware.config import ConfigError, Section
@@ -159,3 +161,17 @@ def test_a_bad_shard_is_one_clear_config_error(
     message = str(error.value)
     assert "[collectors.mist].shard" in message and reason in message, message
     assert "Traceback" not in message
+
+
+def test_the_cli_stops_on_a_bad_shard_with_one_line(tmp_path: Path, token_file: Path) -> None:
+    config = tmp_path / "trapline.toml"
+    config.write_text(
+        f'[collectors.mist]\ntype = "mist"\nhost = "Mist discovery 1"\nshard = "3/2"\n'
+        f'token_file = "{token_file}"\norgs = ["o-1"]\n',
+        encoding="utf-8",
+    )
+    code, stderr = run_cli("check", config)
+    assert code == cli.EXIT_CONFIG
+    assert stderr.splitlines() == [
+        f"trapline: config error: {config}: [collectors.mist].shard: the shard number must be 1 to 2, not 3"
+    ]
