@@ -4,8 +4,8 @@ Every instance is configured with the same orgs and sites and its own ``shard = 
 a site belongs to exactly one of the N shards, decided from its id alone, so instances
 agree without talking to each other and an instance decides the same after a restart.
 
-The choice is rendezvous (highest random weight) hashing over a keyed BLAKE2b digest, not
-Python's ``hash()``, whose string hashing is salted per process.  Rendezvous hashing
+The choice is rendezvous (highest random weight) hashing over BLAKE2b digests salted with
+the shard number, not Python's ``hash()``, which is salted per process.  Rendezvous hashing
 moves few sites when N changes: going from N to N+1 instances moves only the sites the
 new shard wins (about 1/(N+1) of them), where ``hash % N`` would move most.  A site that
 moves loses its AP hosts on the old instance's discovery host, so few moves matter.
