@@ -1,6 +1,6 @@
-"""Splitting Mist sites over several collector instances: the share function and its configuration.
+"""Splitting Mist orgs and sites over several collector instances: the share function and its configuration.
 
-Site ids: the Mist API documents every id (``site_id``, ``org_id``) as a UUID; the
+Ids (of orgs and sites): the Mist API documents every id (``site_id``, ``org_id``) as a UUID; the
 collector's configuration also accepts any id of letters, digits and dashes (up to 64),
 so the strategies cover both.
 """

@@ -1,8 +1,9 @@
 """Two sharded Mist collectors against one stand-in Mist cloud (tests/mist_server.py).
 
 Both instances get the same orgs and sites, as an MSP would deploy them, and differ
-only in ``shard``: together they must subscribe every site exactly once, look up only
-their own configured sites, and say in their state what they own.
+only in ``shard``: together they must subscribe every site exactly once (an org's sites
+with their org), ask the REST API only about their own orgs and configured sites, and say
+in their state what they own.
 """
 
 from __future__ import annotations
@@ -24,27 +25,39 @@ from trapline.collectors.mist.shard import shard_of
 
 pytestmark = pytest.mark.integration
 
-ORGS = {"org-a": "MSP customer A", "org-b": "MSP customer B"}
-# Site ids as Mist gives them (UUIDs), 10 per org, and 4 sites configured by id only.
+# Ids as Mist gives them (UUIDs): six orgs of three sites, and four sites configured by id only.
+ORGS = {str(uuid.uuid5(uuid.NAMESPACE_URL, f"org/{i}")): f"MSP customer {i}" for i in range(6)}
 ORG_SITES = {
     str(uuid.uuid5(uuid.NAMESPACE_URL, f"{org}/{i}")): (f"{name} site {i}", org)
     for org, name in ORGS.items()
-    for i in range(10)
+    for i in range(3)
 }
-LONE_SITES = {str(uuid.uuid5(uuid.NAMESPACE_URL, f"lone/{i}")): (f"Lone site {i}", "org-c") for i in range(4)}
+LONE_ORG = str(uuid.uuid5(uuid.NAMESPACE_URL, "lone org"))
+LONE_SITES = {
+    str(uuid.uuid5(uuid.NAMESPACE_URL, f"lone/{i}")): (f"Lone site {i}", LONE_ORG) for i in range(4)
+}
+
+
+def owner(site: str) -> int:
+    """The instance of two that takes a site: by its org's id if listed through its org, else by its own."""
+    org = ORG_SITES[site][1] if site in ORG_SITES else None
+    return shard_of(org or site, 2)
 
 
 def test_two_instances_split_the_sites_and_report_their_share(tmp_path: Path) -> None:
     everything = ORG_SITES | LONE_SITES
-    share = {k: {s for s in everything if shard_of(s, 2) == k} for k in (1, 2)}
-    assert share[1] and share[2], "the fixture must give each instance some sites"
+    share = {k: {s for s in everything if owner(s) == k} for k in (1, 2)}
+    orgs = {k: {o for o in ORGS if shard_of(o, 2) == k} for k in (1, 2)}
+    assert all(orgs.values()) and all(s & LONE_SITES.keys() for s in share.values()), (
+        "each instance must get some"
+    )
 
     async def scenario() -> None:
         (tmp_path / "1").mkdir()
         (tmp_path / "2").mkdir()
         config: dict[str, Any] = {"orgs": list(ORGS), "sites": list(LONE_SITES), "state_interval": 0.1}
         async with (
-            MistServer(TOKEN, everything, ORGS | {"org-c": "Lone org"}) as server,
+            MistServer(TOKEN, everything, ORGS | {LONE_ORG: "Lone org"}) as server,
             collecting(tmp_path / "1", server, shard="1/2", host="Mist discovery 1", **config) as (one, out1),
             collecting(tmp_path / "2", server, shard="2/2", host="Mist discovery 2", **config) as (two, out2),
         ):
@@ -54,12 +67,15 @@ def test_two_instances_split_the_sites_and_report_their_share(tmp_path: Path) ->
             for k, collector in ((1, one), (2, two)):
                 channels = set().union(*(c.channels for c in collector.connections.values()))
                 assert channels == {device_stats_channel(s) for s in share[k]}
-            # Configured sites of the other shard cost no REST call.
-            looked_up = {
-                call.rsplit("/", 1)[1] for call in server.rest_calls if call.startswith("/api/v1/sites/")
-            }
-            assert looked_up == set(LONE_SITES)
-            assert sorted(looked_up & share[1]) == sorted(one.directory.sites)
+            # Orgs and configured sites of the other shard cost no REST call.
+            calls = [call.split("?")[0].split("/")[3:] for call in server.rest_calls]
+            listed = [org for kind, org, *rest in calls if kind == "orgs" and rest == ["sites"]]
+            looked_up = [site for kind, site, *_ in calls if kind == "sites"]
+            assert sorted(listed) == sorted(ORGS)  # each once, by its own instance
+            assert sorted(looked_up) == sorted(LONE_SITES)
+            assert set(one.directory.orgs) == orgs[1] and set(two.directory.orgs) == orgs[2]
+            assert set(one.directory.sites) | set(two.directory.sites) == set(LONE_SITES)
+            assert not set(one.directory.sites) & set(two.directory.sites)
 
             # One AP per site: each reaches the LLD of its own instance's discovery host only.
             macs = {site: f"5c5b35{i:06x}" for i, site in enumerate(sorted(everything))}
@@ -87,7 +103,7 @@ def test_two_instances_split_the_sites_and_report_their_share(tmp_path: Path) ->
                 state = last_state(out)
                 assert state["shard"] == f"{k}/2"
                 assert (state["sites"], state["channels"], state["devices"]) == (len(share[k]),) * 3
-                assert state["sites_all"] == len(everything)
+                assert state["orgs"] == len(orgs[k])
             assert out1.errors == out2.errors == []
 
     asyncio.run(scenario())

@@ -124,8 +124,8 @@ class MistCollector:
         unmonitored = self.fleet.unmonitored()
         value = {
             "shard": str(self.settings.shard),
+            "orgs": len(self.directory.orgs),
             "sites": len(self.fleet.sites),
-            "sites_all": self.directory.seen,
             "channels": channels,
             "channels_down": channels - subscribed,
             "devices": len(self.fleet),

@@ -119,11 +119,12 @@ def _site_rows(reply: Any, path: str) -> list[tuple[str, str]]:
 
 
 class SiteDirectory:
-    """Site and org names for the configured sites and orgs in this instance's shard, refreshed by the caller.
+    """Site and org names for the configured sites and orgs of this instance's shard, refreshed by the caller.
 
     What one refresh could not learn keeps its previous (or id-only) value, so a
-    failing org never removes the sites of the others.  Sites outside the shard are
-    left out (configured ones are never even looked up); ``seen`` counts them too.
+    failing org never removes the sites of the others.  An org belongs to a shard as
+    a whole (by its id), a site configured by id by its own id; what belongs to
+    other shards is never looked up.
     """
 
     def __init__(
@@ -131,17 +132,12 @@ class SiteDirectory:
     ) -> None:
         self.rest = rest
         self.shard = shard
-        self.orgs = tuple(orgs)
-        configured = tuple(sites)
-        self.sites = tuple(s for s in configured if shard.owns(s))
+        self.configured_orgs = frozenset(orgs)
+        self.orgs = tuple(o for o in orgs if shard.owns(o))
+        self.sites = tuple(s for s in sites if shard.owns(s))
         self._org_names: dict[str, str] = {}
         self._org_sites: dict[str, dict[str, SiteInfo]] = {}
         self._site_info: dict[str, SiteInfo] = {s: SiteInfo.unnamed(s) for s in self.sites}
-        self._configured = frozenset(configured)
-        self._org_listed: dict[str, frozenset[str]] = {}  # every site an org listed, in any shard
-        self.seen = len(self._configured)  # distinct sites configured or listed, in any shard
-        # Each org refresh lists every site again; the hash is computed once per site.
-        self._owned: dict[str, bool] = {s: s in self._site_info for s in configured}
 
     def known(self) -> dict[str, SiteInfo]:
         """Every site to subscribe to, with the best names known so far."""
@@ -164,9 +160,6 @@ class SiteDirectory:
                 return [*failures, exc]
             except RestError as exc:
                 failures.append(exc)
-        everything = self._configured.union(*self._org_listed.values())
-        self.seen = len(everything)
-        self._owned = {s: owned for s, owned in self._owned.items() if s in everything}
         return failures
 
     async def _org_name(self, org: str) -> str:
@@ -187,24 +180,8 @@ class SiteDirectory:
             if len(batch) < _PAGE_SIZE:
                 break
             page += 1
-        self._org_listed[org] = frozenset(sid for sid, _ in rows)
-        self._org_sites[org] = {
-            sid: SiteInfo(sid, name, org, org_name) for sid, name in rows if self._owns(sid)
-        }
-        logger.info(
-            "Mist org %s (%s): %d sites, %d in shard %s",
-            org,
-            org_name,
-            len(rows),
-            len(self._org_sites[org]),
-            self.shard,
-        )
-
-    def _owns(self, site: str) -> bool:
-        owned = self._owned.get(site)
-        if owned is None:
-            owned = self._owned[site] = self.shard.owns(site)
-        return owned
+        self._org_sites[org] = {sid: SiteInfo(sid, name, org, org_name) for sid, name in rows}
+        logger.info("Mist org %s (%s): %d sites", org, org_name, len(rows))
 
     async def _refresh_site(self, site: str) -> None:
         path = f"/api/v1/sites/{site}"
@@ -213,6 +190,11 @@ class SiteDirectory:
             raise RestError(f"GET {path}: expected a JSON object")
         name = reply.get("name") if isinstance(reply.get("name"), str) else site
         org = reply.get("org_id") if isinstance(reply.get("org_id"), str) else ""
+        if org in self.configured_orgs and self.shard.count > 1:
+            # Its org may belong to another shard, whose instance then takes the site too.
+            logger.warning(
+                "Mist site %s is configured by id and through its org %s: configure it once", site, org
+            )
         org_name = self._site_info[site].org_name
         if org:
             try:

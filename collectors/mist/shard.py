@@ -1,13 +1,16 @@
-"""Which Mist sites one collector instance owns when several split an MSP's orgs between them.
+"""Which Mist orgs and sites one collector instance owns when several split an MSP's orgs between them.
 
 Every instance is configured with the same orgs and sites and its own ``shard = "k/N"``;
-a site belongs to exactly one of the N shards, decided from its id alone, so instances
-agree without talking to each other and an instance decides the same after a restart.
+an org (with all its sites) or a site configured by id belongs to exactly one of the N
+shards, decided from its id alone, so instances agree without talking to each other and
+an instance decides the same after a restart.  An org stays whole so that one discovery
+rule creates its host group: Zabbix 6.0 refuses to create a group that another rule's
+prototype created, and the hosts of the second rule would go without it (7.0 shares it).
 
 The choice is rendezvous (highest random weight) hashing over BLAKE2b digests salted with
 the shard number, not Python's ``hash()``, which is salted per process.  Rendezvous hashing
-moves few sites when N changes: going from N to N+1 instances moves only the sites the
-new shard wins (about 1/(N+1) of them), where ``hash % N`` would move most.  A site that
+moves few ids when N changes: going from N to N+1 instances moves only the ids the new
+shard wins (about 1/(N+1) of them), where ``hash % N`` would move most.  A site that
 moves loses its AP hosts on the old instance's discovery host, so few moves matter.
 """
 
@@ -18,22 +21,22 @@ import re
 from dataclasses import dataclass
 
 _SPEC = re.compile(r" *([0-9]{1,4}) */ *([0-9]{1,4}) *")  # ASCII digits: \d would take any script
-MAX_SHARDS = 100  # far above any sensible instance count; bounds the per-site cost (N digests, ~1.7 us each)
+MAX_SHARDS = 100  # far above any sensible instance count; bounds the per-id cost (N digests, ~1.7 us each)
 
 
-def _weight(site_id: str, shard: int) -> bytes:
+def _weight(mist_id: str, shard: int) -> bytes:
     # Mist ids are lowercase UUIDs; a hand-typed uppercase id still lands in the same shard.
-    return hashlib.blake2b(site_id.lower().encode(), digest_size=8, salt=shard.to_bytes(16, "big")).digest()
+    return hashlib.blake2b(mist_id.lower().encode(), digest_size=8, salt=shard.to_bytes(16, "big")).digest()
 
 
-def shard_of(site_id: str, count: int) -> int:
-    """The shard (1..count) that owns ``site_id``: the one with the highest weight for it."""
-    return max(range(1, count + 1), key=lambda shard: _weight(site_id, shard))
+def shard_of(mist_id: str, count: int) -> int:
+    """The shard (1..count) that owns an org or site id: the one with the highest weight for it."""
+    return max(range(1, count + 1), key=lambda shard: _weight(mist_id, shard))
 
 
 @dataclass(frozen=True, slots=True)
 class Shard:
-    """Shard ``index`` of ``count`` (both from 1); ``Shard(1, 1)`` owns every site."""
+    """Shard ``index`` of ``count`` (both from 1); ``Shard(1, 1)`` owns everything."""
 
     index: int
     count: int
@@ -54,8 +57,8 @@ class Shard:
             )
         return cls(int(match[1]), int(match[2]))
 
-    def owns(self, site_id: str) -> bool:
-        return self.count == 1 or shard_of(site_id, self.count) == self.index
+    def owns(self, mist_id: str) -> bool:
+        return self.count == 1 or shard_of(mist_id, self.count) == self.index
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
