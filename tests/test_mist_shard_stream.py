@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,24 @@ def test_two_instances_split_the_sites_and_report_their_share(tmp_path: Path) ->
             assert out1.errors == out2.errors == []
 
     asyncio.run(scenario())
+
+
+def test_a_site_configured_twice_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Listed by its org and configured by id, a site is hashed both ways: two instances may take it.
+    site = next(s for s in ORG_SITES if shard_of(s, 2) == 1)
+    org = ORG_SITES[site][1]
+
+    async def scenario() -> None:
+        async with (
+            MistServer(TOKEN, dict(ORG_SITES), dict(ORGS)) as server,
+            collecting(tmp_path, server, shard="1/2", orgs=[org], sites=[site]) as _,
+        ):
+            await server.wait_until(lambda: f"/api/v1/sites/{site}" in server.rest_calls)
+            await server.wait_until(lambda: any(site in r.getMessage() for r in caplog.records))
+
+    with caplog.at_level(logging.WARNING, logger="trapline.collectors.mist.rest"):
+        asyncio.run(scenario())
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == f"Mist site {site} is configured by id and through its org {org}: configure it once"
