@@ -23,7 +23,7 @@ from tests.support.peers import free_port, wait_port
 from tests.support.zabbix_fixtures import wait_until
 from trapline import cli
 from trapline.core.model import Reading
-from trapline.exporters.prometheus import PrometheusExporter
+from trapline.exporters.prometheus.exporter import PrometheusExporter
 from trapline.middleware.normalize import normalize
 
 UPTIME = Reading("centre-1", "trapline.uptime", 42, 0, 0, "s")

@@ -45,7 +45,7 @@ class MistCollector:
         rest = MistRest(
             settings.rest_url, token, RestBudget(settings.rest_calls_per_hour), settings.rest_timeout
         )
-        self.directory = SiteDirectory(rest, settings.orgs, settings.sites)
+        self.directory = SiteDirectory(rest, settings.orgs, settings.sites, settings.shard)
         self.connections: dict[int, StreamConnection] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._assignment: dict[str, int] = {}  # channel -> connection index; stable across refreshes
@@ -114,7 +114,7 @@ class MistCollector:
         return all(c.channels <= c.subscribed for c in self.connections.values())
 
     def stats(self) -> Reading:
-        """The collector's own state for the discovery host: streams, devices, and why some are not hosts.
+        """The collector's state for the discovery host: its share of sites, streams and devices.
 
         Sent every ``state_interval`` whatever happens, so that its absence means the agent
         (or its way to Zabbix) is gone: one root cause for every AP's silence.
@@ -123,6 +123,9 @@ class MistCollector:
         subscribed = sum(len(c.subscribed & c.channels) for c in self.connections.values())
         unmonitored = self.fleet.unmonitored()
         value = {
+            "shard": str(self.settings.shard),
+            "orgs": len(self.directory.orgs),
+            "sites": len(self.fleet.sites),
             "channels": channels,
             "channels_down": channels - subscribed,
             "devices": len(self.fleet),

@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from trapline.collectors.mist.fleet import SiteInfo
+from trapline.collectors.mist.shard import ALL_SITES, Shard
 from trapline.core.config import Secret
 
 logger = logging.getLogger(__name__)
@@ -118,16 +119,22 @@ def _site_rows(reply: Any, path: str) -> list[tuple[str, str]]:
 
 
 class SiteDirectory:
-    """Site and org names for the configured sites and orgs, refreshed by the caller.
+    """Site and org names for the configured sites and orgs of this instance's shard, refreshed by the caller.
 
     What one refresh could not learn keeps its previous (or id-only) value, so a
-    failing org never removes the sites of the others.
+    failing org never removes the sites of the others.  An org belongs to a shard as
+    a whole (by its id), a site configured by id by its own id; what belongs to
+    other shards is never looked up.
     """
 
-    def __init__(self, rest: MistRest, orgs: Iterable[str], sites: Iterable[str]) -> None:
+    def __init__(
+        self, rest: MistRest, orgs: Iterable[str], sites: Iterable[str], shard: Shard = ALL_SITES
+    ) -> None:
         self.rest = rest
-        self.orgs = tuple(orgs)
-        self.sites = tuple(sites)
+        self.shard = shard
+        self.configured_orgs = frozenset(orgs)
+        self.orgs = tuple(o for o in orgs if shard.owns(o))
+        self.sites = tuple(s for s in sites if shard.owns(s))
         self._org_names: dict[str, str] = {}
         self._org_sites: dict[str, dict[str, SiteInfo]] = {}
         self._site_info: dict[str, SiteInfo] = {s: SiteInfo.unnamed(s) for s in self.sites}
@@ -183,6 +190,11 @@ class SiteDirectory:
             raise RestError(f"GET {path}: expected a JSON object")
         name = reply.get("name") if isinstance(reply.get("name"), str) else site
         org = reply.get("org_id") if isinstance(reply.get("org_id"), str) else ""
+        if org in self.configured_orgs and self.shard.count > 1:
+            # Its org may belong to another shard, whose instance then takes the site too.
+            logger.warning(
+                "Mist site %s is configured by id and through its org %s: configure it once", site, org
+            )
         org_name = self._site_info[site].org_name
         if org:
             try:

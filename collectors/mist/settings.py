@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 
+from trapline.collectors.mist.shard import ALL_SITES, Shard
 from trapline.core.config import Secret, Section
 
 # Mist ids are UUIDs; anything else would end up inside a URL path.
@@ -46,6 +47,7 @@ class MistSettings:
     max_frame_bytes: int
     compression: bool  # permessage-deflate offered to the server
     state_interval: float  # how often the collector's own state goes to the discovery host
+    shard: Shard = ALL_SITES  # the share of the sites this instance subscribes to
 
     @property
     def tick(self) -> float:
@@ -61,6 +63,13 @@ def _ids(section: Section, key: str) -> tuple[str, ...]:
         if not _ID.fullmatch(value):
             raise section.error(key, f"{value!r} is not a Mist id (letters, digits and dashes)")
     return tuple(dict.fromkeys(values))
+
+
+def _shard(section: Section) -> Shard:
+    try:
+        return Shard.parse(section.text("shard", str(ALL_SITES)))
+    except ValueError as exc:
+        raise section.error("shard", str(exc)) from None
 
 
 def parse_settings(section: Section) -> tuple[MistSettings, Secret]:
@@ -79,6 +88,7 @@ def parse_settings(section: Section) -> tuple[MistSettings, Secret]:
     node_prefix = section.text("node_prefix", "mist-ap-")
     if not _HOST_PREFIX.fullmatch(node_prefix):
         raise section.error("node_prefix", "expected up to 40 letters, digits, '.', '_', '-' or spaces")
+    shard = _shard(section)
     retry_min = section.number("retry_min", 1.0, minimum=0.01)
     retry_max = section.number("retry_max", 60.0, minimum=0.01)
     if retry_max < retry_min:
@@ -107,6 +117,7 @@ def parse_settings(section: Section) -> tuple[MistSettings, Secret]:
         max_frame_bytes=section.integer("max_frame_bytes", 1 << 20, minimum=1024),
         compression=section.choice("compression", ("deflate", "none"), "deflate") == "deflate",
         state_interval=section.number("state_interval", 30.0, minimum=0.05),
+        shard=shard,
     )
     section.done()
     return settings, token

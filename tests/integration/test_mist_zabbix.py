@@ -78,7 +78,13 @@ async def until(check: Callable[[], T], what: str, nudge: Callable[[], None] | N
 
 
 def write_config(
-    tmp: Path, zabbix: LocalZabbix, server: MistServer, discovery_host: str, extra: str = ""
+    tmp: Path,
+    zabbix: LocalZabbix,
+    server: MistServer,
+    discovery_host: str,
+    extra: str = "",
+    *,
+    orgs: str = "o1",  # space-separated org ids
 ) -> Path:
     token_file = tmp / "mist.token"
     token_file.write_text(TOKEN)
@@ -106,7 +112,7 @@ host = {json.dumps(discovery_host)}
 token_file = {json.dumps(str(token_file))}
 stream_url = {json.dumps(server.stream_url)}
 rest_url = {json.dumps(server.rest_url)}
-orgs = ["o1"]
+orgs = {json.dumps(orgs.split())}
 stale_after = {STALE_AFTER}
 lld_min_interval = 0
 retry_min = 0.05
