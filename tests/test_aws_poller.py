@@ -326,6 +326,7 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
     error = readings(result.items, "aws.poller.error")
     assert error[0].value == "GetMetricData: throttled (ThrottlingException)"
     assert readings(result.items, "aws.poller.errors")[0].value == 1
+    assert readings(result.items, "aws.poller.error.streak")[0].value == 1
     assert readings(result.items, "emr.cluster.state")[0].value == "WAITING"  # health still reported
     made["cloudwatch"].assert_no_pending_responses()
 
@@ -339,6 +340,7 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
     made["cloudwatch"].add_response("get_metric_data", {"MetricDataResults": [point]})
     retried = poller.cycle()
     assert retried.errors == []
+    assert readings(retried.items, "aws.poller.error.streak")[0].value == 0  # a clean cycle ends the streak
     sent = [
         r
         for r in retried.items
@@ -388,6 +390,9 @@ def test_unreachable_endpoint_is_an_error_reading_and_the_loop_keeps_running() -
     assert "endpoint unreachable" in str(readings(out.items, "aws.poller.error")[-1].value)
     counts = [r.value for r in readings(out.items, "aws.poller.errors")]
     assert counts[1] > counts[0] > 0
+    # Every cycle failed: the streak the error triggers wait for counts them one by one.
+    streak = [r.value for r in readings(out.items, "aws.poller.error.streak")]
+    assert streak == list(range(1, len(streak) + 1))
     assert not [i for i in out.items if not isinstance(i, Reading)]  # no LLD from a failed discovery
 
 
