@@ -93,14 +93,11 @@ def test_filter_by_name_regex_and_tags() -> None:
 
 # Glue job names: 1-255 characters matching AWS's "single-line string pattern" (CreateJob, Name):
 # tab, U+0020-U+D7FF, U+E000-U+FFFD and the supplementary planes.
-GLUE_NAMES = st.text(
-    st.one_of(
-        st.just("\t"),
-        st.characters(min_codepoint=0x20, blacklist_categories=("Cs",), blacklist_characters="\ufffe\uffff"),
-    ),
-    min_size=1,
-    max_size=255,
+GLUE_NAME_CHARS = st.one_of(
+    st.just("\t"),
+    st.characters(min_codepoint=0x20, blacklist_categories=("Cs",), blacklist_characters="\ufffe\uffff"),
 )
+GLUE_NAMES = st.text(GLUE_NAME_CHARS, min_size=1, max_size=255)
 UNQUOTED_PARAM = re.compile(r'^[^,\]\["\s][^,\]]*$')  # what Zabbix takes as one unquoted key parameter
 
 
