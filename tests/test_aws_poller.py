@@ -25,7 +25,7 @@ from trapline.collectors.aws.services import _glue_run, _serverless_run, _step_r
 from trapline.collectors.aws.session import ApiCalls, Clients, describe_failure
 from trapline.collectors.aws.settings import ResourceFilter, parse_settings
 from trapline.middleware.config import ConfigError, Section
-from trapline.middleware.model import Item, Reading
+from trapline.middleware.model import Discovery, Item, Reading
 
 
 @pytest.fixture(autouse=True)
@@ -289,11 +289,48 @@ def _stubbed_clients(settings: Any, calls: ApiCalls) -> tuple[Clients, dict[str,
         calls.watch(made)
         return made
 
-    clients = Clients(client("emr"), client("emr-serverless"), client("glue"), client("cloudwatch"))
+    clients = Clients(
+        client("emr"), client("emr-serverless"), client("glue"), client("cloudwatch"), client("sts")
+    )
     stubs = {
-        name: Stubber(getattr(clients, name)) for name in ("emr", "emr_serverless", "glue", "cloudwatch")
+        name: Stubber(getattr(clients, name))
+        for name in ("emr", "emr_serverless", "glue", "cloudwatch", "sts")
     }
     return clients, stubs
+
+
+CALLER = {"UserId": "AIDA", "Account": "123456789012", "Arn": "arn:aws-cn:iam::123456789012:user/reader"}
+
+
+def test_glue_jobs_carry_their_team_and_owner_tags_and_work_without_get_tags() -> None:
+    settings = parse_settings("aws", section(emr={"enabled": False}, emr_serverless={"enabled": False}))
+    made: dict[str, Any] = {}
+
+    def factory(s: Any, calls: ApiCalls) -> Clients:
+        clients, stubs = _stubbed_clients(s, calls)
+        made.update(stubs)
+        stubs["glue"].add_response("get_jobs", {"Jobs": [{"Name": "load, orders"}, {"Name": "adhoc"}]})
+        stubs["sts"].add_response("get_caller_identity", CALLER)
+        arn = "arn:aws-cn:glue:eu-west-1:123456789012:job/"  # the caller's partition and account
+        tags = {"Team": "data", "OWNER": "ann", "cost": "x"}  # AWS keys in any case
+        stubs["glue"].add_response("get_tags", {"Tags": tags}, {"ResourceArn": arn + "load, orders"})
+        stubs["glue"].add_client_error("get_tags", "AccessDeniedException", "not granted", 400)
+        stubs["glue"].add_response("get_job_runs", {"JobRuns": []})
+        stubs["glue"].add_response("get_job_runs", {"JobRuns": []})
+        for stub in stubs.values():
+            stub.activate()
+        return clients
+
+    poller = AwsPoller(settings, client_factory=factory)
+    result = poller.cycle()
+    (lld,) = [i for i in result.items if isinstance(i, Discovery)]
+    rows = {row["{#JOBNAME}"]: row for row in lld.rows}
+    assert (rows["load, orders"]["{#TEAM}"], rows["load, orders"]["{#OWNER}"]) == ("data", "ann")
+    # A policy without glue:GetTags: the job is still discovered and watched, its tags are empty.
+    assert (rows["adhoc"]["{#TEAM}"], rows["adhoc"]["{#OWNER}"]) == ("", "")
+    assert result.errors == []
+    made["glue"].assert_no_pending_responses()
+    made["sts"].assert_no_pending_responses()
 
 
 def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() -> None:
@@ -308,6 +345,7 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
         cluster = {"Id": "j-1", "Name": "c", "Status": {"State": "WAITING"}}
         stubs["emr"].add_response("list_clusters", {"Clusters": []})  # discovery: recently ended
         stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # discovery: active
+        stubs["emr"].add_response("describe_cluster", {"Cluster": {**cluster, "Tags": []}})  # its tags
         stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # health
         stubs["emr"].add_response("list_steps", {"Steps": []})
         stubs["cloudwatch"].add_client_error("get_metric_data", "ThrottlingException", "Rate exceeded", 400)
@@ -361,6 +399,9 @@ def test_once_throttled_the_cycle_stops_calling_and_warns_once(caplog: pytest.Lo
         made.update(stubs)
         jobs = [{"Name": f"job-{k}"} for k in range(300)]
         stubs["glue"].add_response("get_jobs", {"Jobs": jobs})
+        stubs["sts"].add_response("get_caller_identity", CALLER)
+        for _ in jobs:
+            stubs["glue"].add_response("get_tags", {"Tags": {}})
         stubs["glue"].add_client_error("get_job_runs", "ThrottlingException", "Rate exceeded", 400)
         for stub in stubs.values():
             stub.activate()

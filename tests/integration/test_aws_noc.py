@@ -110,7 +110,7 @@ def day(
         cluster_id = aws.make_cluster(emr, "steady", step=True)
         step = aws._moto_emr_cluster(cluster_id).steps[0]
         step.state, step.end_date_time = "COMPLETED", dt.datetime.now(dt.UTC) - dt.timedelta(seconds=600)
-        app_id = aws.make_app(serverless, "adhoc")
+        app_id = aws.make_app(serverless, "adhoc", {"team": "spark"})
         serverless.start_job_run(  # moto: SUCCESS at once
             applicationId=app_id,
             executionRoleArn="arn:aws:iam::123456789012:role/job",
@@ -131,6 +131,14 @@ def day(
         # as the agent's spool does with refused values.
         deliver(zabbix, first)
         yield world
+
+
+def _tags(api: Any, hostid: str, problems: set[tuple[str, str]]) -> dict[str, str]:
+    """The tags of the one open problem in ``problems`` (name, severity) on the host."""
+    ((name, _),) = problems
+    rows = api.problem.get(hostids=[hostid], output=["name"], selectTags=["tag", "value"])
+    (row,) = [r for r in rows if r["name"] == name]
+    return {tag["tag"]: tag["value"] for tag in row["tags"]}
 
 
 def _poller_problems(day: Day) -> set[tuple[str, str]]:
@@ -186,7 +194,7 @@ def test_each_state_decision_raises_or_stays_quiet_as_the_readme_says(day: Day) 
 
     api, endpoint = day.api, day.endpoint
     job = "decisions"
-    aws.make_job(aws.client(endpoint, "glue"), job)
+    aws.make_job(aws.client(endpoint, "glue"), job, {"Team": "data", "owner": "ann"})
     day.poller._next_discovery["glue"] = 0.0  # discover the new job now, not in ten minutes
     day.cycle()
     wait_until(
@@ -234,6 +242,10 @@ def test_each_state_decision_raises_or_stays_quiet_as_the_readme_says(day: Day) 
     cancelled = f"AWS EMR Serverless: Job run nightly ({short_id(run_id)}) CANCELLED: Job run timed out"
     app_expected = {(cancelled, "average")}
     wait_for_problems(api, [day.app_hostid], app_expected)
+    # Both problems carry the team and owner of their AWS resource, for routing and maintenance.
+    glue_tags, app_tags = _tags(api, day.hostid, glue_expected), _tags(api, day.app_hostid, app_expected)
+    assert (glue_tags["team"], glue_tags["owner"]) == ("data", "ann")
+    assert (app_tags["team"], app_tags["owner"]) == ("spark", "")
     interrupted = day.code(CLUSTER_TEMPLATE, "AWS EMR step state", "INTERRUPTED")
     day.wait_last(f"emr-{day.cluster_id}", "emr.step.state", interrupted)
     # The step values were evaluated with the state value just seen: a short look for late problems.
