@@ -88,3 +88,38 @@ def test_state_item_maps_every_documented_state_to_its_own_named_number(key: str
 def test_the_collector_knows_no_glue_final_state_the_template_does_not() -> None:
     item, _ = _state_items()["glue.job.run.state[{#JOBKEY}]"]
     assert set(GLUE_FINAL_STATES) <= set(_codes(item))
+
+
+def _expressions() -> list[str]:
+    """Every trigger and trigger prototype expression of the file."""
+    data = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))["zabbix_export"]
+    found = [t["expression"] for t in data["triggers"]]
+    for template in data["templates"]:
+        items = list(template.get("items", []))
+        for rule in template.get("discovery_rules", []):
+            items += rule.get("item_prototypes", [])
+            found += [t["expression"] for t in rule.get("trigger_prototypes", [])]
+        found += [t["expression"] for item in items for t in item.get("triggers", [])]
+        found += [t["expression"] for item in items for t in item.get("trigger_prototypes", [])]
+    return found
+
+
+# Which states each trigger on a state item means, in AWS's words (template README, "Triggers").
+STATE_TRIGGERS = {
+    "glue.job.run.state[{#JOBKEY}]": {"STARTING", "RUNNING", "STOPPING", "WAITING"},  # still running
+    "emr.serverless.job.run.state": {"SUBMITTED", "QUEUED", "PENDING", "SCHEDULED"},  # not started yet
+    "emr.cluster.state": {"TERMINATED_WITH_ERRORS"},
+}
+
+
+@pytest.mark.parametrize("key", sorted(STATE_TRIGGERS))
+def test_state_triggers_compare_with_the_numbers_of_the_states_they_mean(key: str) -> None:
+    names = {code: name for name, code in _codes(_state_items()[key][0]).items()}
+    reference = re.escape(f"/{key})")
+    meant: set[str] = set()
+    for expression in _expressions():
+        for listed in re.findall(rf"in\(last\([^)]*{reference},([\d,]+)\)", expression):
+            meant |= {names[int(code)] for code in listed.split(",")}
+        for code in re.findall(rf"last\([^)]*{reference}=(\d+)", expression):
+            meant.add(names[int(code)])
+    assert meant == STATE_TRIGGERS[key]
