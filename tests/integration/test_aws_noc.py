@@ -60,6 +60,18 @@ class Day(Account):
         assert found, f"no item {key} on {host}"
         return None if found[0]["lastclock"] == "0" else str(found[0]["lastvalue"])
 
+    def wait_stored(self, host: str, key: str) -> None:
+        """Wait for a value in the history of an integer item, however old its clock.
+
+        The API's last value only looks one day back, and the weekly job's success is older.
+        """
+        (item,) = items(self.api, host, key)
+        wait_until(
+            lambda: self.api.history.get(itemids=[item["itemid"]], history=3, limit=1),
+            timeout=30,
+            what=f"a value of {key} on {host}",
+        )
+
     def wait_last(self, host: str, key: str, value: str) -> None:
         wait_until(lambda: self.last(host, key) == value, timeout=30, what=f"{key} = {value} on {host}")
 
@@ -126,7 +138,7 @@ def day(
             timeout=LLD_TIMEOUT,
             what="discovered hosts, items and triggers",
         )
-        zabbix.config_cache_reload()
+        world.reload_with_dependents()
         # The first cycle's values reached Zabbix before their items existed: send them again,
         # as the agent's spool does with refused values.
         deliver(zabbix, first)
@@ -147,8 +159,8 @@ def _poller_problems(day: Day) -> set[tuple[str, str]]:
 
 def test_a_normal_day_with_one_failed_poll_raises_nothing(day: Day) -> None:
     # Everything arrived (otherwise silence would prove nothing), states as their value map's numbers.
-    assert day.last(day.host, "glue.job.last_success[weekly]") is not None
-    assert day.last(day.host, "glue.job.last_success[daily]") is not None
+    day.wait_stored(day.host, "glue.job.last_success[weekly]")
+    day.wait_stored(day.host, "glue.job.last_success[daily]")
     assert day.last(day.host, "glue.job.run.state[on-demand]") is None  # never ran
     cluster, app = f"emr-{day.cluster_id}", f"emr-serverless-{day.app_id}"
     waiting = day.code(CLUSTER_TEMPLATE, "AWS EMR cluster state", "WAITING")
@@ -205,7 +217,7 @@ def test_each_state_decision_raises_or_stays_quiet_as_the_readme_says(day: Day) 
         timeout=LLD_TIMEOUT,
         what="the new job's items and trigger",
     )
-    day.zabbix.config_cache_reload()
+    day.reload_with_dependents()
 
     # Glue: EXPIRED is a failure (the run never ran); STOPPED, a stop on purpose, is not.
     expired = "Job run expired while waiting for capacity"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ from trapline.exporters.zabbix.client import ClusterClient, Endpoint
 from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.localzabbix import LocalZabbix
 from trapline.middleware.config import Section
+from trapline.middleware.model import Reading
 from trapline.middleware.plugin import Spooled
 from trapline.templates import import_templates, template_dir
 
@@ -81,6 +83,36 @@ class Account:
         found = self.api.host.get(filter={"host": [host]}, output=["hostid"])
         assert found, f"no host {host}"
         return str(found[0]["hostid"])
+
+    def reload_with_dependents(self) -> None:
+        """Reload the configuration, then wait until values also reach new dependent items.
+
+        Right after a reload the trapper takes values for new items, but the preprocessing
+        manager can still work from its previous copy for a moment: a value sent then lands
+        on its master item and on none of the dependent items (seen here on 6.0).  A probe
+        master and dependent item, created just before the reload, tell when it caught up.
+        """
+        key = f"trapline.probe.{secrets.token_hex(4)}"
+        trapper, dependent, unsigned = 2, 18, 3
+        create = self.api.item.create
+        made = create(hostid=self.hostid, name=key, key_=key, type=trapper, value_type=unsigned)
+        master = made["itemids"][0]
+        copy = create(
+            hostid=self.hostid,
+            name=f"{key} copy",
+            key_=f"{key}.copy",
+            type=dependent,
+            master_itemid=master,
+            value_type=unsigned,
+        )["itemids"][0]
+        self.zabbix.config_cache_reload()
+
+        def copied() -> bool:
+            deliver(self.zabbix, CycleResult([Reading.now(self.host, key, 1)]))
+            return bool(self.api.history.get(itemids=[copy], history=unsigned, limit=1))
+
+        wait_until(copied, timeout=30, interval=0.5, what="values to reach new dependent items")
+        self.api.item.delete(copy, master)
 
 
 @dataclass
