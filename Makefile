@@ -9,11 +9,11 @@ setup:
 	bash scripts/setup-debian.sh $(VENV)
 
 demo: setup
-	trapline demo
+	python3 -m devtools.demo
 
 lint: setup
 	ruff check .
-	mypy -p trapline
+	mypy -p trapline -p devtools
 
 test: lint
 	python -m pytest -q --durations=20

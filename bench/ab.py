@@ -4,7 +4,7 @@ The machine's speed drifts within minutes, so two trees are only compared run
 against run in the same window: A, B, B, A, ... and the median of the per-pair
 ratios of agent CPU per update, per mode.
 
-    python3 bench/ab.py TREE_A TREE_B RUNS [extra bench/mist.py arguments]
+    python3 -m bench.ab TREE_A TREE_B RUNS [extra bench/mist.py arguments]
 """
 
 from __future__ import annotations
@@ -19,8 +19,16 @@ from collections import defaultdict
 _RUN_LINE = re.compile(r"run \d+ (.+?): .* CPU ([\d.]+) us/update")
 
 
+def _mist_bench(tree: str) -> list[str]:
+    # Trees from before bench/ became a package run the file directly.
+    if os.path.exists(os.path.join(tree, "bench", "__init__.py")):
+        return ["-m", "bench.mist"]
+    return ["bench/mist.py"]
+
+
 def cpu_per_mode(tree: str, extra: list[str]) -> dict[str, float]:
-    command = ["flock", "/tmp/trapline-bench.lock", sys.executable, "bench/mist.py", "--only", "throughput"]
+    command = ["flock", "/tmp/trapline-bench.lock", sys.executable, *_mist_bench(tree)]
+    command += ["--only", "throughput"]
     env = os.environ | {"PYTHONPATH": tree}
     out = subprocess.run(
         [*command, "--runs", "1", *extra], cwd=tree, env=env, capture_output=True, text=True, check=True

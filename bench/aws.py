@@ -15,7 +15,7 @@ exactly ``ceil(series / 500)`` GetMetricData calls per poll.  Before that, as a
 cross-check, the real ``AwsPoller.cycle()`` runs twice: once to discover the clusters,
 then (one period later) over the seeded data.
 
-    python3 bench/aws.py [--series 2000] [--polls 5] [--datapoints 3]
+    python3 -m bench.aws [--series 2000] [--polls 5] [--datapoints 3]
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import datetime as dt
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -36,11 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # The tree this file is in, not whatever trapline is installed, is what gets measured.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _util import machine, median, table, timed
-
+from bench._util import machine, median, table, timed
 from trapline.collectors.aws import build
 from trapline.collectors.aws.cloudwatch import (
     MAX_QUERIES_PER_CALL,
@@ -53,8 +48,8 @@ from trapline.collectors.aws.cloudwatch import (
 )
 from trapline.collectors.aws.poller import AwsPoller, series_for
 from trapline.collectors.aws.session import ApiCalls, make_clients
-from trapline.middleware.config import Section
-from trapline.middleware.model import Reading
+from trapline.core.config import Section
+from trapline.core.model import Reading
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient

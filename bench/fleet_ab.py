@@ -7,8 +7,8 @@ and interleaved, so the host's speed drifts (2x within minutes here) hit both
 alike, where separate end-to-end runs cannot be compared.  The other version
 is imported with this tree's other modules, so it must not need changes in them.
 
-    python3 bench/fleet_ab.py OTHER_FLEET_PY [--basic] [--pairs 15]
-    git show REV:collectors/mist/fleet.py > /tmp/fleet_a.py && python3 bench/fleet_ab.py /tmp/fleet_a.py
+    python3 -m bench.fleet_ab OTHER_FLEET_PY [--basic] [--pairs 15]
+    git show REV:collectors/mist/fleet.py > /tmp/fleet_a.py && python3 -m bench.fleet_ab /tmp/fleet_a.py
 """
 
 from __future__ import annotations
@@ -18,16 +18,12 @@ import importlib.util
 import statistics
 import sys
 import time
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import mist as bench
-from _util import machine
-
 import trapline.collectors.mist.fleet as this_fleet
+from bench import mist as bench
+from bench._util import machine
 from trapline.collectors.mist.frames import DataFrame, decode_frame
 
 APS = 1000

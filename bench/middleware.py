@@ -11,13 +11,12 @@ The readings look like what the collectors produce: 1000 keys on 10 hosts, float
 values that change (so the filter admits them), a unit that needs converting and
 one label.
 
-    python3 bench/middleware.py [--readings 50000] [--runs 7] [--flush 1000]
+    python3 -m bench.middleware [--readings 50000] [--runs 7] [--flush 1000]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,16 +24,12 @@ from pathlib import Path
 from typing import Any
 
 # The tree this file is in, not whatever trapline is installed, is what gets measured.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _util import SpoolQueue, machine, median, table
-
+from bench._util import SpoolQueue, machine, median, table
+from trapline.core.model import Item, Reading
 from trapline.exporters.mqtt import MqttDestination
 from trapline.exporters.zabbix import ZabbixDestination
 from trapline.exporters.zabbix.protocol import encode_request, frame
 from trapline.middleware.filters import FilterRule, Filters
-from trapline.middleware.model import Item, Reading
 from trapline.middleware.normalize import normalize
 from trapline.middleware.spool import Spool
 

@@ -1,6 +1,6 @@
 """Mist: AP updates per second through collector -> pipeline -> Zabbix sender, requests, memory per AP.
 
-(a) Throughput.  A peer process runs the Mist stream (tests/mist_server.py) and a
+(a) Throughput.  A peer process runs the Mist stream (tests/support/mist_server.py) and a
     minimal Zabbix trapper that answers every request with "processed: N; failed: 0".
     This process is the agent as `trapline run` builds it from a TOML file: the
     real Mist collector (websocket client, frame decoding, fleet merge), the real
@@ -19,7 +19,7 @@
     ``--fleet`` APs sent one full update each (LLD rows built); also the
     Prometheus series the expansion keeps per AP.
 
-    python3 bench/mist.py [--updates 20000] [--aps 1000] [--runs 5] [--fleet 10000] [--direct]
+    python3 -m bench.mist [--updates 20000] [--aps 1000] [--runs 5] [--fleet 10000] [--direct]
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import gc
 import json
 import multiprocessing
 import resource
-import sys
 import tempfile
 import time
 import timeit
@@ -41,25 +40,22 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.mist_server, the Mist stand-in
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import SpoolQueue, machine, median, table
 from websockets.asyncio.server import ServerConnection
 from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.protocol import Protocol, Side, State
 
-from tests.mist_server import MistServer, ap_basic, ap_full
+from bench._util import SpoolQueue, machine, median, table
+from tests.support.mist_server import MistServer, ap_basic, ap_full
+from trapline.app.settings import build_pipeline, load_settings
 from trapline.cli import freeze_startup_objects
 from trapline.collectors.mist.collector import MistCollector
 from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, SiteInfo
 from trapline.collectors.mist.frames import decode_frame
-from trapline.exporters.prometheus import PrometheusExporter
+from trapline.exporters.prometheus.exporter import PrometheusExporter
 from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.exporters.zabbix.protocol import HEADER_SIZE, encode_request, frame, parse_header, unpack_body
 from trapline.middleware.filters import FilterRule, Filters
 from trapline.middleware.normalize import normalize
-from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.settings import load_settings
 from trapline.middleware.spool import Spool
 
 TOKEN = "bench-token"
@@ -311,7 +307,7 @@ async def agent_run(
 ) -> tuple[Round, Round]:
     """One agent life: warm-up (one update per AP), then the measured round."""
     settings = load_settings(config)
-    pipeline = Pipeline.from_settings(settings)  # the config has no [prometheus]: no observers
+    pipeline = build_pipeline(settings)  # the config has no [prometheus]: no observers
     spool = pipeline.spool
     (collector,) = settings.collectors
     (dest,) = settings.destinations
@@ -652,7 +648,7 @@ def fleet_bytes(aps: int, update: Callable[[int], dict[str, Any]]) -> tuple[floa
 def memory(args: argparse.Namespace) -> str:
     cases: list[tuple[str, Callable[[int], dict[str, Any]]]] = [
         ("full update, every kept field (3 radios, 1 port)", lambda i: full_update(i, 1)),
-        ("tests/mist_server.py ap_full (2 radios, 1 port)", lambda i: ap_full(mac_of(i), f"ap-{i}")),
+        ("tests/support/mist_server.py ap_full (2 radios, 1 port)", lambda i: ap_full(mac_of(i), f"ap-{i}")),
     ]
     rows = []
     for name, update in cases:

@@ -1,6 +1,6 @@
 """MQTT end to end: readings/s edge -> mosquitto -> bridge(s) -> a real Zabbix 6.0 trapper.
 
-Every run starts from scratch: a mosquitto broker (tests/mosquitto.py, plus the
+Every run starts from scratch: a mosquitto broker (tests/support/mosquitto.py, plus the
 limits under test), then one or two bridge processes as deployed
 (``python3 -m trapline run`` with an ``mqtt_bridge`` collector in one shared
 subscription group and a ``[zabbix]`` destination, default spool and flush
@@ -28,7 +28,7 @@ and the readings per message; the last row uses mosquitto's default
 ``max_queued_messages`` (1000) with more messages than fit in it (its rate
 includes a 20 s wait for rows that never come: only its stored count matters).
 
-    flock /tmp/trapline-bench.lock python3 bench/mqtt.py [--readings 200000] [--per-message 1000] [--runs 5]
+    flock /tmp/trapline-bench.lock python3 -m bench.mqtt [--readings 200000] [--per-message 1000] [--runs 5]
         [--limit-runs 3 (0: skip the second table)] [--small-messages 2000] [--db-syncers 4]
 """
 
@@ -47,17 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.mosquitto, the broker fixture
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, median, table
-from sender import HOST, PIPELINE_BATCH, Clocks, create_host, new_destination, wait_drained
-
-from tests.mosquitto import Mosquitto
+from bench._util import machine, median, table
+from bench.sender import HOST, PIPELINE_BATCH, Clocks, create_host, new_destination, wait_drained
+from devtools.localzabbix import LocalZabbix
+from tests.support.mosquitto import Mosquitto
+from trapline.core.config import Section
+from trapline.core.model import Reading
+from trapline.core.plugin import Destination, Spooled
 from trapline.exporters.mqtt import MqttDestination, build_destinations
-from trapline.localzabbix import LocalZabbix
-from trapline.middleware.config import Section
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import Destination, Spooled
 
 HISTORY_UNSIGNED = 3
 GROUP = "bench"

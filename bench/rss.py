@@ -9,7 +9,7 @@ Then it attributes memory to imports: every top-level module the agent imports
 (from ``python3 -X importtime``) is imported alone in a fresh interpreter, and the
 growth of VmRSS over a bare interpreter is reported, with the import time.
 
-    python3 bench/rss.py [--settle 5] [--runs 3]
+    python3 -m bench.rss [--settle 5] [--runs 3]
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ import urllib.request
 from pathlib import Path
 
 # The tree this file is in, not whatever trapline is installed, is what gets measured.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, table
+from bench._util import machine, table
 
 TARGET_MB = 45.0
 AGENT = [sys.executable, "-m", "trapline", "run"]

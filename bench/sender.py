@@ -17,7 +17,7 @@ Beside values/s the bench reports the CPU each side spent per value: the sender'
 (user + system) and the server's (zabbix_server and PostgreSQL processes, from the
 start of a run until the server has written everything).
 
-    python3 bench/sender.py [--values 100000] [--items 1000] [--runs 5]
+    python3 -m bench.sender [--values 100000] [--items 1000] [--runs 5]
 """
 
 from __future__ import annotations
@@ -37,18 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The tree this file is in, not whatever trapline is installed, is what gets measured.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _util import machine, median, table
 from zabbix_utils import AsyncSender, ItemValue, Sender
 
+# The tree this file is in, not whatever trapline is installed, is what gets measured.
+from bench._util import machine, median, table
+from devtools.localzabbix import LocalZabbix
+from trapline.core.model import Reading
+from trapline.core.plugin import Spooled
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
 from trapline.exporters.zabbix.destination import ZabbixDestination
-from trapline.localzabbix import LocalZabbix
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import Spooled
 
 HOST = "bench-sender"
 VALUE_TYPE_UNSIGNED = 3

@@ -18,7 +18,7 @@ gpsfake replaying tests/data/route.nmea, a Zabbix server on a closed port and a
 Prometheus listener.  VmRSS after ``--settle`` seconds, then the process' CPU
 time (all threads, /proc/PID/stat) over ``--cpu-seconds``.
 
-    python3 bench/vehicle.py [--duration 10] [--runs 5] [--latency 0.05] [--agent-runs 3]
+    python3 -m bench.vehicle [--duration 10] [--runs 5] [--latency 0.05] [--agent-runs 3]
 
 Internal roles (started by the benchmark itself): ``proxy``, ``client``.
 """
@@ -42,9 +42,7 @@ from pathlib import Path
 from typing import Any
 
 # The tree this file is in, not whatever trapline is installed, is what gets measured.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine, median, table
+from bench._util import machine, median, table
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTE = ROOT / "tests" / "data" / "route.nmea"
@@ -135,8 +133,8 @@ class LatencyProxy:
 # -- role: a polling client --------------------------------------------------------------
 def run_trapline(port: int, duration: float, multi: bool, state_dir: Path) -> dict[str, float]:
     from trapline.collectors.obd import build  # noqa: PLC0415 - only the client process needs it
-    from trapline.middleware.config import Section  # noqa: PLC0415
-    from trapline.middleware.model import Item, Reading  # noqa: PLC0415
+    from trapline.core.config import Section  # noqa: PLC0415
+    from trapline.core.model import Item, Reading  # noqa: PLC0415
 
     class CountingOutbox:
         def __init__(self) -> None:
@@ -333,6 +331,7 @@ host = "van-bench"
 server = "127.0.0.1"
 port = {gps_port}
 interval = 1.0
+state_dir = "{workdir}"
 """
     path = workdir / f"agent-{time.time_ns()}.toml"
     path.write_text(text)

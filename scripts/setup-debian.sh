@@ -45,5 +45,5 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
 fi
 
 # Zabbix schema dumps and the Zabbix 7.0 chroot, cached under /var/cache/trapline.
-"$venv/bin/python" -m trapline.localzabbix
+(cd "$here" && "$venv/bin/python" -m devtools.localzabbix)
 echo "setup: done in ${SECONDS}s"

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.zabbix_fixtures", "tests.elm_fixtures"]
+pytest_plugins = ["tests.support.zabbix_fixtures", "tests.support.elm_fixtures"]

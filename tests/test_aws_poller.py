@@ -16,16 +16,16 @@ from botocore.stub import Stubber
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.outbox import ListOutbox, run_collector_until
-from tests.peers import free_port
+from tests.support.outbox import ListOutbox, run_collector_until
+from tests.support.peers import free_port
 from trapline.collectors.aws import AwsCollector, build
 from trapline.collectors.aws.poller import AwsPoller
 from trapline.collectors.aws.resources import ERROR_SHOWN, Run, RunTracker, key_param
 from trapline.collectors.aws.services import _glue_run, _serverless_run, _step_run
 from trapline.collectors.aws.session import ApiCalls, Clients, describe_failure
 from trapline.collectors.aws.settings import ResourceFilter, parse_settings
-from trapline.middleware.config import ConfigError, Section
-from trapline.middleware.model import Discovery, Item, Reading
+from trapline.core.config import ConfigError, Section
+from trapline.core.model import Discovery, Item, Reading
 
 
 @pytest.fixture(autouse=True)

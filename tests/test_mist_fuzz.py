@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.mist_server import ap_full
-from tests.outbox import ListOutbox
+from tests.support.mist_server import ap_full
+from tests.support.outbox import ListOutbox
 from trapline.collectors.mist import MistCollector, build
 from trapline.collectors.mist.fleet import (
     LLD_KEY,
@@ -27,8 +27,8 @@ from trapline.collectors.mist.fleet import (
 )
 from trapline.collectors.mist.frames import DataFrame, FrameError, decode_frame, parse_payload
 from trapline.collectors.mist.stream import StreamConnection
-from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Reading
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Reading
 
 COUNTER_KEYS = {key for members in FieldSchema.load().counters.values() for key in members.values()}
 SITE = "4ac1dcf4-9d8b-7211-65c4-057819f0862b"

@@ -20,7 +20,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from obd.protocols import ISO_9141_2, ISO_15765_4_11bit_500k, ISO_15765_4_29bit_500k
 
-from tests.peers import free_port
+from tests.support.peers import free_port
 from trapline.collectors.obd.adapter import Adapter, Reach
 from trapline.collectors.obd.elm327 import Elm327, LinkLost, ecu_payloads, engine_answer, split_lines
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.elm_fixtures import obd_section
-from tests.outbox import ListOutbox
+from tests.support.elm_fixtures import obd_section
+from tests.support.outbox import ListOutbox
 from trapline.collectors.obd import build
 from trapline.collectors.obd.elm327 import ecu_payloads as parse
 from trapline.collectors.obd.payload import pids_from_ecus

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.peers import free_port
-from tests.test_zabbix_client import FakeZabbix, fake_zabbix
-from tests.zabbix_fixtures import (
+from devtools.localzabbix import LocalZabbix
+from tests.support.peers import free_port
+from tests.support.zabbix_fixtures import (
     FLOAT,
     TEXT,
     TrapperHost,
@@ -29,17 +29,17 @@ from tests.zabbix_fixtures import (
     unique_name,
     wait_until,
 )
+from tests.test_zabbix_client import FakeZabbix, fake_zabbix
+from trapline.core.config import ConfigError, Secret, Section
+from trapline.core.model import Discovery, Item, Reading
+from trapline.core.plugin import Delivery, Spooled
 from trapline.exporters.zabbix import build_destinations
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint, SendError, parse_cluster
 from trapline.exporters.zabbix.destination import NOT_ACCEPTED, ZabbixDestination, _BoundedSet
 from trapline.exporters.zabbix.diagnose import ApiDiagnoser, Ident, reason_for
 from trapline.exporters.zabbix.protocol import Reply, parse_reply, unpack_frame
-from trapline.localzabbix import LocalZabbix
-from trapline.middleware.config import ConfigError, Secret, Section
-from trapline.middleware.model import Discovery, Item, Reading
-from trapline.middleware.plugin import Delivery, Spooled
 
-pytest_plugins = ["tests.zabbix_fixtures"]
+pytest_plugins = ["tests.support.zabbix_fixtures"]
 
 CLOCK = 1_700_000_000
 

@@ -19,13 +19,13 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.outbox import ListOutbox, run_collector_until
-from tests.peers import missing_peer, wait_port
+from tests.support.outbox import ListOutbox, run_collector_until
+from tests.support.peers import missing_peer, wait_port
 from trapline.collectors.aws import build
 from trapline.collectors.aws.cloudwatch import aligned_window
 from trapline.collectors.aws.poller import AwsPoller
-from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Item, Reading
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Item, Reading
 
 pytestmark = pytest.mark.integration
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from devtools.localzabbix import LocalZabbix
 from tests.integration import test_aws_moto as aws
 from tests.integration.test_aws_moto import moto_endpoint  # noqa: F401 (fixture)
 from tests.integration.test_aws_zabbix import (
@@ -34,9 +35,8 @@ from tests.integration.test_aws_zabbix import (
     make_poller,
     moto_credentials,
 )
-from tests.zabbix_fixtures import assert_quiet_for, open_problems, wait_for_problems, wait_until
+from tests.support.zabbix_fixtures import assert_quiet_for, open_problems, wait_for_problems, wait_until
 from trapline.collectors.aws.resources import short_id
-from trapline.localzabbix import LocalZabbix
 
 pytestmark = pytest.mark.integration
 

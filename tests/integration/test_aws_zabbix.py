@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from devtools.localzabbix import LocalZabbix
 from tests.integration.test_aws_moto import (
     ACCOUNT,
     REGION,
@@ -36,17 +37,16 @@ from tests.integration.test_aws_moto import (
     make_job,
     moto_endpoint,  # noqa: F401 (fixture)
 )
+from tests.support.zabbix_fixtures import TEST_HOST_GROUP, unique_name, wait_until
 from tests.test_aws_poller import GLUE_NAME_CHARS
-from tests.zabbix_fixtures import TEST_HOST_GROUP, unique_name, wait_until
 from trapline.collectors.aws.poller import AwsPoller, CycleResult
 from trapline.collectors.aws.resources import ERROR_SHOWN, key_param, short_id
 from trapline.collectors.aws.settings import parse_settings
+from trapline.core.config import Section
+from trapline.core.model import Reading
+from trapline.core.plugin import Spooled
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
 from trapline.exporters.zabbix.destination import ZabbixDestination
-from trapline.localzabbix import LocalZabbix
-from trapline.middleware.config import Section
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import Spooled
 from trapline.templates import import_templates, template_dir
 
 pytestmark = pytest.mark.integration

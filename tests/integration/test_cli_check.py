@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import free_port
-from trapline.localzabbix import LocalZabbix
+from devtools.localzabbix import LocalZabbix
+from tests.support.peers import free_port
 
 
 @pytest.mark.integration

@@ -1,7 +1,7 @@
 """Issue 17's fault tests: a flaky link, replies cut mid-frame and SIGTERM during a round.
 
 The real agent process sends the synthetic collector's readings to real Zabbix
-6.0 and 7.0 through tests/fault_proxy.py.  Once the readings flow, the proxy
+6.0 and 7.0 through tests/support/fault_proxy.py.  Once the readings flow, the proxy
 starts failing connections; at the end the agent gets SIGTERM (with a sane
 link, or with a round held in flight).  Then Zabbix history is read back by
 sequence number: every ``synthetic.seq`` value 1..K the run produced must be
@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import (
+from devtools.localzabbix import LocalZabbix
+from tests.support.agent_process import (
     AgentProcess,
     ZabbixItem,
     create_synthetic_host,
@@ -34,12 +35,11 @@ from tests.agent_process import (
     spooled_readings,
     toml_config,
 )
-from tests.fault_proxy import FaultProxy
-from tests.small_disk import SmallDisk, small_disk
-from tests.zabbix_fixtures import wait_until
-from trapline.localzabbix import LocalZabbix
+from tests.support.fault_proxy import FaultProxy
+from tests.support.small_disk import SmallDisk, small_disk
+from tests.support.zabbix_fixtures import wait_until
 
-pytest_plugins = ["tests.zabbix_fixtures"]
+pytest_plugins = ["tests.support.zabbix_fixtures"]
 
 SERIES = 10
 INTERVAL = 0.05  # 20 rounds a second, 20 values each

@@ -1,4 +1,4 @@
-"""``trapline demo`` as a user runs it: a child process, watched through its output,
+"""``make demo`` (``python3 -m devtools.demo``) as a user runs it: a child process, watched through
 the Zabbix API and its Prometheus endpoint, then stopped by a signal.  Also the
 drive it writes for gpsfake (no peer needed).
 
@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 from pyzabbix.api import ZabbixAPI
 
-from tests.peers import missing_peer, need_binary
-from tests.zabbix_fixtures import wait_until
-from trapline.demo import load_scenario, write_nmea
+from devtools.demo import load_scenario, write_nmea
+from tests.support.peers import missing_peer, need_binary
+from tests.support.zabbix_fixtures import wait_until
 
 PR_SET_CHILD_SUBREAPER = 36
 # Limits that turn a hang into a failure; none of them is a speed expectation.
@@ -42,12 +42,12 @@ SCENARIO = load_scenario()
 
 
 class Demo:
-    """``python3 -m trapline demo`` in a child process, its output collected by a thread."""
+    """``python3 -m devtools.demo`` in a child process, its output collected by a thread."""
 
     def __init__(self, *args: str) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trapline", "demo", *args],
+            [sys.executable, "-m", "devtools.demo", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import (
+from devtools.localzabbix import DEFAULT_CACHE_UPDATE_FREQUENCY, LocalZabbix
+from tests.support.agent_process import (
     ZabbixItem,
     create_agent_host,
     create_synthetic_host,
@@ -28,8 +29,7 @@ from tests.agent_process import (
     series_keys,
     toml_config,
 )
-from tests.zabbix_fixtures import wait_until
-from trapline.localzabbix import DEFAULT_CACHE_UPDATE_FREQUENCY, LocalZabbix
+from tests.support.zabbix_fixtures import wait_until
 from trapline.templates import import_templates, shipped_templates
 
 AGENT_TEMPLATE = "trapline agent by Zabbix trapper"

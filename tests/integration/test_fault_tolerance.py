@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import (
+from devtools.localzabbix import LocalZabbix
+from tests.support.agent_process import (
     AgentProcess,
     ZabbixItem,
     create_synthetic_host,
@@ -36,9 +37,8 @@ from tests.agent_process import (
     spooled_readings,
     toml_config,
 )
-from tests.zabbix_fixtures import wait_until
-from trapline.localzabbix import LocalZabbix
-from trapline.middleware.model import Reading
+from tests.support.zabbix_fixtures import wait_until
+from trapline.core.model import Reading
 
 SERIES = 3
 INTERVAL = 0.2

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import need_binary
-from tests.zabbix_fixtures import FLOAT, create_trapper_host, history, wait_until
-from trapline.localzabbix import LocalZabbix, LocalZabbixError, configured_debian_mirror
+from devtools.localzabbix import LocalZabbix, LocalZabbixError, configured_debian_mirror
+from tests.support.peers import need_binary
+from tests.support.zabbix_fixtures import FLOAT, create_trapper_host, history, wait_until
 
 
 @pytest.mark.integration
@@ -64,7 +64,7 @@ def test_failed_start_names_the_step_and_leaves_nothing_running(version: str, tm
 _KEEP_STACK_UP = """
 import sys, time
 from pathlib import Path
-from trapline.localzabbix import LocalZabbix
+from devtools.localzabbix import LocalZabbix
 with LocalZabbix("6.0", Path(sys.argv[1])):
     print("up", flush=True)
     time.sleep(600)

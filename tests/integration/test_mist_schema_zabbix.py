@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from devtools.localzabbix import LocalZabbix
 from tests.integration.test_mist_zabbix import (
     AP_TEMPLATE,
     AP_TEMPLATE_NAME,
@@ -39,8 +40,7 @@ from tests.integration.test_mist_zabbix import (
     until,
     write_config,
 )
-from tests.mist_server import MistServer, ap_basic, ap_full
-from trapline.localzabbix import LocalZabbix
+from tests.support.mist_server import MistServer, ap_basic, ap_full
 from trapline.templates import import_templates
 
 pytestmark = pytest.mark.integration

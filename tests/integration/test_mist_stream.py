@@ -1,4 +1,4 @@
-"""The Mist collector against tests/mist_server.py, which speaks the Mist stream and REST protocol.
+"""The Mist collector against tests/support/mist_server.py, which speaks the Mist stream and REST protocol.
 
 The real peer, the Mist cloud, is not reachable from tests; the local server
 produces the faults a test needs (refused token, refused subscription, missing
@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.mist_server import WAIT_LIMIT, MistServer, ap_basic, ap_full
-from tests.outbox import ListOutbox
+from tests.support.mist_server import WAIT_LIMIT, MistServer, ap_basic, ap_full
+from tests.support.outbox import ListOutbox
 from trapline.collectors.mist import MistCollector, build
 from trapline.collectors.mist.fleet import RAW_KEY
-from trapline.middleware.config import Section
+from trapline.core.config import Section
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Mist to Zabbix end to end: the real collector and pipeline feed the shipped Mist templates.
 
-tests/mist_server.py stands in for the Mist cloud (unreachable from tests); everything
+tests/support/mist_server.py stands in for the Mist cloud (unreachable from tests); everything
 after it is real: the Mist collector, the pipeline with its spool, the Zabbix sender
 destination, and Zabbix 6.0 / 7.0 with the two templates imported from
 zabbix_templates/. The test shows what a user of the templates sees: one host per AP
@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.mist_server import MistServer, ap_basic, ap_full
-from tests.zabbix_fixtures import TEST_HOST_GROUP, unique_name
-from trapline.localzabbix import LocalZabbix
+from devtools.localzabbix import LocalZabbix
+from tests.support.mist_server import MistServer, ap_basic, ap_full
+from tests.support.zabbix_fixtures import TEST_HOST_GROUP, unique_name
+from trapline.app.settings import build_pipeline, load_settings
 from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.settings import load_settings
 from trapline.templates import import_templates, template_dir
 
 pytestmark = pytest.mark.integration
@@ -121,7 +121,7 @@ retry_max = 0.5
 @asynccontextmanager
 async def running_pipeline(config: Path) -> AsyncIterator[Pipeline]:
     """The agent as `trapline run` builds it from the configuration file."""
-    pipeline = Pipeline.from_settings(load_settings(config))
+    pipeline = build_pipeline(load_settings(config))
     task = asyncio.create_task(pipeline.run(install_signal_handlers=False))
     try:
         yield pipeline

@@ -20,11 +20,18 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import AgentProcess, running_agent, toml_config
+from devtools.localzabbix import LocalZabbix
 from tests.integration.test_mqtt_broker import Watcher
-from tests.mosquitto import Mosquitto, running_mosquitto
-from tests.zabbix_fixtures import FLOAT, ITEM_TYPE_TRAPPER, UNSIGNED, create_trapper_host, history, wait_until
-from trapline.localzabbix import LocalZabbix
+from tests.support.agent_process import AgentProcess, running_agent, toml_config
+from tests.support.mosquitto import Mosquitto, running_mosquitto
+from tests.support.zabbix_fixtures import (
+    FLOAT,
+    ITEM_TYPE_TRAPPER,
+    UNSIGNED,
+    create_trapper_host,
+    history,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.elm_fixtures import HOST
-from tests.elm_fixtures import obd_section as section
-from tests.outbox import ListOutbox
-from tests.peers import free_port, missing_peer, need_binary, wait_port
+from tests.support.elm_fixtures import HOST
+from tests.support.elm_fixtures import obd_section as section
+from tests.support.outbox import ListOutbox
+from tests.support.peers import free_port, missing_peer, need_binary, wait_port
 from trapline.collectors.obd import build
-from trapline.middleware.config import Section
+from trapline.core.config import Section
 
 pytestmark = pytest.mark.integration
 

@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 
-from tests.agent_process import ZabbixHost, create_synthetic_host
-from tests.zabbix_fixtures import started, unique_name, wait_until
-from tests.zabbix_topologies import (
+from devtools.localzabbix import LocalZabbix
+from tests.support.agent_process import ZabbixHost, create_synthetic_host
+from tests.support.zabbix_fixtures import started, unique_name, wait_until
+from tests.support.zabbix_topologies import (
     PausableAgent,
     account,
     agent_config,
@@ -38,7 +39,6 @@ from tests.zabbix_topologies import (
     wait_discovered,
     wait_stored,
 )
-from trapline.localzabbix import LocalZabbix
 
 PROXIES = ("proxy-1", "proxy-2")
 HOSTS = 2

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trapline.localzabbix import ADMIN_PASSWORD, ADMIN_USER, LocalZabbix
+from devtools.localzabbix import ADMIN_PASSWORD, ADMIN_USER, LocalZabbix
 from trapline.templates import TemplateError, add_parser, export_template, import_templates, shipped_templates
 
 SHIPPED = shipped_templates()

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import zabbix_topologies as topology
-from tests.agent_process import create_synthetic_host
-from tests.zabbix_fixtures import started, wait_until
-from trapline.localzabbix import LocalZabbix
+from devtools.localzabbix import LocalZabbix
+from tests.support import zabbix_topologies as topology
+from tests.support.agent_process import create_synthetic_host
+from tests.support.zabbix_fixtures import started, wait_until
 
 ROUNDS = 240
 INTERVAL = 0.25  # 60 s of readings: both failovers happen while the stream runs
