@@ -25,7 +25,7 @@ from trapline.collectors.aws.services import _glue_run, _serverless_run, _step_r
 from trapline.collectors.aws.session import ApiCalls, Clients, describe_failure
 from trapline.collectors.aws.settings import ResourceFilter, parse_settings
 from trapline.core.config import ConfigError, Section
-from trapline.core.model import Item, Reading
+from trapline.core.model import Discovery, Item, Reading
 
 
 @pytest.fixture(autouse=True)
@@ -93,14 +93,11 @@ def test_filter_by_name_regex_and_tags() -> None:
 
 # Glue job names: 1-255 characters matching AWS's "single-line string pattern" (CreateJob, Name):
 # tab, U+0020-U+D7FF, U+E000-U+FFFD and the supplementary planes.
-GLUE_NAMES = st.text(
-    st.one_of(
-        st.just("\t"),
-        st.characters(min_codepoint=0x20, blacklist_categories=("Cs",), blacklist_characters="\ufffe\uffff"),
-    ),
-    min_size=1,
-    max_size=255,
+GLUE_NAME_CHARS = st.one_of(
+    st.just("\t"),
+    st.characters(min_codepoint=0x20, blacklist_categories=("Cs",), blacklist_characters="\ufffe\uffff"),
 )
+GLUE_NAMES = st.text(GLUE_NAME_CHARS, min_size=1, max_size=255)
 UNQUOTED_PARAM = re.compile(r'^[^,\]\["\s][^,\]]*$')  # what Zabbix takes as one unquoted key parameter
 
 
@@ -292,11 +289,48 @@ def _stubbed_clients(settings: Any, calls: ApiCalls) -> tuple[Clients, dict[str,
         calls.watch(made)
         return made
 
-    clients = Clients(client("emr"), client("emr-serverless"), client("glue"), client("cloudwatch"))
+    clients = Clients(
+        client("emr"), client("emr-serverless"), client("glue"), client("cloudwatch"), client("sts")
+    )
     stubs = {
-        name: Stubber(getattr(clients, name)) for name in ("emr", "emr_serverless", "glue", "cloudwatch")
+        name: Stubber(getattr(clients, name))
+        for name in ("emr", "emr_serverless", "glue", "cloudwatch", "sts")
     }
     return clients, stubs
+
+
+CALLER = {"UserId": "AIDA", "Account": "123456789012", "Arn": "arn:aws-cn:iam::123456789012:user/reader"}
+
+
+def test_glue_jobs_carry_their_team_and_owner_tags_and_work_without_get_tags() -> None:
+    settings = parse_settings("aws", section(emr={"enabled": False}, emr_serverless={"enabled": False}))
+    made: dict[str, Any] = {}
+
+    def factory(s: Any, calls: ApiCalls) -> Clients:
+        clients, stubs = _stubbed_clients(s, calls)
+        made.update(stubs)
+        stubs["glue"].add_response("get_jobs", {"Jobs": [{"Name": "load, orders"}, {"Name": "adhoc"}]})
+        stubs["sts"].add_response("get_caller_identity", CALLER)
+        arn = "arn:aws-cn:glue:eu-west-1:123456789012:job/"  # the caller's partition and account
+        tags = {"Team": "data", "OWNER": "ann", "cost": "x"}  # AWS keys in any case
+        stubs["glue"].add_response("get_tags", {"Tags": tags}, {"ResourceArn": arn + "load, orders"})
+        stubs["glue"].add_client_error("get_tags", "AccessDeniedException", "not granted", 400)
+        stubs["glue"].add_response("get_job_runs", {"JobRuns": []})
+        stubs["glue"].add_response("get_job_runs", {"JobRuns": []})
+        for stub in stubs.values():
+            stub.activate()
+        return clients
+
+    poller = AwsPoller(settings, client_factory=factory)
+    result = poller.cycle()
+    (lld,) = [i for i in result.items if isinstance(i, Discovery)]
+    rows = {row["{#JOBNAME}"]: row for row in lld.rows}
+    assert (rows["load, orders"]["{#TEAM}"], rows["load, orders"]["{#OWNER}"]) == ("data", "ann")
+    # A policy without glue:GetTags: the job is still discovered and watched, its tags are empty.
+    assert (rows["adhoc"]["{#TEAM}"], rows["adhoc"]["{#OWNER}"]) == ("", "")
+    assert result.errors == []
+    made["glue"].assert_no_pending_responses()
+    made["sts"].assert_no_pending_responses()
 
 
 def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() -> None:
@@ -311,6 +345,7 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
         cluster = {"Id": "j-1", "Name": "c", "Status": {"State": "WAITING"}}
         stubs["emr"].add_response("list_clusters", {"Clusters": []})  # discovery: recently ended
         stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # discovery: active
+        stubs["emr"].add_response("describe_cluster", {"Cluster": {**cluster, "Tags": []}})  # its tags
         stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # health
         stubs["emr"].add_response("list_steps", {"Steps": []})
         stubs["cloudwatch"].add_client_error("get_metric_data", "ThrottlingException", "Rate exceeded", 400)
@@ -326,6 +361,7 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
     error = readings(result.items, "aws.poller.error")
     assert error[0].value == "GetMetricData: throttled (ThrottlingException)"
     assert readings(result.items, "aws.poller.errors")[0].value == 1
+    assert readings(result.items, "aws.poller.error.streak")[0].value == 1
     assert readings(result.items, "emr.cluster.state")[0].value == "WAITING"  # health still reported
     made["cloudwatch"].assert_no_pending_responses()
 
@@ -339,6 +375,7 @@ def test_throttled_get_metric_data_is_reported_and_backs_off_without_crashing() 
     made["cloudwatch"].add_response("get_metric_data", {"MetricDataResults": [point]})
     retried = poller.cycle()
     assert retried.errors == []
+    assert readings(retried.items, "aws.poller.error.streak")[0].value == 0  # a clean cycle ends the streak
     sent = [
         r
         for r in retried.items
@@ -362,6 +399,9 @@ def test_once_throttled_the_cycle_stops_calling_and_warns_once(caplog: pytest.Lo
         made.update(stubs)
         jobs = [{"Name": f"job-{k}"} for k in range(300)]
         stubs["glue"].add_response("get_jobs", {"Jobs": jobs})
+        stubs["sts"].add_response("get_caller_identity", CALLER)
+        for _ in jobs:
+            stubs["glue"].add_response("get_tags", {"Tags": {}})
         stubs["glue"].add_client_error("get_job_runs", "ThrottlingException", "Rate exceeded", 400)
         for stub in stubs.values():
             stub.activate()
@@ -388,6 +428,9 @@ def test_unreachable_endpoint_is_an_error_reading_and_the_loop_keeps_running() -
     assert "endpoint unreachable" in str(readings(out.items, "aws.poller.error")[-1].value)
     counts = [r.value for r in readings(out.items, "aws.poller.errors")]
     assert counts[1] > counts[0] > 0
+    # Every cycle failed: the streak the error triggers wait for counts them one by one.
+    streak = [r.value for r in readings(out.items, "aws.poller.error.streak")]
+    assert streak == list(range(1, len(streak) + 1))
     assert not [i for i in out.items if not isinstance(i, Reading)]  # no LLD from a failed discovery
 
 

@@ -62,6 +62,7 @@ class AwsPoller:
         self._series_per_fetch: dict[str, int] = {}
         self.metrics_requested = 0
         self.errors_total = 0
+        self.error_streak = 0  # cycles in a row that ended with errors
 
     def cycle(self) -> CycleResult:
         cycle = Cycle()
@@ -125,12 +126,16 @@ class AwsPoller:
     def _self_metrics(self, cycle: Cycle) -> None:
         host = self.settings.host
         self.errors_total += sum(cycle.errors.values())
+        # The error triggers wait for several failed cycles in a row: one failed poll is retried
+        # next cycle anyway, and paging for it would open and close a problem around each report.
+        self.error_streak = self.error_streak + 1 if cycle.errors else 0
         for action, count in sorted(self.calls.items()):
             cycle.reading(host, f"aws.poller.api.calls[{key_param(action)}]", count)
         cycle.reading(host, "aws.poller.metrics.requested", self.metrics_requested)
         cost = round(self.estimated_cost_per_hour(), 6)
         cycle.reading(host, "aws.poller.cloudwatch.cost", cost, unit="USD")
         cycle.reading(host, "aws.poller.errors", self.errors_total)
+        cycle.reading(host, "aws.poller.error.streak", self.error_streak)
         cycle.reading(host, "aws.poller.error", "; ".join(sorted(cycle.errors)) or "ok")
 
     def estimated_cost_per_hour(self) -> float:

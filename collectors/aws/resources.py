@@ -28,6 +28,21 @@ ID_SHOWN = 16  # a run id longer than this is shortened in problem names
 ERROR_SHOWN = 160  # error characters quoted in a problem name; the item keeps all of it
 
 
+# AWS tag keys (matched in any case) that problems carry as Zabbix tags of the same name, so that
+# a failure can be routed to its team and a resource put in maintenance by its owner.
+ROUTING_TAGS = {"team": "{#TEAM}", "owner": "{#OWNER}"}
+
+
+def routing(tags: Mapping[str, str]) -> dict[str, str]:
+    """The LLD macros of ``ROUTING_TAGS`` from a resource's AWS tags, empty where a tag is not set.
+
+    Every macro is always present: an LLD macro missing from a row would stay in the
+    Zabbix tag as the literal ``{#TEAM}``.
+    """
+    lowered = {key.lower(): value for key, value in tags.items()}
+    return {macro: lowered.get(key, "") for key, macro in ROUTING_TAGS.items()}
+
+
 def key_param(value: str) -> str:
     """``value`` as one unquoted item key parameter: other ASCII, blanks and controls percent-encoded.
 

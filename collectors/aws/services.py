@@ -8,6 +8,7 @@ from the collector's worker thread.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -23,8 +24,9 @@ from trapline.collectors.aws.resources import (
     key_param,
     now_epoch,
     pages_until_known,
+    routing,
 )
-from trapline.collectors.aws.session import RESOURCE_GONE, Clients, error_code
+from trapline.collectors.aws.session import ACCESS_DENIED, RESOURCE_GONE, Clients, error_code
 from trapline.collectors.aws.settings import ServiceSettings
 from trapline.core.model import Value
 
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from mypy_boto3_glue.type_defs import JobRunTypeDef
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 EMR_ACTIVE_STATES: tuple[ClusterStateType, ...] = (
     "STARTING",
@@ -143,13 +146,13 @@ class EmrService:
             cluster_id, name = cluster.get("Id", ""), cluster.get("Name", "")
             if not cluster_id or not wanted.matches_name(name):
                 continue
-            if wanted.tags:
-                described = clients.emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
-                tags = {t.get("Key", ""): t.get("Value", "") for t in described.get("Tags", [])}
-                if not wanted.matches_tags(tags):
-                    continue
+            # Tags are not in the listing: one DescribeCluster per cluster and discovery.
+            described = _describe(clients, cluster_id)
+            tags = {t.get("Key", ""): t.get("Value", "") for t in described.get("Tags", [])}
+            if not wanted.matches_tags(tags):
+                continue
             host = f"{self.settings.host_prefix}{cluster_id}"
-            lld = {"{#CLUSTERID}": cluster_id, "{#CLUSTERNAME}": name, "{#HOST}": host}
+            lld = {"{#CLUSTERID}": cluster_id, "{#CLUSTERNAME}": name, "{#HOST}": host, **routing(tags)}
             found.append(Resource(self.name, cluster_id, name, host, None, lld))
         self.steps.keep_only(r.id for r in found)
         self._final &= {r.id for r in found}
@@ -230,13 +233,18 @@ class ServerlessService:
             app_id, name = app.get("id", ""), app.get("name", "")
             if not app_id or app.get("state") == "TERMINATED" or not wanted.matches_name(name):
                 continue
-            if wanted.tags:
-                described = clients.emr_serverless.get_application(applicationId=app_id)["application"]
-                tags = described.get("tags", {})
-                if not wanted.matches_tags(tags):
-                    continue
+            # Tags are not in the listing: one GetApplication per application and discovery.
+            tags = clients.emr_serverless.get_application(applicationId=app_id)["application"].get("tags", {})
+            if not wanted.matches_tags(tags):
+                continue
             host = f"{self.settings.host_prefix}{app_id}"
-            lld = {"{#APPID}": app_id, "{#APPNAME}": name, "{#APPTYPE}": app.get("type", ""), "{#HOST}": host}
+            lld = {
+                "{#APPID}": app_id,
+                "{#APPNAME}": name,
+                "{#APPTYPE}": app.get("type", ""),
+                "{#HOST}": host,
+                **routing(tags),
+            }
             found.append(Resource(self.name, app_id, name, host, None, lld))
         self.job_runs.keep_only(r.id for r in found)
         return found
@@ -286,6 +294,8 @@ class GlueService:
         self.job_runs = RunTracker()
         self.last_success: dict[str, int] = {}
         self.active_until: dict[str, int] = {}  # job -> last epoch a run was seen running or ending
+        self._job_arn: str | None = None  # "arn:<partition>:glue:<region>:<account>:job/", once known
+        self._tags_denied = False  # GetTags refused once: said in the log, not again
 
     def discover(self, clients: Clients) -> list[Resource]:
         wanted = self.settings.filter
@@ -309,10 +319,31 @@ class GlueService:
                     "{#JOBLABEL}": job_label(name),
                     "{#GLUEVERSION}": job.get("GlueVersion", ""),
                     "{#WORKERTYPE}": job.get("WorkerType", ""),
+                    **routing(self._tags(clients, name)),
                 }
                 found.append(Resource(self.name, name, name, self.host, param, lld, flags))
         self.job_runs.keep_only(r.id for r in found)
         return found
+
+    def _tags(self, clients: Clients, name: str) -> dict[str, str]:
+        """The job's AWS tags (GetJobs does not return them), or none while GetTags is not granted.
+
+        glue:GetTags came with the routing tags: a policy from before it must not cost the
+        monitoring of every job, only their team and owner tags.
+        """
+        if self._job_arn is None:
+            caller = clients.sts.get_caller_identity()
+            partition = caller["Arn"].split(":")[1]
+            self._job_arn = f"arn:{partition}:glue:{clients.glue.meta.region_name}:{caller['Account']}:job/"
+        try:
+            return dict(clients.glue.get_tags(ResourceArn=self._job_arn + name).get("Tags", {}))
+        except Exception as exc:
+            if error_code(exc) not in ACCESS_DENIED:
+                raise
+            if not self._tags_denied:
+                log.warning("glue:GetTags not granted: Glue problems carry no team/owner tags (deploy/aws)")
+                self._tags_denied = True
+            return {}
 
     def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
         for job in resources:

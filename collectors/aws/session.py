@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mypy_boto3_emr import EMRClient
     from mypy_boto3_emr_serverless import EMRServerlessClient
     from mypy_boto3_glue import GlueClient
+    from mypy_boto3_sts import STSClient
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Clients:
     emr_serverless: EMRServerlessClient
     glue: GlueClient
     cloudwatch: CloudWatchClient
+    sts: STSClient  # whose account the clients act in (Glue tags need the job's ARN)
     expires: float | None = None  # epoch seconds of assumed-role credentials
 
 
@@ -109,6 +111,7 @@ def make_clients(settings: AwsSettings, calls: ApiCalls) -> Clients:
         emr_serverless=client("emr-serverless"),
         glue=client("glue"),
         cloudwatch=client("cloudwatch"),
+        sts=client("sts"),
         expires=expires,
     )
 

@@ -150,16 +150,16 @@ def make_app(serverless: Any, name: str, tags: dict[str, str] | None = None) -> 
 
 def test_clusters_apps_and_jobs_are_discovered_through_the_async_loop(endpoint: str) -> None:
     emr, glue, serverless = (client(endpoint, s) for s in ("emr", "glue", "emr-serverless"))
-    wanted_cluster = make_cluster(emr, "prod-a", {"team": "data"})
+    wanted_cluster = make_cluster(emr, "prod-a", {"team": "data", "Owner": "ann"})
     make_cluster(emr, "prod-b", {"team": "ops"})
     make_cluster(emr, "dev-c", {"team": "data"})
     gone = make_cluster(emr, "prod-d", {"team": "data"})
     emr.terminate_job_flows(JobFlowIds=[gone])
     # Ended long before this discovery (one that ended since the last discovery is listed: see below).
     _moto_emr_cluster(gone).creation_datetime -= dt.timedelta(days=7)
-    app = make_app(serverless, "app-x")
+    app = make_app(serverless, "app-x", {"TEAM": "spark"})
     make_app(serverless, "other")
-    make_job(glue, "etl-a", {"team": "data"})
+    make_job(glue, "etl-a", {"team": "data", "owner": "bob"})
     make_job(glue, "etl-b")
     make_job(glue, "misc", {"team": "data"})
 
@@ -184,13 +184,28 @@ def test_clusters_apps_and_jobs_are_discovered_through_the_async_loop(endpoint: 
 
     run_collector_until(collector, out, lambda out: bool(out.readings("aws.poller.error")), limit=60)
     assert out.errors == []
+    # Team and owner tags (any case, empty when not set) ride along for problem routing.
     assert discovery(out.items, "emr.cluster.discovery") == [
-        {"{#CLUSTERID}": wanted_cluster, "{#CLUSTERNAME}": "prod-a", "{#HOST}": f"emr-{wanted_cluster}"}
+        {
+            "{#CLUSTERID}": wanted_cluster,
+            "{#CLUSTERNAME}": "prod-a",
+            "{#HOST}": f"emr-{wanted_cluster}",
+            "{#TEAM}": "data",
+            "{#OWNER}": "ann",
+        }
     ]
     assert discovery(out.items, "emr.serverless.app.discovery") == [
-        {"{#APPID}": app, "{#APPNAME}": "app-x", "{#APPTYPE}": "Spark", "{#HOST}": f"emr-serverless-{app}"}
+        {
+            "{#APPID}": app,
+            "{#APPNAME}": "app-x",
+            "{#APPTYPE}": "Spark",
+            "{#HOST}": f"emr-serverless-{app}",
+            "{#TEAM}": "spark",
+            "{#OWNER}": "",
+        }
     ]
-    assert [row["{#JOBNAME}"] for row in discovery(out.items, "glue.job.discovery")] == ["etl-a"]
+    (job,) = discovery(out.items, "glue.job.discovery")
+    assert (job["{#JOBNAME}"], job["{#TEAM}"], job["{#OWNER}"]) == ("etl-a", "data", "bob")
     assert values(out.items, "emr.cluster.state", f"emr-{wanted_cluster}") == ["WAITING"]
     assert values(out.items, "emr.serverless.app.state", f"emr-serverless-{app}") == ["STARTED"]
     assert values(out.items, "aws.poller.error") == ["ok"]
@@ -429,8 +444,11 @@ def test_the_iam_policy_allows_exactly_the_calls_the_poller_makes(endpoint: str)
         i.key[len(prefix) : -1] for i in result.items if isinstance(i, Reading) and i.key.startswith(prefix)
     }
     assert "cloudwatch:GetMetricData" in made and "elasticmapreduce:DescribeCluster" in made
-    assert made - {"sts:AssumeRole"} == _policy_actions(POLICY)
-    assert all(_allowed(POLICY, action) for action in made - {"sts:AssumeRole"})
+    # STS needs no grant: AssumeRole is the source account's, GetCallerIdentity is always allowed.
+    sts = {"sts:AssumeRole", "sts:GetCallerIdentity"}
+    assert "glue:GetTags" in made and "sts:GetCallerIdentity" in made
+    assert made - sts == _policy_actions(POLICY)
+    assert all(_allowed(POLICY, action) for action in made - sts)
     assert _allowed(SOURCE_POLICY, "sts:AssumeRole") and "sts:AssumeRole" in made
     assert not _allowed(POLICY, "glue:StartJobRun") and not _allowed(
         POLICY, "elasticmapreduce:TerminateJobFlows"

@@ -1,6 +1,6 @@
 """End to end: moto (AWS) -> the real AWS poller -> ZabbixDestination -> real Zabbix 6.0 and 7.0 with
 the shipped "AWS EMR and Glue by trapline" templates: hosts from discovery, and problems from failed
-runs, an idle cluster and refused credentials.
+runs and an idle cluster (refused credentials: test_aws_noc.py).
 
 One scenario per Zabbix version (module-scoped ``world``): discovery and the configuration cache
 reload are paid once; each test then changes its own resource in moto, runs poll cycles and waits
@@ -13,13 +13,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import secrets
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from devtools.localzabbix import LocalZabbix
 from tests.integration.test_aws_moto import (
@@ -34,10 +38,12 @@ from tests.integration.test_aws_moto import (
     moto_endpoint,  # noqa: F401 (fixture)
 )
 from tests.support.zabbix_fixtures import TEST_HOST_GROUP, unique_name, wait_until
+from tests.test_aws_poller import GLUE_NAME_CHARS
 from trapline.collectors.aws.poller import AwsPoller, CycleResult
 from trapline.collectors.aws.resources import ERROR_SHOWN, key_param, short_id
 from trapline.collectors.aws.settings import parse_settings
 from trapline.core.config import Section
+from trapline.core.model import Reading
 from trapline.core.plugin import Spooled
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
 from trapline.exporters.zabbix.destination import ZabbixDestination
@@ -55,18 +61,17 @@ PROBLEM_TIMEOUT = 30.0
 
 
 @dataclass
-class World:
+class Account:
+    """A poller host on a real Zabbix, the poller that feeds it from moto, and its cluster and application."""
+
     zabbix: LocalZabbix
     api: Any
     endpoint: str
     host: str  # the poller host
     hostid: str
     poller: AwsPoller
-    clock: list[float]  # the poller's virtual "now", one cell so tests can move it
-    bucket: int  # start of the newest whole EMR period at setup (real time)
     cluster_id: str
     app_id: str
-    job: str
 
     def cycle(self, poller: AwsPoller | None = None) -> CycleResult:
         """One poll cycle, delivered to Zabbix; values of items that do not exist yet are refused."""
@@ -78,6 +83,43 @@ class World:
         found = self.api.host.get(filter={"host": [host]}, output=["hostid"])
         assert found, f"no host {host}"
         return str(found[0]["hostid"])
+
+    def reload_with_dependents(self) -> None:
+        """Reload the configuration, then wait until values also reach new dependent items.
+
+        Right after a reload the trapper takes values for new items, but the preprocessing
+        manager can still work from its previous copy for a moment: a value sent then lands
+        on its master item and on none of the dependent items (seen here on 6.0).  A probe
+        master and dependent item, created just before the reload, tell when it caught up.
+        """
+        key = f"trapline.probe.{secrets.token_hex(4)}"
+        trapper, dependent, unsigned = 2, 18, 3
+        create = self.api.item.create
+        made = create(hostid=self.hostid, name=key, key_=key, type=trapper, value_type=unsigned)
+        master = made["itemids"][0]
+        copy = create(
+            hostid=self.hostid,
+            name=f"{key} copy",
+            key_=f"{key}.copy",
+            type=dependent,
+            master_itemid=master,
+            value_type=unsigned,
+        )["itemids"][0]
+        self.zabbix.config_cache_reload()
+
+        def copied() -> bool:
+            deliver(self.zabbix, CycleResult([Reading.now(self.host, key, 1)]))
+            return bool(self.api.history.get(itemids=[copy], history=unsigned, limit=1))
+
+        wait_until(copied, timeout=30, interval=0.5, what="values to reach new dependent items")
+        self.api.item.delete(copy, master)
+
+
+@dataclass
+class World(Account):
+    clock: list[float]  # the poller's virtual "now", one cell so tests can move it
+    bucket: int  # start of the newest whole EMR period at setup (real time)
+    job: str
 
 
 def deliver(zabbix: LocalZabbix, result: CycleResult) -> None:
@@ -144,7 +186,8 @@ def put_idle(cloudwatch: Any, cluster_id: str, newest_bucket: int) -> None:
     )
 
 
-def make_poller(endpoint: str, host: str, clock: list[float]) -> AwsPoller:
+def make_poller(endpoint: str, host: str, clock: list[float] | None = None) -> AwsPoller:
+    """A poller for ``host``; on the virtual ``clock`` when given, else on real time."""
     data = {
         "type": "aws",
         "host": host,
@@ -156,7 +199,41 @@ def make_poller(endpoint: str, host: str, clock: list[float]) -> AwsPoller:
         "emr": {"metric_delay": 0},
     }
     settings = parse_settings("aws", Section(Path("/etc/trapline/trapline.toml"), "collectors.aws", data))
+    if clock is None:
+        return AwsPoller(settings)
     return AwsPoller(settings, clock=lambda: clock[0])
+
+
+@contextmanager
+def moto_credentials(folder: Path) -> Iterator[None]:
+    """The test keys moto accepts, and no AWS configuration of the machine's own."""
+    none = folder / "none"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_CONFIG_FILE", str(none))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(none))
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        env.delenv("AWS_PROFILE", raising=False)
+        env.delenv("AWS_SESSION_TOKEN", raising=False)
+        yield
+
+
+def create_poller_host(zabbix: LocalZabbix, api: Any, prefix: str) -> tuple[str, str]:
+    """Import the templates and create a fresh poller host linked to the poller template: (name, id)."""
+    import_templates(api, [TEMPLATES])
+    host = unique_name(prefix)
+    template = api.template.get(filter={"host": [POLLER_TEMPLATE]}, output=["templateid"])[0]
+    groups = api.hostgroup.get(filter={"name": [TEST_HOST_GROUP]}, output=["groupid"])
+    if not groups:
+        groups = [{"groupid": api.hostgroup.create(name=TEST_HOST_GROUP)["groupids"][0]}]
+    hostid: str = api.host.create(
+        host=host,
+        groups=[{"groupid": groups[0]["groupid"]}],
+        templates=[{"templateid": template["templateid"]}],
+    )["hostids"][0]
+    zabbix.config_cache_reload()
+    return host, hostid
 
 
 @pytest.fixture(scope="module")
@@ -167,30 +244,9 @@ def world(
 ) -> Iterator[World]:
     endpoint = moto_endpoint
     _post(endpoint, "/moto-api/reset")
-    none = tmp_path_factory.mktemp("aws") / "none"
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_CONFIG_FILE", str(none))
-        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(none))
-        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        env.delenv("AWS_PROFILE", raising=False)
-        env.delenv("AWS_SESSION_TOKEN", raising=False)
-
+    with moto_credentials(tmp_path_factory.mktemp("aws")):
         api = zabbix.api()
-        import_templates(api, [TEMPLATES])
-        host = unique_name("aws-e2e")
-        template = api.template.get(filter={"host": [POLLER_TEMPLATE]}, output=["templateid"])[0]
-        groups = api.hostgroup.get(filter={"name": [TEST_HOST_GROUP]}, output=["groupid"])
-        if not groups:
-            groups = [{"groupid": api.hostgroup.create(name=TEST_HOST_GROUP)["groupids"][0]}]
-        hostid = api.host.create(
-            host=host,
-            groups=[{"groupid": groups[0]["groupid"]}],
-            templates=[{"templateid": template["templateid"]}],
-        )["hostids"][0]
-        zabbix.config_cache_reload()
-
+        host, hostid = create_poller_host(zabbix, api, "aws-e2e")
         emr, glue, serverless = (client(endpoint, s) for s in ("emr", "glue", "emr-serverless"))
         cluster_id = make_cluster(emr, "nightly-etl", step=True)
         app_id = make_app(serverless, "adhoc-spark")
@@ -201,19 +257,8 @@ def world(
 
         # Setup's virtual now: its EMR window ends 4 periods back, clear of the idle test's windows.
         clock = [bucket - 4 * EMR_PERIOD + 1.0]
-        world = World(
-            zabbix,
-            api,
-            endpoint,
-            host,
-            hostid,
-            make_poller(endpoint, host, clock),
-            clock,
-            bucket,
-            cluster_id,
-            app_id,
-            job,
-        )
+        poller = make_poller(endpoint, host, clock)
+        world = World(zabbix, api, endpoint, host, hostid, poller, cluster_id, app_id, clock, bucket, job)
         first = world.cycle()
         assert first.errors == []
 
@@ -400,6 +445,64 @@ def test_every_failed_glue_run_is_named_in_its_own_problem_in_one_request_and_ac
     wait_until(lambda: not names(), timeout=PROBLEM_TIMEOUT, what="every failed run resolved by the success")
 
 
+# Legal Glue names (AWS's single-line string pattern, tests/test_aws_poller.py), up to 64 characters:
+# one holding each character Zabbix keys, macro contexts or JSON treat specially, plus one without
+# constraint.  A single example (one discovery to wait for), whose simplest form is already the
+# bare characters themselves.
+SPECIAL = (",", '"', "[", "]", " ", "\t", "\\", "'", "/", "ü", "{", "}", "$", ":")
+PART = st.text(GLUE_NAME_CHARS, max_size=25)
+NAMES = st.tuples(
+    *(st.builds(lambda a, b, c=c: a + c + b, PART, PART) for c in SPECIAL),
+    st.text(GLUE_NAME_CHARS, min_size=1, max_size=64),
+).filter(lambda names: len(set(names)) == len(names))
+
+
+@settings(
+    max_examples=1,
+    deadline=None,
+    phases=[Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(names=NAMES)
+def test_any_glue_name_aws_allows_gets_its_items_trigger_and_values(
+    world: World, names: tuple[str, ...]
+) -> None:
+    api, glue = world.api, client(world.endpoint, "glue")
+    for name in names:
+        make_job(glue, name)
+    world.poller._next_discovery["glue"] = 0.0
+    world.cycle()
+    keys = {name: key_param(name) for name in names}
+
+    def discovered() -> bool:
+        # The failure trigger of each job, found by the item it reads (names are shortened in titles).
+        triggers = api.trigger.get(
+            hostids=[world.hostid],
+            search={"description": "Run failed"},
+            selectItems=["key_"],
+            output=["triggerid"],
+        )
+        watched = {item["key_"] for trigger in triggers for item in trigger["items"]}
+        return all(f"glue.job.run[{key}]" in watched for key in keys.values())
+
+    wait_until(discovered, timeout=LLD_TIMEOUT, what=f"the failure trigger of every job in {names!r}")
+    world.zabbix.config_cache_reload()
+    for name in names:
+        glue.start_job_run(JobName=name)  # moto: SUCCEEDED at once
+    assert world.cycle().errors == []
+
+    def without_value() -> list[str]:
+        waiting = []
+        for name in names:
+            key = f"glue.job.last_success[{keys[name]}]"
+            (item,) = api.item.get(hostids=[world.hostid], filter={"key_": [key]}, output=["lastclock"])
+            if item["lastclock"] == "0":
+                waiting.append(name)
+        return waiting
+
+    wait_until(lambda: not without_value(), timeout=PROBLEM_TIMEOUT, what="a value on every job's items")
+
+
 def test_every_failed_step_and_serverless_run_is_named_in_its_own_problem(world: World) -> None:
     from moto.emrserverless.models import emrserverless_backends  # noqa: PLC0415 (in-process peer)
 
@@ -508,32 +611,3 @@ def test_idle_cluster_raises_the_idle_trigger(world: World) -> None:
         assert name == "AWS EMR: Cluster has been idle for more than 10m"
     finally:
         api.usermacro.update(hostmacroid=macro["hostmacroid"], value=macro["value"])
-
-
-# -- poller errors -------------------------------------------------------------------------------
-
-
-def test_access_denied_is_the_poller_problem_and_clears_when_access_is_back(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    iam = client(world.endpoint, "iam")
-    iam.create_user(UserName="no-rights")
-    key = iam.create_access_key(UserName="no-rights")["AccessKey"]
-    _post(world.endpoint, "/moto-api/reset-auth", b"0")  # moto checks IAM from now on
-    try:
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
-        denied = world.cycle(make_poller(world.endpoint, world.host, world.clock))
-    finally:
-        _post(world.endpoint, "/moto-api/reset-auth", b"inf")
-    assert any("access denied" in e for e in denied.errors)
-
-    name = wait_problem(world.api, world.hostid, "AWS poller: ")
-    assert name == "AWS poller: Access to AWS refused"
-    (error,) = items(world.api, world.host, "aws.poller.error")
-    assert "access denied" in error["lastvalue"]
-    assert key["SecretAccessKey"] not in error["lastvalue"]
-
-    clean = world.cycle()  # the scenario's poller, with the credentials moto accepts
-    assert clean.errors == []
-    wait_resolved(world.api, world.hostid, "AWS poller: ")
