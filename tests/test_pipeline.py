@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from trapline.core.config import Section
+from trapline.core.model import Item, Reading
+from trapline.core.plugin import Delivery, Spooled
 from trapline.middleware import pipeline as pipeline_module
-from trapline.middleware.config import Section
 from trapline.middleware.filters import Filters
-from trapline.middleware.model import Item, Reading
 from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.plugin import Delivery, Spooled
 from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
 

@@ -1,4 +1,4 @@
-"""The ``trapline`` command: run, check, templates, provision."""
+"""The ``trapline`` command: run, check, templates, provision, config."""
 
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from trapline import __version__
-from trapline.middleware import redact
-from trapline.middleware.config import ConfigError
-from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.plugin import Collector, Destination, Observer
-from trapline.middleware.settings import Settings, configure_logging, load_settings
+from trapline.app.settings import Settings, build_pipeline, configure_logging, load_settings
+from trapline.core import redact
+from trapline.core.config import ConfigError, extra_hint, missing_modules
+from trapline.core.plugin import Collector, Destination, Observer
 
 EXIT_CONFIG = 2
 
@@ -43,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     configure_logging(args.log_level or settings.log_level)
     try:
-        pipeline = Pipeline.from_settings(settings)
+        pipeline = build_pipeline(settings)
     except Exception as exc:
         print(f"trapline: cannot open spool {settings.spool.path}: {exc}", file=sys.stderr)
         return 1
@@ -97,7 +96,7 @@ def _resolve_hosts(settings: Settings) -> None:
 def _check_spool(settings: Settings) -> tuple[str, str, str]:
     """Open the spool exactly as ``run`` does (creating it if missing), then close it."""
     try:
-        Pipeline.from_settings(settings).spool.close()
+        build_pipeline(settings).spool.close()
     except Exception as exc:  # whatever would stop `run` at start
         return ("spool", "FAILED", f"{settings.spool.path}: {type(exc).__name__}: {exc}")
     return ("spool", "ok", str(settings.spool.path))
@@ -133,17 +132,24 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     # so `trapline run` stays small.
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in _LAZY_SUBCOMMANDS.items():
-        if chosen == name:
-            importlib.import_module(module).add_parser(sub)
-        else:
+        if chosen != name:
             sub.add_parser(name, help=help_text)
+            continue
+        missing = missing_modules(_ADMIN_LIBRARIES)
+        if missing:
+            # Before the import, whose ModuleNotFoundError would end in a traceback.
+            raise SystemExit(f"trapline {name}: {extra_hint('admin', missing)}")
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
 _LAZY_SUBCOMMANDS = {
     "templates": ("trapline.templates", "list, check, import or export the Zabbix templates"),
     "provision": ("trapline.provision", "create or update vehicle hosts and the Fleet map dashboard"),
+    "config": ("trapline.app.examples", "example configurations: trapline config example ROLE"),
 }
+# What trapline[admin] (pyproject.toml) installs for these subcommands.
+_ADMIN_LIBRARIES = ("pyzabbix", "requests", "yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
