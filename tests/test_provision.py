@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,87 @@ def test_a_map_of_another_widget_type_does_not_count() -> None:
 
 
 # --------------------------------------------------------------------------
+# The fleet table (Top hosts) per server version
+# --------------------------------------------------------------------------
+# How each frontend turns the stored field names back into columns, transcribed from its PHP:
+# 6.0 CWidgetForm::convertDottedKeys maps "columns.name.0" to columns[0][name] and
+# "columnsthresholds.color.0.1" to columnsthresholds[0][color][1]; 7.0 (widgets/tophosts) stores
+# "columns.0.name" and "columnsthresholds.0.color.1".
+_READ_6 = (re.compile(r"^([a-z]+)\.([a-z_]+)\.(\d+)\.(\d+)$"), re.compile(r"^([a-z]+)\.([a-z_]+)\.(\d+)$"))
+_READ_7 = (re.compile(r"^([a-z]+)\.(\d+)\.([a-z_]+)\.(\d+)$"), re.compile(r"^([a-z]+)\.(\d+)\.([a-z_]+)$"))
+
+
+def _as_the_frontend_reads(fields: list[dict[str, Any]], seven: bool) -> dict[str, Any]:
+    four, three = _READ_7 if seven else _READ_6
+    data: dict[str, Any] = {}
+    for field in fields:
+        name, value = field["name"], field["value"]
+        if match := four.match(name):
+            lst, a, b, sub = match.groups()
+            index, key = (a, b) if seven else (b, a)
+            data.setdefault(lst, {}).setdefault(int(index), {}).setdefault(key, {})[int(sub)] = value
+        elif match := three.match(name):
+            lst, a, b = match.groups()
+            index, key = (a, b) if seven else (b, a)
+            data.setdefault(lst, {}).setdefault(int(index), {})[key] = value
+        else:
+            data[name] = value
+    return data
+
+
+@pytest.mark.parametrize("version", [(6, 0), (6, 4), (7, 0)])
+def test_the_fleet_table_reads_back_as_the_intended_columns(version: tuple[int, int]) -> None:
+    seven = version >= (7, 0)
+    widget = provision.fleet_table_widget("42", version)
+    read = _as_the_frontend_reads(widget["fields"], seven)
+    columns = [read["columns"][i] for i in sorted(read["columns"])]
+    assert [c["name"] for c in columns] == ["Vehicle", "Recent fixes", "Speed", "Battery", "Trouble codes"]
+    assert [c["data"] for c in columns] == [2, 1, 1, 1, 1]  # host name, then item values
+    # 6.0's view reads timeshift for every item column; 7.0 has no such setting.
+    assert all(("timeshift" in c) != seven for c in columns)
+    # Only the freshness column is coloured: stale below one fix, fresh from one on.
+    assert read["columnsthresholds"] == {1: {"color": {0: provision.FRESH_COLOUR}, "threshold": {0: "1"}}}
+    assert [c["base_color"] for c in columns] == ["", provision.STALE_COLOUR, "", "", ""]
+    # The stale vans first: ordered by the freshness column, fewest first.
+    assert (read["column"], read["order"]) == (1, 3)
+    assert read["show_lines" if seven else "count"] == 100
+    assert provision._shows_group(widget, "42", provision.TOP_HOSTS_WIDGET)
+    # Under the map and the problems, across the whole grid.
+    geomap = provision.geomap_widget("42", version)
+    assert (widget["x"], widget["y"], widget["width"]) == (0, geomap["height"], 72 if seven else 24)
+
+
+def test_every_item_column_names_a_numeric_item_of_the_vehicle_template() -> None:
+    # Top hosts finds a column's items by their name; a renamed item would leave the column empty.
+    items = {item["name"]: item for item in _template()["items"]}
+    for column in provision.FLEET_TABLE_COLUMNS:
+        if column.item is not None:
+            assert items[column.item].get("value_type", "UNSIGNED") in {"FLOAT", "UNSIGNED"}, column.item
+
+
+def test_staleness_is_counted_by_the_server_over_the_macro_and_pages_nobody() -> None:
+    template = _template()
+    (item,) = [i for i in template["items"] if i["type"] == "CALCULATED"]
+    assert item["params"] == "count(//gps.latitude,{$VEHICLE.POSITION.STALE})"
+    assert "gps.latitude" in {i["key"] for i in template["items"]}
+    assert "{$VEHICLE.POSITION.STALE}" in {m["macro"] for m in template["macros"]}
+    # A parked van is normal: the stale marker is a colour in the table, never a problem.
+    expressions = _expressions(yaml.safe_load(TEMPLATE.read_text(encoding="utf-8")))
+    assert len(expressions) > 10
+    assert not [e for e in expressions if item["key"] in e]
+
+
+def _expressions(node: Any) -> list[str]:
+    """Every trigger (and trigger prototype) expression anywhere in an export."""
+    if isinstance(node, list):
+        return [e for child in node for e in _expressions(child)]
+    if not isinstance(node, dict):
+        return []
+    own = [str(node[k]) for k in ("expression", "recovery_expression") if k in node]
+    return own + [e for child in node.values() for e in _expressions(child)]
+
+
+# --------------------------------------------------------------------------
 # The vehicle template matches what the collectors send (no item without a sender, no key without an item)
 # --------------------------------------------------------------------------
 OBD_KEYS = {
@@ -289,7 +371,10 @@ def test_template_items_are_exactly_what_the_collectors_send(tmp_path: Path) -> 
     gps_keys = set(fix_readings(FULL_GPSD_REPORT, datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC)))
     derived = _derived_keys(tmp_path)
     assert "vehicle.trip.last.distance" in derived
-    assert {item["key"] for item in _template()["items"]} == OBD_KEYS | gps_keys | derived
+    # Calculated items are the server's own arithmetic over these: nothing sends them.
+    sent = {item["key"] for item in _template()["items"] if item["type"] == "TRAP"}
+    assert sent == OBD_KEYS | gps_keys | derived
+    assert {item["type"] for item in _template()["items"]} == {"TRAP", "CALCULATED"}
 
 
 def test_discovery_rules_match_the_collector() -> None:

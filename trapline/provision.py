@@ -9,7 +9,8 @@ vehicle shows up on a Geomap.  With --proxy-name the host is monitored by the
 van's proxy (created with --create-proxy, accepted only with the PSK of
 --psk-file or --new-psk); with --power-cut-at-ignition the host says that its
 agent's silence and restarts are normal.  --csv takes a fleet in one call.  A global dashboard ("Fleet
-map") with a Geomap widget over the group is created once.  Running it again
+map") is created once: the group on a Geomap, its open problems, and a table of the vans
+(recent position fixes, stale ones marked red, speed, battery, stored trouble codes).  Running it again
 changes nothing that is already right, and never removes groups, templates or
 dashboard pages someone added by hand.
 """
@@ -53,13 +54,17 @@ DEFAULT_GROUP = "Vehicles"
 DEFAULT_DASHBOARD = "Fleet map"
 
 INVENTORY_AUTOMATIC = 1
+WIDGET_FIELD_INTEGER = 0
+WIDGET_FIELD_STRING = 1
 WIDGET_FIELD_HOST_GROUP = 2
 GEOMAP_WIDGET = "geomap"
 PROBLEMS_WIDGET = "problems"
+TOP_HOSTS_WIDGET = "tophosts"
 # The dashboard grid is 24 columns wide up to 6.4 and 72 from 7.0 on; rows are alike.
 _GRID_COLUMNS_7 = 72
 _GRID_COLUMNS_6 = 24
 _MAP_HEIGHT = 12
+_TABLE_HEIGHT = 8
 
 Action = Literal["created", "updated", "unchanged"]
 
@@ -341,13 +346,98 @@ def _group_widget(
     }
 
 
+@dataclass(frozen=True)
+class TableColumn:
+    """One column of the fleet table: the host name, or the last value of a vehicle template item."""
+
+    title: str
+    item: str | None = None  # Top hosts picks a column's items by item name, across the group's hosts
+    stale_below: int | None = None  # values below this are coloured as stale, those at or above as fresh
+
+
+STALE_COLOUR = "FF465C"
+FRESH_COLOUR = "0EC9AC"
+# The vans whose position is stale come first: the table lists the fewest recent fixes first.
+FLEET_TABLE_COLUMNS = (
+    TableColumn("Vehicle"),
+    TableColumn("Recent fixes", "Vehicle: GPS: Recent position fixes", stale_below=1),
+    TableColumn("Speed", "Vehicle: GPS: Speed"),
+    TableColumn("Battery", "Vehicle: OBD: Battery voltage"),
+    TableColumn("Trouble codes", "Vehicle: OBD: Stored trouble codes"),
+)
+_ORDER_COLUMN = 1
+_ORDER_BOTTOM_N = 3  # Top hosts' "Bottom N": ascending, so 0 recent fixes sorts first
+_TABLE_ROWS = 100  # the most Top hosts shows on 6.0
+_DATA_ITEM_VALUE, _DATA_HOST_NAME = 1, 2
+
+
+def fleet_table_widget(groupid: str, version: tuple[int, int]) -> dict[str, Any]:
+    """A Top hosts table of the group's vans under the map, as wide as the dashboard.
+
+    7.0 moved the column index in the field names (``columns.0.name`` where 6.0 has
+    ``columns.name.0``, thresholds alike) and renamed the row limit ``count`` to ``show_lines``.
+    Every column carries the settings the frontend's own column form saves, so the widget's
+    view finds each of them (6.0 reads ``timeshift`` unconditionally).
+    """
+    seven = version >= (7, 0)
+    width = _GRID_COLUMNS_7 if seven else _GRID_COLUMNS_6
+    fields: list[dict[str, Any]] = [
+        {"type": WIDGET_FIELD_HOST_GROUP, "name": _groupids_field(version), "value": groupid},
+        {"type": WIDGET_FIELD_INTEGER, "name": "column", "value": _ORDER_COLUMN},
+        {"type": WIDGET_FIELD_INTEGER, "name": "order", "value": _ORDER_BOTTOM_N},
+        {"type": WIDGET_FIELD_INTEGER, "name": "show_lines" if seven else "count", "value": _TABLE_ROWS},
+    ]
+    for index, column in enumerate(FLEET_TABLE_COLUMNS):
+        fields += _column_fields(index, column, seven)
+    return {
+        "type": TOP_HOSTS_WIDGET, "name": "Vans", "x": 0, "y": _MAP_HEIGHT, "width": width,
+        "height": _TABLE_HEIGHT, "fields": fields,
+    }
+
+
+def _column_fields(index: int, column: TableColumn, seven: bool) -> list[dict[str, Any]]:
+    settings: dict[str, tuple[int, Any]] = {
+        "name": (WIDGET_FIELD_STRING, column.title),
+        "data": (WIDGET_FIELD_INTEGER, _DATA_HOST_NAME if column.item is None else _DATA_ITEM_VALUE),
+        "item": (WIDGET_FIELD_STRING, column.item or ""),
+        "aggregate_function": (WIDGET_FIELD_INTEGER, 0),
+        "display": (WIDGET_FIELD_INTEGER, 1),  # as is
+        "history": (WIDGET_FIELD_INTEGER, 1),  # history or trends, whichever the item has
+        "base_color": (WIDGET_FIELD_STRING, STALE_COLOUR if column.stale_below is not None else ""),
+        "min": (WIDGET_FIELD_STRING, ""),
+        "max": (WIDGET_FIELD_STRING, ""),
+        "text": (WIDGET_FIELD_STRING, ""),
+    }
+    settings |= {"decimal_places": (WIDGET_FIELD_INTEGER, 2)} if seven else {
+        "timeshift": (WIDGET_FIELD_STRING, ""), "aggregate_interval": (WIDGET_FIELD_STRING, "1h"),
+    }
+    fields = [
+        {"type": kind, "name": _column_key(seven, "columns", index, key), "value": value}
+        for key, (kind, value) in settings.items()
+    ]
+    if column.stale_below is not None:
+        # The base colour is the stale one; from the threshold up the cell turns to the fresh colour.
+        threshold = {"color": FRESH_COLOUR, "threshold": str(column.stale_below)}
+        fields += [
+            {"type": WIDGET_FIELD_STRING, "name": _column_key(seven, "columnsthresholds", index, key) + ".0",
+             "value": value}
+            for key, value in threshold.items()
+        ]
+    return fields
+
+
+def _column_key(seven: bool, prefix: str, index: int, key: str) -> str:
+    # 7.0 puts the column's index right after the list's name, 6.0 after the setting's name.
+    return f"{prefix}.{index}.{key}" if seven else f"{prefix}.{key}.{index}"
+
+
 def _groupids_field(version: tuple[int, int]) -> str:
     # 6.4 numbered the values of multi-value widget fields: "groupids.0", "groupids.1", ...
     return "groupids.0" if version >= (6, 4) else "groupids"
 
 
-def _shows_group(widget: Mapping[str, Any], groupid: str) -> bool:
-    return widget.get("type") == GEOMAP_WIDGET and any(
+def _shows_group(widget: Mapping[str, Any], groupid: str, kind: str = GEOMAP_WIDGET) -> bool:
+    return widget.get("type") == kind and any(
         int(field.get("type", -1)) == WIDGET_FIELD_HOST_GROUP
         and str(field.get("name", "")).split(".")[0] == "groupids"
         and str(field.get("value")) == groupid
@@ -356,14 +446,17 @@ def _shows_group(widget: Mapping[str, Any], groupid: str) -> bool:
 
 
 def ensure_fleet_dashboard(api: ZabbixApiClient, group: str, name: str = DEFAULT_DASHBOARD) -> Outcome:
-    """A shared global dashboard ``name`` with a Geomap and a problems list over the host group ``group``.
+    """A shared global dashboard ``name`` with a map, problems and a table of the host group ``group``.
 
     An existing dashboard of that name keeps its pages; if none of them maps the
-    group yet, a page with the map is added.
+    group yet, a page with the three widgets is added.  A page whose map came from
+    an older trapline, without the table, gets the table below its widgets.
     """
     groupid = ensure_host_group(api, group).objectid
     version = server_version(api)
-    page = {"name": group, "widgets": [geomap_widget(groupid, version), problems_widget(groupid, version)]}
+    table = fleet_table_widget(groupid, version)
+    widgets = [geomap_widget(groupid, version), problems_widget(groupid, version), table]
+    page = {"name": group, "widgets": widgets}
     found = _call(api, "dashboard.get", {
         "output": ["dashboardid"], "filter": {"name": [name]}, "selectPages": "extend",
     })
@@ -378,11 +471,20 @@ def ensure_fleet_dashboard(api: ZabbixApiClient, group: str, name: str = DEFAULT
     dashboard = found[0]
     dashboardid = str(dashboard["dashboardid"])
     pages = dashboard.get("pages", [])
-    if any(_shows_group(widget, groupid) for p in pages for widget in p.get("widgets", [])):
+    kept: list[dict[str, Any]] = [{"dashboard_pageid": p["dashboard_pageid"]} for p in pages]
+    mapping = [i for i, p in enumerate(pages) if any(_shows_group(w, groupid) for w in p.get("widgets", []))]
+    if not mapping:
+        _call(api, "dashboard.update", {"dashboardid": dashboardid, "pages": [*kept, page]})
+        log.info("added a map of host group %s to dashboard %r", group, name)
+        return Outcome(dashboardid, "updated")
+    if any(_shows_group(w, groupid, TOP_HOSTS_WIDGET) for p in pages for w in p.get("widgets", [])):
         return Outcome(dashboardid, "unchanged")
-    kept = [{"dashboard_pageid": p["dashboard_pageid"]} for p in pages]
-    _call(api, "dashboard.update", {"dashboardid": dashboardid, "pages": [*kept, page]})
-    log.info("added a map of host group %s to dashboard %r", group, name)
+    # The page's widgets are given back as they are (a page's widget list is replaced as a whole).
+    present = pages[mapping[0]].get("widgets", [])
+    bottom = max(int(w["y"]) + int(w["height"]) for w in present)
+    kept[mapping[0]]["widgets"] = [*present, table | {"y": bottom}]
+    _call(api, "dashboard.update", {"dashboardid": dashboardid, "pages": kept})
+    log.info("added the table of host group %s to dashboard %r", group, name)
     return Outcome(dashboardid, "updated")
 
 

@@ -14,18 +14,24 @@ is filled in one send; only ``nodata`` needs real time to pass.
 from __future__ import annotations
 
 import asyncio
+import html
 import itertools
+import json
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
-from devtools.localzabbix import LocalZabbix
+from devtools.localzabbix import ADMIN_PASSWORD, ADMIN_USER, LocalZabbix
 from tests.support.zabbix_fixtures import (
     FLOAT,
+    UNSIGNED,
     assert_quiet_for,
     history,
     open_problems,
@@ -43,10 +49,16 @@ from trapline.exporters.zabbix import ZabbixDestination
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
 from trapline.provision import (
     AGENT_TEMPLATE,
+    FLEET_TABLE_COLUMNS,
+    FRESH_COLOUR,
+    STALE_COLOUR,
     STOPS_EXPECTED_MACRO,
     VEHICLE_TEMPLATE,
     ProvisionError,
     VehicleSettings,
+    ensure_fleet_dashboard,
+    geomap_widget,
+    problems_widget,
     provision_vehicle,
 )
 from trapline.templates import import_templates, shipped_templates
@@ -160,19 +172,72 @@ def test_vans_that_stop_and_lose_power_stay_quiet_and_one_silent_while_moving_pa
     assert open_problems(api, [moving]) == {("Vehicle: No data while moving (for 30s)", "average")}
 
 
-def test_overspeed_needs_its_readings_and_the_first_value_after_a_gap_is_not_enough(
-    zabbix: LocalZabbix, api: Any
+COOLANT = "obd.pid[COOLANT_TEMP]"
+
+
+def _running(host: str, volts: float, clock: int) -> list[Reading]:
+    """One voltage reading of a running engine, with the link state the collector reports beside it."""
+    return [Reading(host, "obd.voltage", volts, clock, 0, "V"), Reading(host, "obd.state", 2, clock)]
+
+
+def _coolant(host: str, celsius: float, clock: int) -> Reading:
+    return Reading(host, COOLANT, celsius, clock, 0, "°C")
+
+
+@dataclass(frozen=True)
+class Sustained:
+    """A fault held for its trigger's whole period, and the same value alone after a gap."""
+
+    problem: tuple[str, str]
+    held: Callable[[str, int], list[Item]]  # (host, now) -> readings
+    after_gap: Callable[[str, int], list[Item]]
+    discovered: str | None = None  # a PID the trigger's item needs discovered first
+
+
+SUSTAINED = {
+    # Eight readings at 140 km/h over 40 s of a 1 m window (default limit 130, 6 readings needed);
+    # the other van had a reading long before the window, then lost GPS; its first fix after it is fast.
+    "overspeed": Sustained(
+        ("Vehicle: Speed over 130 km/h (for 1m)", "warning"),
+        lambda h, now: [r for i in range(8) for r in _gps(h, 140.0, now - 40 + 5 * i)],
+        lambda h, now: [*_gps(h, 100.0, now - 900), *_gps(h, 140.0, now)],
+    ),
+    # Ten minutes running at 12.4 V, one reading a minute (the collector's idle_interval): the
+    # alternator does not charge.  The other van ran fine an hour ago, was parked with its power
+    # cut, and its first reading after the engine started was taken while cranking.
+    "battery": Sustained(
+        ("Vehicle: Battery is not charging while running (below 13.0 V)", "average"),
+        lambda h, now: [r for i in range(10) for r in _running(h, 12.4, now - 60 * (9 - i))],
+        lambda h, now: [*_running(h, 14.1, now - 3600), *_running(h, 12.2, now)],
+    ),
+    # Two minutes at 120 °C, one reading every 30 s as the Pi install's slow tier reads it; the
+    # other engine was at 90 °C an hour ago and its first reading after the gap is hot.
+    "coolant": Sustained(
+        ("Vehicle: Engine coolant temperature is too high (over 110°C for 2m)", "high"),
+        lambda h, now: [_coolant(h, 120.0, now - 30 * (4 - i)) for i in range(5)],
+        lambda h, now: [_coolant(h, 90.0, now - 3600), _coolant(h, 120.0, now)],
+        discovered="COOLANT_TEMP",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SUSTAINED.values(), ids=SUSTAINED.keys())
+def test_a_sustained_fault_pages_and_its_first_reading_after_a_gap_does_not(
+    zabbix: LocalZabbix, api: Any, case: Sustained
 ) -> None:
-    sustained_host, sustained = _van(api)
+    held_host, held = _van(api)
     gap_host, after_gap = _van(api)
     zabbix.config_cache_reload()
+    if case.discovered:
+        row = {"{#PID}": case.discovered, "{#NAME}": case.discovered.lower(), "{#UNIT}": ""}
+        _send(zabbix, [Discovery.now(h, PID_DISCOVERY, [row]) for h in (held_host, gap_host)])
+        key = f"obd.pid[{case.discovered}]"
+        wait_until(lambda: len(api.item.get(hostids=[held, after_gap], filter={"key_": key})) == 2,
+                   timeout=30, what=f"the discovered {key} items")
+        zabbix.config_cache_reload()
     now = int(time.time())
-    # Eight readings at 140 km/h over 40 s of a 1 m window (default limit 130, 6 readings needed).
-    fast = [r for i in range(8) for r in _gps(sustained_host, 140.0, now - 40 + 5 * i)]
-    # A reading long before the window, then GPS was lost; the first fix after it is fast.
-    gap = _gps(gap_host, 100.0, now - 900) + _gps(gap_host, 140.0, now)
-    _send(zabbix, fast + gap)
-    wait_for_problems(api, [sustained], {("Vehicle: Speed over 130 km/h (for 1m)", "warning")})
+    _send(zabbix, case.held(held_host, now) + case.after_gap(gap_host, now))
+    wait_for_problems(api, [held], {case.problem})
     assert open_problems(api, [after_gap]) == set()
 
 
@@ -333,3 +398,157 @@ def test_provision_puts_the_van_behind_its_proxy_and_creates_it_when_asked(
     assert {k: moved[k] for k in fields} == expected
     with pytest.raises(ProvisionError, match="does not exist"):
         provision_vehicle(api, unique_name("van"), group, VehicleSettings(proxy=unique_name("nowhere")))
+
+
+# --------------------------------------------------------------------------
+# Something to look at: the Fleet map's table marks the van whose position is stale
+# --------------------------------------------------------------------------
+STALE_AFTER = "5m"  # {$VEHICLE.POSITION.STALE}, shortened on the hosts from 30m
+RECENT_FIXES = "vehicle.position.recent"
+
+
+def _recent_fixes_after(api: Any, hostid: str, since: int) -> int:
+    """The first value the server calculated for the van's recent fixes once its positions were in."""
+    (item,) = api.item.get(hostids=[hostid], filter={"key_": RECENT_FIXES}, output=["itemid"])
+
+    def calculated() -> list[dict[str, str]]:
+        return [r for r in history(api, item["itemid"], UNSIGNED) if int(r["clock"]) >= since]
+
+    # Calculated items run once a minute at an offset of their own.
+    rows = wait_until(calculated, timeout=150, interval=2, what=f"{RECENT_FIXES} calculated by the server")
+    return int(min(rows, key=lambda r: int(r["clock"]))["value"])
+
+
+def _frontend(zabbix: LocalZabbix) -> requests.Session:
+    """A browser's session: logged in through the sign-in form, as an operator would."""
+    session = requests.Session()
+    form = {"name": ADMIN_USER, "password": ADMIN_PASSWORD, "enter": "Sign in"}
+    response = session.post(f"{zabbix.frontend_url}index.php", data=form, timeout=60)
+    response.raise_for_status()
+    assert any(c.name in ("zbx_session", "zbx_sessionid") for c in session.cookies), "the sign-in failed"
+    return session
+
+
+def _page_errors(page: str) -> list[str]:
+    """The error messages a frontend page shows, but the one about this machine's missing locales.
+
+    A frontend without the user's locale installed says so on every page; it is about the web
+    server, not about what the page shows.
+    """
+    boxes = re.findall(r'class="msg-bad".*?</output>', page, flags=re.DOTALL)
+    errors = [html.unescape(m) for box in boxes for m in re.findall(r"<li>(.*?)</li>", box, flags=re.DOTALL)]
+    return [e for e in errors if not e.startswith("Locale for language")] + [
+        box for box in boxes if "<li>" not in box  # an error box without details: keep it whole
+    ]
+
+
+def _page_widgets(page: str) -> list[dict[str, Any]]:
+    """The widgets the dashboard page hands to its scripts (view.init({...}) in both versions)."""
+    start = page.index("view.init(") + len("view.init(")
+    data, _ = json.JSONDecoder().raw_decode(page[start:])
+    pages = data["dashboard"]["pages"]
+    return [w for p in pages for w in p["widgets"]]
+
+
+def _rows(body: str, names: Sequence[str]) -> list[str]:
+    """The table rows of the rendered widget, in the order shown, each as its HTML, for ``names``."""
+    rows = body.split("<tr")[1:]
+    found = [(row, name) for row in rows for name in names if f">{html.escape(name)}<" in row]
+    return [row for row, _ in found]
+
+
+def test_the_fleet_table_shows_every_van_and_marks_the_one_whose_position_is_stale(
+    zabbix: LocalZabbix, api: Any
+) -> None:
+    group = unique_name("Vehicles")
+    fresh_host, stale_host = unique_name("van"), unique_name("van")
+    hostids = {h: provision_vehicle(api, h, group, VAN).objectid for h in (fresh_host, stale_host)}
+    for hostid in hostids.values():
+        api.usermacro.create(hostid=hostid, macro="{$VEHICLE.POSITION.STALE}", value=STALE_AFTER)
+    dashboard_name = unique_name("Fleet map")
+    board = ensure_fleet_dashboard(api, group, dashboard_name)
+    assert board.action == "created"
+    zabbix.config_cache_reload()
+
+    now = int(time.time())
+    # The stale van drove until ten minutes ago and was parked with its power cut; the other is on the road.
+    stale_fixes = [r for t in range(now - 900, now - 600, 30) for r in _gps(stale_host, 50.0, t)]
+    fresh_fixes = [r for t in range(now - 25, now + 1, 5) for r in _gps(fresh_host, 80.0, t)]
+    others = [
+        Reading(h, key, value, now - 600 if h == stale_host else now, 0, unit)
+        for h in (fresh_host, stale_host)
+        for key, value, unit in (("obd.voltage", 12.4, "V"), ("obd.dtc.count[stored]", 2, ""))
+    ]
+    _send(zabbix, stale_fixes + fresh_fixes + others)
+    sent = int(time.time()) + 1  # a count calculated from here on has seen every fix
+    assert _recent_fixes_after(api, hostids[stale_host], sent) == 0
+    assert _recent_fixes_after(api, hostids[fresh_host], sent) == 6
+    assert ensure_fleet_dashboard(api, group, dashboard_name).action == "unchanged"
+
+    # The dashboard read back through the API: the table over the group, its columns by item name.
+    (dashboard,) = api.dashboard.get(dashboardids=[board.objectid], selectPages="extend", output=["name"])
+    (table,) = [w for p in dashboard["pages"] for w in p["widgets"] if w["type"] == "tophosts"]
+    fields = {f["name"]: f["value"] for f in table["fields"]}
+    groupid = api.hostgroup.get(filter={"name": [group]}, output=["groupid"])[0]["groupid"]
+    assert [v for k, v in fields.items() if k.startswith("groupids")] == [groupid]
+    seven = zabbix.version >= "7.0"
+    named = {k: v for k, v in fields.items() if re.fullmatch(r"columns\.(\d+\.name|name\.\d+)", k)}
+    assert sorted(named.values()) == sorted(c.title for c in FLEET_TABLE_COLUMNS)
+    for index, column in enumerate(FLEET_TABLE_COLUMNS):
+        item = fields[f"columns.{index}.item" if seven else f"columns.item.{index}"]
+        assert item == (column.item or "")
+        if column.item:
+            # Top hosts finds a column's items by name: every van has one of each.
+            vans = list(hostids.values())
+            found = api.item.get(hostids=vans, filter={"name": column.item}, output=["hostid"])
+            assert {i["hostid"] for i in found} == set(vans), column.item
+
+    # The page an operator opens, then the table as the page's script asks the frontend for it.
+    session = _frontend(zabbix)
+    page = session.get(f"{zabbix.frontend_url}zabbix.php",
+                       params={"action": "dashboard.view", "dashboardid": board.objectid}, timeout=60)
+    page.raise_for_status()
+    assert _page_errors(page.text) == []
+    (shown,) = [w for w in _page_widgets(page.text) if w["type"] == "tophosts"]
+    request = {"name": shown["name"], "dashboardid": board.objectid, "widgetid": shown["widgetid"],
+               "view_mode": shown["view_mode"], "edit_mode": 0,
+               # 6.0's script sends the fields as a JSON string, 7.0's as an object.
+               "fields": shown["fields"] if seven else json.dumps(shown["fields"])}
+    action = {"action": "widget.tophosts.view"}
+    if not seven:
+        # 6.0's script adds the page's token to the URL as "sid"; 7.0's widget views need none.
+        action["sid"] = re.search(r'<meta name="csrf-token" content="(\w+)"', page.text).group(1)  # type: ignore[union-attr]
+    answer = session.post(f"{zabbix.frontend_url}zabbix.php", params=action, json=request, timeout=60)
+    answer.raise_for_status()
+    assert "json" in answer.headers.get("Content-Type", ""), answer.text[:3000]
+    rendered = answer.json()
+    assert _page_errors(str(rendered.get("messages", ""))) == []
+    body = rendered["body"]
+    for column in FLEET_TABLE_COLUMNS:
+        assert f">{column.title}<" in body
+    stale_row, fresh_row = _rows(body, [stale_host, fresh_host])  # the stale van comes first
+    assert stale_host in stale_row and fresh_host in fresh_row
+    assert f"background-color: #{STALE_COLOUR}" in stale_row
+    assert f"background-color: #{STALE_COLOUR}" not in fresh_row
+    assert f"background-color: #{FRESH_COLOUR}" in fresh_row
+
+
+def test_a_fleet_map_made_before_the_table_gets_it_below_its_widgets(zabbix: LocalZabbix, api: Any) -> None:
+    group, name = unique_name("Vehicles"), unique_name("Fleet map")
+    groupid = api.hostgroup.create(name=group)["groupids"][0]
+    major, minor = (int(n) for n in zabbix.version.split("."))
+    version = (major, minor)
+    # What an older trapline provision made: the map and the problems, nothing under them.
+    older = [geomap_widget(groupid, version), problems_widget(groupid, version)]
+    dashboardid = api.dashboard.create(name=name, pages=[{"widgets": older}])["dashboardids"][0]
+    assert ensure_fleet_dashboard(api, group, name).action == "updated"
+    assert ensure_fleet_dashboard(api, group, name).action == "unchanged"
+    (board,) = api.dashboard.get(dashboardids=[dashboardid], selectPages="extend")
+    (page,) = board["pages"]
+    widgets = {w["type"]: w for w in page["widgets"]}
+    assert sorted(widgets) == ["geomap", "problems", "tophosts"]
+    # The map and the problems kept their places and settings; the table sits below both.
+    for kind, before in zip(("geomap", "problems"), older, strict=True):
+        assert int(widgets[kind]["width"]) == before["width"] and int(widgets[kind]["y"]) == 0
+        assert [f["value"] for f in widgets[kind]["fields"]] == [groupid]
+    assert int(widgets["tophosts"]["y"]) == older[0]["height"]

@@ -217,7 +217,7 @@ def test_a_provisioned_vehicle_gets_items_problems_and_a_place_on_the_map(
     (board,) = api.dashboard.get(dashboardids=[dashboard.objectid], selectPages="extend", output=["name"])
     widgets = [w for page in board["pages"] for w in page["widgets"]]
     assert board["name"] == "Fleet map"
-    assert sorted(w["type"] for w in widgets) == ["geomap", "problems"]
+    assert sorted(w["type"] for w in widgets) == ["geomap", "problems", "tophosts"]
     groupid = api.hostgroup.get(filter={"name": [group]}, output=["groupid"])[0]["groupid"]
     for widget in widgets:
         assert [f["value"] for f in widget["fields"] if f["name"].startswith("groupids")] == [groupid]
@@ -274,4 +274,4 @@ def test_provisioning_updates_a_host_made_by_hand_and_keeps_its_links(zabbix: Lo
     assert ensure_fleet_dashboard(api, group, name).action == "unchanged"
     (board,) = api.dashboard.get(filter={"name": [name]}, selectPages="extend")
     types = sorted(w["type"] for page in board["pages"] for w in page["widgets"])
-    assert types == ["clock", "geomap", "problems"]
+    assert types == ["clock", "geomap", "problems", "tophosts"]
