@@ -55,12 +55,8 @@ def test_dashboard_widgets_name_entities_of_their_own_template(path: Path) -> No
                     assert value.get("key", value.get("name")) in entities[field["type"]], widget["name"]
 
 
-# The AWS templates get theirs from the AWS work of the same round; add their file here once they have them.
-WITH_DASHBOARDS = [p for p in TEMPLATES if p.parent.name != "aws_poller"]
-
-
-@pytest.mark.parametrize("path", WITH_DASHBOARDS, ids=[p.name for p in WITH_DASHBOARDS])
+@pytest.mark.parametrize("path", TEMPLATES, ids=[p.name for p in TEMPLATES])
 def test_every_template_has_a_dashboard(path: Path) -> None:
-    assert len(WITH_DASHBOARDS) >= 5
+    assert len(TEMPLATES) >= 6
     for template in _export(path)["templates"]:
         assert template.get("dashboards"), f"{template['template']} has no template dashboard"
