@@ -1,6 +1,8 @@
 """``make demo`` (``python3 -m devtools.demo``) as a user runs it: a child process, watched through
-the Zabbix API and its Prometheus endpoint, then stopped by a signal.  Also the
-drive it writes for gpsfake (no peer needed).
+the Zabbix API and its Prometheus endpoint, then stopped by a signal.  The whole suite: the van
+(ELM327-emulator, gpsfake), the Mist org (devtools.mist_sim) and the AWS account
+(devtools.aws_sim on moto) reach the demo's Zabbix 6.0 through one agent.  Also the drive it
+writes for gpsfake (no peer needed).
 
 The test process makes itself a child subreaper, so that any process the demo
 leaves behind becomes the test's child when the demo exits, where it is found."""
@@ -29,7 +31,9 @@ from typing import Any
 import pytest
 from pyzabbix.api import ZabbixAPI
 
+from devtools.aws_sim import command as aws_command
 from devtools.demo import load_scenario, write_nmea
+from devtools.mist_sim import Fleet
 from tests.support.peers import missing_peer, need_binary
 from tests.support.zabbix_fixtures import wait_until
 
@@ -37,6 +41,8 @@ PR_SET_CHILD_SUBREAPER = 36
 # Limits that turn a hang into a failure; none of them is a speed expectation.
 START_LIMIT = 240.0  # the first Zabbix start on a machine loads the schema
 DATA_LIMIT = 120.0
+SUITE_LIMIT = 300.0  # LLD of APs, their ports and the Glue jobs, then a fault and its recovery
+RECOVER_AFTER = 20  # seconds the port stays down and until the Glue job's next run succeeds
 STOP_LIMIT = 90.0
 SCENARIO = load_scenario()
 
@@ -144,6 +150,8 @@ def tools() -> None:
     need_binary("gpsfake")
     if importlib.util.find_spec("elm") is None:
         missing_peer("ELM327-emulator is not installed (pip install ELM327-emulator)")
+    if importlib.util.find_spec("moto") is None:
+        missing_peer("moto is not installed (pip install 'moto[server]')")
 
 
 def _vehicle(api: Any) -> dict[str, Any]:
@@ -154,11 +162,83 @@ def _vehicle(api: Any) -> dict[str, Any]:
     return host
 
 
+def _hostids(api: Any, **where: Any) -> dict[str, str]:
+    """host -> hostid."""
+    return {h["host"]: h["hostid"] for h in api.host.get(output=["host"], **where)}
+
+
+def _problem_events(api: Any, hostid: str, prefix: str) -> list[dict[str, str]]:
+    """Problem events of the host whose name starts with ``prefix``, open or resolved (r_eventid != 0)."""
+    events: list[dict[str, str]] = api.event.get(hostids=[hostid], source=0, object=0, value=1,
+                                                 output=["name", "r_eventid"])
+    return [e for e in events if e["name"].startswith(prefix)]
+
+
+def _resolved(api: Any, hostid: str, prefix: str) -> list[dict[str, str]]:
+    events = _problem_events(api, hostid, prefix)
+    return events if events and all(e["r_eventid"] != "0" for e in events) else []
+
+
+def check_mist(api: Any) -> None:
+    """Every AP of the scenario a host in its site's group with live values; the port down, then up."""
+    mist = SCENARIO.mist
+    host_of = {ap.name: f"mist-ap-{ap.mac}" for ap in mist.aps}
+    hosts = wait_until(lambda: (found := _hostids(api, filter={"host": list(host_of.values())}))
+                       and len(found) == len(mist.aps) and found, SUITE_LIMIT, 2.0, "a host per AP")
+    for ap in mist.aps:
+        (host,) = api.host.get(hostids=[hosts[host_of[ap.name]]], output=["name"], selectGroups=["name"])
+        assert host["name"] == f"{ap.name} ({ap.mac})"
+        assert f"Mist/{mist.org_name}/{mist.sites[ap.site_id]}" in {g["name"] for g in host["groups"]}
+
+    def live() -> set[str]:
+        items = api.item.get(hostids=list(hosts.values()), filter={"key_": ["mist.ap.status"]},
+                             output=["hostid", "lastclock", "lastvalue"])
+        return {i["hostid"] for i in items if int(i["lastclock"]) and i["lastvalue"] == "1"}
+
+    wait_until(lambda: live() == set(hosts.values()), SUITE_LIMIT, 2.0, "every AP connected in Zabbix")
+    ap_name, port = SCENARIO.port_down
+    hostid = hosts[host_of[ap_name]]
+    down = f"Mist: Port {port}: Link down"
+    wait_until(lambda: _problem_events(api, hostid, down), SUITE_LIMIT, 1.0, f"{down} on {ap_name}")
+    wait_until(lambda: _resolved(api, hostid, down), SUITE_LIMIT, 1.0, f"{down} on {ap_name} to resolve")
+    others = [h for name, h in hosts.items() if name != host_of[ap_name]]
+    assert not api.event.get(hostids=others, source=0, object=0, value=1, output=["name"])  # quiet elsewhere
+
+
+def check_aws(api: Any) -> None:
+    """The EMR cluster a host; the Glue run's failure a problem with its error text, then resolved."""
+    aws = SCENARIO.aws
+    clusters = wait_until(lambda: api.host.get(output=["name"], groupids=[
+        g["groupid"] for g in api.hostgroup.get(filter={"name": ["AWS/EMR"]}, output=["groupid"])]),
+        SUITE_LIMIT, 2.0, "the EMR cluster's host")
+    assert [c["name"].split(" (")[0] for c in clusters] == [f"EMR {aws.emr_cluster}"]
+    hostid = _hostids(api, filter={"host": [SCENARIO.aws_host]})[SCENARIO.aws_host]
+    prefix = f"AWS Glue: Job {SCENARIO.failing_job}: Run "
+    (failed,) = wait_until(lambda: _problem_events(api, hostid, prefix), SUITE_LIMIT, 1.0, "the Glue failure")
+    assert failed["name"].endswith(f" FAILED: {aws.failure}"), failed["name"]
+    wait_until(lambda: _resolved(api, hostid, prefix), SUITE_LIMIT, 1.0, "a later Glue run to succeed")
+
+
+def check_overview(api: Any, dashboardid: str, fleet: str) -> None:
+    """A fresh session opens the first dashboard by name: the overview, whose map links the three parts."""
+    (first,) = api.dashboard.get(output=["dashboardid"], sortfield="name", limit=1)
+    assert first["dashboardid"] == dashboardid
+    (dashboard,) = api.dashboard.get(dashboardids=[dashboardid], selectPages="extend")
+    widgets = dashboard["pages"][0]["widgets"]
+    (sysmapid,) = [field["value"] for widget in widgets if widget["type"] == "map"
+                   for field in widget["fields"] if field["name"] == "sysmapid"]
+    (sysmap,) = api.map.get(sysmapids=[sysmapid], selectSelements="extend")
+    links = {e["label"].split("\n")[0]: [u["url"] for u in e["urls"]] for e in sysmap["selements"]}
+    assert set(links) == {"Vans", "Mist sites", "Data pipelines"}
+    assert f"dashboardid={fleet}" in links["Vans"][0]
+
+
 @pytest.mark.integration
-def test_demo_brings_the_car_into_zabbix_and_stops_cleanly(
+def test_demo_brings_the_whole_suite_into_zabbix_and_stops_cleanly(
     tools: None, subreaper: dict[int, tuple[str, str]], tmp_path: Path
 ) -> None:
-    demo = Demo("--workdir", str(tmp_path / "demo"), "--duration", "600", "--dtc-after", "5")
+    demo = Demo("--workdir", str(tmp_path / "demo"), "--duration", "900", "--dtc-after", "5",
+                "--port-down-after", "5", "--glue-fail-after", "5", "--recover-after", str(RECOVER_AFTER))
     try:
         url = demo.wait_for(r"^Zabbix frontend:\s+(http://\S+)").group(1)
         metrics_url = demo.wait_for(r"^Prometheus:\s+(http://\S+)").group(1)
@@ -191,6 +271,19 @@ def test_demo_brings_the_car_into_zabbix_and_stops_cleanly(
             metrics = response.read().decode()
         assert f'trapline_obd_state{{host="{SCENARIO.vehicle_host}"' in metrics
         demo.wait_for(r"DTCs: P0143 P0300 \| Zabbix problems: [1-9]", DATA_LIMIT)  # the live summary
+
+        overview = demo.wait_for(r"^  Overview:\s+\S+dashboardid=(\d+)").group(1)
+        fleet = demo.wait_for(r"^  Fleet map:\s+\S+dashboardid=(\d+)").group(1)
+        check_overview(api, overview, fleet)
+        check_mist(api)
+        check_aws(api)
+        mist = SCENARIO.mist
+        aps = len(mist.aps)
+        demo.wait_for(rf"Mist {re.escape(mist.org_name)}: {aps} APs in {len(mist.sites)} sites streamed, "
+                      rf"{aps} are Zabbix hosts, {aps} with live values", DATA_LIMIT)
+        job = re.escape(SCENARIO.failing_job)
+        demo.wait_for(rf"AWS {SCENARIO.aws.region} \(moto\): Glue last runs: {job} SUCCEEDED.*"
+                      r"EMR clusters as Zabbix hosts: 1", DATA_LIMIT)
     finally:
         code = demo.stop(signal.SIGINT)
     assert code == 0, demo.output
@@ -244,3 +337,32 @@ def test_the_drive_is_valid_nmea_in_one_second_epochs_without_a_jump(tmp_path: P
         assert speed <= fastest * 1.01
     assert any(speed == 0 for *_, speed in fixes)  # it stops at traffic lights
     assert all(56.9 < lat < 57.0 and 24.0 < lon < 24.2 for _, _, lat, lon, _ in fixes)
+
+
+def test_the_mist_simulator_reports_what_it_was_told_and_refuses_the_rest() -> None:
+    org = SCENARIO.mist
+    fleet = Fleet(org, started=1_800_000_000.0)
+    ap_name, port = SCENARIO.port_down
+    ap = next(a for a in org.aps if a.name == ap_name)
+    before = fleet.update(ap, 1_800_000_060.0)
+    assert before["port_stat"][port]["up"] is True and before["status"] == "connected"
+    assert set(before["port_stat"]) == set(ap.ports)
+    assert fleet.command(f"port {ap_name} {port} down\n") == ap
+    down = fleet.update(ap, 1_800_000_065.0)
+    assert down["port_stat"][port] == {"up": False, "speed": 0, "rx_bytes": 0, "tx_bytes": 0}
+    assert down["uptime"] > before["uptime"]  # no restart on the way
+    others = [fleet.update(a, 1_800_000_065.0) for a in org.aps if a != ap]
+    assert all(p["up"] for update in others for p in update["port_stat"].values())
+    fleet.command(f"port {ap_name} {port} up")
+    assert fleet.update(ap, 1_800_000_070.0)["port_stat"][port]["up"] is True
+    for bad in ("", "port", f"port {ap_name} {port} sideways", f"port {ap_name} eth9 down",
+                f"port nobody {port} down", f"link {ap_name} {port} down"):
+        with pytest.raises(ValueError, match="port"):
+            fleet.command(bad)
+
+
+def test_the_aws_simulator_refuses_commands_it_does_not_know() -> None:
+    for bad in ("", "glue-fail", "glue-fail no-such-job", f"glue-stop {SCENARIO.failing_job}",
+                f"glue-run {SCENARIO.failing_job} extra"):
+        with pytest.raises(ValueError, match="glue-fail"):
+            aws_command("http://127.0.0.1:9", SCENARIO.aws, bad)  # refused before any call
