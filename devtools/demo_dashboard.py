@@ -81,6 +81,7 @@ def ensure_map(api: Any, tiles: Sequence[Tile]) -> str:
     created = _call(api, "map.create", {
         "name": MAP_NAME, "width": MAP_WIDTH, "height": MAP_HEIGHT, "private": 0,
         "label_type": 0,  # element labels as written
+        "expandproblem": 0,  # a count of problems under a tile: their names would overlap the next tile
         "expand_macros": 1, "selements": elements,
     })
     return str(created["sysmapids"][0])

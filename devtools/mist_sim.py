@@ -76,18 +76,30 @@ class Fleet:
         index = self.org.aps.index(ap)
         running = now - self.started
         wave = (1 + math.sin(running / 120 + index)) / 2  # a slow daily-like swing, per AP
+        rx_bps, tx_bps = int(300_000 * wave), int(700_000 * wave)
+        # Byte and packet counters only grow (the template turns them into rates), also across
+        # a link loss, as an AP's counters do.
         ports = {
-            port: {"up": up, "speed": 1000 if up else 0,
-                   "rx_bytes": int(running * 40_000 * wave) if up else 0,
-                   "tx_bytes": int(running * 90_000 * wave) if up else 0}
+            port: {"up": up, "speed": 1000 if up else 0, "full_duplex": up,
+                   "rx_bytes": int(running * rx_bps / 8), "tx_bytes": int(running * tx_bps / 8),
+                   "rx_pkts": int(running * rx_bps / 8000), "tx_pkts": int(running * tx_bps / 8000),
+                   "rx_errors": 0,
+                   "rx_peak_bps": 2 * rx_bps if up else 0, "tx_peak_bps": 2 * tx_bps if up else 0}
             for (name, port), up in self.link.items() if name == ap.name
         }
         return ap_full(
             ap.mac, ap.name, model=ap.model,
+            version="0.14.29313",
+            serial=f"A0{ap.mac[-6:].upper()}",
+            ip=f"10.{index // 3}.{index % 3}.{10 + index}",
+            power_src="PoE 802.3at",
             uptime=86_400 * (index + 1) + int(running),
             last_seen=int(now),
             cpu_util=3 + round(12 * wave),
             num_clients=round(25 * wave),
+            rx_bps=rx_bps,
+            tx_bps=tx_bps,
+            env_stat={"cpu_temp": 52 + round(6 * wave), "ambient_temp": 24 + round(3 * wave), "humidity": 41},
             port_stat=ports,
         )
 

@@ -18,6 +18,7 @@ import math
 import operator
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from pyzabbix.api import ZabbixAPI
@@ -42,7 +44,9 @@ PR_SET_CHILD_SUBREAPER = 36
 START_LIMIT = 240.0  # the first Zabbix start on a machine loads the schema
 DATA_LIMIT = 120.0
 SUITE_LIMIT = 300.0  # LLD of APs, their ports and the Glue jobs, then a fault and its recovery
-RECOVER_AFTER = 20  # seconds the port stays down and until the Glue job's next run succeeds
+# Seconds the port stays down and until the Glue job's next run succeeds: long enough for both
+# faults to be open at once (each starts when Zabbix has its item's value) for the screenshots.
+RECOVER_AFTER = 120
 STOP_LIMIT = 90.0
 SCENARIO = load_scenario()
 
@@ -179,14 +183,15 @@ def _resolved(api: Any, hostid: str, prefix: str) -> list[dict[str, str]]:
     return events if events and all(e["r_eventid"] != "0" for e in events) else []
 
 
-def check_mist(api: Any) -> None:
-    """Every AP of the scenario a host in its site's group with live values; the port down, then up."""
+def mist_hosts(api: Any) -> dict[str, str]:
+    """Every AP of the scenario a host in its site's group with live values; AP name -> hostid."""
     mist = SCENARIO.mist
     host_of = {ap.name: f"mist-ap-{ap.mac}" for ap in mist.aps}
-    hosts = wait_until(lambda: (found := _hostids(api, filter={"host": list(host_of.values())}))
-                       and len(found) == len(mist.aps) and found, SUITE_LIMIT, 2.0, "a host per AP")
+    found = wait_until(lambda: (h := _hostids(api, filter={"host": list(host_of.values())}))
+                       and len(h) == len(mist.aps) and h, SUITE_LIMIT, 2.0, "a host per AP")
+    hosts = {name: found[host] for name, host in host_of.items()}
     for ap in mist.aps:
-        (host,) = api.host.get(hostids=[hosts[host_of[ap.name]]], output=["name"], selectGroups=["name"])
+        (host,) = api.host.get(hostids=[hosts[ap.name]], output=["name"], selectGroups=["name"])
         assert host["name"] == f"{ap.name} ({ap.mac})"
         assert f"Mist/{mist.org_name}/{mist.sites[ap.site_id]}" in {g["name"] for g in host["groups"]}
 
@@ -196,27 +201,34 @@ def check_mist(api: Any) -> None:
         return {i["hostid"] for i in items if int(i["lastclock"]) and i["lastvalue"] == "1"}
 
     wait_until(lambda: live() == set(hosts.values()), SUITE_LIMIT, 2.0, "every AP connected in Zabbix")
-    ap_name, port = SCENARIO.port_down
-    hostid = hosts[host_of[ap_name]]
-    down = f"Mist: Port {port}: Link down"
-    wait_until(lambda: _problem_events(api, hostid, down), SUITE_LIMIT, 1.0, f"{down} on {ap_name}")
-    wait_until(lambda: _resolved(api, hostid, down), SUITE_LIMIT, 1.0, f"{down} on {ap_name} to resolve")
-    others = [h for name, h in hosts.items() if name != host_of[ap_name]]
-    assert not api.event.get(hostids=others, source=0, object=0, value=1, output=["name"])  # quiet elsewhere
+    return hosts
 
 
-def check_aws(api: Any) -> None:
-    """The EMR cluster a host; the Glue run's failure a problem with its error text, then resolved."""
-    aws = SCENARIO.aws
+def aws_host(api: Any) -> str:
+    """The EMR cluster a host of its own; returns the poller host's id."""
     clusters = wait_until(lambda: api.host.get(output=["name"], groupids=[
         g["groupid"] for g in api.hostgroup.get(filter={"name": ["AWS/EMR"]}, output=["groupid"])]),
         SUITE_LIMIT, 2.0, "the EMR cluster's host")
-    assert [c["name"].split(" (")[0] for c in clusters] == [f"EMR {aws.emr_cluster}"]
-    hostid = _hostids(api, filter={"host": [SCENARIO.aws_host]})[SCENARIO.aws_host]
-    prefix = f"AWS Glue: Job {SCENARIO.failing_job}: Run "
-    (failed,) = wait_until(lambda: _problem_events(api, hostid, prefix), SUITE_LIMIT, 1.0, "the Glue failure")
-    assert failed["name"].endswith(f" FAILED: {aws.failure}"), failed["name"]
-    wait_until(lambda: _resolved(api, hostid, prefix), SUITE_LIMIT, 1.0, "a later Glue run to succeed")
+    assert [c["name"].split(" (")[0] for c in clusters] == [f"EMR {SCENARIO.aws.emr_cluster}"]
+    return _hostids(api, filter={"host": [SCENARIO.aws_host]})[SCENARIO.aws_host]
+
+
+PORT_DOWN = f"Mist: Port {SCENARIO.port_down[1]}: Link down"
+GLUE_FAILED = f"AWS Glue: Job {SCENARIO.failing_job}: Run "
+
+
+def _open(api: Any, hostid: str, prefix: str) -> list[str]:
+    names = [p["name"] for p in api.problem.get(hostids=[hostid], output=["name"])]
+    return [name for name in names if name.startswith(prefix)]
+
+
+def faults_end(api: Any, ap_hostid: str, aws_hostid: str, quiet: list[str]) -> None:
+    """The port-down and the Glue failure resolve; the other APs raised nothing all along."""
+    wait_until(lambda: _resolved(api, ap_hostid, PORT_DOWN), SUITE_LIMIT, 1.0, f"{PORT_DOWN} to resolve")
+    (failed,) = _problem_events(api, aws_hostid, GLUE_FAILED)
+    assert failed["name"].endswith(f" FAILED: {SCENARIO.aws.failure}"), failed["name"]
+    wait_until(lambda: _resolved(api, aws_hostid, GLUE_FAILED), SUITE_LIMIT, 1.0, "a later good Glue run")
+    assert not api.event.get(hostids=quiet, source=0, object=0, value=1, output=["name"])
 
 
 def check_overview(api: Any, dashboardid: str, fleet: str) -> None:
@@ -231,6 +243,66 @@ def check_overview(api: Any, dashboardid: str, fleet: str) -> None:
     links = {e["label"].split("\n")[0]: [u["url"] for u in e["urls"]] for e in sysmap["selements"]}
     assert set(links) == {"Vans", "Mist sites", "Data pipelines"}
     assert f"dashboardid={fleet}" in links["Vans"][0]
+
+
+# --------------------------------------------------------------------------
+# The README's screenshots (issue 21 item 6): headless chromium on the demo's frontend
+# --------------------------------------------------------------------------
+README_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
+UPDATE_IMAGES = "TRAPLINE_UPDATE_SCREENSHOTS"  # set to 1: the screenshots also replace docs/img/*.png
+MAX_PNG_BYTES = 200_000
+# The virtual time budget lets the widgets, which load after the page, fill before the capture.
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,800",
+            "--virtual-time-budget=20000"]
+# What Zabbix 6.0 shows for an error (its message box, PHP's own HTML error) and for a widget or
+# table with nothing to show.
+PAGE_ERROR = re.compile(r'class="[^"]*\bmsg-bad\b|<b>(Fatal error|Warning|Notice|Deprecated|Parse error)</b>')
+EMPTY = re.compile(r'\bnothing-to-show\b|No data found|class="dashboard-grid-widget-content[^"]*">\s*</div>')
+
+
+def _chromium(*args: str) -> str:
+    binary = need_binary("chromium")
+    done = subprocess.run([binary, *CHROMIUM, *args], capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def screenshot(frontend: str, page: str, png: Path) -> str:
+    """``page`` as Admin sees it, saved to ``png``; returns its DOM after its scripts ran.
+
+    Zabbix's login form takes its fields from the URL too and then redirects to ``request``, so
+    one chromium run logs in and opens the page (the demo's Zabbix has the stock password)."""
+    url = f"{frontend}index.php?" + urlencode({"name": "Admin", "password": "zabbix", "enter": "Sign in",
+                                               "request": page})
+    _chromium(f"--screenshot={png}", url)
+    dom = _chromium("--dump-dom", url)
+    assert 'id="login' not in dom, f"{page}: still on the login page"
+    assert not (error := PAGE_ERROR.search(dom)), f"{page} shows an error: {dom[error.start():][:300]}"
+    assert not (empty := EMPTY.search(dom)), f"{page} has an empty widget: {dom[empty.start():][:300]}"
+    assert png.stat().st_size <= MAX_PNG_BYTES, f"{png.name}: {png.stat().st_size} bytes"
+    return dom
+
+
+def take_screenshots(frontend: str, ids: dict[str, str], folder: Path) -> None:
+    """The overview, the Fleet map, a Mist AP's latest data and the Problems page, checked; copied to
+    docs/img when UPDATE_IMAGES is set.  In kiosk mode (no menu, no filter form) the data fills
+    the picture and the page fits its width."""
+    folder.mkdir()
+    pages = {
+        "demo-overview": f"zabbix.php?action=dashboard.view&kiosk=1&dashboardid={ids['overview']}",
+        "demo-fleet-map": f"zabbix.php?action=dashboard.view&kiosk=1&dashboardid={ids['fleet']}",
+        "demo-mist-ap-latest": f"zabbix.php?action=latest.view&kiosk=1&filter_set=1&hostids[]={ids['ap']}",
+        "demo-problems": "zabbix.php?action=problem.view&kiosk=1",
+    }
+    doms = {name: screenshot(frontend, page, folder / f"{name}.png") for name, page in pages.items()}
+    assert "Mist: Port eth0: Link status" in doms["demo-mist-ap-latest"]
+    for shown in (*SCENARIO.dtcs, PORT_DOWN, f" FAILED: {SCENARIO.aws.failure}"):
+        assert shown in doms["demo-problems"], f"{shown!r} is not on the Problems page"
+    if os.environ.get(UPDATE_IMAGES) == "1":
+        README_IMAGES.mkdir(parents=True, exist_ok=True)
+        for name in pages:
+            shutil.copyfile(folder / f"{name}.png", README_IMAGES / f"{name}.png")
 
 
 @pytest.mark.integration
@@ -275,12 +347,18 @@ def test_demo_brings_the_whole_suite_into_zabbix_and_stops_cleanly(
         overview = demo.wait_for(r"^  Overview:\s+\S+dashboardid=(\d+)").group(1)
         fleet = demo.wait_for(r"^  Fleet map:\s+\S+dashboardid=(\d+)").group(1)
         check_overview(api, overview, fleet)
-        check_mist(api)
-        check_aws(api)
+        aps = mist_hosts(api)
+        aws_hostid = aws_host(api)
+        ap_hostid = aps[SCENARIO.port_down[0]]
+        # Both faults last RECOVER_AFTER seconds from when Zabbix had their items' values.
+        wait_until(lambda: _open(api, ap_hostid, PORT_DOWN) and _open(api, aws_hostid, GLUE_FAILED),
+                   SUITE_LIMIT, 1.0, "the port-down and the Glue failure open at once")
+        take_screenshots(url, {"overview": overview, "fleet": fleet, "ap": ap_hostid}, tmp_path / "img")
+        faults_end(api, ap_hostid, aws_hostid, [h for ap, h in aps.items() if ap != SCENARIO.port_down[0]])
         mist = SCENARIO.mist
-        aps = len(mist.aps)
-        demo.wait_for(rf"Mist {re.escape(mist.org_name)}: {aps} APs in {len(mist.sites)} sites streamed, "
-                      rf"{aps} are Zabbix hosts, {aps} with live values", DATA_LIMIT)
+        count = len(mist.aps)
+        demo.wait_for(rf"Mist {re.escape(mist.org_name)}: {count} APs in {len(mist.sites)} sites streamed, "
+                      rf"{count} are Zabbix hosts, {count} with live values", DATA_LIMIT)
         job = re.escape(SCENARIO.failing_job)
         demo.wait_for(rf"AWS {SCENARIO.aws.region} \(moto\): Glue last runs: {job} SUCCEEDED.*"
                       r"EMR clusters as Zabbix hosts: 1", DATA_LIMIT)
@@ -349,7 +427,7 @@ def test_the_mist_simulator_reports_what_it_was_told_and_refuses_the_rest() -> N
     assert set(before["port_stat"]) == set(ap.ports)
     assert fleet.command(f"port {ap_name} {port} down\n") == ap
     down = fleet.update(ap, 1_800_000_065.0)
-    assert down["port_stat"][port] == {"up": False, "speed": 0, "rx_bytes": 0, "tx_bytes": 0}
+    assert down["port_stat"][port]["up"] is False and down["port_stat"][port]["speed"] == 0
     assert down["uptime"] > before["uptime"]  # no restart on the way
     others = [fleet.update(a, 1_800_000_065.0) for a in org.aps if a != ap]
     assert all(p["up"] for update in others for p in update["port_stat"].values())
