@@ -406,23 +406,24 @@ class Dashboards:
 
 
 def overview_tiles(api: Any, scenario: Scenario, fleet: str, mist_hostid: str, aws_hostid: str) -> list[Tile]:
+    """The overview's tiles and their links (6.0 pages filter on groupids[] and hostids[])."""
     mist_groupid = group_id(api, MIST_AP_GROUP)
+    pipeline_groups = [group_id(api, scenario.aws_group), group_id(api, EMR_GROUP)]
     return [
         Tile("Vans", scenario.vehicle_group, "Satellite_antenna_(96)", (
             ("Fleet map", page_url("dashboard.view", dashboardid=fleet)),
             (f"{scenario.vehicle_host}: latest data",
-             page_url("latest.view", filter_set="1", filter_hostids=[_hostid(api, scenario.vehicle_host)])),
+             page_url("latest.view", hostids=[_hostid(api, scenario.vehicle_host)])),
         )),
         Tile("Mist sites", MIST_AP_GROUP, "Network_(96)", (
-            ("APs by site", page_url("host.view", filter_set="1", filter_groupids=[mist_groupid])),
-            ("AP latest data", page_url("latest.view", filter_set="1", filter_groupids=[mist_groupid])),
+            ("APs by site", page_url("host.view", groupids=[mist_groupid])),
+            ("AP latest data", page_url("latest.view", groupids=[mist_groupid])),
             ("Mist collector", page_url("host.dashboard.view", hostid=mist_hostid)),
         )),
         Tile("Data pipelines", scenario.aws_group, "Cloud_(96)", (
-            ("Glue jobs: latest data", page_url("latest.view", filter_set="1", filter_hostids=[aws_hostid])),
-            ("EMR clusters", page_url("host.view", filter_set="1",
-                                      filter_groupids=[group_id(api, EMR_GROUP)])),
-            ("AWS poller dashboards", page_url("host.dashboard.view", hostid=aws_hostid)),
+            ("Glue jobs: latest data", page_url("latest.view", hostids=[aws_hostid])),
+            ("EMR clusters", page_url("host.view", groupids=[group_id(api, EMR_GROUP)])),
+            ("Pipeline problems", page_url("problem.view", groupids=pipeline_groups)),
         )),
     ]
 

@@ -42,7 +42,12 @@ def page_url(action: str, **query: str | Sequence[str]) -> str:
     """A frontend page with its filter, relative to the frontend's root."""
     pairs: list[tuple[str, str]] = [("action", action)]
     for name, value in query.items():
-        pairs += [(f"{name}[]", v) for v in value] if not isinstance(value, str) else [(name, value)]
+        # Indexed (groupids[0], groupids[1]): a URL passed on through index.php's "request" keeps
+        # only the last of several "groupids[]".
+        if isinstance(value, str):
+            pairs.append((name, value))
+        else:
+            pairs += [(f"{name}[{i}]", v) for i, v in enumerate(value)]
     return f"zabbix.php?{urlencode(pairs)}"
 
 

@@ -231,7 +231,7 @@ def faults_end(api: Any, ap_hostid: str, aws_hostid: str, quiet: list[str]) -> N
     assert not api.event.get(hostids=quiet, source=0, object=0, value=1, output=["name"])
 
 
-def check_overview(api: Any, dashboardid: str, fleet: str) -> None:
+def check_overview(api: Any, dashboardid: str, fleet: str) -> dict[str, list[str]]:
     """A fresh session opens the first dashboard by name: the overview, whose map links the three parts."""
     (first,) = api.dashboard.get(output=["dashboardid"], sortfield="name", limit=1)
     assert first["dashboardid"] == dashboardid
@@ -243,6 +243,7 @@ def check_overview(api: Any, dashboardid: str, fleet: str) -> None:
     links = {e["label"].split("\n")[0]: [u["url"] for u in e["urls"]] for e in sysmap["selements"]}
     assert set(links) == {"Vans", "Mist sites", "Data pipelines"}
     assert f"dashboardid={fleet}" in links["Vans"][0]
+    return links
 
 
 # --------------------------------------------------------------------------
@@ -268,20 +269,43 @@ def _chromium(*args: str) -> str:
     return done.stdout
 
 
-def screenshot(frontend: str, page: str, png: Path) -> str:
-    """``page`` as Admin sees it, saved to ``png``; returns its DOM after its scripts ran.
+def _as_admin(frontend: str, page: str) -> str:
+    """A URL that logs in and opens ``page``: Zabbix's login form takes its fields from the URL too
+    and then redirects to ``request`` (the demo's Zabbix has the stock password)."""
+    return f"{frontend}index.php?" + urlencode({"name": "Admin", "password": "zabbix", "enter": "Sign in",
+                                                "request": page})
 
-    Zabbix's login form takes its fields from the URL too and then redirects to ``request``, so
-    one chromium run logs in and opens the page (the demo's Zabbix has the stock password)."""
-    url = f"{frontend}index.php?" + urlencode({"name": "Admin", "password": "zabbix", "enter": "Sign in",
-                                               "request": page})
-    _chromium(f"--screenshot={png}", url)
-    dom = _chromium("--dump-dom", url)
+
+def page_dom(frontend: str, page: str) -> str:
+    """``page`` as Admin sees it, once its scripts ran; it must show no error."""
+    dom = _chromium("--dump-dom", _as_admin(frontend, page))
     assert 'id="login' not in dom, f"{page}: still on the login page"
     assert not (error := PAGE_ERROR.search(dom)), f"{page} shows an error: {dom[error.start():][:300]}"
+    return dom
+
+
+def screenshot(frontend: str, page: str, png: Path) -> str:
+    """``page`` saved to ``png``; returns its DOM, which must have no error and no empty widget."""
+    _chromium(f"--screenshot={png}", _as_admin(frontend, page))
+    dom = page_dom(frontend, page)
     assert not (empty := EMPTY.search(dom)), f"{page} has an empty widget: {dom[empty.start():][:300]}"
     assert png.stat().st_size <= MAX_PNG_BYTES, f"{png.name}: {png.stat().st_size} bytes"
     return dom
+
+
+def check_links(frontend: str, links: dict[str, list[str]]) -> None:
+    """Every link of the overview's map opens without an error, on its own part of the suite:
+    a host of that part is on the page and the van or an AP of another part is not (the filter in
+    the link took)."""
+    van, ap = SCENARIO.vehicle_host, SCENARIO.port_down[0]
+    own = {"Vans": [van], "Mist sites": [ap, SCENARIO.mist_host],
+           "Data pipelines": [SCENARIO.aws_host, SCENARIO.aws.emr_cluster]}
+    foreign = {"Vans": ap, "Mist sites": van, "Data pipelines": van}
+    for tile, pages in links.items():
+        for page in pages:
+            dom = page_dom(frontend, page)
+            assert any(host in dom for host in own[tile]), f"{tile}: {page} shows none of {own[tile]}"
+            assert foreign[tile] not in dom, f"{tile}: {page} shows {foreign[tile]}"
 
 
 def take_screenshots(frontend: str, ids: dict[str, str], folder: Path) -> None:
@@ -292,7 +316,7 @@ def take_screenshots(frontend: str, ids: dict[str, str], folder: Path) -> None:
     pages = {
         "demo-overview": f"zabbix.php?action=dashboard.view&kiosk=1&dashboardid={ids['overview']}",
         "demo-fleet-map": f"zabbix.php?action=dashboard.view&kiosk=1&dashboardid={ids['fleet']}",
-        "demo-mist-ap-latest": f"zabbix.php?action=latest.view&kiosk=1&filter_set=1&hostids[]={ids['ap']}",
+        "demo-mist-ap-latest": f"zabbix.php?action=latest.view&kiosk=1&hostids[]={ids['ap']}",
         "demo-problems": "zabbix.php?action=problem.view&kiosk=1",
     }
     doms = {name: screenshot(frontend, page, folder / f"{name}.png") for name, page in pages.items()}
@@ -346,7 +370,7 @@ def test_demo_brings_the_whole_suite_into_zabbix_and_stops_cleanly(
 
         overview = demo.wait_for(r"^  Overview:\s+\S+dashboardid=(\d+)").group(1)
         fleet = demo.wait_for(r"^  Fleet map:\s+\S+dashboardid=(\d+)").group(1)
-        check_overview(api, overview, fleet)
+        links = check_overview(api, overview, fleet)
         aps = mist_hosts(api)
         aws_hostid = aws_host(api)
         ap_hostid = aps[SCENARIO.port_down[0]]
@@ -354,6 +378,7 @@ def test_demo_brings_the_whole_suite_into_zabbix_and_stops_cleanly(
         wait_until(lambda: _open(api, ap_hostid, PORT_DOWN) and _open(api, aws_hostid, GLUE_FAILED),
                    SUITE_LIMIT, 1.0, "the port-down and the Glue failure open at once")
         take_screenshots(url, {"overview": overview, "fleet": fleet, "ap": ap_hostid}, tmp_path / "img")
+        check_links(url, links)
         faults_end(api, ap_hostid, aws_hostid, [h for ap, h in aps.items() if ap != SCENARIO.port_down[0]])
         mist = SCENARIO.mist
         count = len(mist.aps)
