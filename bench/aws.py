@@ -48,8 +48,8 @@ from trapline.collectors.aws.cloudwatch import (
 )
 from trapline.collectors.aws.poller import AwsPoller, series_for
 from trapline.collectors.aws.session import ApiCalls, make_clients
-from trapline.middleware.config import Section
-from trapline.middleware.model import Reading
+from trapline.core.config import Section
+from trapline.core.model import Reading
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient

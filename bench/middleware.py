@@ -25,11 +25,11 @@ from typing import Any
 
 # The tree this file is in, not whatever trapline is installed, is what gets measured.
 from bench._util import SpoolQueue, machine, median, table
+from trapline.core.model import Item, Reading
 from trapline.exporters.mqtt import MqttDestination
 from trapline.exporters.zabbix import ZabbixDestination
 from trapline.exporters.zabbix.protocol import encode_request, frame
 from trapline.middleware.filters import FilterRule, Filters
-from trapline.middleware.model import Item, Reading
 from trapline.middleware.normalize import normalize
 from trapline.middleware.spool import Spool
 

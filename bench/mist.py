@@ -46,17 +46,16 @@ from websockets.protocol import Protocol, Side, State
 
 from bench._util import SpoolQueue, machine, median, table
 from devtools.mist_server import MistServer, ap_basic, ap_full
+from trapline.app.settings import build_pipeline, load_settings
 from trapline.cli import freeze_startup_objects
 from trapline.collectors.mist.collector import MistCollector
 from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, SiteInfo
 from trapline.collectors.mist.frames import decode_frame
-from trapline.exporters.prometheus import PrometheusExporter
+from trapline.exporters.prometheus.exporter import PrometheusExporter
 from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.exporters.zabbix.protocol import HEADER_SIZE, encode_request, frame, parse_header, unpack_body
 from trapline.middleware.filters import FilterRule, Filters
 from trapline.middleware.normalize import normalize
-from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.settings import load_settings
 from trapline.middleware.spool import Spool
 
 TOKEN = "bench-token"
@@ -308,7 +307,7 @@ async def agent_run(
 ) -> tuple[Round, Round]:
     """One agent life: warm-up (one update per AP), then the measured round."""
     settings = load_settings(config)
-    pipeline = Pipeline.from_settings(settings)  # the config has no [prometheus]: no observers
+    pipeline = build_pipeline(settings)  # the config has no [prometheus]: no observers
     spool = pipeline.spool
     (collector,) = settings.collectors
     (dest,) = settings.destinations

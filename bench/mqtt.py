@@ -47,15 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sender import HOST, PIPELINE_BATCH, Clocks, create_host, new_destination, wait_drained
-
 from bench._util import machine, median, table
+from bench.sender import HOST, PIPELINE_BATCH, Clocks, create_host, new_destination, wait_drained
 from devtools.localzabbix import LocalZabbix
 from tests.support.mosquitto import Mosquitto
+from trapline.core.config import Section
+from trapline.core.model import Reading
+from trapline.core.plugin import Destination, Spooled
 from trapline.exporters.mqtt import MqttDestination, build_destinations
-from trapline.middleware.config import Section
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import Destination, Spooled
 
 HISTORY_UNSIGNED = 3
 GROUP = "bench"

@@ -42,10 +42,10 @@ from zabbix_utils import AsyncSender, ItemValue, Sender
 # The tree this file is in, not whatever trapline is installed, is what gets measured.
 from bench._util import machine, median, table
 from devtools.localzabbix import LocalZabbix
+from trapline.core.model import Reading
+from trapline.core.plugin import Spooled
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
 from trapline.exporters.zabbix.destination import ZabbixDestination
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import Spooled
 
 HOST = "bench-sender"
 VALUE_TYPE_UNSIGNED = 3

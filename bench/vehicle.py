@@ -133,8 +133,8 @@ class LatencyProxy:
 # -- role: a polling client --------------------------------------------------------------
 def run_trapline(port: int, duration: float, multi: bool, state_dir: Path) -> dict[str, float]:
     from trapline.collectors.obd import build  # noqa: PLC0415 - only the client process needs it
-    from trapline.middleware.config import Section  # noqa: PLC0415
-    from trapline.middleware.model import Item, Reading  # noqa: PLC0415
+    from trapline.core.config import Section  # noqa: PLC0415
+    from trapline.core.model import Item, Reading  # noqa: PLC0415
 
     class CountingOutbox:
         def __init__(self) -> None:
@@ -331,6 +331,7 @@ host = "van-bench"
 server = "127.0.0.1"
 port = {gps_port}
 interval = 1.0
+state_dir = "{workdir}"
 """
     path = workdir / f"agent-{time.time_ns()}.toml"
     path.write_text(text)

@@ -861,12 +861,13 @@ class LocalZabbix:
 
     # -- 7.0 proxies -----------------------------------------------------------------------
 
-    def add_proxy(self, name: str) -> str:
+    def add_proxy(self, name: str, psk: tuple[str, str] | None = None) -> str:
         """Start an active 7.0 ``zabbix_proxy`` (SQLite) named ``name``; its trapper address.
 
         Register it through the API (``proxy.create`` with this address as
         ``local_address``/``local_port``) before or after: it asks the server for its
-        configuration every second.
+        configuration every second.  With ``psk`` (identity, hex key) it talks to the
+        server only over TLS with that pre-shared key, as a van's proxy does.
         """
         if self.version != "7.0":
             raise LocalZabbixError("proxies are set up for the 7.0 stack only")
@@ -881,6 +882,13 @@ class LocalZabbix:
             "DBName": f"{INNER_STACK_DIR}/{daemon}.db",
             **PROXY_SETTINGS,
         }
+        if psk is not None:
+            identity, key = psk
+            key_file = self.workdir / f"{daemon}.psk"
+            key_file.write_text(key + "\n")
+            key_file.chmod(0o600)
+            settings |= {"TLSConnect": "psk", "TLSAccept": "unencrypted", "TLSPSKIdentity": identity,
+                         "TLSPSKFile": f"{INNER_STACK_DIR}/{daemon}.psk"}
         self._write_conf(daemon, settings)
         self.start_proxy(name)
         return self.proxy_address(name)

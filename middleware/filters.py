@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from trapline.middleware.config import Section
-from trapline.middleware.model import Item, Reading, Value
+from trapline.core.config import Section
+from trapline.core.model import Item, Reading, Value
 
 
 @dataclass(frozen=True, slots=True)

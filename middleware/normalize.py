@@ -10,15 +10,12 @@ from __future__ import annotations
 import math
 import operator
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 
 from msgspec.structs import replace
 
-from trapline.middleware.model import Item, Reading, Value
+from trapline.core.model import Item, Reading, Value
+from trapline.core.units import unit_table
 
 # Zabbix item key: name [a-zA-Z0-9_.-]+ with optional [params] (params are free text).
 _KEY_RE = re.compile(r"^([A-Za-z0-9_.\-]+)(\[.*\])?$", re.DOTALL)
@@ -34,38 +31,6 @@ class Rejected(ValueError):
     """The reading is invalid; ``str()`` is the reason counted in self-metrics."""
 
 
-@dataclass(frozen=True, slots=True)
-class UnitRule:
-    unit: str
-    factor: float = 1.0
-    offset: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class PrometheusUnit:
-    suffix: str  # appended to the metric name ("" = none)
-    factor: float  # canonical value * factor = value in the Prometheus base unit
-
-
-@dataclass(frozen=True, slots=True)
-class UnitTable:
-    rules: dict[str, UnitRule]
-    prometheus: dict[str, PrometheusUnit]
-
-
-@cache
-def unit_table() -> UnitTable:
-    raw = tomllib.loads(resources.files("trapline.middleware").joinpath("units.toml").read_text("utf-8"))
-    rules = {name: UnitRule(name) for name in raw["canonical"]}
-    for alias, spec in raw["alias"].items():
-        rules[alias] = UnitRule(spec["unit"], spec.get("factor", 1.0), spec.get("offset", 0.0))
-    prometheus = {
-        name: PrometheusUnit(spec["prometheus"], spec.get("prometheus_factor", 1.0))
-        for name, spec in raw["canonical"].items()
-    }
-    return UnitTable(rules, prometheus)
-
-
 def normalize_key(key: str) -> str:
     """Lowercase the key name (not its parameters) and check it is a valid Zabbix key."""
     if len(key) > MAX_KEY_LENGTH:
@@ -77,39 +42,6 @@ def normalize_key(key: str) -> str:
         raise Rejected(f"invalid item key {key[:80]!r}")
     name, params = m.group(1), m.group(2) or ""
     return name.lower() + params if not name.islower() else key
-
-
-def quote_param(value: str) -> str:
-    """A Zabbix item key parameter that may hold any character (``[``, ``,``, ``"``...)."""
-    return '"' + value.replace('"', '\\"') + '"'
-
-
-def split_params(params: str) -> list[str]:
-    """The parameters inside a key's brackets, unquoted (``a,"b,c"`` -> ``["a", "b,c"]``)."""
-    out: list[str] = []
-    current: list[str] = []
-    closed: str | None = None  # content of a quoted parameter once its quote closed
-    quoted = escaped = False
-    for ch in params:
-        if quoted:
-            if escaped:
-                current.append(ch)
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                quoted, closed, current = False, "".join(current), []
-            else:
-                current.append(ch)
-        elif ch == '"' and closed is None and not "".join(current).strip():
-            quoted, current = True, []
-        elif ch == ",":
-            out.append(closed if closed is not None else "".join(current).strip())
-            current, closed = [], None
-        elif closed is None:
-            current.append(ch)
-    out.append(closed if closed is not None else "".join(current).strip())
-    return out
 
 
 def check_host(host: str) -> None:

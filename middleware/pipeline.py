@@ -22,15 +22,16 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from trapline.middleware.backoff import Backoff, retry_delay
+from trapline.core.backoff import Backoff, retry_delay
+from trapline.core.logutil import ThrottledLog
+from trapline.core.model import Item, Reading
+from trapline.core.plugin import Collector, Delivery, Destination, Observer, Spooled
 from trapline.middleware.filters import Filters
-from trapline.middleware.logutil import ThrottledLog
-from trapline.middleware.model import Item, Reading
 from trapline.middleware.normalize import Rejected, normalize
-from trapline.middleware.plugin import Collector, Delivery, Destination, Observer, Spooled
-from trapline.middleware.settings import AgentSettings, Settings, SpoolSettings
+from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
 from trapline.middleware.stats import AgentStats, CollectorStats
+from trapline.middleware.watchdog import Sample, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ _SPOOL_ERROR_PAUSE = 1.0
 # Seconds between WAL checkpoints that truncate the file: without them a WAL that grew
 # (a burst, a long outage) keeps its size, and on a full disk it cannot shrink.
 _CHECKPOINT_INTERVAL = 10.0
+# The intake loop ends a round every flush_interval; this long without one, the spool's
+# commits are stuck (the task died on a bug), whatever the collectors' stall_timeout.
+_COMMIT_STALL = 60.0
+# A delivery loop turns at least once a second when idle, after each round (a few request
+# timeouts at worst) and after each backoff (at most 60 s): 300 s without a turn is a hang.
+_DELIVERY_STALL = 300.0
 # Drops are summarised in one log line at most this often.
 _DROP_LOG_INTERVAL = 60.0
 _UNREADABLE = "spool data unreadable"
@@ -53,8 +60,9 @@ class _Outbox:
     def __init__(self, pipeline: Pipeline, name: str) -> None:
         self._pipeline = pipeline
         self._stats: CollectorStats = pipeline.stats.collector(name)
-        self._name = name
+        self.name = name
         self._throttled = ThrottledLog(logging.getLogger(f"trapline.collector.{name}"))
+        self._resolutions = 0
 
     def put(self, item: Item) -> None:
         self._stats.readings += 1
@@ -62,10 +70,15 @@ class _Outbox:
 
     def error(self, reason: str, condition: str | None = None) -> None:
         self._stats.errors += 1
-        self._throttled.warning(condition or "one-off errors", "collector %s: %s", self._name, reason)
+        self._throttled.warning(condition or "one-off errors", "collector %s: %s", self.name, reason)
 
     def resolved(self, condition: str, message: str) -> None:
-        self._throttled.resolved(condition, "collector %s: %s", self._name, message)
+        self._resolutions += 1
+        self._throttled.resolved(condition, "collector %s: %s", self.name, message)
+
+    def moves(self) -> int:
+        """Changes whenever the collector used its outbox: its progress, for the watchdog."""
+        return self._stats.readings + self._stats.errors + self._resolutions
 
     def committed(self) -> asyncio.Future[None]:
         return self._pipeline.committed()
@@ -82,6 +95,7 @@ class Pipeline:
         collectors: Sequence[Collector] = (),
         destinations: Sequence[Destination] = (),
         observers: Sequence[Observer] = (),
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.agent = agent
         self.spool_settings = spool_settings
@@ -90,6 +104,7 @@ class Pipeline:
         self.collectors = list(collectors)
         self.destinations = list(destinations)
         self.observers = list(observers)
+        self.watchdog = watchdog
         self.stats = AgentStats()
         self._intake: list[Item] = []
         self._commit_waiters: list[asyncio.Future[None]] = []
@@ -103,25 +118,14 @@ class Pipeline:
         self._intake_wake = asyncio.Event()
         self._dest_wake = {d.name: asyncio.Event() for d in self.destinations}
         self._stop = asyncio.Event()
+        self._intake_rounds = 0
+        self._delivery_turns = dict.fromkeys(self._dest_wake, 0)
+        self._collector_runs: list[tuple[asyncio.Task[None], _Outbox]] = []
         self._throttled = ThrottledLog(log)
         for d in self.destinations:
             self.stats.destination(d.name)
         for c in self.collectors:
             self.stats.collector(c.name)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
-        """The agent as ``trapline run`` builds it: every plugin of the config, its spool opened."""
-        spool = Spool(settings.spool.path, settings.spool.max_readings, settings.spool.sync)
-        return cls(
-            agent=settings.agent,
-            spool_settings=settings.spool,
-            spool=spool,
-            filters=settings.filters,
-            collectors=settings.collectors,
-            destinations=settings.destinations,
-            observers=settings.observers,
-        )
 
     # -- intake ----------------------------------------------------------------
     def outbox(self, name: str) -> _Outbox:
@@ -284,6 +288,7 @@ class Pipeline:
                     self.spool.checkpoint()
                 except (sqlite3.Error, OSError) as exc:
                     self._throttled.warning("checkpoint", "spool WAL checkpoint failed: %s", exc)
+            self._intake_rounds += 1
 
     # -- delivery --------------------------------------------------------------
     async def deliver_once(self, dest: Destination) -> Delivery | None:
@@ -388,6 +393,7 @@ class Pipeline:
         wake = self._dest_wake[dest.name]
         # Stops with the pipeline: after stop() the final drain takes over.
         while not self._stop.is_set():
+            self._delivery_turns[dest.name] += 1
             try:
                 outcome = await self.deliver_once(dest)
             except (sqlite3.Error, OSError) as exc:  # the spool's disk, not the destination
@@ -400,6 +406,8 @@ class Pipeline:
             except Exception as exc:  # a bug: this destination must go on
                 log.debug("delivery round for %s failed", dest.name, exc_info=True)
                 outcome = Delivery(unreachable=f"delivery round failed: {type(exc).__name__}: {exc}")
+            self._throttled.resolved("spool-error:" + dest.name, "delivery to %s: spool works again",
+                                     dest.name)
             if outcome is None:
                 wake.clear()
                 if self._stop.is_set():
@@ -423,6 +431,7 @@ class Pipeline:
                 await self._sleep_unless_stopping(delay)
             else:
                 backoff.reset()
+                self._throttled.resolved("unreachable:" + dest.name, "%s reachable again", dest.name)
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -448,6 +457,16 @@ class Pipeline:
                         obs.observe(item)
             await asyncio.sleep(self.agent.self_interval)
 
+    def progress(self) -> list[Sample]:
+        """What the watchdog checks: spool commits, delivery loops, every collector still running."""
+        samples = [Sample("spool commits", self._intake_rounds,
+                          max(_COMMIT_STALL, 10 * self.agent.flush_interval))]
+        samples += [Sample(f"delivery to {name}", turns, max(_DELIVERY_STALL, self.agent.stall_timeout))
+                    for name, turns in self._delivery_turns.items()]
+        samples += [Sample(f"collector {outbox.name}", outbox.moves(), self.agent.stall_timeout)
+                    for task, outbox in self._collector_runs if not task.done()]
+        return samples
+
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
         self._stop.set()
@@ -461,20 +480,29 @@ class Pipeline:
                 loop.add_signal_handler(sig, self.stop)
         for obs in self.observers:
             await obs.start()
-        collector_tasks = [
-            asyncio.create_task(self._run_collector(c), name=f"collector:{c.name}") for c in self.collectors
+        outboxes = [self.outbox(c.name) for c in self.collectors]
+        self._collector_runs = [
+            (asyncio.create_task(self._run_collector(c, out), name=f"collector:{c.name}"), out)
+            for c, out in zip(self.collectors, outboxes, strict=True)
         ]
+        collector_tasks = [task for task, _ in self._collector_runs]
         service_tasks = [asyncio.create_task(self._intake_loop(), name="intake"),
                          asyncio.create_task(self._self_loop(), name="self")]
+        if self.watchdog is not None:
+            service_tasks.append(asyncio.create_task(self.watchdog.run(self.progress), name="watchdog"))
         delivery_tasks = [asyncio.create_task(self._delivery_loop(d), name=f"deliver:{d.name}")
                           for d in self.destinations]
         log.info("trapline running: %d collectors, %d destinations, %d observers, spool %s (%d waiting)",
                  len(self.collectors), len(self.destinations), len(self.observers),
                  self.spool.path, self.spool.depth())
+        if self.watchdog is not None:
+            self.watchdog.ready(f"running; collectors: {len(self.collectors)}")
         try:
             await self._stop.wait()
         finally:
             log.info("stopping: committing readings in memory, last delivery attempt")
+            if self.watchdog is not None:
+                self.watchdog.stopping()
             self.stop()  # also when run() itself was cancelled: the delivery loops must end
             deadline = loop.time() + self.agent.shutdown_timeout
             await _cancel(collector_tasks)
@@ -530,8 +558,7 @@ class Pipeline:
             async with asyncio.timeout(seconds):
                 await asyncio.gather(*(drain_one(d) for d in self.destinations))
 
-    async def _run_collector(self, collector: Collector) -> None:
-        outbox = self.outbox(collector.name)
+    async def _run_collector(self, collector: Collector, outbox: _Outbox) -> None:
         backoff = Backoff(initial=1.0, cap=60.0)
         while True:
             try:

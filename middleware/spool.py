@@ -83,8 +83,8 @@ from typing import Any, Protocol, cast
 import lz4.block
 import msgspec
 
-from trapline.middleware.model import Discovery, Item, Reading
-from trapline.middleware.plugin import Spooled
+from trapline.core.model import Discovery, Item, Reading
+from trapline.core.plugin import Spooled
 
 # Readings per batch row: large enough that SQLite's per-row cost vanishes, small
 # enough that a claim splitting a batch decodes little beyond its limit and that a

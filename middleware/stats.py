@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from trapline import __version__
-from trapline.middleware.model import Discovery, Item, Reading, now_clock
-from trapline.middleware.normalize import quote_param
+from trapline.core.keys import quote_param
+from trapline.core.model import Discovery, Item, Reading, now_clock
 
 
 @dataclass(slots=True)

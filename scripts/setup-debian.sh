@@ -14,6 +14,7 @@ packages=(
     gpsd gpsd-clients       # gpsfake replays NMEA through a real gpsd
     mosquitto mosquitto-clients prometheus
     chromium                # headless: the README's screenshots of the demo's frontend
+    podman runc             # the container image test (crun refuses hybrid cgroups: devtools/container.py)
     python3 python3-venv python3-dev gcc util-linux
     locales                 # the Zabbix frontend's en_US locale (below)
 )

@@ -24,8 +24,8 @@ from trapline.collectors.aws.resources import ERROR_SHOWN, Run, RunTracker, key_
 from trapline.collectors.aws.services import _glue_run, _serverless_run, _step_run
 from trapline.collectors.aws.session import ApiCalls, Clients, describe_failure
 from trapline.collectors.aws.settings import ResourceFilter, parse_settings
-from trapline.middleware.config import ConfigError, Section
-from trapline.middleware.model import Item, Reading
+from trapline.core.config import ConfigError, Section
+from trapline.core.model import Item, Reading
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trapline.middleware.config import ConfigError, Secret, Section, read_secret_file
-from trapline.middleware.settings import load_settings
+from trapline.app.settings import load_settings
+from trapline.core.config import ConfigError, Secret, Section, read_secret_file
 
 GOOD = """
 [agent]
@@ -229,3 +229,14 @@ def test_check_exits_2_naming_the_key_of_a_host_that_does_not_resolve(tmp_path: 
         assert result.returncode == 2, result.stdout + result.stderr
         (line,) = result.stderr.splitlines()
         assert line.startswith(f"trapline: config error: {path}: {key}: cannot resolve '{unknown}'")
+
+
+def test_a_second_gps_collector_is_one_config_error(tmp_path: Path) -> None:
+    # gpsd-py3 keeps one connection per process: a second collector would wait forever.
+    config = tmp_path / "two.toml"
+    config.write_text(
+        '[collectors.front]\ntype = "gps"\nhost = "van"\n[collectors.back]\ntype = "gps"\nhost = "van"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"\[collectors.back\].type: a second 'gps' collector"):
+        load_settings(config)

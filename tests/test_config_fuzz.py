@@ -2,8 +2,8 @@
 
 The inputs are not shaped by us: arbitrary bytes, TOML documents built from the TOML value
 model (every type TOML has, legal names with commas, quotes and non-ASCII, any nesting),
-and mutations of the configs we ship (deploy/raspberrypi/trapline.toml.in, the ```toml
-blocks of README.md and collectors/mist/README.md, devtools/demo_data/agent.toml): a value
+and mutations of the configs we ship (deploy/raspberrypi/trapline.toml.in, deploy/centre/*.toml.in,
+the ```toml blocks of README.md and collectors/mist/README.md, devtools/demo_data/agent.toml): a value
 replaced by any TOML value, a key dropped, an unknown key added, bytes flipped.  Each runs
 through the real loader, and each rejected one also through the CLI entry, in-process.
 """
@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trapline import cli
-from trapline.middleware.config import ConfigError
-from trapline.middleware.settings import load_settings
+from trapline.app.settings import load_settings
+from trapline.core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -44,6 +44,9 @@ def _shipped_examples() -> list[str]:
     }.items():
         deploy = deploy.replace(var, value)
     texts.append(deploy)
+    for role in sorted((ROOT / "deploy/centre").glob("*.toml.in")):  # what install.sh fills in
+        text = role.read_text(encoding="utf-8").replace("@SERVER@", "127.0.0.1:10051")
+        texts.append(text.replace("@AGENT_HOST@", "trapline-centre").replace("@HOSTNAME@", "centre-1"))
     for readme in ("README.md", "collectors/mist/README.md"):
         body = (ROOT / readme).read_text(encoding="utf-8")
         texts += re.findall(r"```toml\n(.*?)```", body, flags=re.DOTALL)

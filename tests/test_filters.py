@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trapline.middleware.config import Section
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Reading
 from trapline.middleware.filters import Filters
-from trapline.middleware.model import Discovery, Reading
 
 
 def at(t: float, value: object = 1, key: str = "obd.rpm") -> Reading:

@@ -1,10 +1,8 @@
 """The import rules of docs/architecture.md, read from the product code's own import statements.
 
 Each product module is placed in a layer (core, wire formats, middleware, one collector, one
-exporter, application, development tools) by where it lives today or where the redesign puts
-it. An import that the rules do not allow fails the test, unless it is one of the deviations
-that docs/architecture.md lists with the step that removes it; a listed deviation that no longer
-exists fails too, so the list only ever shrinks.
+exporter, application, development tools) by where it lives. An import that the rules do not
+allow fails the test; there are no exceptions.
 """
 
 from __future__ import annotations
@@ -25,30 +23,12 @@ SOURCE_FOLDERS = {
 }
 LINKED_INTO_TRAPLINE = {"collectors", "middleware", "exporters", "zabbix_templates"}
 
-# Modules of middleware/ that the redesign moves down into the core.
-CORE_IN_MIDDLEWARE = {"model", "plugin", "config", "logutil", "backoff", "blocking", "redact"}
-# Helper modules that belong to one plugin and move into its folder.
-PLUGIN_OF_HELPER = {"vehicle_derived": "gps", "prometheus_expand": "prometheus"}
 APPLICATION = {
     "trapline.cli",
     "trapline.__main__",
     "trapline.templates",
     "trapline.provision",
     "trapline.uuids",
-}
-
-# Each names the row of "Where today's code differs" in docs/architecture.md that removes it.
-KNOWN_DEVIATIONS = {
-    # "middleware/settings.py imports the collector and exporter registries"
-    ("trapline.middleware.settings", "trapline.collectors"),
-    ("trapline.middleware.settings", "trapline.exporters"),
-    # "key syntax (quote_param, split_params) and the unit table in middleware/normalize.py"
-    ("trapline.collectors.mqtt_bridge", "trapline.middleware.normalize"),
-    ("trapline.exporters.prometheus", "trapline.middleware.normalize"),
-    ("trapline.exporters.prometheus_expand", "trapline.middleware.normalize"),
-    # "collectors/mqtt_bridge.py imports exporters/mqtt/schema.py and link.py"
-    ("trapline.collectors.mqtt_bridge", "trapline.exporters.mqtt.link"),
-    ("trapline.collectors.mqtt_bridge", "trapline.exporters.mqtt.schema"),
 }
 
 
@@ -64,12 +44,12 @@ def layer(module: str) -> str:
     if module in APPLICATION or parts[:2] == ["trapline", "app"]:
         return "app"
     if parts[:2] == ["trapline", "middleware"]:
-        return "core" if len(parts) > 2 and parts[2] in CORE_IN_MIDDLEWARE else "middleware"
+        return "middleware"
     if parts[:2] in (["trapline", "collectors"], ["trapline", "exporters"]):
         kind = "collector" if parts[1] == "collectors" else "exporter"
         if len(parts) == 2:
             return "app"  # the package itself holds the registry, which the composition root reads
-        return f"{kind}:{PLUGIN_OF_HELPER.get(parts[2], parts[2])}"
+        return f"{kind}:{parts[2]}"
     raise AssertionError(f"{module} is in no layer of docs/architecture.md: place it there first")
 
 
@@ -126,31 +106,22 @@ def import_edges() -> set[tuple[str, str]]:
 def test_every_import_follows_the_layer_rules() -> None:
     broken = sorted(
         f"{source} ({layer(source)}) imports {target} ({layer(target)})"
-        for source, target in import_edges() - KNOWN_DEVIATIONS
+        for source, target in import_edges()
         if not allowed(layer(source), layer(target))
     )
     assert not broken, "imports against docs/architecture.md:\n" + "\n".join(broken)
 
 
-def test_listed_deviations_still_exist() -> None:
-    gone = sorted(f"{s} -> {t}" for s, t in KNOWN_DEVIATIONS - import_edges())
-    assert not gone, f"fixed deviations to drop from KNOWN_DEVIATIONS and docs/architecture.md: {gone}"
-
-
-def test_every_listed_deviation_breaks_a_rule() -> None:
-    assert all(not allowed(layer(s), layer(t)) for s, t in KNOWN_DEVIATIONS)
-
-
 @pytest.mark.parametrize(
     ("source", "target", "ok"),
     [
-        ("trapline.collectors.gps", "trapline.middleware.model", True),
-        ("trapline.collectors.gps", "trapline.collectors.vehicle_derived", True),
+        ("trapline.collectors.gps", "trapline.core.model", True),
+        ("trapline.collectors.gps", "trapline.collectors.gps.vehicle_derived", True),
         ("trapline.collectors.gps", "trapline.collectors.obd.link", False),
         ("trapline.collectors.mist.fleet", "trapline.exporters.zabbix.protocol", False),
         ("trapline.exporters.zabbix.client", "trapline.middleware.spool", False),
         ("trapline.middleware.pipeline", "trapline.middleware.spool", True),
-        ("trapline.middleware.model", "trapline.middleware.normalize", False),
+        ("trapline.core.model", "trapline.middleware.normalize", False),
         ("trapline.middleware.spool", "trapline.collectors.mist", False),
         ("trapline.cli", "devtools.localzabbix", False),
         ("devtools.demo", "devtools.localzabbix", True),

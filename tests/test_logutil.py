@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_pipeline import ScriptedDestination, make_pipeline
-from trapline.middleware.logutil import SUMMARY_INTERVAL, ThrottledLog
+from trapline.core.logutil import SUMMARY_INTERVAL, ThrottledLog
 from trapline.middleware.pipeline import _Outbox
 
 

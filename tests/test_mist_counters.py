@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from tests.test_mist_fleet import MAC1, NODE1, make_fleet
 from trapline.collectors.mist import fleet as fleet_module
 from trapline.collectors.mist.fleet import FieldSchema, lld_key_param
-from trapline.middleware.model import Reading
+from trapline.core.model import Reading
 
 SCHEMA = FieldSchema.load()
 DEVICE_ID = f"00000000-0000-0000-1000-{MAC1}"

@@ -19,7 +19,7 @@ from trapline.collectors.mist.fleet import (
     normalize_mac,
 )
 from trapline.collectors.mist.frames import FrameError
-from trapline.middleware.model import Discovery, Item, Reading
+from trapline.core.model import Discovery, Item, Reading
 
 MAC1, MAC2 = "5c5b35000001", "5c5b35000002"
 NODE1, NODE2 = f"mist-ap-{MAC1}", f"mist-ap-{MAC2}"

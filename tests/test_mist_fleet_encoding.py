@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from devtools.mist_server import ap_basic, ap_full
 from trapline.collectors.mist.fleet import RAW_KEY, FieldSchema, Fleet, FleetPolicy, SiteInfo, encode_json
-from trapline.middleware.model import Reading
+from trapline.core.model import Reading
 
 MAC = "5c5b35000001"
 

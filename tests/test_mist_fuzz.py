@@ -27,8 +27,8 @@ from trapline.collectors.mist.fleet import (
 )
 from trapline.collectors.mist.frames import DataFrame, FrameError, decode_frame, parse_payload
 from trapline.collectors.mist.stream import StreamConnection
-from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Reading
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Reading
 
 COUNTER_KEYS = {key for members in FieldSchema.load().counters.values() for key in members.values()}
 SITE = "4ac1dcf4-9d8b-7211-65c4-057819f0862b"

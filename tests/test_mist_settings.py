@@ -10,7 +10,7 @@ import pytest
 from trapline.collectors.mist import build
 from trapline.collectors.mist.rest import RestBudget
 from trapline.collectors.mist.settings import cloud_regions, parse_settings
-from trapline.middleware.config import ConfigError, Section
+from trapline.core.config import ConfigError, Section
 
 TOKEN = "s3cr3t-t0ken-value"
 

@@ -26,7 +26,7 @@ from devtools.mist_server import WAIT_LIMIT
 from tests.support.outbox import ListOutbox
 from trapline.collectors.mist import build
 from trapline.collectors.mist.stream import StreamConnection
-from trapline.middleware.config import Section
+from trapline.core.config import Section
 
 CHANNEL = "/sites/s1/stats/devices"
 MAX_FRAME = 1024  # the collector's own limit; the library's is _LIBRARY_SIZE_FACTOR times that

@@ -9,8 +9,8 @@ import pickle
 import msgspec
 import pytest
 
-from trapline.middleware.model import Discovery, Reading
-from trapline.middleware.plugin import Spooled
+from trapline.core.model import Discovery, Reading
+from trapline.core.plugin import Spooled
 
 READING = Reading("h", "k", 1.5, 1_700_000_000, 7, "s", {"pid": "RPM"})
 

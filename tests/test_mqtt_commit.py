@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_pipeline import ScriptedDestination, make_pipeline
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import CommittingOutbox
+from trapline.core.model import Reading
+from trapline.core.plugin import CommittingOutbox
 
 
 def test_committed_resolves_only_after_the_items_are_in_the_spool(tmp_path: Path) -> None:

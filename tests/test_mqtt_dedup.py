@@ -9,12 +9,12 @@ import paho.mqtt.client as mqtt
 import yaml
 
 from tests.support.outbox import ListOutbox
-from trapline.collectors.mqtt_bridge import AgentSeen, MqttBridge, RecentIds, build
-from trapline.exporters.mqtt.link import MqttLink
-from trapline.exporters.mqtt.schema import encode_chunks
-from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Reading
+from trapline.collectors.mqtt_bridge.collector import AgentSeen, MqttBridge, RecentIds, build
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Reading
 from trapline.templates import template_dir
+from trapline.wire.mqtt.link import MqttLink
+from trapline.wire.mqtt.schema import encode_chunks
 
 HOST = "Van 17"
 

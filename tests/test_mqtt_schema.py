@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trapline.collectors.mqtt_bridge import MqttBridge
-from trapline.collectors.mqtt_bridge import build as build_bridge
+from trapline.app.settings import load_settings
+from trapline.collectors.mqtt_bridge.collector import MqttBridge
+from trapline.collectors.mqtt_bridge.collector import build as build_bridge
+from trapline.core.config import ConfigError, Section
+from trapline.core.model import Discovery, Item, Reading
 from trapline.exporters.mqtt import MqttDestination, build_destinations
-from trapline.exporters.mqtt.schema import BadMessage, Topics, decode_message, encode_chunks
-from trapline.middleware.config import ConfigError, Section
-from trapline.middleware.model import Discovery, Item, Reading
-from trapline.middleware.settings import load_settings
+from trapline.wire.mqtt.schema import BadMessage, Topics, decode_message, encode_chunks
 
 HOST = "Van 17"
 

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trapline.core.keys import quote_param, split_params
+from trapline.core.model import Discovery, Reading
 from trapline.middleware import normalize as normalize_module
-from trapline.middleware.model import Discovery, Reading
-from trapline.middleware.normalize import Rejected, normalize, quote_param, split_params
+from trapline.middleware.normalize import Rejected, normalize
 from trapline.middleware.spool import Spool
 
 

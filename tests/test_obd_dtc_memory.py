@@ -11,7 +11,7 @@ import pytest
 from tests.support.outbox import ListOutbox
 from trapline.collectors.obd import build
 from trapline.collectors.obd.dtc_memory import DtcMemory, UnreadableMemory, memory_path
-from trapline.middleware.config import Section
+from trapline.core.config import Section
 
 CODES = {("P0143", "stored"), ("U0234", "pending")}
 

@@ -10,7 +10,7 @@ import pytest
 from trapline.collectors.obd import build
 from trapline.collectors.obd.adapter import Reach
 from trapline.collectors.obd.link import Link, LinkState
-from trapline.middleware.config import ConfigError, Section
+from trapline.core.config import ConfigError, Section
 
 
 def test_backoff_while_no_adapter_then_full_polling() -> None:

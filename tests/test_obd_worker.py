@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from trapline.middleware.blocking import BlockingWorker, DeadlineMissed, WorkerGone
+from trapline.core.blocking import BlockingWorker, DeadlineMissed, WorkerGone
 
 
 def returning(value: int, ran: list[int], pause: float = 0.0) -> Callable[[], int]:

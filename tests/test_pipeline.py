@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from trapline.core.config import Section
+from trapline.core.model import Item, Reading
+from trapline.core.plugin import Delivery, Spooled
 from trapline.middleware import pipeline as pipeline_module
-from trapline.middleware.config import Section
 from trapline.middleware.filters import Filters
-from trapline.middleware.model import Item, Reading
 from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.plugin import Delivery, Spooled
 from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
 
@@ -360,3 +360,32 @@ def test_a_round_past_shutdown_timeout_is_cancelled_and_its_rows_stay(tmp_path: 
         assert reopened.depth() == 30
     finally:
         reopened.close()
+
+
+def test_an_unreachable_destination_logs_once_and_says_when_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dest = ScriptedDestination()
+    dest.unreachable = True
+    p = make_pipeline(tmp_path, dest)
+    put(p, ["a"], 5)
+    p.flush_intake()
+
+    async def until(done: Callable[[], bool]) -> None:
+        while not done():  # noqa: ASYNC110 - the scripted destination has no event to wait on
+            await asyncio.sleep(0.05)
+
+    async def main() -> None:
+        loop_task = asyncio.create_task(p._delivery_loop(dest))
+        await until(lambda: dest.rounds >= 2)  # the first retry comes after the first backoff step
+        dest.unreachable = False
+        await until(lambda: len(dest.delivered) == 5)
+        p.stop()
+        await loop_task
+
+    with caplog.at_level("INFO", logger="trapline"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dest ")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("dest unreachable (connection refused)")
+    assert lines[1].startswith("dest reachable again (after 2 occurrences over ")

@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from tests.support.peers import need_binary
-from trapline.exporters.prometheus import PrometheusExporter
-from trapline.middleware.model import Discovery, Reading
+from trapline.core.model import Discovery, Reading
+from trapline.exporters.prometheus.exporter import PrometheusExporter
 from trapline.middleware.normalize import normalize
 
 SAMPLES = [

@@ -1,4 +1,4 @@
-"""Mist AP state (the JSON master value mist.ap.raw) as Prometheus series (prometheus_expand.toml)."""
+"""Mist AP state (the JSON master value mist.ap.raw) as Prometheus series (prometheus/expand.toml)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from devtools.mist_server import ap_basic, ap_full
 from tests.support.peers import need_binary
 from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, SiteInfo
-from trapline.exporters.prometheus import PrometheusExporter
-from trapline.exporters.prometheus_expand import Expander, ExpansionError
-from trapline.middleware.model import Reading
+from trapline.core.model import Reading
+from trapline.exporters.prometheus.expand import Expander, ExpansionError
+from trapline.exporters.prometheus.exporter import PrometheusExporter
 from trapline.middleware.normalize import normalize
 
 STALE_AFTER = 300.0
@@ -249,7 +249,7 @@ def test_every_path_reads_a_field_the_collector_keeps() -> None:
     """fields.toml is the collector's contract: a path outside it would never see a value."""
     schema = FieldSchema.load()
     data = tomllib.loads(
-        resources.files("trapline.exporters").joinpath("prometheus_expand.toml").read_text("utf-8")
+        resources.files("trapline.exporters.prometheus").joinpath("expand.toml").read_text("utf-8")
     )
     read = set()
     for row in data["expand"]["mist.ap.raw"]:

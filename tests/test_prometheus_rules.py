@@ -18,8 +18,8 @@ import yaml
 from prometheus_client import generate_latest
 
 from tests.support.peers import need_binary
-from trapline.exporters.prometheus import PrometheusExporter
-from trapline.middleware.model import Reading
+from trapline.core.model import Reading
+from trapline.exporters.prometheus.exporter import PrometheusExporter
 from trapline.middleware.normalize import normalize
 from trapline.middleware.stats import AgentStats
 from trapline.templates import template_dir

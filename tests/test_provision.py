@@ -16,10 +16,16 @@ import pytest
 import yaml
 
 from trapline import provision
-from trapline.collectors.gps import fix_readings
+from trapline.collectors.gps.collector import fix_readings
+from trapline.collectors.gps.vehicle_derived import (
+    GEOFENCE_DISCOVERY,
+    DerivedSettings,
+    EdgeDerivations,
+    Geofence,
+)
 from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.templates import check_template, shipped_templates
+from trapline.wire.vehicle_state import VehicleState
 
 TEMPLATE = next(p for p in shipped_templates() if p.name == provision.VEHICLE_TEMPLATE_FILE)
 
@@ -40,9 +46,94 @@ def test_provision_needs_credentials(capsys: pytest.CaptureFixture[str]) -> None
     assert "--token-file" in capsys.readouterr().err
 
 
-def test_provision_needs_a_host() -> None:
-    with pytest.raises(SystemExit):
-        _cli(["provision", "--url", "http://127.0.0.1:9/"])
+def test_provision_needs_a_host_or_a_csv(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _cli(["provision", "--url", "http://127.0.0.1:9/"]) == 2
+    assert "no van to provision" in capsys.readouterr().err
+
+
+def _vans(tmp_path: Path, argv: list[str]) -> list[provision.Van]:
+    parser = argparse.ArgumentParser(prog="trapline")
+    provision.add_parser(parser.add_subparsers(dest="command", required=True))
+    return list(provision.vans_from_args(parser.parse_args(["provision", *argv, "--url", "http://x/"])))
+
+
+def _sheet(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "vans.csv"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _key_file(tmp_path: Path, name: str, text: str, mode: int = 0o600) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return str(path)
+
+
+def test_csv_rows_take_the_options_where_their_cells_are_empty(tmp_path: Path) -> None:
+    key = _key_file(tmp_path, "van-2.psk", "ab" * 32 + "\n")
+    sheet = _sheet(tmp_path, "host,proxy_name,psk_identity,psk_file,power_cut_at_ignition\n"
+                   "van-1,,,,\n"
+                   f"van-2,own-proxy,id-2,{key},yes\n"
+                   "van-3,,,,no\n")
+    vans = _vans(tmp_path, ["van-0", "--csv", sheet, "--proxy-name", "{host}-proxy", "--new-psk",
+                            "--power-cut-at-ignition"])
+    assert [v.host for v in vans] == ["van-0", "van-1", "van-2", "van-3"]
+    proxies = [v.settings.proxy_for(v.host) for v in vans]
+    assert proxies == ["van-0-proxy", "van-1-proxy", "own-proxy", "van-3-proxy"]
+    assert [v.new_key for v in vans] == [True, True, False, True]
+    identities = [psk.identity for v in vans if (psk := v.settings.psk_for(v.host)) is not None]
+    assert identities == ["van-0", "van-1", "id-2", "van-3"]
+    assert vans[2].settings.psk is not None and vans[2].settings.psk.key.reveal() == "ab" * 32
+    assert len({v.settings.psk.key.reveal() for v in vans if v.settings.psk}) == 4  # one key per van
+    assert [v.settings.power_cut_at_ignition for v in vans] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name\nvan-1\n", "expected the columns"),
+        ("host,colour\nvan-1,red\n", "unknown: colour"),
+        ("host\n\n ,\n", "empty host"),
+        ("host,power_cut_at_ignition\nvan-1,maybe\n", "must be yes or no"),
+        ("host,psk_identity\nvan-1,id-1\n", "needs --psk-file or --new-psk"),
+    ],
+)
+def test_a_bad_csv_is_one_line_naming_the_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    sheet = _sheet(tmp_path, text)
+    assert _cli(["provision", "--csv", sheet, "--url", "http://127.0.0.1:9/"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_psk_file_must_be_private_and_hex_and_is_never_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shared = _key_file(tmp_path, "shared.psk", "cd" * 32, mode=0o640)
+    url = ["--url", "http://127.0.0.1:9/"]
+    assert _cli(["provision", "van-1", "--proxy-name", "p", "--psk-file", shared, *url]) == 2
+    assert "readable by group or others" in capsys.readouterr().err
+    garbage = _key_file(tmp_path, "garbage.psk", "not a key, but a secret-looking text")
+    assert _cli(["provision", "van-1", "--proxy-name", "p", "--psk-file", garbage, *url]) == 2
+    err = capsys.readouterr().err
+    assert "not a PSK" in err and "secret-looking" not in err
+    good = _key_file(tmp_path, "good.psk", "ef" * 32)
+    token = _key_file(tmp_path, "token", "tok\n")
+    status = _cli(["provision", "van-1", "--proxy-name", "p", "--psk-file", good,
+                   "--url", "http://127.0.0.1:9/", "--token-file", token])
+    captured = capsys.readouterr()
+    assert status == 1  # nothing listens there
+    assert "ef" * 32 not in captured.out + captured.err
+
+
+def test_a_file_and_a_generated_key_exclude_each_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _key_file(tmp_path, "good.psk", "ef" * 32)
+    assert _cli(["provision", "van-1", "--psk-file", good, "--new-psk", "--url", "http://127.0.0.1:9/"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
 
 
 def test_provision_refuses_a_readable_secret_and_never_prints_it(
@@ -183,26 +274,31 @@ def test_the_vehicle_template_passes_the_checks() -> None:
     assert _template()["template"] == provision.VEHICLE_TEMPLATE
 
 
-def _derived_keys() -> set[str]:
-    """Every key the edge derivations send, with every option on and one whole trip."""
+def _derived_keys(state_dir: Path) -> set[str]:
+    """Every key the edge derivations and the vehicle totals send, with every option on and one whole trip."""
+    state = VehicleState(state_dir / "vehicle.json", "van")
     edge = EdgeDerivations(DerivedSettings(home=(0.0, 0.0), geofence_radius=1, overspeed_limit=1,
-                                           trip_start_after=0, trip_stop_after=0))
+                                           trip_start_after=0, trip_stop_after=0), state)
     keys: set[str] = set()
     for t, speed in enumerate([50.0, 50.0, 0.0]):
         keys |= set(edge.update(t, 0.001 * t, 0.0, speed))
-    return keys
+    return keys | set(state.odometer()) | set(state.engine()) | set(state.today(0))
 
 
-def test_template_items_are_exactly_what_the_collectors_send() -> None:
+def test_template_items_are_exactly_what_the_collectors_send(tmp_path: Path) -> None:
     gps_keys = set(fix_readings(FULL_GPSD_REPORT, datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC)))
-    derived = _derived_keys()
+    derived = _derived_keys(tmp_path)
     assert "vehicle.trip.last.distance" in derived
     assert {item["key"] for item in _template()["items"]} == OBD_KEYS | gps_keys | derived
 
 
 def test_discovery_rules_match_the_collector() -> None:
     rules = {rule["key"]: rule for rule in _template()["discovery_rules"]}
-    assert set(rules) == {PID_DISCOVERY, DTC_DISCOVERY}
+    assert set(rules) == {PID_DISCOVERY, DTC_DISCOVERY, GEOFENCE_DISCOVERY}
+    fence = EdgeDerivations(DerivedSettings(geofences=(Geofence("depot", radius=1.0),))).update(0, 0, 0, 0)
+    prototypes = rules[GEOFENCE_DISCOVERY]["item_prototypes"]
+    assert {p["key"].replace("{#GEOFENCE}", "depot") for p in prototypes} == {
+        key for key in fence if "[depot]" in key} | {"vehicle.geofence.event[depot]"}
     assert [p["key"] for p in rules[PID_DISCOVERY]["item_prototypes"]] == ["obd.pid[{#PID}]"]
     assert [p["key"] for p in rules[DTC_DISCOVERY]["item_prototypes"]] == ["obd.dtc[{#DTC},{#STATE}]"]
 

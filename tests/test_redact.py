@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trapline.middleware import redact
-from trapline.middleware.config import Secret
+from trapline.core import redact
+from trapline.core.config import Secret
 
 
 @pytest.fixture
@@ -99,8 +99,8 @@ def test_python_obd_messages_print_once_and_masked() -> None:
     # python-OBD adds its own stderr handler at import; through ours too, every line came twice.
     stderr = _run(
         "import logging, obd\n"
-        "from trapline.middleware.config import Secret\n"
-        "from trapline.middleware.settings import configure_logging\n"
+        "from trapline.core.config import Secret\n"
+        "from trapline.app.settings import configure_logging\n"
         "Secret('obd-secret-value')\n"
         "configure_logging('debug')\n"
         "logging.getLogger('obd.elm327').warning('marker obd-secret-value')\n"
@@ -115,7 +115,7 @@ def test_a_crash_traceback_is_masked_too() -> None:
     result = subprocess.run(
         [sys.executable, "-c",
          "from trapline import cli\n"
-         "from trapline.middleware.config import Secret\n"
+         "from trapline.core.config import Secret\n"
          "Secret('crash-secret-value')\n"
          "def crash(args): raise RuntimeError('echoed crash-secret-value')\n"
          "cli.cmd_run = crash\n"

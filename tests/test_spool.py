@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from trapline.middleware.model import Discovery, Reading
+from trapline.core.model import Discovery, Reading
 from trapline.middleware.spool import Spool
 
 
@@ -244,7 +244,7 @@ WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from trapline.middleware.model import Reading
+    from trapline.core.model import Reading
     from trapline.middleware.spool import Spool
     spool = Spool(Path(sys.argv[1]))
     n = 0

@@ -17,9 +17,9 @@ from unittest import mock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trapline.core.model import Discovery, Item, Reading
+from trapline.core.plugin import Spooled
 from trapline.middleware import spool as spool_module
-from trapline.middleware.model import Discovery, Item, Reading
-from trapline.middleware.plugin import Spooled
 from trapline.middleware.spool import Spool
 
 
@@ -179,7 +179,7 @@ DRAINER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from trapline.middleware.model import Reading
+    from trapline.core.model import Reading
     from trapline.middleware.spool import Spool
     spool = Spool(Path(sys.argv[1]))
     put = acked = 0

@@ -8,8 +8,8 @@ from unittest import mock
 
 import pytest
 
+from trapline.core.model import Discovery, Item, Reading
 from trapline.middleware import spool as spool_module
-from trapline.middleware.model import Discovery, Item, Reading
 from trapline.middleware.spool import Spool
 
 # The first byte of a plain batch blob: a msgpack array (fixarray, array 16, array 32).

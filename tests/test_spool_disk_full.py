@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.small_disk import SmallDisk, small_disk
-from trapline.middleware.config import Section
+from trapline.core.config import Section
+from trapline.core.model import Reading
+from trapline.core.plugin import Delivery, Spooled
 from trapline.middleware.filters import Filters
-from trapline.middleware.model import Reading
 from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.plugin import Delivery, Spooled
 from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
 

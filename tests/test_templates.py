@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trapline import templates
-from trapline.middleware.model import Discovery, Reading
+from trapline.core.model import Discovery, Reading
 from trapline.middleware.stats import AgentStats
 from trapline.templates import (
     _referenced_items,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations, great_circle_m
-from trapline.middleware.config import ConfigError, Section
+from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations, great_circle_m
+from trapline.core.config import ConfigError, Section
 
 HOME = (56.9496, 24.1052)
 # One degree of latitude is about 111.2 km: 0.0001 deg ~ 11.1 m.

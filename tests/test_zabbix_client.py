@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.peers import free_port
+from trapline.core.model import Reading
 from trapline.exporters.zabbix.client import (
     ClusterClient,
     Endpoint,
@@ -29,7 +30,6 @@ from trapline.exporters.zabbix.client import (
     parse_endpoint,
 )
 from trapline.exporters.zabbix.protocol import HEADER_SIZE, encode_request, frame, parse_header, unpack_body
-from trapline.middleware.model import Reading
 
 Accepts = Callable[[str, str], bool]
 

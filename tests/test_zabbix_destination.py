@@ -30,14 +30,14 @@ from tests.support.zabbix_fixtures import (
     wait_until,
 )
 from tests.test_zabbix_client import FakeZabbix, fake_zabbix
+from trapline.core.config import ConfigError, Secret, Section
+from trapline.core.model import Discovery, Item, Reading
+from trapline.core.plugin import Delivery, Spooled
 from trapline.exporters.zabbix import build_destinations
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint, SendError, parse_cluster
 from trapline.exporters.zabbix.destination import NOT_ACCEPTED, ZabbixDestination, _BoundedSet
 from trapline.exporters.zabbix.diagnose import ApiDiagnoser, Ident, reason_for
 from trapline.exporters.zabbix.protocol import Reply, parse_reply, unpack_frame
-from trapline.middleware.config import ConfigError, Secret, Section
-from trapline.middleware.model import Discovery, Item, Reading
-from trapline.middleware.plugin import Delivery, Spooled
 
 pytest_plugins = ["tests.support.zabbix_fixtures"]
 

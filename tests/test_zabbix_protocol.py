@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trapline.core.model import Reading
 from trapline.exporters.zabbix.protocol import (
     HEADER_SIZE,
     ProtocolError,
@@ -24,7 +25,6 @@ from trapline.exporters.zabbix.protocol import (
     unpack_frame,
     value_text,
 )
-from trapline.middleware.model import Reading
 
 texts = st.text(min_size=0, max_size=40)
 # Every value type a Reading may carry; nan and inf go as the strings "nan" and "inf"

@@ -1,10 +1,11 @@
-"""The ``trapline`` command: run, check, templates, provision."""
+"""The ``trapline`` command: run, check, templates, provision, config."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import http.client
 import importlib
 import logging
 import socket
@@ -14,11 +15,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from trapline import __version__
-from trapline.middleware import redact
-from trapline.middleware.config import ConfigError
-from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.plugin import Collector, Destination, Observer
-from trapline.middleware.settings import Settings, configure_logging, load_settings
+from trapline.app.settings import Settings, build_pipeline, configure_logging, load_settings
+from trapline.core import redact
+from trapline.core.config import ConfigError, extra_hint, load_toml, missing_modules
+from trapline.core.plugin import Collector, Destination, Observer
 
 EXIT_CONFIG = 2
 
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     configure_logging(args.log_level or settings.log_level)
     try:
-        pipeline = Pipeline.from_settings(settings)
+        pipeline = build_pipeline(settings)
     except Exception as exc:
         print(f"trapline: cannot open spool {settings.spool.path}: {exc}", file=sys.stderr)
         return 1
@@ -97,13 +97,61 @@ def _resolve_hosts(settings: Settings) -> None:
 def _check_spool(settings: Settings) -> tuple[str, str, str]:
     """Open the spool exactly as ``run`` does (creating it if missing), then close it."""
     try:
-        Pipeline.from_settings(settings).spool.close()
+        build_pipeline(settings).spool.close()
     except Exception as exc:  # whatever would stop `run` at start
         return ("spool", "FAILED", f"{settings.spool.path}: {type(exc).__name__}: {exc}")
     return ("spool", "ok", str(settings.spool.path))
 
 
+# A container health check runs this every 30 s: well below its own timeout.
+LIVENESS_TIMEOUT = 5.0
+# An agent listening on every address is asked on loopback.
+_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def check_liveness(config: Path) -> int:
+    """Ask the agent that runs ``config`` whether it is alive; exit status 0 if it is.
+
+    Its /metrics is served by the agent's own event loop, and the uptime series on it is
+    renewed by the self-monitoring loop and dropped after ``stale_after``: an answer that
+    holds it means the loop turns and its tasks run.  Cheap (one TOML read, one local HTTP
+    request): the container health check calls it every 30 s.
+    """
+    # Imported here: an agent without [prometheus] never loads prometheus_client.
+    from trapline.exporters.prometheus import exporter as prometheus  # noqa: PLC0415
+
+    try:
+        section = load_toml(config).table("prometheus", required=True)
+        host, port = section.host_port("listen", None, prometheus.DEFAULT_LISTEN)
+    except ConfigError as exc:
+        _config_error(f"{exc} (--liveness asks the agent's [prometheus] endpoint)")
+    host = _WILDCARD_TO_LOOPBACK.get(host, host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+    uptime = prometheus.metric_name("trapline.uptime", prometheus.prometheus_unit("s").suffix)
+    connection = http.client.HTTPConnection(host, port, timeout=LIVENESS_TIMEOUT)
+    try:
+        connection.request("GET", "/metrics")
+        reply = connection.getresponse()
+        body = reply.read().decode("utf-8", errors="replace")
+    except (OSError, http.client.HTTPException) as exc:
+        print(f"not alive: {url}: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        connection.close()
+    if reply.status != 200:
+        print(f"not alive: {url} answered {reply.status} {reply.reason}")
+        return 1
+    found = [line for line in body.splitlines() if line.startswith(uptime + "{")]
+    if not found:
+        print(f"not alive: {url} answered without {uptime} (the self-monitoring loop is not reporting)")
+        return 1
+    print(f"alive: {url} answered; {found[0]}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.liveness:
+        return check_liveness(args.config)
     settings = _load(args.config)
     _resolve_hosts(settings)
     configure_logging("warning")
@@ -127,23 +175,33 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate the config and test every endpoint")
     check.add_argument("-c", "--config", type=Path, required=True, help="TOML config file")
+    check.add_argument("--liveness", action="store_true",
+                       help="only ask the agent running this config, through its [prometheus] "
+                            "endpoint, whether it is alive (a container health check)")
     check.set_defaults(func=cmd_check)
 
     # Subcommands with heavy imports (pyzabbix, requests, yaml) load only when chosen,
     # so `trapline run` stays small.
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in _LAZY_SUBCOMMANDS.items():
-        if chosen == name:
-            importlib.import_module(module).add_parser(sub)
-        else:
+        if chosen != name:
             sub.add_parser(name, help=help_text)
+            continue
+        missing = missing_modules(_ADMIN_LIBRARIES)
+        if missing:
+            # Before the import, whose ModuleNotFoundError would end in a traceback.
+            raise SystemExit(f"trapline {name}: {extra_hint('admin', missing)}")
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
 _LAZY_SUBCOMMANDS = {
     "templates": ("trapline.templates", "list, check, import or export the Zabbix templates"),
     "provision": ("trapline.provision", "create or update vehicle hosts and the Fleet map dashboard"),
+    "config": ("trapline.app.examples", "example configurations: trapline config example ROLE"),
 }
+# What trapline[admin] (pyproject.toml) installs for these subcommands.
+_ADMIN_LIBRARIES = ("pyzabbix", "requests", "yaml")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

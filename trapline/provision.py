@@ -6,8 +6,9 @@ with the "Vehicle OBD-II and GPS by Zabbix trapper" template linked, and the
 reports the agent's own metrics on the vehicle's host.  The host inventory is
 in automatic mode, so the GPS items fill the inventory's location and the
 vehicle shows up on a Geomap.  With --proxy-name the host is monitored by the
-van's proxy (created with --create-proxy); with --power-cut-at-ignition the
-host says that its agent's silence and restarts are normal.  A global dashboard ("Fleet
+van's proxy (created with --create-proxy, accepted only with the PSK of
+--psk-file or --new-psk); with --power-cut-at-ignition the host says that its
+agent's silence and restarts are normal.  --csv takes a fleet in one call.  A global dashboard ("Fleet
 map") with a Geomap widget over the group is created once.  Running it again
 changes nothing that is already right, and never removes groups, templates or
 dashboard pages someone added by hand.
@@ -16,16 +17,20 @@ dashboard pages someone added by hand.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
+import re
+import secrets
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from pyzabbix.api import ZabbixAPIException
 from requests import RequestException
 
-from trapline.middleware.config import ConfigError
+from trapline.core.config import ConfigError, Secret, read_secret_file
 from trapline.templates import (
     TemplateError,
     ZabbixApiClient,
@@ -113,17 +118,59 @@ def _proxy_name_field(version: tuple[int, int]) -> str:
     return "name" if version >= (7, 0) else "host"
 
 
-def ensure_proxy(api: ZabbixApiClient, name: str, create: bool) -> Outcome:
-    """The id of the proxy ``name``; created as an active proxy when ``create`` and missing."""
+TLS_PSK = 2  # tls_accept / tls_connect: connections encrypted with a pre-shared key
+_PSK_HEX = re.compile(r"^[0-9a-fA-F]{32,512}$")  # what Zabbix accepts: 16 to 256 bytes, hex
+
+
+@dataclass(frozen=True)
+class ProxyPsk:
+    """The PSK an active proxy encrypts its connections to the server with."""
+
+    identity: str
+    key: Secret
+
+
+def read_psk(path: Path) -> Secret:
+    """A PSK from a private file, as the Pi install writes it (hex, 16 to 256 bytes)."""
+    key = read_secret_file(path)
+    if not _PSK_HEX.match(key.reveal()):
+        raise ConfigError(f"{path}: not a PSK (expected 32 to 512 hex digits)")
+    return key
+
+
+def new_psk() -> Secret:
+    return Secret(secrets.token_hex(32))
+
+
+def ensure_proxy(api: ZabbixApiClient, name: str, create: bool, psk: ProxyPsk | None = None) -> Outcome:
+    """The id of the proxy ``name``; created as an active proxy when ``create`` and missing.
+
+    With ``psk`` the server accepts the proxy's connections only with that key.  The API
+    returns neither key nor identity, so an existing proxy gets them only when it does not
+    accept PSK yet; replacing the key of a proxy that has one is the frontend's job, so that
+    a second run never changes a working van.
+    """
     version = server_version(api)
     field = _proxy_name_field(version)
-    found = _call(api, "proxy.get", {"output": ["proxyid"], "filter": {field: [name]}})
+    found = _call(api, "proxy.get", {
+        "output": ["proxyid", "tls_accept"], "filter": {field: [name]},
+    })
+    tls: dict[str, Any] = {}
+    if psk is not None:  # the server never connects to an active proxy: tls_connect stays "none"
+        tls = {"tls_connect": 1, "tls_accept": TLS_PSK, "tls_psk_identity": psk.identity,
+               "tls_psk": psk.key.reveal()}
     if found:
-        return Outcome(str(found[0]["proxyid"]), "unchanged")
+        proxy = found[0]
+        proxyid = str(proxy["proxyid"])
+        if psk is None or int(proxy.get("tls_accept", 1)) == TLS_PSK:
+            return Outcome(proxyid, "unchanged")
+        _call(api, "proxy.update", {"proxyid": proxyid, **tls})
+        log.info("proxy %s now accepted only with PSK identity %s", name, psk.identity)
+        return Outcome(proxyid, "updated")
     if not create:
         raise ProvisionError(f"proxy {name!r} does not exist on the server (--create-proxy creates it)")
     mode = {"operating_mode": PROXY_ACTIVE_7} if version >= (7, 0) else {"status": PROXY_ACTIVE_6}
-    created = _call(api, "proxy.create", {field: name, **mode})
+    created = _call(api, "proxy.create", {field: name, **mode, **tls})
     proxyid = str(created["proxyids"][0])
     log.info("created active proxy %s (proxyid %s)", name, proxyid)
     return Outcome(proxyid, "created")
@@ -152,9 +199,15 @@ class VehicleSettings:
     proxy: str | None = None  # proxy name; "{host}" in it becomes the vehicle's host name
     create_proxy: bool = False
     power_cut_at_ignition: bool = False
+    psk: ProxyPsk | None = None  # the proxy's PSK; "{host}" in its identity as in the proxy name
 
     def proxy_for(self, host: str) -> str | None:
         return self.proxy.replace("{host}", host) if self.proxy else None
+
+    def psk_for(self, host: str) -> ProxyPsk | None:
+        if self.psk is None:
+            return None
+        return replace(self.psk, identity=self.psk.identity.replace("{host}", host))
 
 
 def ensure_host_group(api: ZabbixApiClient, name: str) -> Outcome:
@@ -165,13 +218,37 @@ def ensure_host_group(api: ZabbixApiClient, name: str) -> Outcome:
     return Outcome(str(created["groupids"][0]), "created")
 
 
-def provision_vehicle(
+@dataclass(frozen=True)
+class VanOutcome:
+    host: Outcome
+    proxy: Outcome | None
+
+
+def provision_van(
     api: ZabbixApiClient, host: str, group: str = DEFAULT_GROUP, settings: VehicleSettings = VehicleSettings()
+) -> VanOutcome:
+    """The van's proxy (with its PSK, when given), then its host monitored by that proxy."""
+    proxy_name = settings.proxy_for(host)
+    proxy = None
+    if proxy_name is not None:
+        proxy = ensure_proxy(api, proxy_name, settings.create_proxy, settings.psk_for(host))
+    proxyid = None if proxy is None else proxy.objectid
+    return VanOutcome(provision_vehicle(api, host, group, settings, proxyid=proxyid), proxy)
+
+
+def provision_vehicle(
+    api: ZabbixApiClient,
+    host: str,
+    group: str = DEFAULT_GROUP,
+    settings: VehicleSettings = VehicleSettings(),
+    *,
+    proxyid: str | None = None,
 ) -> Outcome:
     """Create or update the vehicle's host: in ``group``, both templates linked, inventory automatic.
 
     The host name is the technical one the agent's collectors send as ``host``; the vehicle
-    install also sends the agent's own metrics there, hence the agent template.
+    install also sends the agent's own metrics there, hence the agent template.  The host is
+    monitored by ``proxyid``, or else by the proxy ``settings`` names (which must exist).
     """
     templateids = [
         ensure_template(api).objectid,
@@ -180,7 +257,8 @@ def provision_vehicle(
     groupid = ensure_host_group(api, group).objectid
     version = server_version(api)
     proxy_name = settings.proxy_for(host)
-    proxyid = ensure_proxy(api, proxy_name, settings.create_proxy).objectid if proxy_name else None
+    if proxyid is None and proxy_name is not None:
+        proxyid = ensure_proxy(api, proxy_name, settings.create_proxy).objectid
     # 6.2 renamed host groups in host.get (selectGroups -> selectHostGroups).
     select_groups, groups_key = (
         ("selectHostGroups", "hostgroups") if version >= (6, 2) else ("selectGroups", "groups")
@@ -311,12 +389,87 @@ def ensure_fleet_dashboard(api: ZabbixApiClient, group: str, name: str = DEFAULT
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Van:
+    """One van to provision: its host name and its settings."""
+
+    host: str
+    settings: VehicleSettings
+    new_key: bool = False  # the key in settings.psk was generated here: show it once, to copy
+
+
+_CSV_COLUMNS = ("host", "proxy_name", "psk_identity", "psk_file", "power_cut_at_ignition")
+_YES = {"1", "yes", "true", "y"}
+_NO = {"", "0", "no", "false", "n"}
+
+
+def _psk(
+    identity: str | None, psk_file: Path | None, generate: bool, where: str
+) -> tuple[ProxyPsk | None, bool]:
+    if psk_file is not None and generate:
+        raise ConfigError(f"{where}: a PSK file and --new-psk exclude each other")
+    if psk_file is None and not generate:
+        if identity:
+            raise ConfigError(f"{where}: a PSK identity needs --psk-file or --new-psk")
+        return None, False
+    key = new_psk() if generate else read_psk(psk_file)  # type: ignore[arg-type]
+    return ProxyPsk(identity or "{host}", key), generate
+
+
+def vans_from_args(args: argparse.Namespace) -> Iterator[Van]:
+    """The vans of the command line, then those of ``--csv`` (its empty cells take the options)."""
+    defaults = VehicleSettings(args.proxy_name, args.create_proxy, args.power_cut_at_ignition)
+    for host in args.hosts:  # a key generated per van: no two vans share one
+        psk, generated = _psk(args.psk_identity, args.psk_file, args.new_psk, "command line")
+        yield Van(host, replace(defaults, psk=psk), generated)
+    if args.csv is None:
+        return
+    with args.csv.open(newline="", encoding="utf-8") as handle:
+        rows = csv.DictReader(handle)
+        unknown = sorted(set(rows.fieldnames or ()) - set(_CSV_COLUMNS))
+        if "host" not in (rows.fieldnames or ()) or unknown:
+            raise ConfigError(f"{args.csv}: expected the columns {', '.join(_CSV_COLUMNS)} (host required)"
+                              + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        for line, row in enumerate(rows, start=2):
+            where = f"{args.csv}:{line}"
+            host = (row.get("host") or "").strip()
+            if not host:
+                raise ConfigError(f"{where}: empty host")
+            cut = (row.get("power_cut_at_ignition") or "").strip().lower()
+            if cut not in _YES | _NO:
+                raise ConfigError(f"{where}: power_cut_at_ignition must be yes or no, not {cut!r}")
+            psk_file = (row.get("psk_file") or "").strip()
+            row_psk, row_new = _psk(
+                (row.get("psk_identity") or "").strip() or args.psk_identity,
+                Path(psk_file) if psk_file else args.psk_file,
+                args.new_psk and not psk_file,
+                where,
+            )
+            settings = VehicleSettings(
+                (row.get("proxy_name") or "").strip() or args.proxy_name,
+                args.create_proxy,
+                cut in _YES or (not cut and args.power_cut_at_ignition),
+                row_psk,
+            )
+            yield Van(host, settings, row_new)
+
+
 def _cmd_provision(args: argparse.Namespace) -> int:
+    vans = list(vans_from_args(args))
+    if not vans:
+        raise ConfigError("no van to provision: name hosts or give --csv")
     api = connect(args)
-    settings = VehicleSettings(args.proxy_name, args.create_proxy, args.power_cut_at_ignition)
-    for host in args.hosts:
-        outcome = provision_vehicle(api, host, args.group, settings)
-        print(f"host {host}: {outcome.action} (hostid {outcome.objectid})")
+    for van in vans:
+        done = provision_van(api, van.host, args.group, van.settings)
+        proxy = ""
+        if done.proxy is not None:
+            proxy = f"; proxy {van.settings.proxy_for(van.host)}: {done.proxy.action}"
+        print(f"host {van.host}: {done.host.action} (hostid {done.host.objectid}){proxy}")
+        psk = van.settings.psk_for(van.host)
+        if van.new_key and psk is not None and done.proxy is not None and done.proxy.action != "unchanged":
+            # Generated here, so the user needs it once: the line that puts it on the van's Pi.
+            print(f"  PSK for {van.host} (identity {psk.identity}), on its Pi as root: "
+                  f"umask 077; echo {psk.key.reveal()} > /etc/zabbix/trapline-proxy.psk")
     if args.dashboard:
         outcome = ensure_fleet_dashboard(api, args.group, args.dashboard)
         print(f"dashboard {args.dashboard!r}: {outcome.action} (dashboardid {outcome.objectid})")
@@ -343,8 +496,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("hosts", nargs="+", metavar="HOST",
+    parser.add_argument("hosts", nargs="*", metavar="HOST",
                         help="technical host name of a vehicle, as its agent's collectors send it")
+    parser.add_argument("--csv", type=Path, metavar="FILE",
+                        help="vans to provision, one per row: columns " + ", ".join(_CSV_COLUMNS)
+                        + " (host required; an empty cell takes the option's value)")
     parser.add_argument("--group", default=DEFAULT_GROUP, help=f"host group (default {DEFAULT_GROUP!r})")
     parser.add_argument("--dashboard", default=DEFAULT_DASHBOARD,
                         help=f"name of the fleet map dashboard (default {DEFAULT_DASHBOARD!r}); '' for none")
@@ -353,6 +509,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "'{host}' in NAME becomes each vehicle's host name, e.g. '{host}-proxy'")
     parser.add_argument("--create-proxy", action="store_true",
                         help="create the proxy as an active proxy when the server lacks it")
+    parser.add_argument("--psk-identity", metavar="ID",
+                        help="the proxy's PSK identity ('{host}' allowed; default: '{host}', with a key)")
+    parser.add_argument("--psk-file", type=Path, metavar="FILE",
+                        help="the proxy's PSK, a private file as the van's install wrote it "
+                        "(/etc/zabbix/trapline-proxy.psk copied from the Pi); never printed")
+    parser.add_argument("--new-psk", action="store_true",
+                        help="generate a PSK per van and print the line that puts it on the van's Pi")
     parser.add_argument("--power-cut-at-ignition", action="store_true",
                         help=f"the vans cut the agent's power with the ignition: set "
                         f"{STOPS_EXPECTED_MACRO}=1, so their silence and restarts raise nothing")

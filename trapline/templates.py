@@ -24,7 +24,7 @@ import yaml
 from pyzabbix.api import ZabbixAPI, ZabbixAPIException
 from requests import RequestException
 
-from trapline.middleware.config import ConfigError, read_secret_file
+from trapline.core.config import ConfigError, read_secret_file
 from trapline.uuids import UuidSlot, add_arguments, is_v4_shaped, run, uuid_slots
 
 log = logging.getLogger(__name__)

@@ -5,29 +5,7 @@ run and state health from the service APIs every ``poll_interval``, reads the
 CloudWatch metrics of ``metrics.toml`` with GetMetricData, and reports its own
 API calls, cost estimate and errors.  Items and hosts: see README.md.
 
-Sample config (one section per account and region)::
-
-    [collectors.aws-prod-euw1]
-    type = "aws"
-    host = "aws-prod-eu-west-1"     # Zabbix host of this poller
-    region = "eu-west-1"
-    # profile = "prod"              # else the standard chain: env, files, instance role
-    # role_arn = "arn:aws:iam::111122223333:role/trapline-aws-reader"
-    # external_id_file = "/etc/trapline/aws-external-id"   # 0600; or external_id_env
-    # endpoint_url = "http://127.0.0.1:5000"               # tests (moto)
-    poll_interval = 60
-    discovery_interval = 600
-
-    [collectors.aws-prod-euw1.glue]
-    name_regex = "^etl-"
-    tags = { team = "data" }
-    # metric_delay = 30             # seconds; catalog default
-
-    [collectors.aws-prod-euw1.emr]
-    # enabled = true, metrics = true, host_prefix = "emr-"
-
-    [collectors.aws-prod-euw1.emr_serverless]
-    enabled = false
+Settings: ``sample.toml`` beside this file.
 """
 
 from __future__ import annotations
@@ -37,9 +15,9 @@ import logging
 
 from trapline.collectors.aws.poller import AwsPoller, CycleResult
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
-from trapline.middleware.backoff import Backoff
-from trapline.middleware.config import Section
-from trapline.middleware.plugin import Outbox
+from trapline.core.backoff import Backoff
+from trapline.core.config import Section
+from trapline.core.plugin import Outbox
 
 log = logging.getLogger(__name__)
 _POLLING = "polling"  # the condition key of failing poll cycles

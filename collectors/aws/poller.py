@@ -19,7 +19,7 @@ from trapline.collectors.aws.resources import Cycle, Resource, key_param
 from trapline.collectors.aws.services import EmrService, GlueService, ServerlessService, Service
 from trapline.collectors.aws.session import ApiCalls, Clients, make_clients, needs_refresh
 from trapline.collectors.aws.settings import AwsSettings
-from trapline.middleware.model import Discovery, Item
+from trapline.core.model import Discovery, Item
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from trapline.collectors.aws.session import describe_failure
-from trapline.middleware.model import Item, Reading, Value, now_clock
+from trapline.core.model import Item, Reading, Value, now_clock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from trapline.collectors.aws.resources import (
 )
 from trapline.collectors.aws.session import RESOURCE_GONE, Clients, error_code
 from trapline.collectors.aws.settings import ServiceSettings
-from trapline.middleware.model import Value
+from trapline.core.model import Value
 
 if TYPE_CHECKING:
     from mypy_boto3_emr.literals import ClusterStateType

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from trapline.collectors.aws.catalog import BUILTIN_CATALOG, CatalogError, NamespaceSpec, load_catalog
-from trapline.middleware.config import Secret, Section
+from trapline.core.config import Secret, Section
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from trapline.collectors.mist.collector import MistCollector
 from trapline.collectors.mist.settings import parse_settings
-from trapline.middleware.config import Section
+from trapline.core.config import Section
 
 
 def build(name: str, section: Section) -> MistCollector:

@@ -14,10 +14,10 @@ from trapline.collectors.mist.frames import DataFrame, FrameError, device_stats_
 from trapline.collectors.mist.rest import MistRest, RateLimited, RestBudget, SiteDirectory
 from trapline.collectors.mist.settings import MistSettings
 from trapline.collectors.mist.stream import StreamConnection
-from trapline.middleware.backoff import Backoff
-from trapline.middleware.config import Secret
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import Outbox
+from trapline.core.backoff import Backoff
+from trapline.core.config import Secret
+from trapline.core.model import Reading
+from trapline.core.plugin import Outbox
 
 logger = logging.getLogger(__name__)
 _SITE_LOOKUP = "site lookup"  # the condition key of failing REST site lookups

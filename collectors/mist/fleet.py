@@ -42,7 +42,7 @@ import msgspec
 from msgspec.structs import astuple
 
 from trapline.collectors.mist.frames import FrameError, parse_json, parse_payload
-from trapline.middleware.model import Discovery, Item, Reading
+from trapline.core.model import Discovery, Item, Reading
 
 logger = logging.getLogger(__name__)
 

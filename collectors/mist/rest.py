@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from trapline.collectors.mist.fleet import SiteInfo
-from trapline.middleware.config import Secret
+from trapline.core.config import Secret
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 
-from trapline.middleware.config import Secret, Section
+from trapline.core.config import Secret, Section
 
 # Mist ids are UUIDs; anything else would end up inside a URL path.
 _ID = re.compile(r"[0-9A-Za-z-]{1,64}")

@@ -30,9 +30,9 @@ from trapline.collectors.mist.frames import (
     decode_frame,
 )
 from trapline.collectors.mist.settings import MistSettings
-from trapline.middleware.backoff import Backoff
-from trapline.middleware.config import Secret
-from trapline.middleware.plugin import Outbox
+from trapline.core.backoff import Backoff
+from trapline.core.config import Secret
+from trapline.core.plugin import Outbox
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """An ELM327 adapter behind a small blocking interface (the line protocol: :mod:`.elm327`).
 
 Every method except :meth:`Adapter.abort` blocks on the serial line and must
-run in the connection's :class:`~trapline.middleware.blocking.BlockingWorker`.
+run in the connection's :class:`~trapline.core.blocking.BlockingWorker`.
 Requests are sent as raw text and their payloads decoded by :mod:`.payload`.
 """
 

@@ -54,7 +54,7 @@ def pid_table() -> Mapping[str, PidSpec]:
             pid=row["pid"],
             code=f"{row['pid']:02X}",
             size=row["bytes"],
-            description=obd.commands[name].desc,
+            description=row.get("description") or obd.commands[name].desc,
             unit=row["unit"],
             multiply=row.get("multiply", 1),
             divide=row.get("divide", 1),

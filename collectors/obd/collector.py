@@ -1,34 +1,6 @@
-"""The OBD-II collector: one ELM327 adapter, polled through python-OBD.
+"""The OBD-II collector: one ELM327 adapter, polled over its own line protocol (elm327.py).
 
-Sample configuration section (all keys but ``type``, ``host`` and ``device``
-are optional; durations in seconds)::
-
-    [collectors.van17_obd]
-    type = "obd"
-    host = "van-17"                  # Zabbix host of the vehicle
-    device = "/dev/rfcomm0"          # or "socket://192.168.0.10:35000"
-    baudrate = 38400                 # default: auto-detect (38400 for socket://)
-    protocol = "6"                   # ELM327 protocol number; default: auto
-    call_timeout = 5.0               # deadline of every adapter call
-    connect_timeout = 30.0           # deadline of a connection attempt
-    retry_initial = 1.0              # backoff while no adapter answers ...
-    retry_max = 60.0                 # ... doubling up to this
-    idle_interval = 60.0             # ATRV + ignition probe while the ignition is off
-    unusable_max = 5                 # unusable answers in a row before reconnecting
-    multi_pid = true                 # several PIDs per request on CAN
-    max_pids_per_request = 6
-    dtc_interval = 300.0
-    state_dir = "/var/lib/trapline"  # remembers reported DTCs across restarts (beside the spool)
-
-    [collectors.van17_obd.tiers.fast]
-    interval = 1.0
-    pids = ["SPEED", "RPM", "ENGINE_LOAD", "THROTTLE_POS"]
-
-    [collectors.van17_obd.tiers.slow]
-    interval = 30.0
-    pids = ["COOLANT_TEMP", "INTAKE_TEMP", "FUEL_LEVEL", "CONTROL_MODULE_VOLTAGE"]
-
-Item keys are listed in ``README.md`` beside this file.
+Settings: ``sample.toml``; item keys: ``README.md``, both beside this file.
 
 Every adapter call runs in the connection's worker thread with its own
 deadline.  The requests of one polling round (the PIDs of every tier that is
@@ -38,6 +10,12 @@ for the agent's own work.  When tiers will be due again by the time a round
 ends (polling back to back), the next round is queued behind it before its
 answers are decoded, so the adapter never waits for the event loop between
 rounds.
+
+The vehicle totals (:mod:`trapline.wire.vehicle_state`, shared with a GPS
+collector of the same host): every ``ODOMETER`` answer sets the odometer, every
+``RPM`` answer is an engine time sample.  ``vehicle.odometer``,
+``vehicle.engine.time`` and ``vehicle.distance.today`` are written to
+``state_dir`` and then sent every ``idle_interval``.
 """
 
 from __future__ import annotations
@@ -69,10 +47,11 @@ from trapline.collectors.obd.payload import (
     pids_from_ecus,
     split_pids,
 )
-from trapline.middleware.blocking import BlockingWorker, DeadlineMissed, Job
-from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Reading, Value
-from trapline.middleware.plugin import Outbox
+from trapline.core.blocking import BlockingWorker, DeadlineMissed, Job
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Reading, Value
+from trapline.core.plugin import Outbox
+from trapline.wire.vehicle_state import DEFAULT_STATE_DIR, UnreadableState, open_state
 
 T = TypeVar("T")
 
@@ -86,11 +65,13 @@ _MULTI_PID_REFUSALS_MAX = 2  # refused multi-PID requests before single PIDs onl
 _DTC_SERVICES = (("stored", "03", MODE_03_ANSWER), ("pending", "07", MODE_07_ANSWER))
 _MONITOR_STATUS_REQUEST = "0101"
 _SEND_FIRST = 0.001  # s the event loop steps aside after a round, see _finish_round
-DEFAULT_STATE_DIR = Path("/var/lib/trapline")  # where the spool lives by default
+# A sample of these PIDs counts for this many of its polling intervals: one missed
+# answer is not a gap in engine time, nor a reason to let GPS count the distance.
+_SAMPLE_LIFETIME = 3
 
 DEFAULT_TIERS = {
     "fast": (1.0, ("SPEED", "RPM", "ENGINE_LOAD", "THROTTLE_POS")),
-    "slow": (30.0, ("COOLANT_TEMP", "INTAKE_TEMP", "FUEL_LEVEL", "CONTROL_MODULE_VOLTAGE")),
+    "slow": (30.0, ("COOLANT_TEMP", "INTAKE_TEMP", "FUEL_LEVEL", "CONTROL_MODULE_VOLTAGE", "ODOMETER")),
 }
 
 
@@ -216,6 +197,11 @@ class ObdCollector:
         self._dtc_memory = DtcMemory(memory_path(settings.state_dir, name), settings.host)
         self._dtcs_reported: set[Dtc] = set()
         self._out: Outbox | None = None
+        self._vehicle = open_state(settings.state_dir, settings.host)
+        # how long an answer of a PID stays valid: a few of its shortest polling interval
+        self._lifetime: dict[str, float] = {}
+        for tier in sorted(settings.tiers, key=lambda t: -t.interval):
+            self._lifetime.update((spec.name, _SAMPLE_LIFETIME * tier.interval) for spec in tier.pids)
 
     # -- helpers -------------------------------------------------------------
     @property
@@ -285,6 +271,10 @@ class ObdCollector:
             self._dtcs_reported = self._dtc_memory.load()
         except UnreadableMemory as exc:
             out.error(f"obd: {exc}; codes cleared while the agent was stopped are not resolved")
+        try:
+            self._vehicle.load()
+        except UnreadableState as exc:
+            out.error(f"obd: {self.name}: {exc}")
         while True:
             await asyncio.sleep(self.link.retry_delay())
             conn = _Connection(
@@ -327,6 +317,7 @@ class ObdCollector:
             if self.link.needs_reconnect():
                 return
             self._report_state()
+            await self._report_totals()  # the engine time of the drive that just ended, if not yet saved
             await asyncio.sleep(self.settings.idle_interval)
 
     async def _serve_car(self, conn: _Connection) -> None:
@@ -365,6 +356,7 @@ class ObdCollector:
                 if housekeeping_due <= now and not self.link.needs_reconnect():
                     await self._read_voltage(conn)
                     self._report_state()
+                    await self._report_totals()
                     housekeeping_due = time.monotonic() + s.idle_interval
                 if queued is None:
                     next_due = min([*due.values(), dtc_due, housekeeping_due])
@@ -457,7 +449,21 @@ class ObdCollector:
                 self.out.error(f"obd: {exc}")
                 continue
             self._put_from(answer, f"obd.pid[{spec.name}]", value, spec.unit, {"pid": spec.name})
+            self._feed_totals(spec.name, value, answer.received_ns / 1e9)
         return {by_pid[pid] for pid in values}
+
+    def _feed_totals(self, name: str, value: float, clock: float) -> None:
+        if name == "ODOMETER":
+            self._vehicle.ecu_odometer(clock, value, self._lifetime[name])
+        elif name == "RPM":
+            self._vehicle.engine_sample(clock, value > 0, self._lifetime[name])
+
+    async def _report_totals(self) -> None:
+        """Write the vehicle totals, then send them: what Zabbix has is always on disk."""
+        await self._vehicle.save_or_report(self.out, f"obd: {self.name}")
+        totals = self._vehicle.odometer() | self._vehicle.engine() | self._vehicle.today(time.time())
+        for key, (value, unit) in totals.items():
+            self._put(key, value, unit)
 
     def _count_multi_pid_refusal(self, conn: _Connection, answer: Answer) -> None:
         if answer.payloads:  # garbled or partial is not a refusal: single PIDs fill the gaps

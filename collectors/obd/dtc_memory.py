@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from trapline.wire.vehicle_state import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +67,9 @@ class DtcMemory:
         return codes
 
     def save(self, codes: Iterable[Dtc]) -> None:
-        """Replace the file atomically (write a sibling, fsync, rename, fsync the directory).
+        """Replace the file atomically (see :func:`replace_file`).
 
         Blocks on the disk: call it off the event loop.  Raises ``OSError``.
         """
         body = json.dumps({"format": _FORMAT, "host": self.host, "reported": sorted(map(list, codes))})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(body)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself survive a power cut
-        finally:
-            os.close(directory)
+        replace_file(self.path, body)

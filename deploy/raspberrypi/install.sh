@@ -44,11 +44,8 @@ saved=$etc/install.env
 psk_file=/etc/zabbix/trapline-proxy.psk
 proxy_conf=/etc/zabbix/trapline_proxy.conf
 units=/etc/systemd/system
-changes=0
-
-say() { echo "install.sh: $*"; }
-die() { echo "install.sh: error: $*" >&2; exit 1; }
-changed() { changes=$((changes + 1)); say "changed: $*"; }
+# shellcheck source=deploy/install-lib.sh
+source "$here/../install-lib.sh"
 
 # ---------------------------------------------------------------- options
 [ "$(id -u)" = 0 ] || die "run as root"
@@ -108,28 +105,12 @@ fi
 [[ $elm327_mac == usb || $elm327_mac =~ ^([0-9A-F]{2}:){5}[0-9A-F]{2}$ ]] ||
     die "--elm327-mac: expected a Bluetooth address like 00:1D:A5:68:98:8B, or usb"
 [[ $gps_device =~ ^/dev/[A-Za-z0-9/._-]+$ ]] || die "--gps-device: expected a /dev path"
-if [ -z "$source" ]; then
-    source=$(cd "$here/../.." && pwd)
-fi
-[ -f "$source/pyproject.toml" ] || [[ -f $source && $source == *.whl ]] ||
-    die "--source: $source is neither a trapline checkout nor a wheel"
-source=$(realpath "$source")
+source=$(trapline_source "$source" "$(cd "$here/../.." && pwd)")
 
 # systemd may be installed but not running (a chroot, an image build): then only enable units.
 if [ -d /run/systemd/system ]; then systemd_running=yes; else systemd_running=no; fi
 
 # ---------------------------------------------------------------- helpers
-# put_file SRC DEST MODE OWNER:GROUP - install SRC as DEST unless identical in content and mode.
-put_file() {
-    local src=$1 dest=$2 mode=$3 owner=$4
-    if [ -f "$dest" ] && cmp -s "$src" "$dest" &&
-        [ "$(stat -c '%a %U:%G' "$dest")" = "${mode#0} $owner" ]; then
-        return
-    fi
-    install -D -m "$mode" -o "${owner%:*}" -g "${owner#*:}" "$src" "$dest"
-    changed "$dest"
-}
-
 # render TEMPLATE - the template with every @KEY@ replaced (values are validated above).
 render() {
     sed -e "s|@VEHICLE@|$vehicle|g" -e "s|@SERVER@|$server|g" \
@@ -146,30 +127,6 @@ put_rendered() {
     render "$1" >"$tmp"
     put_file "$tmp" "$2" "$3" "$4"
     rm -f "$tmp"
-}
-
-ensure_dir() { # ensure_dir PATH MODE OWNER:GROUP
-    if [ -d "$1" ] && [ "$(stat -c '%a %U:%G' "$1")" = "${2#0} $3" ]; then return; fi
-    install -d -m "$2" -o "${3%:*}" -g "${3#*:}" "$1"
-    changed "$1/"
-}
-
-remove_file() {
-    if [ -e "$1" ]; then rm -f "$1"; changed "removed $1"; fi
-}
-
-unit_enable() {
-    if ! systemctl is-enabled --quiet "$1" 2>/dev/null; then
-        systemctl enable --quiet "$1"
-        changed "enabled $1"
-    fi
-}
-
-unit_disable() {
-    if systemctl is-enabled --quiet "$1" 2>/dev/null; then
-        systemctl disable --quiet "$1"
-        changed "disabled $1"
-    fi
 }
 
 # ---------------------------------------------------------------- packages
@@ -189,25 +146,10 @@ fi
 packages=(python3 python3-venv openssl gpsd udev systemd)
 [[ $uplink == proxy ]] && packages+=(zabbix-proxy-sqlite3)
 [[ $elm327_mac != usb ]] && packages+=(bluez)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-# Only when something is missing: a vehicle re-running this offline must not need the mirror.
-if ((${#missing[@]})); then
-    say "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
-    changed "packages ${missing[*]}"
-fi
+ensure_packages "${packages[@]}"
 
 # ---------------------------------------------------------------- user, directories
-if ! getent passwd trapline >/dev/null; then
-    useradd --system --user-group --home-dir /var/lib/trapline --no-create-home \
-        --shell /usr/sbin/nologin --comment "trapline vehicle agent" trapline
-    changed "user trapline"
-fi
+ensure_system_user trapline "trapline vehicle agent"
 # The ELM327 device nodes belong to group dialout (udev rule, rfcomm).
 if ! id -nG trapline | tr ' ' '\n' | grep -qx dialout; then
     usermod -a -G dialout trapline
@@ -227,36 +169,8 @@ done
 ensure_dir /var/lib/trapline 0750 trapline:trapline
 
 # ---------------------------------------------------------------- trapline in a virtualenv
-if ! "$prefix/bin/python" -c "" 2>/dev/null; then
-    # Missing, or broken by a Python upgrade: start over.
-    rm -rf "$prefix"
-    python3 -m venv "$prefix"
-    changed "virtualenv $prefix"
-fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-if [ -d "$source" ]; then
-    # Build from a clean copy: pip would otherwise leave build/ and *.egg-info in the checkout.
-    tar -C "$source" -c --exclude=.git --exclude=.venv --exclude=build --exclude='*.egg-info' \
-        --exclude=__pycache__ --exclude=.mypy_cache --exclude=.pytest_cache --exclude=.ruff_cache \
-        --exclude=.hypothesis . | tar -C "$work" -x
-    install_from=$work
-    fingerprint=$(cd "$work" && {
-        find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
-        find . -type l -printf '%p -> %l\n' | LC_ALL=C sort
-    } | sha256sum | cut -d' ' -f1)
-else
-    install_from=$source
-    fingerprint=$(sha256sum "$source" | cut -d' ' -f1)
-fi
-stamp=$prefix/.trapline-source.sha256
-if [ "$(cat "$stamp" 2>/dev/null)" != "$fingerprint" ] || [ ! -x "$prefix/bin/trapline" ]; then
-    say "installing trapline from $source into $prefix"
-    "$prefix/bin/pip" install -q --disable-pip-version-check "$install_from"
-    echo "$fingerprint" >"$stamp"
-    changed "trapline in $prefix"
-fi
-"$prefix/bin/trapline" --version >/dev/null || die "$prefix/bin/trapline does not run"
+# mqtt too: a van may send through a broker ([mqtt] exporter, README "Scaling past one machine").
+install_trapline "$prefix" "$source" vehicle,mqtt
 
 # ---------------------------------------------------------------- configuration
 if [ ! -e "$etc/trapline.toml" ]; then
@@ -357,8 +271,14 @@ say "done: $changes change(s)"
 if [[ $uplink == proxy ]]; then
     say "in Zabbix: proxy '$proxy_name' (active), PSK identity '$psk_identity', key in $psk_file"
     say "           (read it there as root; it is not printed); host '$vehicle' monitored by that proxy"
+    say "to add this van, copy $psk_file to the admin machine (mode 0600) and run there:"
+    say "  trapline provision $(printf '%q' "$vehicle") --proxy-name $(printf '%q' "$proxy_name") --create-proxy" \
+        "--psk-identity $(printf '%q' "$psk_identity") --psk-file ./$(printf '%q' "$vehicle").psk" \
+        "--url https://ZABBIX/ --token-file API_TOKEN_FILE"
 else
     say "in Zabbix: host '$vehicle', sending straight to $server"
+    say "to add this van, run on the admin machine:"
+    say "  trapline provision $(printf '%q' "$vehicle") --url https://ZABBIX/ --token-file API_TOKEN_FILE"
 fi
 exit 0
 }

@@ -21,10 +21,10 @@ Sample configuration::
 
 from __future__ import annotations
 
+from trapline.core.config import Section
+from trapline.core.plugin import Destination
 from trapline.exporters.mqtt.destination import MqttDestination
-from trapline.exporters.mqtt.link import default_client_id, parse_broker
-from trapline.middleware.config import Section
-from trapline.middleware.plugin import Destination
+from trapline.wire.mqtt.link import default_client_id, parse_broker
 
 __all__ = ["MqttDestination", "build_destinations"]
 

@@ -16,9 +16,9 @@ import asyncio
 import dataclasses
 from collections.abc import Sequence
 
-from trapline.exporters.mqtt.link import BrokerSettings, MqttLink, PublishRefused
-from trapline.exporters.mqtt.schema import encode_chunks, hosts_in_order, valid_host
-from trapline.middleware.plugin import Delivery, Spooled
+from trapline.core.plugin import Delivery, Spooled
+from trapline.wire.mqtt.link import BrokerSettings, MqttLink, PublishRefused
+from trapline.wire.mqtt.schema import encode_chunks, hosts_in_order, valid_host
 
 
 class MqttDestination:

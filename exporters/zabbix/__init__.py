@@ -22,11 +22,11 @@ Sample configuration::
 
 from __future__ import annotations
 
+from trapline.core.config import Section
+from trapline.core.plugin import Destination
 from trapline.exporters.zabbix.client import ClusterClient, TlsSettings, parse_cluster
 from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.exporters.zabbix.diagnose import ApiDiagnoser, Diagnoser
-from trapline.middleware.config import Section
-from trapline.middleware.plugin import Destination
 
 __all__ = ["ZabbixDestination", "build_destinations"]
 
@@ -46,6 +46,8 @@ def _diagnoser(section: Section, timeout: float) -> Diagnoser | None:
                 raise section.error(key, "given without api_url")
         return None
     url = section.url("api_url", ("http", "https"))
+    # The API client (pyzabbix, with requests) is the admin commands' library, not the base's.
+    section.require_extra("api_url", "admin", ("pyzabbix",))
     if section.has("api_user"):
         user = section.text("api_user")
         password = section.secret("api_password")

@@ -18,6 +18,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from trapline.core.config import parse_host_port
 from trapline.exporters.zabbix.protocol import (
     DEFAULT_MAX_REPLY,
     HEADER_SIZE,
@@ -28,7 +29,6 @@ from trapline.exporters.zabbix.protocol import (
     parse_reply,
     unpack_body,
 )
-from trapline.middleware.config import parse_host_port
 
 log = logging.getLogger(__name__)
 

@@ -42,6 +42,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from trapline.core.logutil import ThrottledLog
+from trapline.core.model import Reading
+from trapline.core.plugin import Delivery, Spooled
 from trapline.exporters.zabbix.client import SendError
 from trapline.exporters.zabbix.diagnose import Diagnoser, Ident, listing
 from trapline.exporters.zabbix.protocol import (
@@ -51,9 +54,6 @@ from trapline.exporters.zabbix.protocol import (
     frame,
     request_json,
 )
-from trapline.middleware.logutil import ThrottledLog
-from trapline.middleware.model import Reading
-from trapline.middleware.plugin import Delivery, Spooled
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from trapline.middleware.config import Secret
+from trapline.core.config import Secret
 
 log = logging.getLogger(__name__)
 

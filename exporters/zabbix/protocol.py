@@ -20,7 +20,7 @@ from typing import Final
 
 import orjson
 
-from trapline.middleware.model import Reading
+from trapline.core.model import Reading
 
 MAGIC: Final = b"ZBXD"
 FLAG_PROTOCOL: Final = 0x01

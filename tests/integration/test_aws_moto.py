@@ -24,8 +24,8 @@ from tests.support.peers import missing_peer, wait_port
 from trapline.collectors.aws import build
 from trapline.collectors.aws.cloudwatch import aligned_window
 from trapline.collectors.aws.poller import AwsPoller
-from trapline.middleware.config import Section
-from trapline.middleware.model import Discovery, Item, Reading
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Item, Reading
 
 pytestmark = pytest.mark.integration
 

@@ -37,10 +37,10 @@ from tests.support.zabbix_fixtures import TEST_HOST_GROUP, unique_name, wait_unt
 from trapline.collectors.aws.poller import AwsPoller, CycleResult
 from trapline.collectors.aws.resources import ERROR_SHOWN, key_param, short_id
 from trapline.collectors.aws.settings import parse_settings
+from trapline.core.config import Section
+from trapline.core.plugin import Spooled
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
 from trapline.exporters.zabbix.destination import ZabbixDestination
-from trapline.middleware.config import Section
-from trapline.middleware.plugin import Spooled
 from trapline.templates import import_templates, template_dir
 
 pytestmark = pytest.mark.integration

@@ -38,7 +38,7 @@ from tests.support.agent_process import (
     toml_config,
 )
 from tests.support.zabbix_fixtures import wait_until
-from trapline.middleware.model import Reading
+from trapline.core.model import Reading
 
 SERIES = 3
 INTERVAL = 0.2

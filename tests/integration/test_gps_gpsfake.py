@@ -9,13 +9,14 @@ import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.outbox import ListOutbox
 from tests.support.peers import free_port, missing_peer, need_binary, wait_port
-from trapline.collectors.gps import build
-from trapline.middleware.config import Section
+from trapline.collectors.gps.collector import build
+from trapline.core.config import Section
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,9 @@ def checksummed(body: str) -> str:
     return f"${body}*{functools.reduce(lambda a, c: a ^ ord(c), body, 0):02X}\r\n"
 
 
-def run_collector(port: int, scenario: Callable[[ListOutbox], Awaitable[None]]) -> ListOutbox:
+def run_collector(
+    port: int, scenario: Callable[[ListOutbox], Awaitable[None]], state_dir: Path, **extra: Any
+) -> ListOutbox:
     out = ListOutbox()
     data = {
         "type": "gps",
@@ -64,6 +67,8 @@ def run_collector(port: int, scenario: Callable[[ListOutbox], Awaitable[None]]) 
         "call_timeout": 2.0,
         "retry_initial": 0.1,
         "retry_max": 0.5,
+        "state_dir": str(state_dir),
+        **extra,
     }
     collector = build("gps", Section(Path("test.toml"), "collectors.gps", data))
 
@@ -91,7 +96,7 @@ def test_route_gives_a_3d_fix_with_position_speed_and_altitude(tmp_path: Path) -
     try:
         # 12 m/s = 43.2 km/h is reached about 8 s into the drive
         out = run_collector(
-            fake.port, lambda out: until(lambda: max(out.values("gps.speed"), default=0) > 40)
+            fake.port, lambda out: until(lambda: max(out.values("gps.speed"), default=0) > 40), tmp_path
         )
     finally:
         fake.stop()
@@ -118,7 +123,7 @@ def test_no_fix_is_a_fix_mode_not_a_crash(tmp_path: Path) -> None:
     fake = Gpsfake(nmea, tmp_path)
     fake.start()
     try:
-        out = run_collector(fake.port, lambda out: until(lambda: 1 in out.values("gps.fix.mode")))
+        out = run_collector(fake.port, lambda out: until(lambda: 1 in out.values("gps.fix.mode")), tmp_path)
     finally:
         fake.stop()
     assert not out.values("gps.latitude")
@@ -137,7 +142,30 @@ def test_gpsd_stopped_and_restarted_is_survived(tmp_path: Path) -> None:
         await until(lambda: len(out.values("gps.latitude")) > before + 2)
 
     try:
-        out = run_collector(fake.port, scenario)
+        out = run_collector(fake.port, scenario, tmp_path)
     finally:
         fake.stop()
     assert any("reconnecting" in e for e in out.errors)
+
+
+def test_named_geofences_see_the_route_leave_one_and_stay_in_the_other(tmp_path: Path) -> None:
+    # route.nmea starts at 56.94965 N 24.10519 E and drives about 120 m east-north-east.
+    fences = {
+        "start": {"latitude": 56.94965, "longitude": 24.10519, "radius": 40},
+        "town": {"polygon": ["56.94 24.09", "56.96 24.09", "56.96 24.12", "56.94 24.12"]},
+    }
+    fake = Gpsfake(ROUTE, tmp_path)
+    fake.start()
+    try:
+        out = run_collector(
+            fake.port, lambda out: until(lambda: "exit" in out.values("vehicle.geofence.event[start]")),
+            tmp_path, geofences=fences,
+        )
+    finally:
+        fake.stop()
+    assert list(out.discoveries("vehicle.geofence.discovery")[0].rows) == [
+        {"{#GEOFENCE}": "start"}, {"{#GEOFENCE}": "town"}]
+    inside = [int(v) for v in out.values("vehicle.geofence.inside[start]")]
+    assert inside[0] == 1 and inside[-1] == 0  # the route starts inside the circle, the exit left it
+    assert set(out.values("vehicle.geofence.inside[town]")) == {1}
+    assert not out.values("vehicle.geofence.event[town]")

@@ -21,7 +21,7 @@ from devtools.mist_server import WAIT_LIMIT, MistServer, ap_basic, ap_full
 from tests.support.outbox import ListOutbox
 from trapline.collectors.mist import MistCollector, build
 from trapline.collectors.mist.fleet import RAW_KEY
-from trapline.middleware.config import Section
+from trapline.core.config import Section
 
 pytestmark = pytest.mark.integration
 

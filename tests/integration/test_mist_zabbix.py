@@ -24,8 +24,8 @@ import yaml
 from devtools.localzabbix import LocalZabbix
 from devtools.mist_server import MistServer, ap_basic, ap_full
 from tests.support.zabbix_fixtures import TEST_HOST_GROUP, unique_name
+from trapline.app.settings import build_pipeline, load_settings
 from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.settings import load_settings
 from trapline.templates import import_templates, template_dir
 
 pytestmark = pytest.mark.integration
@@ -121,7 +121,7 @@ retry_max = 0.5
 @asynccontextmanager
 async def running_pipeline(config: Path) -> AsyncIterator[Pipeline]:
     """The agent as `trapline run` builds it from the configuration file."""
-    pipeline = Pipeline.from_settings(load_settings(config))
+    pipeline = build_pipeline(load_settings(config))
     task = asyncio.create_task(pipeline.run(install_signal_handlers=False))
     try:
         yield pipeline

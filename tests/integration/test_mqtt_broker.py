@@ -15,16 +15,16 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.support.mosquitto import Mosquitto, running_mosquitto
-from trapline.collectors.mqtt_bridge import MqttBridge, build
+from trapline.collectors.mqtt_bridge.collector import MqttBridge, build
+from trapline.core.config import Section
+from trapline.core.model import Discovery, Item, Reading
+from trapline.core.plugin import Delivery, Spooled
 from trapline.exporters.mqtt import MqttDestination, build_destinations
-from trapline.exporters.mqtt.schema import encode_chunks
-from trapline.middleware.config import Section
 from trapline.middleware.filters import Filters
-from trapline.middleware.model import Discovery, Item, Reading
 from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.plugin import Delivery, Spooled
 from trapline.middleware.settings import AgentSettings, SpoolSettings
 from trapline.middleware.spool import Spool
+from trapline.wire.mqtt.schema import encode_chunks
 
 pytestmark = pytest.mark.integration
 

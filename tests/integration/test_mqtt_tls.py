@@ -25,9 +25,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.test_mqtt_broker import ListDestination, centre, identity, readings, subscribed, until
 from tests.support.peers import free_port, missing_peer, need_binary, wait_port
-from trapline.collectors.mqtt_bridge import build as build_bridge
+from trapline.collectors.mqtt_bridge.collector import build as build_bridge
+from trapline.core.config import Section
 from trapline.exporters.mqtt import MqttDestination, build_destinations
-from trapline.middleware.config import Section
 from trapline.middleware.filters import Filters
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.settings import AgentSettings, SpoolSettings

@@ -33,15 +33,14 @@ from tests.support.zabbix_fixtures import (
     wait_for_problems,
     wait_until,
 )
-from trapline.collectors.gps import fix_readings
+from trapline.app.settings import build_pipeline, load_settings
+from trapline.collectors.gps.collector import fix_readings
+from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.collectors.obd.collector import DTC_DISCOVERY, PID_DISCOVERY, ObdCollector
-from trapline.collectors.vehicle_derived import DerivedSettings, EdgeDerivations
+from trapline.core.model import Discovery, Item, Reading
+from trapline.core.plugin import Delivery, Spooled
 from trapline.exporters.zabbix import ZabbixDestination
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
-from trapline.middleware.model import Discovery, Item, Reading
-from trapline.middleware.pipeline import Pipeline
-from trapline.middleware.plugin import Delivery, Spooled
-from trapline.middleware.settings import load_settings
 from trapline.provision import (
     AGENT_TEMPLATE,
     STOPS_EXPECTED_MACRO,
@@ -257,7 +256,7 @@ def _install_config(tmp_path: Path, host: str, zabbix: LocalZabbix) -> Path:
 def _install_keys(config: Path, host: str) -> tuple[list[Discovery], list[Reading]]:
     """Every discovery and key the Pi install sends for ``host``, from its own configuration."""
     settings = load_settings(config)
-    pipeline = Pipeline.from_settings(settings)
+    pipeline = build_pipeline(settings)
     try:
         own = pipeline.stats.readings(host, 0, None)
     finally:

@@ -19,7 +19,7 @@ from tests.support.elm_fixtures import obd_section as section
 from tests.support.outbox import ListOutbox
 from tests.support.peers import free_port, missing_peer, need_binary, wait_port
 from trapline.collectors.obd import build
-from trapline.middleware.config import Section
+from trapline.core.config import Section
 
 pytestmark = pytest.mark.integration
 

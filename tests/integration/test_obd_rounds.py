@@ -17,8 +17,8 @@ import pytest
 from tests.support.elm_fixtures import obd_section
 from tests.support.outbox import ListOutbox
 from trapline.collectors.obd import build
-from trapline.middleware.blocking import BlockingWorker, Job
-from trapline.middleware.model import Item, Reading
+from trapline.core.blocking import BlockingWorker, Job
+from trapline.core.model import Item, Reading
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,14 @@ system (copied, never modified), apt's downloaded packages and pip's cache.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -24,6 +28,7 @@ import pytest
 
 from devtools.localzabbix import BASE_ENV, configured_debian_mirror, namespace_command
 from tests.support.peers import missing_peer, need_binary
+from trapline import provision
 
 # On a fresh machine the first test also debootstraps bookworm and installs the Pi's
 # packages (no cache yet): more than the suite's 600 s per test.
@@ -31,7 +36,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/trapline")
-BASE = CACHE / "bookworm-pi-base"
 READY = ".trapline-ready"
 APT_ARCHIVES = CACHE / "pi-apt-archives"
 PIP_CACHE = CACHE / "pi-pip"
@@ -44,32 +48,34 @@ MAX_EXPOSURE = 2.0
 WATCHED = ("etc", "opt/trapline", "var/lib/trapline", "var/lib/zabbix", "usr/local/share/doc/trapline")
 
 
-def ensure_base() -> Path:
-    """A minimal bookworm, built once with debootstrap and kept read-only in the cache."""
-    if (BASE / READY).exists():
-        return BASE
+def ensure_base(suite: str = "bookworm") -> Path:
+    """A minimal Debian ``suite``, built once with debootstrap and kept read-only in the cache."""
+    base = CACHE / f"{suite}-pi-base"
+    if (base / READY).exists():
+        return base
     need_binary("debootstrap")
     CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / "bookworm-pi-base.lock").open("w") as lock:
+    with (CACHE / f"{suite}-pi-base.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (BASE / READY).exists():
-            return BASE
-        building = BASE.with_name(BASE.name + ".partial")
+        if (base / READY).exists():
+            return base
+        building = base.with_name(base.name + ".partial")
         shutil.rmtree(building, ignore_errors=True)
-        log = BASE.with_name(BASE.name + ".build.log")
+        log = base.with_name(base.name + ".build.log")
         with log.open("wb") as out:
-            argv = ["debootstrap", "--variant=minbase", "bookworm", str(building), configured_debian_mirror()]
+            argv = ["debootstrap", "--variant=minbase", suite, str(building), configured_debian_mirror()]
             if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode:
-                missing_peer(f"debootstrap of bookworm failed (the Debian mirror?), see {log}")
+                missing_peer(f"debootstrap of {suite} failed (the Debian mirror?), see {log}")
         (building / READY).write_text("")
-        building.rename(BASE)
-    return BASE
+        building.rename(base)
+    return base
 
 
-@pytest.fixture(scope="module")
-def chroot() -> Iterator[Path]:
-    base = ensure_base()
-    work = CACHE / f"pi-install-test.{os.getpid()}"
+@contextlib.contextmanager
+def fresh_chroot(suite: str = "bookworm") -> Iterator[Path]:
+    """A throw-away copy of the ``suite`` base with this checkout in it, removed afterwards."""
+    base = ensure_base(suite)
+    work = CACHE / f"pi-install-test.{suite}.{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     subprocess.run(["cp", "-a", str(base), str(work)], check=True)
     # Package scripts and install.sh alike must not start services here.
@@ -90,6 +96,12 @@ def chroot() -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def chroot() -> Iterator[Path]:
+    with fresh_chroot() as work:
+        yield work
+
+
 def in_chroot(root: Path, argv: Sequence[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
     binds = [
         (APT_ARCHIVES, "/var/cache/apt/archives"),
@@ -102,10 +114,10 @@ def in_chroot(root: Path, argv: Sequence[str], timeout: float = 600) -> subproce
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    """Path -> type, mode, owner and content hash of everything the script owns."""
+def snapshot(root: Path, watched: Sequence[str] = WATCHED) -> dict[str, str]:
+    """Path -> type, mode, owner and content hash of everything the script owns (``watched``)."""
     listing: dict[str, str] = {}
-    for top in WATCHED:
+    for top in watched:
         for path in sorted((root / top).rglob("*")):
             info = path.lstat()
             if stat.S_ISLNK(info.st_mode):
@@ -157,6 +169,20 @@ def test_second_run_changes_nothing_and_secrets_stay_hidden(installed: tuple[Pat
     assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o640, 0, ids(root, "group", "zabbix"))
 
 
+def test_the_install_prints_the_provision_command_of_this_van(installed: tuple[Path, str, str]) -> None:
+    # The command is printed by every run; it must be one trapline's own parser takes as is.
+    printed = "install.sh:   trapline provision "
+    lines = [line for line in installed[2].splitlines() if line.startswith(printed)]
+    assert len(lines) == 1, installed[2][-2000:]
+    line = lines[0]
+    argv = shlex.split(line.split("trapline ", 1)[1])
+    parser = argparse.ArgumentParser(prog="trapline")
+    provision.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    assert (args.hosts, args.proxy_name, args.create_proxy) == (["van-17"], "van-17-proxy", True)
+    assert args.psk_identity == "van-17-proxy" and args.psk_file == Path("./van-17.psk")
+
+
 def test_files_modes_and_enabled_units(installed: tuple[Path, str, str]) -> None:
     root = installed[0]
     trapline_uid, trapline_gid = ids(root, "passwd", "trapline"), ids(root, "group", "trapline")
@@ -184,7 +210,7 @@ def test_files_modes_and_enabled_units(installed: tuple[Path, str, str]) -> None
 
 def test_installed_agent_accepts_the_vehicle_config(installed: tuple[Path, str, str]) -> None:
     load = (
-        "from pathlib import Path; from trapline.middleware.settings import load_settings; "
+        "from pathlib import Path; from trapline.app.settings import load_settings; "
         "s = load_settings(Path('/etc/trapline/trapline.toml')); "
         "print(sorted(type(c).__name__ for c in s.collectors), len(s.destinations))"
     )
@@ -192,6 +218,14 @@ def test_installed_agent_accepts_the_vehicle_config(installed: tuple[Path, str, 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("]")[1].strip() == "1", result.stdout
     assert "Gps" in result.stdout and "Obd" in result.stdout, result.stdout
+
+
+def test_the_virtualenv_holds_the_vehicle_role_only(installed: tuple[Path, str, str]) -> None:
+    listing = in_chroot(installed[0], ["/opt/trapline/bin/pip", "list", "--format=json"], timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    names = {re.sub(r"[-_.]+", "-", p["name"]).lower() for p in json.loads(listing.stdout)}
+    assert {"obd", "pyserial", "gpsd-py3", "paho-mqtt"} <= names, names
+    assert not names & {"boto3", "botocore", "websockets", "pyzabbix"}, names
 
 
 def test_proxy_accepts_its_config(installed: tuple[Path, str, str]) -> None:
@@ -204,20 +238,24 @@ def test_proxy_accepts_its_config(installed: tuple[Path, str, str]) -> None:
     assert "Cannot perform runtime control command" in output, output
 
 
-def test_unit_verifies_and_its_sandbox_scores_at_most_2(installed: tuple[Path, str, str]) -> None:
-    root = installed[0]
+def verified_exposure(root: Path, unit_path: str, unit: str) -> float:
+    """``systemd-analyze verify`` of the installed unit must pass; returns its sandbox's exposure."""
     analyze = need_binary("systemd-analyze")
     verify = subprocess.run(
-        [analyze, "verify", f"--root={root}", "/etc/systemd/system/trapline.service"],
-        capture_output=True, text=True, check=False,
+        [analyze, "verify", f"--root={root}", unit_path], capture_output=True, text=True, check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     security = subprocess.run(
-        [analyze, "security", "--offline=yes", f"--root={root}", "trapline.service"],
+        [analyze, "security", "--offline=yes", f"--root={root}", unit],
         capture_output=True, text=True, check=False,
     )
     found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security.stdout)
     assert found, security.stdout + security.stderr
     exposure = float(found.group(1))
-    print(f"systemd-analyze security: trapline.service exposure {exposure}")
-    assert exposure <= MAX_EXPOSURE, security.stdout
+    print(f"systemd-analyze security: {unit} exposure {exposure}")
+    return exposure
+
+
+def test_unit_verifies_and_its_sandbox_scores_at_most_2(installed: tuple[Path, str, str]) -> None:
+    exposure = verified_exposure(installed[0], "/etc/systemd/system/trapline.service", "trapline.service")
+    assert exposure <= MAX_EXPOSURE

@@ -23,12 +23,12 @@ from devtools.localzabbix import LocalZabbix
 from tests.support.elm_fixtures import obd_section
 from tests.support.outbox import ListOutbox
 from tests.support.zabbix_fixtures import unique_name, wait_until
-from trapline.collectors.gps import fix_readings
+from trapline.collectors.gps.collector import fix_readings
 from trapline.collectors.obd import build
+from trapline.core.model import Item, Reading
+from trapline.core.plugin import Delivery, Spooled
 from trapline.exporters.zabbix import ZabbixDestination
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
-from trapline.middleware.model import Item, Reading
-from trapline.middleware.plugin import Delivery, Spooled
 from trapline.provision import (
     AGENT_TEMPLATE,
     VEHICLE_TEMPLATE,

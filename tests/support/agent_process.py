@@ -27,12 +27,12 @@ from tests.support.zabbix_fixtures import (
     history,
     unique_name,
 )
-from trapline.middleware.model import Reading
+from trapline.core.model import Reading
 from trapline.middleware.spool import Spool
 
 TomlValue = str | int | float | bool | list[str]
 
-# What the synthetic collector sends (collectors/synthetic.py), as Zabbix must be set up for it.
+# What the synthetic collector sends (collectors/synthetic/collector.py), as Zabbix must be set up for it.
 SYNTHETIC_RULE = "synthetic.discovery"
 SEQ = "synthetic.seq[{#SERIES}]"
 SINE = "synthetic.sine[{#SERIES}]"

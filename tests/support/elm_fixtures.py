@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.peers import free_port, missing_peer, wait_port
-from trapline.middleware.config import Section
+from trapline.core.config import Section
 
 HOST = "van-17"
 

@@ -6,6 +6,8 @@ data length" page) to know where a request and a reply end, so it can fail a
 connection at a chosen point of the exchange:
 
 * ``pass``: forward the request, return the whole reply;
+* ``drop``: every connection reads the request and closes without forwarding it
+  (a server that is down, as the sender sees it: no verdict, nothing stored);
 * ``drop-every-other``: every second connection reads the request and closes
   without forwarding it (the sender sees "closed without a reply"; the server
   never saw the values);
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _HEADER = struct.Struct("<4sBII")
-MODES = ("pass", "drop-every-other", "cut-every-other", "hold")
+MODES = ("pass", "drop", "drop-every-other", "cut-every-other", "hold")
 
 
 @dataclass
@@ -133,7 +135,7 @@ class FaultProxy:
         odd = number % 2 == 1
         try:
             request = await _read_frame(reader)
-            if mode == "drop-every-other" and odd:
+            if mode == "drop" or (mode == "drop-every-other" and odd):
                 self.counts.dropped += 1
                 return
             up_reader, up_writer = await asyncio.open_connection(*self.target)

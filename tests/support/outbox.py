@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from trapline.middleware.model import Discovery, Item, Reading, Value
-from trapline.middleware.plugin import Collector
+from trapline.core.model import Discovery, Item, Reading, Value
+from trapline.core.plugin import Collector
 
 
 class ListOutbox:

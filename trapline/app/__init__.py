@@ -1,0 +1,1 @@
+"""The composition root: the only layer that knows every plugin (docs/architecture.md)."""

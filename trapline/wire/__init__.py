@@ -1,0 +1,1 @@
+"""Wire formats two plugins share about one protocol (docs/architecture.md)."""
