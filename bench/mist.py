@@ -1,6 +1,6 @@
 """Mist: AP updates per second through collector -> pipeline -> Zabbix sender, requests, memory per AP.
 
-(a) Throughput.  A peer process runs the Mist stream (tests/support/mist_server.py) and a
+(a) Throughput.  A peer process runs the Mist stream (devtools/mist_server.py) and a
     minimal Zabbix trapper that answers every request with "processed: N; failed: 0".
     This process is the agent as `trapline run` builds it from a TOML file: the
     real Mist collector (websocket client, frame decoding, fleet merge), the real
@@ -45,7 +45,7 @@ from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.protocol import Protocol, Side, State
 
 from bench._util import SpoolQueue, machine, median, table
-from tests.support.mist_server import MistServer, ap_basic, ap_full
+from devtools.mist_server import MistServer, ap_basic, ap_full
 from trapline.app.settings import build_pipeline, load_settings
 from trapline.cli import freeze_startup_objects
 from trapline.collectors.mist.collector import MistCollector
@@ -648,7 +648,7 @@ def fleet_bytes(aps: int, update: Callable[[int], dict[str, Any]]) -> tuple[floa
 def memory(args: argparse.Namespace) -> str:
     cases: list[tuple[str, Callable[[int], dict[str, Any]]]] = [
         ("full update, every kept field (3 radios, 1 port)", lambda i: full_update(i, 1)),
-        ("tests/support/mist_server.py ap_full (2 radios, 1 port)", lambda i: ap_full(mac_of(i), f"ap-{i}")),
+        ("devtools/mist_server.py ap_full (2 radios, 1 port)", lambda i: ap_full(mac_of(i), f"ap-{i}")),
     ]
     rows = []
     for name, update in cases:

@@ -1,11 +1,14 @@
-"""``python3 -m devtools.demo``, what ``make demo`` runs: the whole chain here, no car and no cloud.
+"""``python3 -m devtools.demo``, what ``make demo`` runs: the whole suite here, no car and no cloud.
 
 It starts a throwaway Zabbix 6.0 (:mod:`devtools.localzabbix`), imports the shipped
-templates, creates the agent's own host and a vehicle host, then plays the car:
-ELM327-emulator answers OBD-II on a loopback port and gpsfake replays a drive
-through a real gpsd.  The agent runs as ``trapline run`` in a child process with a
-generated configuration, just as it would in a van.  After a while two DTCs are put
-into the emulated car, so that a problem shows in Zabbix.
+templates, creates the agent's own host, a vehicle host, a Mist discovery host and an
+AWS poller host, and an overview dashboard that links the three.  Then it plays the
+world: ELM327-emulator answers OBD-II on a loopback port and gpsfake replays a drive
+through a real gpsd (the van); :mod:`devtools.mist_sim` streams a Mist organisation of
+two sites and five APs; :mod:`devtools.aws_sim` runs an AWS account on moto with Glue
+jobs and an EMR cluster.  One agent runs as ``trapline run`` in a child process with a
+generated configuration.  Later, faults: two DTCs in the car, an AP port losing its link
+(and getting it back), a failing Glue run (and a later one that succeeds).
 """
 
 # The demo itself is plain blocking code: it starts and watches processes and polls
@@ -30,9 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -44,7 +46,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyzabbix.api import ZabbixAPIException
 from requests import RequestException
 
+from devtools.aws_sim import FAKE_CREDENTIALS, Account, load_account
+from devtools.demo_dashboard import Tile, ensure_overview, group_id, page_url
 from devtools.localzabbix import ADMIN_PASSWORD, ADMIN_USER, LocalZabbix, LocalZabbixError, log_tail
+from devtools.mist_sim import MistOrg, load_org
+from devtools.simulation import scenario_data
 from trapline.provision import ProvisionError, ensure_fleet_dashboard, ensure_host_group, provision_vehicle
 from trapline.templates import TemplateError, import_templates, shipped_templates
 
@@ -56,6 +62,14 @@ ZABBIX_VERSION: Final = "6.0"
 # default 60 s would keep a fresh DTC out of Zabbix for up to a minute.
 CACHE_UPDATE_FREQUENCY: Final = 5
 AGENT_TEMPLATE: Final = "trapline agent by Zabbix trapper"
+MIST_TEMPLATE: Final = "Juniper Mist discovery by trapline"
+AWS_TEMPLATE: Final = "AWS EMR and Glue by trapline"
+# Host groups the shipped templates' host prototypes put discovered hosts in.
+MIST_AP_GROUP: Final = "Mist"
+EMR_GROUP: Final = "AWS/EMR"
+ZABBIX_SERVERS_GROUP: Final = "Zabbix servers"  # the stock server host: not part of the demo
+SIM_START_TIMEOUT: Final = 120.0  # moto's import alone takes many seconds on a busy machine
+ROOT: Final = Path(__file__).resolve().parent.parent  # the checkout the simulators run from
 PROMETHEUS_PORT: Final = 9708  # the agent's documented default, when it is free
 SUMMARY_INTERVAL: Final = 5.0
 START_TIMEOUT: Final = 15.0  # seconds for the emulator or gpsd to open its port
@@ -105,11 +119,23 @@ class Scenario:
     dtc_list: tuple[str, ...]  # what goes into the emulator's stored-DTC list
     dtcs: tuple[str, ...]  # the codes the agent decodes from it
     route: Route
+    mist: MistOrg
+    mist_host: str  # the Mist collector's discovery host
+    mist_group: str
+    port_down: tuple[str, str]  # AP name, port
+    aws: Account
+    aws_host: str  # the AWS poller's host
+    aws_group: str
+    failing_job: str
+
+    def demo_hosts(self) -> list[str]:
+        """The hosts the demo creates; the APs and the EMR cluster are discovered from them."""
+        return [self.agent_host, self.vehicle_host, self.mist_host, self.aws_host]
 
 
 def load_scenario() -> Scenario:
-    raw = tomllib.loads(resources.files("devtools.demo_data").joinpath("scenario.toml").read_text("utf-8"))
-    route = raw["route"]
+    raw = scenario_data()
+    route, mist, aws = raw["route"], raw["mist"], raw["aws"]
     return Scenario(
         agent_host=raw["agent_host"],
         agent_group=raw["agent_group"],
@@ -126,6 +152,14 @@ def load_scenario() -> Scenario:
             vdop=route["vdop"],
             satellites=tuple((s[0], s[1], s[2], s[3]) for s in route["satellites"]),
         ),
+        mist=load_org(mist),
+        mist_host=mist["discovery_host"],
+        mist_group=mist["discovery_group"],
+        port_down=(mist["port_down"]["ap"], mist["port_down"]["port"]),
+        aws=load_account(aws),
+        aws_host=aws["poller_host"],
+        aws_group=aws["poller_group"],
+        failing_job=aws["failing_job"],
     )
 
 
@@ -337,6 +371,9 @@ def missing_tools() -> list[str]:
         if shutil.which(binary, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
             problems.append(f"{binary} is not installed: run `make demo`, which installs it, "
                             f"or `apt-get install {package}`")
+    if importlib.util.find_spec("moto") is None:
+        problems.append("moto (the stand-in AWS account) is not installed: run `make demo`, "
+                        "which installs it, or `pip install 'moto[server]'`")
     return problems
 
 
@@ -347,32 +384,75 @@ def _call(api: Any, method: str, params: Mapping[str, Any]) -> Any:
     return api.do_request(method, params)["result"]
 
 
-def ensure_agent_host(api: Any, scenario: Scenario) -> None:
-    """The host of the agent's own readings, linked to the agent template."""
-    templates = _call(api, "template.get", {"output": ["templateid"], "filter": {"host": [AGENT_TEMPLATE]}})
+def ensure_templated_host(api: Any, host: str, group: str, template: str) -> str:
+    """A trapper-fed host linked to one shipped template (the agent's own, Mist discovery, AWS
+    poller); returns its id."""
+    templates = _call(api, "template.get", {"output": ["templateid"], "filter": {"host": [template]}})
     if not templates:
-        raise DemoError(f"template {AGENT_TEMPLATE!r} is not on the server after the import")
-    groupid = ensure_host_group(api, scenario.agent_group).objectid
+        raise DemoError(f"template {template!r} is not on the server after the import")
+    groupid = ensure_host_group(api, group).objectid
     settings = {"groups": [{"groupid": groupid}], "templates": [{"templateid": templates[0]["templateid"]}]}
-    found = _call(api, "host.get", {"output": ["hostid"], "filter": {"host": [scenario.agent_host]}})
+    found = _call(api, "host.get", {"output": ["hostid"], "filter": {"host": [host]}})
     if found:
         _call(api, "host.update", {"hostid": found[0]["hostid"], **settings})
-    else:
-        _call(api, "host.create", {"host": scenario.agent_host, **settings})
+        return str(found[0]["hostid"])
+    return str(_call(api, "host.create", {"host": host, **settings})["hostids"][0])
 
 
-def prepare_zabbix(stack: LocalZabbix, scenario: Scenario) -> str:
-    """Templates, hosts and the fleet dashboard; returns the dashboard's id."""
+@dataclass(frozen=True, slots=True)
+class Dashboards:
+    overview: str
+    fleet: str
+
+
+def overview_tiles(api: Any, scenario: Scenario, fleet: str, mist_hostid: str, aws_hostid: str) -> list[Tile]:
+    """The overview's tiles and their links (6.0 pages filter on groupids[] and hostids[])."""
+    mist_groupid = group_id(api, MIST_AP_GROUP)
+    pipeline_groups = [group_id(api, scenario.aws_group), group_id(api, EMR_GROUP)]
+    return [
+        Tile("Vans", scenario.vehicle_group, "Satellite_antenna_(96)", (
+            ("Fleet map", page_url("dashboard.view", dashboardid=fleet)),
+            (f"{scenario.vehicle_host}: latest data",
+             page_url("latest.view", hostids=[_hostid(api, scenario.vehicle_host)])),
+        )),
+        Tile("Mist sites", MIST_AP_GROUP, "Network_(96)", (
+            ("APs by site", page_url("host.view", groupids=[mist_groupid])),
+            ("AP latest data", page_url("latest.view", groupids=[mist_groupid])),
+            ("Mist collector", page_url("host.dashboard.view", hostid=mist_hostid)),
+        )),
+        Tile("Data pipelines", scenario.aws_group, "Cloud_(96)", (
+            ("Glue jobs: latest data", page_url("latest.view", hostids=[aws_hostid])),
+            ("EMR clusters", page_url("host.view", groupids=[group_id(api, EMR_GROUP)])),
+            ("Pipeline problems", page_url("problem.view", groupids=pipeline_groups)),
+        )),
+    ]
+
+
+def _hostid(api: Any, host: str) -> str:
+    found = _call(api, "host.get", {"output": ["hostid"], "filter": {"host": [host]}})
+    if not found:
+        raise DemoError(f"no host {host!r} in Zabbix")
+    return str(found[0]["hostid"])
+
+
+def prepare_zabbix(stack: LocalZabbix, scenario: Scenario) -> Dashboards:
+    """Templates, hosts and the dashboards."""
     api = stack.api()
     say(f"importing templates: {', '.join(import_templates(api, shipped_templates()))}")
-    ensure_agent_host(api, scenario)
+    ensure_templated_host(api, scenario.agent_host, scenario.agent_group, AGENT_TEMPLATE)
     provision_vehicle(api, scenario.vehicle_host, group=scenario.vehicle_group)
-    dashboard = ensure_fleet_dashboard(api, scenario.vehicle_group).objectid
-    say(f"hosts: {scenario.agent_host} (the agent itself), {scenario.vehicle_host} (the vehicle)")
+    mist_hostid = ensure_templated_host(api, scenario.mist_host, scenario.mist_group, MIST_TEMPLATE)
+    aws_hostid = ensure_templated_host(api, scenario.aws_host, scenario.aws_group, AWS_TEMPLATE)
+    fleet = ensure_fleet_dashboard(api, scenario.vehicle_group).objectid
+    tiles = overview_tiles(api, scenario, fleet, mist_hostid, aws_hostid)
+    overview = ensure_overview(api, tiles, hidden_groups=[ZABBIX_SERVERS_GROUP])
+    say(f"hosts: {scenario.agent_host} (the agent itself), {scenario.vehicle_host} (the vehicle), "
+        f"{scenario.mist_host} (Mist discovery: its APs become hosts), "
+        f"{scenario.aws_host} (AWS poller: Glue jobs, EMR clusters become hosts)")
     # The server learns of new hosts at its next configuration sync; values sent
     # before it would be refused.  Ask for the sync now instead of waiting.
     stack.config_cache_reload()
-    return dashboard
+    return Dashboards(overview, fleet)
 
 
 def start_emulator(children: Children) -> tuple[subprocess.Popen[bytes], int]:
@@ -387,10 +467,32 @@ def start_emulator(children: Children) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+def tell(proc: subprocess.Popen[bytes], line: str) -> None:
+    """One command line to a child that reads its stdin (the emulator, the simulators)."""
+    assert proc.stdin is not None
+    proc.stdin.write(f"{line}\n".encode())
+    proc.stdin.flush()
+
+
 def inject_dtcs(emulator: subprocess.Popen[bytes], scenario: Scenario) -> None:
-    assert emulator.stdin is not None
-    emulator.stdin.write(f"elm.obd_message.DTC_STORED.extend({list(scenario.dtc_list)!r})\n".encode())
-    emulator.stdin.flush()
+    tell(emulator, f"elm.obd_message.DTC_STORED.extend({list(scenario.dtc_list)!r})")
+
+
+def start_simulator(children: Children, name: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``python3 -m devtools.<name>``; returns it and the port it announced in its ready file."""
+    ready = children.workdir / f"{name}.port"
+    ready.unlink(missing_ok=True)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = children.start(name, [sys.executable, "-m", f"devtools.{name}", "--ready", str(ready)],
+                          env=env, stdin=subprocess.PIPE)
+    children.leaves_behind(proc, ready)
+    deadline = time.monotonic() + SIM_START_TIMEOUT
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise children.failure(name, f"did not announce its port in {ready}")
+        time.sleep(0.2)
+    return proc, int(ready.read_text(encoding="ascii"))
 
 
 def start_gpsfake(children: Children, route: Route) -> int:
@@ -410,12 +512,16 @@ def start_gpsfake(children: Children, route: Route) -> int:
     return port
 
 
-def write_agent_config(workdir: Path, values: Mapping[str, str]) -> Path:
+def _write_secret(path: Path, secret: str) -> None:
+    path.touch(0o600)
+    path.chmod(0o600)  # the agent refuses a secret others can read
+    path.write_text(secret)
+
+
+def write_agent_config(workdir: Path, values: Mapping[str, str], mist_token: str) -> Path:
     template = resources.files("devtools.demo_data").joinpath("agent.toml").read_text("utf-8")
-    password = workdir / "zabbix-api-password"
-    password.touch(0o600)
-    password.chmod(0o600)  # the agent refuses a secret others can read
-    password.write_text(ADMIN_PASSWORD)
+    _write_secret(workdir / "zabbix-api-password", ADMIN_PASSWORD)
+    _write_secret(workdir / "mist-token", mist_token)
     for stale in workdir.glob("spool.db*"):
         stale.unlink()  # readings of an earlier run belong to a Zabbix that is gone
     config = workdir / "agent.toml"
@@ -476,17 +582,17 @@ def describe_agent(samples: Samples, vehicle: str) -> str:
 
 
 class ProblemWatch:
-    """Problems on the demo's hosts; says when one starts or ends."""
+    """Problems on the demo's hosts and the hosts discovered from them; says when one starts or ends."""
 
-    def __init__(self, api: Any, hosts: Sequence[str]) -> None:
+    def __init__(self, api: Any, groups: Sequence[str]) -> None:
         self.api = api
-        self.hosts = list(hosts)
+        self.groups = list(groups)
         self.seen: dict[str, str] = {}  # eventid -> name
 
     def poll(self) -> int:
-        hostids = [h["hostid"] for h in _call(self.api, "host.get", {"output": ["hostid"],
-                                                                      "filter": {"host": self.hosts}})]
-        problems = _call(self.api, "problem.get", {"output": ["eventid", "name"], "hostids": hostids})
+        groupids = [g["groupid"] for g in _call(self.api, "hostgroup.get", {"output": ["groupid"],
+                                                                            "filter": {"name": self.groups}})]
+        problems = _call(self.api, "problem.get", {"output": ["eventid", "name"], "groupids": groupids})
         current = {str(p["eventid"]): str(p["name"]) for p in problems}
         for eventid, name in current.items():
             if eventid not in self.seen:
@@ -511,6 +617,102 @@ def summary_line(started: float, metrics_url: str, vehicle: str, problems: Probl
     return f"[{elapsed // 60:02d}:{elapsed % 60:02d}] {agent} | {zabbix}"
 
 
+def _last_values(api: Any, key: str, **where: Any) -> dict[str, str]:
+    """hostid -> last value of the items with ``key`` that have one."""
+    items = _call(api, "item.get", {"output": ["hostid", "lastclock", "lastvalue"], "filter": {"key_": [key]},
+                                    **where})
+    return {str(i["hostid"]): str(i["lastvalue"]) for i in items if int(i["lastclock"])}
+
+
+def describe_mist(api: Any, scenario: Scenario, links: Mapping[tuple[str, str], bool]) -> str:
+    """How far the simulated APs got in Zabbix, read from the Zabbix API."""
+    org = scenario.mist
+    hosts = _call(api, "host.get", {"output": ["hostid"], "groupids": [group_id(api, MIST_AP_GROUP)]})
+    live = _last_values(api, "mist.ap.status", hostids=[h["hostid"] for h in hosts]) if hosts else {}
+    ports = ", ".join(f"{ap} {port} {'up' if up else 'DOWN'}" for (ap, port), up in links.items())
+    return (f"Mist {org.org_name}: {len(org.aps)} APs in {len(org.sites)} sites streamed, "
+            f"{len(hosts)} are Zabbix hosts, {len(live)} with live values | port {ports}")
+
+
+def describe_aws(api: Any, scenario: Scenario) -> str:
+    """The Glue jobs' last run states and the EMR cluster hosts, read from the Zabbix API."""
+    hostid = _hostid(api, scenario.aws_host)
+    runs = []
+    for job in scenario.aws.glue_jobs:
+        state = _last_values(api, f"glue.job.run.state[{job}]", hostids=[hostid]).get(hostid)
+        runs.append(f"{job} {state or 'not seen yet'}")
+    clusters = _call(api, "host.get", {"output": ["hostid"], "groupids": [group_id(api, EMR_GROUP)]})
+    return (f"AWS {scenario.aws.region} (moto): Glue last runs: {', '.join(runs)} | "
+            f"EMR clusters as Zabbix hosts: {len(clusters)}")
+
+
+def suite_lines(api: Any, scenario: Scenario, links: Mapping[tuple[str, str], bool]) -> list[str]:
+    try:
+        return [f"        {describe_mist(api, scenario, links)}", f"        {describe_aws(api, scenario)}"]
+    except (ZabbixAPIException, RequestException, OSError, LookupError, DemoError) as exc:
+        return [f"        Mist and AWS: Zabbix API not answering ({exc})"]
+
+
+# --------------------------------------------------------------------------
+# The faults: each starts once Zabbix shows what it needs, and ends later
+# --------------------------------------------------------------------------
+@dataclass
+class Fault:
+    what: str  # for the demo's output
+    after: float  # earliest start, seconds after everything is up
+    ready: Callable[[], bool]  # what Zabbix must show first (the item the fault changes has a value)
+    begin: Callable[[], None]
+    end: Callable[[], None] | None  # None: it stays
+    began: float | None = None
+    over: bool = False
+
+    def step(self, elapsed: float, recover_after: float) -> None:
+        if self.began is None:
+            if elapsed >= self.after and self.ready():
+                self.begin()
+                self.began = elapsed
+                say(f"  fault: {self.what}")
+        elif self.end is not None and not self.over and elapsed >= self.began + recover_after:
+            self.end()
+            self.over = True
+            say(f"  recovered: {self.what}")
+
+
+def _has_value(api: Any, host: str, key: str, value: str | None = None) -> bool:
+    found = _call(api, "item.get", {"output": ["lastclock", "lastvalue"], "host": host,
+                                    "filter": {"key_": [key]}})
+    return any(int(i["lastclock"]) and value in (None, i["lastvalue"]) for i in found)
+
+
+@dataclass
+class Simulators:
+    emulator: subprocess.Popen[bytes]
+    mist: subprocess.Popen[bytes]
+    aws: subprocess.Popen[bytes]
+
+
+def demo_faults(options: DemoOptions, scenario: Scenario, api: Any, sims: Simulators,
+                links: dict[tuple[str, str], bool]) -> list[Fault]:
+    ap_name, port = scenario.port_down
+    ap_host = f"mist-ap-{next(ap.mac for ap in scenario.mist.aps if ap.name == ap_name)}"
+    job = scenario.failing_job
+
+    def set_link(up: bool) -> None:
+        tell(sims.mist, f"port {ap_name} {port} {'up' if up else 'down'}")
+        links[ap_name, port] = up
+
+    return [
+        Fault(f"the car reports DTCs {', '.join(scenario.dtcs)}", options.dtc_after, lambda: True,
+              lambda: inject_dtcs(sims.emulator, scenario), None),
+        Fault(f"Mist AP {ap_name} loses the link on {port}", options.port_down_after,
+              lambda: _has_value(api, ap_host, f"mist.ap.port.up[{port}]", "1"),
+              lambda: set_link(False), lambda: set_link(True)),
+        Fault(f"a run of Glue job {job} fails: {scenario.aws.failure}", options.glue_fail_after,
+              lambda: _has_value(api, scenario.aws_host, f"glue.job.run[{job}]"),
+              lambda: tell(sims.aws, f"glue-fail {job}"), lambda: tell(sims.aws, f"glue-run {job}")),
+    ]
+
+
 # --------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------
@@ -519,15 +721,22 @@ class DemoOptions:
     workdir: Path | None
     duration: float | None
     dtc_after: float
+    port_down_after: float
+    glue_fail_after: float
+    recover_after: float
 
 
-def _where_to_look(stack: LocalZabbix, scenario: Scenario, dashboard: str, metrics_url: str,
+def _where_to_look(stack: LocalZabbix, scenario: Scenario, dashboards: Dashboards, metrics_url: str,
                    workdir: Path) -> None:
     base = stack.frontend_url
     say()
     say(f"Zabbix frontend:  {base}  (login {ADMIN_USER} / {ADMIN_PASSWORD})")
-    say(f"  Fleet map:      {base}zabbix.php?action=dashboard.view&dashboardid={dashboard}")
+    say(f"  Overview:       {base}zabbix.php?action=dashboard.view&dashboardid={dashboards.overview}"
+        "  (the first page after login)")
+    say(f"  Fleet map:      {base}zabbix.php?action=dashboard.view&dashboardid={dashboards.fleet}")
     say(f"  Vehicle:        Monitoring > Hosts > {scenario.vehicle_host} (Latest data, Problems, Inventory)")
+    say(f"  Mist sites:     Monitoring > Hosts, host groups Mist/{scenario.mist.org_name}/<site>")
+    say(f"  Pipelines:      Monitoring > Hosts > {scenario.aws_host} (Glue jobs), host group {EMR_GROUP}")
     say(f"  Agent:          Monitoring > Hosts > {scenario.agent_host}")
     say(f"Prometheus:       {metrics_url}")
     say(f"Agent:            config {workdir / 'agent.toml'}, log {workdir / 'agent.log'}")
@@ -535,26 +744,24 @@ def _where_to_look(stack: LocalZabbix, scenario: Scenario, dashboard: str, metri
     say()
 
 
-def _watch(options: DemoOptions, scenario: Scenario, *, children: Children, emulator: subprocess.Popen[bytes],
-           metrics_url: str, problems: ProblemWatch) -> None:
+def _watch(options: DemoOptions, scenario: Scenario, *, children: Children, faults: Sequence[Fault],
+           metrics_url: str, problems: ProblemWatch, links: Mapping[tuple[str, str], bool]) -> None:
     started = time.monotonic()
-    inject_at = started + options.dtc_after
     end = started + options.duration if options.duration is not None else math.inf
-    injected = False
     while True:
         children.check()
-        now = time.monotonic()
-        if not injected and now >= inject_at:
-            inject_dtcs(emulator, scenario)
-            injected = True
-            say(f"  the car reports a fault now: DTCs {', '.join(scenario.dtcs)} put into the emulator")
+        for fault in faults:
+            try:
+                fault.step(time.monotonic() - started, options.recover_after)
+            except (ZabbixAPIException, RequestException) as exc:
+                say(f"  Zabbix API not answering ({exc}); {fault.what} waits")
         say(summary_line(started, metrics_url, scenario.vehicle_host, problems))
-        now = time.monotonic()
-        if now >= end:
+        for line in suite_lines(problems.api, scenario, links):
+            say(line)
+        if time.monotonic() >= end:
             say(f"--duration {options.duration:g} s reached")
             return
-        next_event = min(end, inject_at) if not injected else end
-        time.sleep(max(0.0, min(SUMMARY_INTERVAL, next_event - now)))
+        time.sleep(max(0.0, min(SUMMARY_INTERVAL, end - time.monotonic())))
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -579,12 +786,19 @@ def run_demo(options: DemoOptions) -> int:
         stack.start()
         say(f"Zabbix is up: {stack.frontend_url} (login {ADMIN_USER} / {ADMIN_PASSWORD}), "
             f"trapper {stack.trapper_address}")
-        dashboard = prepare_zabbix(stack, scenario)
+        dashboards = prepare_zabbix(stack, scenario)
 
         emulator, elm_port = start_emulator(children)
         say(f"ELM327-emulator (scenario car) on 127.0.0.1:{elm_port}")
         gpsd_port = start_gpsfake(children, scenario.route)
         say(f"gpsfake replaying a drive through Riga, gpsd on 127.0.0.1:{gpsd_port}")
+        mist, mist_port = start_simulator(children, "mist_sim")
+        say(f"Mist simulator: org {scenario.mist.org_name}, {len(scenario.mist.sites)} sites, "
+            f"{len(scenario.mist.aps)} APs, stream on ws://127.0.0.1:{mist_port}")
+        say("starting moto (the AWS account) ...")
+        aws, aws_port = start_simulator(children, "aws_sim")
+        say(f"AWS simulator (moto) on http://127.0.0.1:{aws_port}: Glue jobs "
+            f"{', '.join(scenario.aws.glue_jobs)}, EMR cluster {scenario.aws.emr_cluster}")
 
         prometheus = f"127.0.0.1:{_free_port(PROMETHEUS_PORT)}"
         config = write_agent_config(workdir, {
@@ -595,24 +809,35 @@ def run_demo(options: DemoOptions) -> int:
             "prometheus": prometheus,
             "elm": f"127.0.0.1:{elm_port}",
             "gpsd_port": str(gpsd_port),
-        })
-        children.start("agent", [sys.executable, "-m", "trapline", "run", "-c", str(config)])
+            "mist_host": scenario.mist_host,
+            "mist_port": str(mist_port),
+            "mist_org": scenario.mist.org_id,
+            "aws_host": scenario.aws_host,
+            "aws_region": scenario.aws.region,
+            "aws_port": str(aws_port),
+        }, scenario.mist.token)
+        children.start("agent", [sys.executable, "-m", "trapline", "run", "-c", str(config)],
+                       env={**os.environ, **FAKE_CREDENTIALS})
         metrics_url = f"http://{prometheus}/metrics"
         say(f"agent started: trapline run -c {config}")
-        _where_to_look(stack, scenario, dashboard, metrics_url, workdir)
-        watch = ProblemWatch(stack.api(), [scenario.agent_host, scenario.vehicle_host])
-        _watch(options, scenario, children=children, emulator=emulator, metrics_url=metrics_url,
-               problems=watch)
+        _where_to_look(stack, scenario, dashboards, metrics_url, workdir)
+        api = stack.api()
+        links = {scenario.port_down: True}
+        watch = ProblemWatch(api, [scenario.agent_group, scenario.vehicle_group, scenario.mist_group,
+                                   MIST_AP_GROUP, scenario.aws_group, EMR_GROUP])
+        faults = demo_faults(options, scenario, api, Simulators(emulator, mist, aws), links)
+        _watch(options, scenario, children=children, faults=faults, metrics_url=metrics_url,
+               problems=watch, links=links)
         return 0
     except KeyboardInterrupt:
         say("interrupted")
         return 0
     except (DemoError, LocalZabbixError, TemplateError, ProvisionError, ZabbixAPIException, RequestException,
-            OSError) as exc:
+            LookupError, OSError) as exc:
         print(f"trapline demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        say("stopping the agent, the emulator, gpsfake and Zabbix ...")
+        say("stopping the agent, the simulators, the emulator, gpsfake and Zabbix ...")
         children.stop_all()
         stack.stop()
         if options.workdir is None:
@@ -641,10 +866,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: a temporary directory, removed at the end)")
     parser.add_argument("--dtc-after", type=_non_negative, default=60.0, metavar="SECONDS",
                         help="when the emulated car gets its fault, after everything is up (default 60)")
+    parser.add_argument("--port-down-after", type=_non_negative, default=90.0, metavar="SECONDS",
+                        help="when a Mist AP's port loses its link, at the earliest (default 90; "
+                             "it waits until Zabbix has the port's value)")
+    parser.add_argument("--glue-fail-after", type=_non_negative, default=120.0, metavar="SECONDS",
+                        help="when a Glue run fails, at the earliest (default 120; it waits until "
+                             "Zabbix has the job's runs)")
+    parser.add_argument("--recover-after", type=_non_negative, default=60.0, metavar="SECONDS",
+                        help="how long the port stays down and until a Glue run succeeds (default 60)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return run_demo(DemoOptions(args.workdir, args.duration, args.dtc_after))
+        return run_demo(DemoOptions(args.workdir, args.duration, args.dtc_after, args.port_down_after,
+                                    args.glue_fail_after, args.recover_after))
     except KeyboardInterrupt:
         return 130
 

@@ -13,8 +13,10 @@ packages=(
     debootstrap             # Zabbix 7.0 runs in a Debian trixie chroot
     gpsd gpsd-clients       # gpsfake replays NMEA through a real gpsd
     mosquitto mosquitto-clients prometheus
+    chromium                # headless: the README's screenshots of the demo's frontend
     podman runc             # the container image test (crun refuses hybrid cgroups: devtools/container.py)
     python3 python3-venv python3-dev gcc util-linux
+    locales                 # the Zabbix frontend's en_US locale (below)
 )
 
 missing=()
@@ -27,6 +29,13 @@ if ((${#missing[@]})); then
     apt-get update -q
     # --no-install-recommends keeps apache and friends out (php -S serves the frontend).
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# The 6.0 frontend (run on this host) shows a red "Locale for language en_US is not
+# found" box on every page and widget unless the locale is generated.
+if ! locale -a | grep -qix 'en_US.utf8'; then
+    echo "setup: generating the en_US.UTF-8 locale"
+    sed -i 's/^# *\(en_US.UTF-8 UTF-8\)/\1/' /etc/locale.gen
+    locale-gen >/dev/null
 fi
 # Debian starts some of these as services; the tests and the demo run their own.
 for unit in zabbix-agent mosquitto gpsd gpsd.socket prometheus postgresql; do

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.mist_server import ap_basic, ap_full
+from devtools.mist_server import ap_basic, ap_full
 from trapline.collectors.mist.fleet import (
     LLD_KEY,
     RAW_KEY,

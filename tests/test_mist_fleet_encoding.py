@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.mist_server import ap_basic, ap_full
+from devtools.mist_server import ap_basic, ap_full
 from trapline.collectors.mist.fleet import RAW_KEY, FieldSchema, Fleet, FleetPolicy, SiteInfo, encode_json
 from trapline.core.model import Reading
 

@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.mist_server import ap_full
+from devtools.mist_server import ap_full
 from trapline.collectors.mist.fleet import RAW_KEY, FieldSchema, Fleet, FleetPolicy, SiteInfo, encode_json
 from trapline.core.model import Reading
 

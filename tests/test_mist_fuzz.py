@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.mist_server import ap_full
+from devtools.mist_server import ap_full
 from tests.support.outbox import ListOutbox
 from trapline.collectors.mist import MistCollector, build
 from trapline.collectors.mist.fleet import (

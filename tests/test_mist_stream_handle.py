@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.support.mist_server import ap_full
+from devtools.mist_server import ap_full
 from tests.test_mist_fuzz import CHANNEL, make_connection
 from trapline.collectors.mist.fleet import RAW_KEY
 from trapline.collectors.mist.frames import DataFrame

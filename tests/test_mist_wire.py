@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
 
-from tests.support.mist_server import WAIT_LIMIT
+from devtools.mist_server import WAIT_LIMIT
 from tests.support.outbox import ListOutbox
 from trapline.collectors.mist import build
 from trapline.collectors.mist.stream import StreamConnection

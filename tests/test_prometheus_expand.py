@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.mist_server import ap_basic, ap_full
+from devtools.mist_server import ap_basic, ap_full
 from tests.support.peers import need_binary
 from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, SiteInfo
 from trapline.core.model import Reading

@@ -1,6 +1,8 @@
 """``make demo`` (``python3 -m devtools.demo``) as a user runs it: a child process, watched through
-the Zabbix API and its Prometheus endpoint, then stopped by a signal.  Also the
-drive it writes for gpsfake (no peer needed).
+the Zabbix API and its Prometheus endpoint, then stopped by a signal.  The whole suite: the van
+(ELM327-emulator, gpsfake), the Mist org (devtools.mist_sim) and the AWS account
+(devtools.aws_sim on moto) reach the demo's Zabbix 6.0 through one agent.  Also the drive it
+writes for gpsfake (no peer needed).
 
 The test process makes itself a child subreaper, so that any process the demo
 leaves behind becomes the test's child when the demo exits, where it is found."""
@@ -16,6 +18,7 @@ import math
 import operator
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,11 +28,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from pyzabbix.api import ZabbixAPI
 
+from devtools.aws_sim import command as aws_command
 from devtools.demo import load_scenario, write_nmea
+from devtools.mist_sim import Fleet
 from tests.support.peers import missing_peer, need_binary
 from tests.support.zabbix_fixtures import wait_until
 
@@ -37,6 +43,10 @@ PR_SET_CHILD_SUBREAPER = 36
 # Limits that turn a hang into a failure; none of them is a speed expectation.
 START_LIMIT = 240.0  # the first Zabbix start on a machine loads the schema
 DATA_LIMIT = 120.0
+SUITE_LIMIT = 300.0  # LLD of APs, their ports and the Glue jobs, then a fault and its recovery
+# Seconds the port stays down and until the Glue job's next run succeeds: long enough for both
+# faults to be open at once (each starts when Zabbix has its item's value) for the screenshots.
+RECOVER_AFTER = 120
 STOP_LIMIT = 90.0
 SCENARIO = load_scenario()
 
@@ -144,6 +154,8 @@ def tools() -> None:
     need_binary("gpsfake")
     if importlib.util.find_spec("elm") is None:
         missing_peer("ELM327-emulator is not installed (pip install ELM327-emulator)")
+    if importlib.util.find_spec("moto") is None:
+        missing_peer("moto is not installed (pip install 'moto[server]')")
 
 
 def _vehicle(api: Any) -> dict[str, Any]:
@@ -154,11 +166,175 @@ def _vehicle(api: Any) -> dict[str, Any]:
     return host
 
 
+def _hostids(api: Any, **where: Any) -> dict[str, str]:
+    """host -> hostid."""
+    return {h["host"]: h["hostid"] for h in api.host.get(output=["host"], **where)}
+
+
+def _problem_events(api: Any, hostid: str, prefix: str) -> list[dict[str, str]]:
+    """Problem events of the host whose name starts with ``prefix``, open or resolved (r_eventid != 0)."""
+    events: list[dict[str, str]] = api.event.get(hostids=[hostid], source=0, object=0, value=1,
+                                                 output=["name", "r_eventid"])
+    return [e for e in events if e["name"].startswith(prefix)]
+
+
+def _resolved(api: Any, hostid: str, prefix: str) -> list[dict[str, str]]:
+    events = _problem_events(api, hostid, prefix)
+    return events if events and all(e["r_eventid"] != "0" for e in events) else []
+
+
+def mist_hosts(api: Any) -> dict[str, str]:
+    """Every AP of the scenario a host in its site's group with live values; AP name -> hostid."""
+    mist = SCENARIO.mist
+    host_of = {ap.name: f"mist-ap-{ap.mac}" for ap in mist.aps}
+    found = wait_until(lambda: (h := _hostids(api, filter={"host": list(host_of.values())}))
+                       and len(h) == len(mist.aps) and h, SUITE_LIMIT, 2.0, "a host per AP")
+    hosts = {name: found[host] for name, host in host_of.items()}
+    for ap in mist.aps:
+        (host,) = api.host.get(hostids=[hosts[ap.name]], output=["name"], selectGroups=["name"])
+        assert host["name"] == f"{ap.name} ({ap.mac})"
+        assert f"Mist/{mist.org_name}/{mist.sites[ap.site_id]}" in {g["name"] for g in host["groups"]}
+
+    def live() -> set[str]:
+        items = api.item.get(hostids=list(hosts.values()), filter={"key_": ["mist.ap.status"]},
+                             output=["hostid", "lastclock", "lastvalue"])
+        return {i["hostid"] for i in items if int(i["lastclock"]) and i["lastvalue"] == "1"}
+
+    wait_until(lambda: live() == set(hosts.values()), SUITE_LIMIT, 2.0, "every AP connected in Zabbix")
+    return hosts
+
+
+def aws_host(api: Any) -> str:
+    """The EMR cluster a host of its own; returns the poller host's id."""
+    clusters = wait_until(lambda: api.host.get(output=["name"], groupids=[
+        g["groupid"] for g in api.hostgroup.get(filter={"name": ["AWS/EMR"]}, output=["groupid"])]),
+        SUITE_LIMIT, 2.0, "the EMR cluster's host")
+    assert [c["name"].split(" (")[0] for c in clusters] == [f"EMR {SCENARIO.aws.emr_cluster}"]
+    return _hostids(api, filter={"host": [SCENARIO.aws_host]})[SCENARIO.aws_host]
+
+
+PORT_DOWN = f"Mist: Port {SCENARIO.port_down[1]}: Link down"
+GLUE_FAILED = f"AWS Glue: Job {SCENARIO.failing_job}: Run "
+
+
+def _open(api: Any, hostid: str, prefix: str) -> list[str]:
+    names = [p["name"] for p in api.problem.get(hostids=[hostid], output=["name"])]
+    return [name for name in names if name.startswith(prefix)]
+
+
+def faults_end(api: Any, ap_hostid: str, aws_hostid: str, quiet: list[str]) -> None:
+    """The port-down and the Glue failure resolve; the other APs raised nothing all along."""
+    wait_until(lambda: _resolved(api, ap_hostid, PORT_DOWN), SUITE_LIMIT, 1.0, f"{PORT_DOWN} to resolve")
+    (failed,) = _problem_events(api, aws_hostid, GLUE_FAILED)
+    assert failed["name"].endswith(f" FAILED: {SCENARIO.aws.failure}"), failed["name"]
+    wait_until(lambda: _resolved(api, aws_hostid, GLUE_FAILED), SUITE_LIMIT, 1.0, "a later good Glue run")
+    assert not api.event.get(hostids=quiet, source=0, object=0, value=1, output=["name"])
+
+
+def check_overview(api: Any, dashboardid: str, fleet: str) -> dict[str, list[str]]:
+    """A fresh session opens the first dashboard by name: the overview, whose map links the three parts."""
+    (first,) = api.dashboard.get(output=["dashboardid"], sortfield="name", limit=1)
+    assert first["dashboardid"] == dashboardid
+    (dashboard,) = api.dashboard.get(dashboardids=[dashboardid], selectPages="extend")
+    widgets = dashboard["pages"][0]["widgets"]
+    (sysmapid,) = [field["value"] for widget in widgets if widget["type"] == "map"
+                   for field in widget["fields"] if field["name"] == "sysmapid"]
+    (sysmap,) = api.map.get(sysmapids=[sysmapid], selectSelements="extend")
+    links = {e["label"].split("\n")[0]: [u["url"] for u in e["urls"]] for e in sysmap["selements"]}
+    assert set(links) == {"Vans", "Mist sites", "Data pipelines"}
+    assert f"dashboardid={fleet}" in links["Vans"][0]
+    return links
+
+
+# --------------------------------------------------------------------------
+# The README's screenshots (issue 21 item 6): headless chromium on the demo's frontend
+# --------------------------------------------------------------------------
+README_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
+UPDATE_IMAGES = "TRAPLINE_UPDATE_SCREENSHOTS"  # set to 1: the screenshots also replace docs/img/*.png
+MAX_PNG_BYTES = 200_000
+# The virtual time budget lets the widgets, which load after the page, fill before the capture.
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,800",
+            "--virtual-time-budget=20000"]
+# What Zabbix 6.0 shows for an error (its message box, PHP's own HTML error) and for a widget or
+# table with nothing to show.
+PAGE_ERROR = re.compile(r'class="[^"]*\bmsg-bad\b|<b>(Fatal error|Warning|Notice|Deprecated|Parse error)</b>')
+EMPTY = re.compile(r'\bnothing-to-show\b|No data found|class="dashboard-grid-widget-content[^"]*">\s*</div>')
+
+
+def _chromium(*args: str) -> str:
+    binary = need_binary("chromium")
+    done = subprocess.run([binary, *CHROMIUM, *args], capture_output=True, text=True, timeout=180,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _as_admin(frontend: str, page: str) -> str:
+    """A URL that logs in and opens ``page``: Zabbix's login form takes its fields from the URL too
+    and then redirects to ``request`` (the demo's Zabbix has the stock password)."""
+    return f"{frontend}index.php?" + urlencode({"name": "Admin", "password": "zabbix", "enter": "Sign in",
+                                                "request": page})
+
+
+def page_dom(frontend: str, page: str) -> str:
+    """``page`` as Admin sees it, once its scripts ran; it must show no error."""
+    dom = _chromium("--dump-dom", _as_admin(frontend, page))
+    assert 'id="login' not in dom, f"{page}: still on the login page"
+    assert not (error := PAGE_ERROR.search(dom)), f"{page} shows an error: {dom[error.start():][:300]}"
+    return dom
+
+
+def screenshot(frontend: str, page: str, png: Path) -> str:
+    """``page`` saved to ``png``; returns its DOM, which must have no error and no empty widget."""
+    _chromium(f"--screenshot={png}", _as_admin(frontend, page))
+    dom = page_dom(frontend, page)
+    assert not (empty := EMPTY.search(dom)), f"{page} has an empty widget: {dom[empty.start():][:300]}"
+    assert png.stat().st_size <= MAX_PNG_BYTES, f"{png.name}: {png.stat().st_size} bytes"
+    return dom
+
+
+def check_links(frontend: str, links: dict[str, list[str]]) -> None:
+    """Every link of the overview's map opens without an error, on its own part of the suite:
+    a host of that part is on the page and the van or an AP of another part is not (the filter in
+    the link took)."""
+    van, ap = SCENARIO.vehicle_host, SCENARIO.port_down[0]
+    own = {"Vans": [van], "Mist sites": [ap, SCENARIO.mist_host],
+           "Data pipelines": [SCENARIO.aws_host, SCENARIO.aws.emr_cluster]}
+    foreign = {"Vans": ap, "Mist sites": van, "Data pipelines": van}
+    for tile, pages in links.items():
+        for page in pages:
+            dom = page_dom(frontend, page)
+            assert any(host in dom for host in own[tile]), f"{tile}: {page} shows none of {own[tile]}"
+            assert foreign[tile] not in dom, f"{tile}: {page} shows {foreign[tile]}"
+
+
+def take_screenshots(frontend: str, ids: dict[str, str], folder: Path) -> None:
+    """The overview, the Fleet map, a Mist AP's latest data and the Problems page, checked; copied to
+    docs/img when UPDATE_IMAGES is set.  In kiosk mode (no menu, no filter form) the data fills
+    the picture and the page fits its width."""
+    folder.mkdir()
+    pages = {
+        "demo-overview": f"zabbix.php?action=dashboard.view&kiosk=1&dashboardid={ids['overview']}",
+        "demo-fleet-map": f"zabbix.php?action=dashboard.view&kiosk=1&dashboardid={ids['fleet']}",
+        "demo-mist-ap-latest": f"zabbix.php?action=latest.view&kiosk=1&hostids[]={ids['ap']}",
+        "demo-problems": "zabbix.php?action=problem.view&kiosk=1",
+    }
+    doms = {name: screenshot(frontend, page, folder / f"{name}.png") for name, page in pages.items()}
+    assert "Mist: Port eth0: Link status" in doms["demo-mist-ap-latest"]
+    for shown in (*SCENARIO.dtcs, PORT_DOWN, f" FAILED: {SCENARIO.aws.failure}"):
+        assert shown in doms["demo-problems"], f"{shown!r} is not on the Problems page"
+    if os.environ.get(UPDATE_IMAGES) == "1":
+        README_IMAGES.mkdir(parents=True, exist_ok=True)
+        for name in pages:
+            shutil.copyfile(folder / f"{name}.png", README_IMAGES / f"{name}.png")
+
+
 @pytest.mark.integration
-def test_demo_brings_the_car_into_zabbix_and_stops_cleanly(
+def test_demo_brings_the_whole_suite_into_zabbix_and_stops_cleanly(
     tools: None, subreaper: dict[int, tuple[str, str]], tmp_path: Path
 ) -> None:
-    demo = Demo("--workdir", str(tmp_path / "demo"), "--duration", "600", "--dtc-after", "5")
+    demo = Demo("--workdir", str(tmp_path / "demo"), "--duration", "900", "--dtc-after", "5",
+                "--port-down-after", "5", "--glue-fail-after", "5", "--recover-after", str(RECOVER_AFTER))
     try:
         url = demo.wait_for(r"^Zabbix frontend:\s+(http://\S+)").group(1)
         metrics_url = demo.wait_for(r"^Prometheus:\s+(http://\S+)").group(1)
@@ -191,6 +367,26 @@ def test_demo_brings_the_car_into_zabbix_and_stops_cleanly(
             metrics = response.read().decode()
         assert f'trapline_obd_state{{host="{SCENARIO.vehicle_host}"' in metrics
         demo.wait_for(r"DTCs: P0143 P0300 \| Zabbix problems: [1-9]", DATA_LIMIT)  # the live summary
+
+        overview = demo.wait_for(r"^  Overview:\s+\S+dashboardid=(\d+)").group(1)
+        fleet = demo.wait_for(r"^  Fleet map:\s+\S+dashboardid=(\d+)").group(1)
+        links = check_overview(api, overview, fleet)
+        aps = mist_hosts(api)
+        aws_hostid = aws_host(api)
+        ap_hostid = aps[SCENARIO.port_down[0]]
+        # Both faults last RECOVER_AFTER seconds from when Zabbix had their items' values.
+        wait_until(lambda: _open(api, ap_hostid, PORT_DOWN) and _open(api, aws_hostid, GLUE_FAILED),
+                   SUITE_LIMIT, 1.0, "the port-down and the Glue failure open at once")
+        take_screenshots(url, {"overview": overview, "fleet": fleet, "ap": ap_hostid}, tmp_path / "img")
+        check_links(url, links)
+        faults_end(api, ap_hostid, aws_hostid, [h for ap, h in aps.items() if ap != SCENARIO.port_down[0]])
+        mist = SCENARIO.mist
+        count = len(mist.aps)
+        demo.wait_for(rf"Mist {re.escape(mist.org_name)}: {count} APs in {len(mist.sites)} sites streamed, "
+                      rf"{count} are Zabbix hosts, {count} with live values", DATA_LIMIT)
+        job = re.escape(SCENARIO.failing_job)
+        demo.wait_for(rf"AWS {SCENARIO.aws.region} \(moto\): Glue last runs: {job} SUCCEEDED.*"
+                      r"EMR clusters as Zabbix hosts: 1", DATA_LIMIT)
     finally:
         code = demo.stop(signal.SIGINT)
     assert code == 0, demo.output
@@ -244,3 +440,32 @@ def test_the_drive_is_valid_nmea_in_one_second_epochs_without_a_jump(tmp_path: P
         assert speed <= fastest * 1.01
     assert any(speed == 0 for *_, speed in fixes)  # it stops at traffic lights
     assert all(56.9 < lat < 57.0 and 24.0 < lon < 24.2 for _, _, lat, lon, _ in fixes)
+
+
+def test_the_mist_simulator_reports_what_it_was_told_and_refuses_the_rest() -> None:
+    org = SCENARIO.mist
+    fleet = Fleet(org, started=1_800_000_000.0)
+    ap_name, port = SCENARIO.port_down
+    ap = next(a for a in org.aps if a.name == ap_name)
+    before = fleet.update(ap, 1_800_000_060.0)
+    assert before["port_stat"][port]["up"] is True and before["status"] == "connected"
+    assert set(before["port_stat"]) == set(ap.ports)
+    assert fleet.command(f"port {ap_name} {port} down\n") == ap
+    down = fleet.update(ap, 1_800_000_065.0)
+    assert down["port_stat"][port]["up"] is False and down["port_stat"][port]["speed"] == 0
+    assert down["uptime"] > before["uptime"]  # no restart on the way
+    others = [fleet.update(a, 1_800_000_065.0) for a in org.aps if a != ap]
+    assert all(p["up"] for update in others for p in update["port_stat"].values())
+    fleet.command(f"port {ap_name} {port} up")
+    assert fleet.update(ap, 1_800_000_070.0)["port_stat"][port]["up"] is True
+    for bad in ("", "port", f"port {ap_name} {port} sideways", f"port {ap_name} eth9 down",
+                f"port nobody {port} down", f"link {ap_name} {port} down"):
+        with pytest.raises(ValueError, match="port"):
+            fleet.command(bad)
+
+
+def test_the_aws_simulator_refuses_commands_it_does_not_know() -> None:
+    for bad in ("", "glue-fail", "glue-fail no-such-job", f"glue-stop {SCENARIO.failing_job}",
+                f"glue-run {SCENARIO.failing_job} extra"):
+        with pytest.raises(ValueError, match="glue-fail"):
+            aws_command("http://127.0.0.1:9", SCENARIO.aws, bad)  # refused before any call

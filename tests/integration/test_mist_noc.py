@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from devtools.localzabbix import LocalZabbix
+from devtools.mist_server import MistServer, ap_basic, ap_full
 from tests.integration import test_mist_zabbix as e2e
-from tests.support.mist_server import MistServer, ap_basic, ap_full
 from tests.support.zabbix_fixtures import assert_quiet_for, open_problems, wait_for_problems
 from trapline.templates import import_templates
 

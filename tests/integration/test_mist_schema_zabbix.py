@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from devtools.localzabbix import LocalZabbix
+from devtools.mist_server import MistServer, ap_basic, ap_full
 from tests.integration.test_mist_zabbix import (
     AP_TEMPLATE,
     AP_TEMPLATE_NAME,
@@ -40,7 +41,6 @@ from tests.integration.test_mist_zabbix import (
     until,
     write_config,
 )
-from tests.support.mist_server import MistServer, ap_basic, ap_full
 from trapline.templates import import_templates
 
 pytestmark = pytest.mark.integration

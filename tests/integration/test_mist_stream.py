@@ -1,4 +1,4 @@
-"""The Mist collector against tests/support/mist_server.py, which speaks the Mist stream and REST protocol.
+"""The Mist collector against devtools/mist_server.py, which speaks the Mist stream and REST protocol.
 
 The real peer, the Mist cloud, is not reachable from tests; the local server
 produces the faults a test needs (refused token, refused subscription, missing
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.mist_server import WAIT_LIMIT, MistServer, ap_basic, ap_full
+from devtools.mist_server import WAIT_LIMIT, MistServer, ap_basic, ap_full
 from tests.support.outbox import ListOutbox
 from trapline.collectors.mist import MistCollector, build
 from trapline.collectors.mist.fleet import RAW_KEY

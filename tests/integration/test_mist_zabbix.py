@@ -1,6 +1,6 @@
 """Mist to Zabbix end to end: the real collector and pipeline feed the shipped Mist templates.
 
-tests/support/mist_server.py stands in for the Mist cloud (unreachable from tests); everything
+devtools/mist_server.py stands in for the Mist cloud (unreachable from tests); everything
 after it is real: the Mist collector, the pipeline with its spool, the Zabbix sender
 destination, and Zabbix 6.0 / 7.0 with the two templates imported from
 zabbix_templates/. The test shows what a user of the templates sees: one host per AP
@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from devtools.localzabbix import LocalZabbix
-from tests.support.mist_server import MistServer, ap_basic, ap_full
+from devtools.mist_server import MistServer, ap_basic, ap_full
 from tests.support.zabbix_fixtures import TEST_HOST_GROUP, unique_name
 from trapline.app.settings import build_pipeline, load_settings
 from trapline.middleware.pipeline import Pipeline

@@ -1,6 +1,6 @@
 """A wheel built from this checkout, installed with only ``[mist]`` into a fresh virtualenv
 (issue 19 item 5, "How it is shown"): no other role's library comes along, and the installed
-``trapline`` checks and runs a Mist config against tests/support/mist_server.py.
+``trapline`` checks and runs a Mist config against devtools/mist_server.py.
 
 pip resolves through the machine's configured package indexes, as ``make setup`` does; its
 cache under /var/cache/trapline keeps later runs short.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mist_server import MistServer, ap_full
+from devtools.mist_server import MistServer, ap_full
 from tests.support.peers import free_port, missing_peer
 from tests.support.wheel import build_wheel
 

@@ -4,7 +4,7 @@ The agent runs as an operator runs it (``python -m trapline run --log-level debu
 every kind of secret the config takes, each against endpoints that accept it, refuse it
 and fail while echoing the request back:
 
-- Mist token: the test Mist server (tests/support/mist_server.py, a small websocket server, since
+- Mist token: the test Mist server (devtools/mist_server.py, a small websocket server, since
   Mist has no local edition) with the right token and a wrong one (HTTP 401), and a small
   local HTTP endpoint that answers the REST calls with 403 and the stream upgrade with
   500, echoing the request headers;
@@ -38,8 +38,8 @@ from pathlib import Path
 import pytest
 
 from devtools.localzabbix import LocalZabbix
+from devtools.mist_server import MistServer
 from tests.support.agent_process import toml_config
-from tests.support.mist_server import MistServer
 from tests.support.mosquitto import running_mosquitto
 from tests.support.peers import missing_peer
 

@@ -1,4 +1,4 @@
-"""A small Mist-compatible server for tests: the websocket stream and a few REST calls.
+"""A small Mist-compatible server: the websocket stream and a few REST calls (tests, benchmarks, the demo).
 
 The Mist cloud cannot be reached from tests, so this speaks its documented
 protocol on one local port:
