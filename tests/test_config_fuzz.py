@@ -54,7 +54,9 @@ def _shipped_examples() -> list[str]:
     texts.append(string.Template(demo).substitute(  # the values devtools/demo.py fills in
         agent_host="trapline-agent", vehicle_host="van-17", trapper="127.0.0.1:10051",
         api_url="http://127.0.0.1/api_jsonrpc.php", prometheus="127.0.0.1:9708",
-        elm="127.0.0.1:35000", gpsd_port="2947",
+        elm="127.0.0.1:35000", gpsd_port="2947", mist_host="Mist discovery", mist_port="8765",
+        mist_org="6b1b6ba4-ccd5-4ed4-9e3d-5b0a4e0c0f02", aws_host="aws-demo", aws_port="5000",
+        aws_region="eu-west-1",
     ))
     return texts
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from devtools.mist_server import MistServer, ap_full
 from tests.integration.test_mist_stream import TOKEN, collecting
-from tests.support.mist_server import MistServer, ap_full
 from trapline.collectors.mist.collector import STATS_KEY
 from trapline.collectors.mist.fleet import LLD_KEY
 from trapline.collectors.mist.frames import device_stats_channel

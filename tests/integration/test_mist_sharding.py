@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from devtools.localzabbix import LocalZabbix
+from devtools.mist_server import MistServer, ap_full
 from tests.integration import test_mist_zabbix as e2e
 from tests.support.agent_process import AgentProcess
-from tests.support.mist_server import MistServer, ap_full
 from tests.support.zabbix_fixtures import open_problems, wait_for_problems
 from trapline.collectors.mist.shard import shard_of
 from trapline.templates import import_templates
