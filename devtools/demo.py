@@ -62,8 +62,8 @@ ZABBIX_VERSION: Final = "6.0"
 # default 60 s would keep a fresh DTC out of Zabbix for up to a minute.
 CACHE_UPDATE_FREQUENCY: Final = 5
 AGENT_TEMPLATE: Final = "trapline agent by Zabbix trapper"
-MIST_TEMPLATE: Final = "Juniper Mist discovery by trapline"
-AWS_TEMPLATE: Final = "AWS EMR and Glue by trapline"
+MIST_TEMPLATE: Final = "Juniper Mist discovery by Zabbix trapper"
+AWS_TEMPLATE: Final = "AWS EMR and Glue by Zabbix trapper"
 # Host groups the shipped templates' host prototypes put discovered hosts in.
 MIST_AP_GROUP: Final = "Mist"
 EMR_GROUP: Final = "AWS/EMR"

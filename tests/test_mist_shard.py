@@ -110,7 +110,7 @@ def test_valid_specs_parse(count: int, data: st.DataObject) -> None:
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
     path = tmp_path / "mist.token"
-    path.write_text("token\n")
+    path.write_text("shard-test-mist-token\n")  # not a word: secrets are masked everywhere
     path.chmod(0o600)
     return path
 

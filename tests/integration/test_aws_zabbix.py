@@ -1,5 +1,5 @@
 """End to end: moto (AWS) -> the real AWS poller -> ZabbixDestination -> real Zabbix 6.0 and 7.0 with
-the shipped "AWS EMR and Glue by trapline" templates: hosts from discovery, and problems from failed
+the shipped "AWS EMR and Glue by Zabbix trapper" templates: hosts from discovery, and problems from failed
 runs and an idle cluster (refused credentials: test_aws_noc.py).
 
 One scenario per Zabbix version (module-scoped ``world``): discovery and the configuration cache
@@ -52,9 +52,9 @@ from trapline.templates import import_templates, template_dir
 pytestmark = pytest.mark.integration
 
 TEMPLATES = template_dir() / "aws_poller" / "template_aws_emr_glue.yaml"
-POLLER_TEMPLATE = "AWS EMR and Glue by trapline"
-CLUSTER_TEMPLATE = "AWS EMR cluster by trapline"
-APP_TEMPLATE = "AWS EMR Serverless application by trapline"
+POLLER_TEMPLATE = "AWS EMR and Glue by Zabbix trapper"
+CLUSTER_TEMPLATE = "AWS EMR cluster by Zabbix trapper"
+APP_TEMPLATE = "AWS EMR Serverless application by Zabbix trapper"
 EMR_PERIOD = 300
 LLD_TIMEOUT = 60.0  # LLD workers and template linking on a busy 2-core machine
 PROBLEM_TIMEOUT = 30.0

@@ -34,8 +34,8 @@ T = TypeVar("T")
 
 AP_TEMPLATE = template_dir() / "mist_ap" / "template_mist_ap.yaml"
 DISCOVERY_TEMPLATE = template_dir() / "mist_discovery" / "template_mist_discovery.yaml"
-AP_TEMPLATE_NAME = "Juniper Mist AP by trapline"
-DISCOVERY_TEMPLATE_NAME = "Juniper Mist discovery by trapline"
+AP_TEMPLATE_NAME = "Juniper Mist AP by Zabbix trapper"
+DISCOVERY_TEMPLATE_NAME = "Juniper Mist discovery by Zabbix trapper"
 
 TOKEN = "zabbix-e2e-token"
 ORGS = {"o1": "Acme"}
