@@ -11,7 +11,8 @@ What leaves the fleet (see README.md):
   ``lld_refresh`` so that Zabbix never marks a quiet AP as lost;
 * each AP host gets its merged state as one ``mist.ap.raw`` value per update
   (at most one per ``min_interval``; faster updates are merged, not dropped),
-  only after the AP was announced in an LLD value;
+  only after the AP was announced in an LLD value; the counters the update
+  measured ride along under ``counters``, for the template's rate items;
 * ``mist.ap.stale`` = 1 when an AP was silent for ``stale_after``, 0 when it speaks again.
 
 Per AP only the merged state as the JSON text last built and the identity
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 LLD_KEY = "mist.ap.discovery"
 UNKNOWN_ORG = "(organization not known yet)"  # {#ORGNAME} until the REST API named it
 RAW_KEY = "mist.ap.raw"
+# The member of a mist.ap.raw value holding the counters its update measured (and only those):
+# the template's rate items read them from there, nothing else does.
+COUNTERS_MEMBER = "counters"
 STALE_KEY = "mist.ap.stale"
 
 # Bounds against a misbehaving stream: memory stays finite whatever arrives.
@@ -68,6 +72,7 @@ _JSON_TYPES: Mapping[str, frozenset[type]] = {
     "bool": frozenset({bool}),
 }
 _NS_PER_S = 1_000_000_000
+_NUMBERS = _JSON_TYPES["number"]
 
 # The standard library's spelling of compact sorted JSON, for what msgspec refuses
 # to write (lone surrogates, which the careful parser lets through); built once, as
@@ -192,7 +197,8 @@ class FieldSchema:
     # The sorted names of every field at each level ("" the top one): a shape's part when none is
     # missing.  Shapes keep these very tuples (canonical), so that comparing them is cheap.
     complete: Mapping[str, tuple[str, ...]]
-    # Map -> member -> Zabbix key (without its parameter) of the counters sent as samples of their own.
+    # Map -> member -> key (without its parameter) of the template's rate item for the counters that
+    # travel, as measured, in the COUNTERS_MEMBER of mist.ap.raw.
     counters: Mapping[str, Mapping[str, str]]
 
     @classmethod
@@ -204,6 +210,8 @@ class FieldSchema:
             for name, table in data.get(group, {}).items():
                 declared[name] = _load_declared(table, f"{name}.")
         scalars = frozenset(declared[""])
+        if COUNTERS_MEMBER in declared:
+            raise ValueError(f"fields.toml: {COUNTERS_MEMBER} is taken: mist.ap.raw holds the counters there")
         if missing := IDENTITY_FIELDS - scalars:
             raise ValueError(f"fields.toml: the scalars must include {', '.join(sorted(missing))}")
         if declared[""]["type"] != "text" or declared[""]["model"] != "text":
@@ -225,6 +233,26 @@ class FieldSchema:
             if not members.keys() <= maps.get(name, frozenset()):
                 raise ValueError(f"fields.toml: counters.{name}: only members of maps.{name} can be counters")
         return cls(scalars, objects, maps, nested, kinds, accepted, decoder, complete, counters)
+
+    def measured(self, update: Any) -> str:
+        """The counters ``update`` (kept fields, as dicts or as the decoded struct) carries, as JSON text
+        (``{map: {entry: {member: value}}}``); "" when it carries none."""
+        as_dict = isinstance(update, dict)
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for name, members in self.counters.items():
+            entries = update.get(name) if as_dict else getattr(update, name)
+            if not isinstance(entries, dict):
+                continue
+            for entry, stats in entries.items():
+                # Numbers only: an unset struct member or a member missing from a dict is no measurement.
+                values = {
+                    member: value
+                    for member in members
+                    if type(value := stats.get(member) if as_dict else getattr(stats, member)) in _NUMBERS
+                }
+                if values:
+                    found.setdefault(name, {})[entry] = values
+        return encode_json(found).decode() if found else ""
 
     def decode_kept(self, text: str) -> Any:
         """The kept fields of an update's JSON text as a struct, or None when any of them is malformed.
@@ -360,17 +388,6 @@ def _wrong_type(field: str, value: object) -> str:
     return f"field {field}: {type(value).__name__} value not of the type fields.toml declares (or too long)"
 
 
-def lld_key_param(value: str) -> str:
-    """``value`` as Zabbix writes an LLD macro's value into an item key parameter.
-
-    Zabbix quotes it only when it has to (it starts with a quote or a space, or holds a
-    comma or a closing bracket): a trapper value must name the key exactly as LLD made it.
-    """
-    if value.startswith(('"', " ")) or "," in value or "]" in value:
-        return '"' + value.replace('"', '\\"') + '"'
-    return value
-
-
 def normalize_mac(value: object) -> str | None:
     """``5C:5B:35:00:00:01`` -> ``5c5b35000001``; None when it is no MAC."""
     if not isinstance(value, str):
@@ -396,6 +413,7 @@ class _Device:
     __slots__ = (
         "announced",
         "clock_ns",
+        "counters",
         "emitted",
         "kind",
         "mac",
@@ -421,6 +439,8 @@ class _Device:
         self.shape: Shape | None = None  # FieldSchema.shape of state, one object shared across devices
         self.updated = 0.0  # monotonic time of the last update
         self.clock_ns = 0  # wall clock of the last update, sent with the value
+        # The counters the last update measured (FieldSchema.measured), until its state is sent.
+        self.counters = ""
         # Monotonic time of the last mist.ap.raw; only kept when min_interval needs it.
         self.emitted: float | None = None
         self.stale = False
@@ -533,10 +553,13 @@ class Fleet:
         device.clock_ns = time.time_ns()
         if not self._eligible(device):
             self._name_unmonitored(key, device)
+            device.counters = ""
         else:
-            if device.announced:  # before its host exists a sample would be refused (a rate needs two anyway)
-                self._queued.extend(self._counter_readings(device, kept if fields is None else fields))
-            if self._may_send(device, now):
+            # Only this update's counters go with the state: all of them measured at its time.
+            device.counters = self.schema.measured(kept if fields is None else fields)
+            # An update that measured counters is not held back by min_interval (which merges
+            # updates): a later update would replace its counters, and a measurement would be lost.
+            if self._may_send(device, now) or (device.counters and device.announced):
                 self._ready.add(key)
                 self._held.discard(key)
             else:
@@ -765,24 +788,13 @@ class Fleet:
             device.emitted = now
         clock, ns = divmod(device.clock_ns, _NS_PER_S)
         labels = self._labels(device)
-        return Reading(self._node_id(device), RAW_KEY, device.state, clock, ns, "", labels)
-
-    def _counter_readings(self, device: _Device, update: Any) -> list[Reading]:
-        """The counters ``update`` (its kept fields, as dicts or as the decoded struct) carries."""
-        readings: list[Reading] = []
-        clock, ns = divmod(device.clock_ns, _NS_PER_S)
-        as_dict = isinstance(update, dict)
-        for name, members in self.schema.counters.items():
-            entries = update.get(name) if as_dict else getattr(update, name)
-            if not isinstance(entries, dict):
-                continue
-            for entry, stats in entries.items():
-                for member, key in members.items():
-                    value = stats.get(member) if as_dict else getattr(stats, member)
-                    if type(value) is int or type(value) is float:
-                        item_key = f"{key}[{lld_key_param(entry)}]"
-                        readings.append(Reading(self._node_id(device), item_key, value, clock, ns))
-        return readings
+        value, counters = device.state, device.counters
+        if counters:
+            # The merged state with the update's counters as one more member (after the sorted
+            # ones): sent once, so a rate item never sees a counter again under a later time.
+            value = f'{value[:-1]}{"," if len(value) > 2 else ""}"{COUNTERS_MEMBER}":{counters}}}'
+            device.counters = ""
+        return Reading(self._node_id(device), RAW_KEY, value, clock, ns, "", labels)
 
     def _stale_reading(self, device: _Device, value: int) -> Reading:
         return Reading.now(self._node_id(device), STALE_KEY, value, labels=self._labels(device))
