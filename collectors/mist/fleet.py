@@ -11,8 +11,8 @@ What leaves the fleet (see README.md):
   ``lld_refresh`` so that Zabbix never marks a quiet AP as lost;
 * each AP host gets its merged state as one ``mist.ap.raw`` value per update
   (at most one per ``min_interval``; faster updates are merged, not dropped),
-  only after the AP was announced in an LLD value; the counters the update
-  measured ride along under ``counters``, for the template's rate items;
+  only after the AP was announced in an LLD value; the per-second rates of the
+  counters the update measured ride along under ``rates``, for the template's rate items;
 * ``mist.ap.stale`` = 1 when an AP was silent for ``stale_after``, 0 when it speaks again.
 
 Per AP only the merged state as the JSON text last built and the identity
@@ -50,9 +50,9 @@ logger = logging.getLogger(__name__)
 LLD_KEY = "mist.ap.discovery"
 UNKNOWN_ORG = "(organization not known yet)"  # {#ORGNAME} until the REST API named it
 RAW_KEY = "mist.ap.raw"
-# The member of a mist.ap.raw value holding the counters its update measured (and only those):
-# the template's rate items read them from there, nothing else does.
-COUNTERS_MEMBER = "counters"
+# The member of a mist.ap.raw value holding the per-second rates of the counters its update
+# measured (and only those): the template's rate items read them there, nothing else does.
+RATES_MEMBER = "rates"
 STALE_KEY = "mist.ap.stale"
 
 # Bounds against a misbehaving stream: memory stays finite whatever arrives.
@@ -197,8 +197,8 @@ class FieldSchema:
     # The sorted names of every field at each level ("" the top one): a shape's part when none is
     # missing.  Shapes keep these very tuples (canonical), so that comparing them is cheap.
     complete: Mapping[str, tuple[str, ...]]
-    # Map -> member -> key (without its parameter) of the template's rate item for the counters that
-    # travel, as measured, in the COUNTERS_MEMBER of mist.ap.raw.
+    # Map -> member -> key (without its parameter) of the template's rate item for the counters whose
+    # rates travel in the RATES_MEMBER of mist.ap.raw.
     counters: Mapping[str, Mapping[str, str]]
 
     @classmethod
@@ -210,8 +210,8 @@ class FieldSchema:
             for name, table in data.get(group, {}).items():
                 declared[name] = _load_declared(table, f"{name}.")
         scalars = frozenset(declared[""])
-        if COUNTERS_MEMBER in declared:
-            raise ValueError(f"fields.toml: {COUNTERS_MEMBER} is taken: mist.ap.raw holds the counters there")
+        if RATES_MEMBER in declared:
+            raise ValueError(f"fields.toml: {RATES_MEMBER} is taken: mist.ap.raw holds the rates there")
         if missing := IDENTITY_FIELDS - scalars:
             raise ValueError(f"fields.toml: the scalars must include {', '.join(sorted(missing))}")
         if declared[""]["type"] != "text" or declared[""]["model"] != "text":
@@ -234,9 +234,9 @@ class FieldSchema:
                 raise ValueError(f"fields.toml: counters.{name}: only members of maps.{name} can be counters")
         return cls(scalars, objects, maps, nested, kinds, accepted, decoder, complete, counters)
 
-    def measured(self, update: Any) -> str:
-        """The counters ``update`` (kept fields, as dicts or as the decoded struct) carries, as JSON text
-        (``{map: {entry: {member: value}}}``); "" when it carries none."""
+    def measured(self, update: Any) -> dict[str, dict[str, dict[str, Any]]]:
+        """The counters ``update`` (kept fields, as dicts or as the decoded struct) carries:
+        ``{map: {entry: {member: value}}}``, empty when it carries none."""
         as_dict = isinstance(update, dict)
         found: dict[str, dict[str, dict[str, Any]]] = {}
         for name, members in self.counters.items():
@@ -252,7 +252,7 @@ class FieldSchema:
                 }
                 if values:
                     found.setdefault(name, {})[entry] = values
-        return encode_json(found).decode() if found else ""
+        return found
 
     def decode_kept(self, text: str) -> Any:
         """The kept fields of an update's JSON text as a struct, or None when any of them is malformed.
@@ -413,12 +413,13 @@ class _Device:
     __slots__ = (
         "announced",
         "clock_ns",
-        "counters",
+        "counted",
         "emitted",
         "kind",
         "mac",
         "model",
         "name",
+        "rates",
         "shape",
         "site_id",
         "stale",
@@ -439,8 +440,10 @@ class _Device:
         self.shape: Shape | None = None  # FieldSchema.shape of state, one object shared across devices
         self.updated = 0.0  # monotonic time of the last update
         self.clock_ns = 0  # wall clock of the last update, sent with the value
-        # The counters the last update measured (FieldSchema.measured), until its state is sent.
-        self.counters = ""
+        # Each counter's last measurement, {map: {entry: {member: [value, clock_ns]}}} as JSON text
+        # ("" before the first), and the rates the last update's counters gave, until its state is sent.
+        self.counted = ""
+        self.rates = ""
         # Monotonic time of the last mist.ap.raw; only kept when min_interval needs it.
         self.emitted: float | None = None
         self.stale = False
@@ -553,13 +556,12 @@ class Fleet:
         device.clock_ns = time.time_ns()
         if not self._eligible(device):
             self._name_unmonitored(key, device)
-            device.counters = ""
         else:
-            # Only this update's counters go with the state: all of them measured at its time.
-            device.counters = self.schema.measured(kept if fields is None else fields)
-            # An update that measured counters is not held back by min_interval (which merges
-            # updates): a later update would replace its counters, and a measurement would be lost.
-            if self._may_send(device, now) or (device.counters and device.announced):
+            measured = self.schema.measured(kept if fields is None else fields)
+            device.rates = self._rates(device, measured) if measured else ""
+            # An update with rates is not held back by min_interval (which merges updates):
+            # a later update would replace its rates, and they would be lost.
+            if self._may_send(device, now) or (device.rates and device.announced):
                 self._ready.add(key)
                 self._held.discard(key)
             else:
@@ -788,13 +790,43 @@ class Fleet:
             device.emitted = now
         clock, ns = divmod(device.clock_ns, _NS_PER_S)
         labels = self._labels(device)
-        value, counters = device.state, device.counters
-        if counters:
-            # The merged state with the update's counters as one more member (after the sorted
-            # ones): sent once, so a rate item never sees a counter again under a later time.
-            value = f'{value[:-1]}{"," if len(value) > 2 else ""}"{COUNTERS_MEMBER}":{counters}}}'
-            device.counters = ""
+        value, rates = device.state, device.rates
+        if rates:
+            # The merged state with the update's rates as one more member (after the sorted ones),
+            # sent once: a value without it is discarded by the rate items.
+            value = f'{value[:-1]}{"," if len(value) > 2 else ""}"{RATES_MEMBER}":{rates}}}'
+            device.rates = ""
         return Reading(self._node_id(device), RAW_KEY, value, clock, ns, "", labels)
+
+    @staticmethod
+    def _rates(device: _Device, measured: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+        """The per-second rates of the counters just measured, as JSON text ("" when none has one yet).
+
+        A rate is taken between a counter's two last measurements, each at the time of the
+        update that carried it, whatever updates without it came between.  It is worked out
+        here, not by Zabbix's change per second: a dependent item that discards the values
+        without the counter (partial updates) loses the sample that step keeps (seen on 6.0
+        and 7.0), and one trapper value per counter costs the pipeline ~5x per update.  As
+        Zabbix does, a counter that went down (reset, wrap) or a clock that did not move
+        gives no rate, only a new first sample.
+        """
+        now_ns = device.clock_ns
+        last: dict[str, Any] = parse_json(device.counted) if device.counted else {}
+        rates: dict[str, dict[str, dict[str, float]]] = {}
+        for name, entries in measured.items():
+            known_entries = last.setdefault(name, {})
+            for entry, members in entries.items():
+                if entry not in known_entries and len(known_entries) >= MAX_MAP_ENTRIES:
+                    continue  # a stream that keeps naming new entries: memory stays bounded
+                known = known_entries.setdefault(entry, {})
+                for member, value in members.items():
+                    before = known.get(member)
+                    known[member] = [value, now_ns]
+                    if before is not None and now_ns > before[1] and value >= before[0]:
+                        rate = (value - before[0]) * _NS_PER_S / (now_ns - before[1])
+                        rates.setdefault(name, {}).setdefault(entry, {})[member] = rate
+        device.counted = encode_json(last).decode()
+        return encode_json(rates).decode() if rates else ""
 
     def _stale_reading(self, device: _Device, value: int) -> Reading:
         return Reading.now(self._node_id(device), STALE_KEY, value, labels=self._labels(device))
