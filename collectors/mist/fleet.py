@@ -15,8 +15,8 @@ What leaves the fleet (see README.md):
   counters the update measured ride along under ``rates``, for the template's rate items;
 * ``mist.ap.stale`` = 1 when an AP was silent for ``stale_after``, 0 when it speaks again.
 
-Per AP only the merged state as the JSON text last built and the identity
-fields are kept (about 1.9 KB at 10,000 APs, ``bench/mist.py``); the LLD rows
+Per AP only the merged state as the JSON text last built, the identity
+fields and each counter's last measurement are kept (``bench/mist.py``); the LLD rows
 are rebuilt when an LLD value may be due, and only their digest is kept.
 
 Time is passed in (monotonic seconds), so all of this is tested without sleeping.
