@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from tests.support import cases
 from tests.test_mist_fuzz import make_connection
+from trapline.collectors.mist import fleet
 from trapline.core.model import Discovery
 
 KIND = "mist"
@@ -20,8 +23,12 @@ def replay(case: str) -> dict[str, object]:
     frames = (cases.CASES / KIND / case / "frames.jsonl").read_bytes().splitlines()
     with tempfile.TemporaryDirectory() as tmp:
         _, connection, out = make_connection(Path(tmp))
-        for raw in frames:
-            connection.handle(raw)
+        # The wall clock the fleet stamps updates with moves one second each time it is read,
+        # so the counter rates it works out are the same in every replay.
+        clock = itertools.count(1_700_000_000 * 10**9, 10**9)
+        with mock.patch.object(fleet.time, "time_ns", side_effect=lambda: next(clock)):
+            for raw in frames:
+                connection.handle(raw)
     items: list[dict[str, object]] = []
     for item in out.items:
         if isinstance(item, Discovery):

@@ -1,28 +1,35 @@
-"""Hypothesis: counters leave the fleet once per measurement, stamped with its time, so rates are exact.
+"""Hypothesis: every counter measurement after the first gives its rate once, at its update's time, exactly.
+
+The fleet works out each counter's per-second rate between its two last measurements and
+sends it in the ``rates`` member of the ``mist.ap.raw`` value of the update that measured
+it; the template's rate items read it there (JSONPath, discard when absent), and this
+test reads it the same way.
 
 Shapes: the published Mist device-stats schema (every field optional; port_stat and
 radio_stat entries with rx/tx byte, packet and error counters; partial "basic" updates
 carrying only a few fields).  The generator moves every counter at a known rate and
 sends it in any mix and order of full updates, partial updates without counters and
-partial updates with only some counters; the rate computed from what the fleet emits
-(what Zabbix's change-per-second computes) must be the generator's rate, every time.
+partial updates with only some counters; every rate the fleet emits must be the
+generator's rate.
 """
 
 from __future__ import annotations
 
 import json
-from itertools import pairwise
+from pathlib import Path
 from random import Random
 from typing import Any
 from unittest import mock
 
+import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_mist_fleet import MAC1, NODE1, make_fleet
 from trapline.collectors.mist import fleet as fleet_module
-from trapline.collectors.mist.fleet import FieldSchema, lld_key_param
-from trapline.core.model import Reading
+from trapline.collectors.mist.fleet import RATES_MEMBER, RAW_KEY, FieldSchema
+from trapline.core.model import Item, Reading
 
 SCHEMA = FieldSchema.load()
 DEVICE_ID = f"00000000-0000-0000-1000-{MAC1}"
@@ -63,8 +70,28 @@ def counters_update(t_ms: int, kind: str, rnd: Any) -> dict[str, Any]:
     return update
 
 
-def key_of(name: str, entry: str, member: str) -> str:
-    return f"{SCHEMA.counters[name][member]}[{lld_key_param(entry)}]"
+Counter = tuple[str, str, str]  # map, entry, member
+
+
+def emitted_rates(items: list[Item]) -> list[tuple[Counter, float]]:
+    """What the template's rate items of NODE1 take from ``items``, as Zabbix does: JSONPath
+    ``$.rates.<map>['<entry>'].<member>`` on each mist.ap.raw value; a value without it is discarded."""
+    out = []
+    for item in items:
+        if isinstance(item, Reading) and item.host == NODE1:
+            assert item.key in {RAW_KEY, "mist.ap.stale"}, item.key  # no value of its own per counter
+            if item.key == RAW_KEY:
+                for name, entries in json.loads(str(item.value)).get(RATES_MEMBER, {}).items():
+                    for entry, members in entries.items():
+                        out.extend(((name, entry, member), value) for member, value in members.items())
+    return out
+
+
+def feed(fleet: fleet_module.Fleet, update: dict[str, Any], t_ms: int, as_text: bool = False) -> list[Item]:
+    """One update arriving at ``t_ms`` (wall clock, as the fleet stamps it), and what is sent then."""
+    with mock.patch.object(fleet_module.time, "time_ns", return_value=t_ms * 1_000_000):
+        fleet.update("s1", json.dumps(update) if as_text else update, t_ms / 1000)
+    return fleet.due(t_ms / 1000)
 
 
 @settings(max_examples=150, deadline=None)
@@ -72,45 +99,100 @@ def key_of(name: str, entry: str, member: str) -> str:
 def test_rates_from_emitted_counters_are_the_generators(steps: list[tuple[int, str, Any, bool]]) -> None:
     fleet = make_fleet(lld_min_interval=0.0)
     t_ms = START_MS
-    samples: dict[str, list[tuple[int, float]]] = {}
-    expected: dict[str, int] = {}  # counter samples each key must have had
+    got: dict[Counter, int] = {}
+    measurements: dict[Counter, int] = {}
     first = True
     for delta, kind, rnd, as_text in steps:
         t_ms += delta
         update = counters_update(t_ms, "full" if first else kind, rnd)
-        with mock.patch.object(fleet_module.time, "time_ns", return_value=t_ms * 1_000_000):
-            fleet.update("s1", json.dumps(update) if as_text else update, t_ms / 1000)
-        announced_before = not first  # the first update's host does not exist yet: no samples
-        for item in fleet.due(t_ms / 1000):
-            if isinstance(item, Reading) and item.host == NODE1 and "[" in item.key:
-                at_ms = item.clock * 1000 + item.ns // 1_000_000
-                samples.setdefault(item.key, []).append((at_ms, item.value))
-        if announced_before:
-            for (name, entry, member) in RATES:
-                if member in update.get(name, {}).get(entry, {}):
-                    expected[key_of(name, entry, member)] = expected.get(key_of(name, entry, member), 0) + 1
+        for counter, rate in emitted_rates(feed(fleet, update, t_ms, as_text)):
+            # The generator's rate is per millisecond.
+            assert rate == pytest.approx(RATES[counter] * 1000, rel=1e-9), counter
+            got[counter] = got.get(counter, 0) + 1
+        for (name, entry, member) in RATES:
+            if member in update.get(name, {}).get(entry, {}):
+                measurements[name, entry, member] = measurements.get((name, entry, member), 0) + 1
         first = False
-    for (name, entry, member), rate in RATES.items():
-        key = key_of(name, entry, member)
-        got = samples.get(key, [])
-        assert len(got) == expected.get(key, 0), key  # every measurement once, nothing more
-        for (t0, v0), (t1, v1) in pairwise(got):
-            assert t1 > t0
-            assert (float(v1) - float(v0)) / (t1 - t0) == rate, key
+    # Every measurement but a counter's first gives one rate, nothing more.
+    assert got == {counter: n - 1 for counter, n in measurements.items() if n > 1}
 
 
-def test_a_partial_update_without_counters_sends_none() -> None:
+def raw_values(items: list[Item]) -> list[dict[str, Any]]:
+    return [json.loads(str(i.value)) for i in items if isinstance(i, Reading) and i.key == RAW_KEY]
+
+
+def eth0_rx(update: dict[str, Any], value: int) -> dict[str, Any]:
+    update["port_stat"] = {"eth0": {"rx_bytes": value}}
+    return update
+
+
+def at_second(fleet: fleet_module.Fleet, second: int, kind: str) -> list[dict[str, Any]]:
+    """The mist.ap.raw values sent after an update of ``kind`` arriving ``second`` s after START_MS."""
+    t_ms = START_MS + 1000 * second
+    return raw_values(feed(fleet, counters_update(t_ms, kind, Random(second)), t_ms))
+
+
+RX = ("port_stat", "eth0", "rx_bytes")
+
+
+def test_a_partial_update_without_counters_sends_no_rate_and_keeps_the_state() -> None:
     fleet = make_fleet(lld_min_interval=0.0)
-    fleet.update("s1", counters_update(START_MS, "full", Random(0)), 0.0)
-    fleet.due(0.0)
-    fleet.update("s1", counters_update(START_MS + 1000, "full", Random(1)), 1.0)
-    assert any("[" in i.key for i in fleet.due(1.0) if isinstance(i, Reading))
-    fleet.update("s1", counters_update(START_MS + 2000, "no counters", Random(2)), 2.0)
-    assert [i.key for i in fleet.due(2.0) if isinstance(i, Reading)] == ["mist.ap.raw"]
+    at_second(fleet, 0, "full")
+    [with_rates] = at_second(fleet, 1, "full")
+    assert with_rates[RATES_MEMBER]["port_stat"]["eth0"]["rx_bytes"] == RATES[RX] * 1000
+    [without] = at_second(fleet, 2, "no counters")
+    assert RATES_MEMBER not in without
+    # The merged state still holds the last counters, for the Prometheus expansion.
+    assert without["port_stat"]["eth0"]["rx_bytes"] == RATES[RX] * (START_MS + 1000)
 
 
-def test_entry_names_are_written_into_keys_as_zabbix_lld_writes_them() -> None:
-    assert lld_key_param("eth0") == "eth0"
-    assert lld_key_param("ge-0/0/1,2") == '"ge-0/0/1,2"'
-    assert lld_key_param('a"]') == '"a\\"]"'
-    assert lld_key_param(" x") == '" x"'
+def test_a_counter_that_goes_down_gives_no_rate_then_counts_from_there() -> None:
+    fleet = make_fleet(lld_min_interval=0.0)
+    base = {"id": DEVICE_ID, "mac": MAC1, "type": "ap"}
+    sent = [
+        emitted_rates(feed(fleet, eth0_rx(dict(base), value), START_MS + 1000 * i))
+        for i, value in enumerate([5_000, 7_000, 100, 600, 600])  # an AP restart between 2nd and 3rd
+    ]
+    assert sent == [[], [(RX, 2000.0)], [], [(RX, 500.0)], [(RX, 0.0)]]
+
+
+def test_the_same_clock_twice_gives_no_rate() -> None:
+    fleet = make_fleet(lld_min_interval=0.0)
+    base = {"id": DEVICE_ID, "mac": MAC1, "type": "ap"}
+    assert emitted_rates(feed(fleet, eth0_rx(dict(base), 10), START_MS)) == []
+    assert emitted_rates(feed(fleet, eth0_rx(dict(base), 20), START_MS)) == []
+    assert emitted_rates(feed(fleet, eth0_rx(dict(base), 30), START_MS + 500)) == [(RX, 20.0)]
+
+
+def test_min_interval_merges_updates_but_never_holds_back_rates() -> None:
+    fleet = make_fleet(lld_min_interval=0.0, min_interval=60.0)
+    at_second(fleet, 0, "full")
+    assert len(at_second(fleet, 1, "full")) == 1
+    assert at_second(fleet, 2, "no counters") == []  # merged, sent once min_interval has passed
+    [sent] = at_second(fleet, 3, "full")
+    assert sent["uptime"] == (START_MS + 3000) // 1000 and RATES_MEMBER in sent
+
+
+TEMPLATE = Path(__file__).parents[1] / "zabbix_templates" / "mist_ap" / "template_mist_ap.yaml"
+
+
+def test_every_counter_has_a_rate_item_reading_its_rate() -> None:
+    """fields.toml's [counters] against the AP template: per counter, a dependent item prototype of
+    mist.ap.raw that reads the rate, discards values without it, and has no change-per-second step
+    (the rate is one already; that step after a discarding one stored nothing on 6.0 and 7.0)."""
+    template = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))["zabbix_export"]["templates"][0]
+    prototypes = {
+        p["key"]: p for rule in template["discovery_rules"] for p in rule.get("item_prototypes", [])
+    }
+    for name, members in SCHEMA.counters.items():
+        for member, key in members.items():
+            [item] = [p for k, p in prototypes.items() if k.startswith(f"{key}[")]
+            macro = item["key"][len(key) + 1 : -1]
+            steps = item["preprocessing"]
+            assert item["type"] == "DEPENDENT" and item["master_item"]["key"] == RAW_KEY
+            assert steps[0] == {
+                "type": "JSONPATH",
+                "parameters": [f"$.{RATES_MEMBER}.{name}['{macro}'].{member}"],
+                "error_handler": "DISCARD_VALUE",
+            }
+            assert [s["type"] for s in steps[1:]] in ([], ["MULTIPLIER"])

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_mist_fleet import MAC1, make_fleet, raw
-from trapline.collectors.mist.fleet import FieldSchema
+from trapline.collectors.mist.fleet import RATES_MEMBER, FieldSchema
 
 SCHEMA = FieldSchema.load()
 DEVICE_ID = f"00000000-0000-0000-1000-{MAC1}"
@@ -71,7 +71,11 @@ def expected_problems(update: dict[str, Any]) -> int:
 
 def assert_declared_types(state: dict[str, Any]) -> None:
     for key, value in state.items():
-        if key in SCHEMA.objects:
+        if key == RATES_MEMBER:  # rates of declared counters only, numbers only
+            for name, entries in value.items():
+                members = [(k, v) for entry in entries.values() for k, v in entry.items()]
+                assert all(k in SCHEMA.counters[name] and fits(name, k, v) for k, v in members), (key, value)
+        elif key in SCHEMA.objects:
             assert all(fits(key, k, v) for k, v in value.items()), (key, value)
         elif key in SCHEMA.maps:
             assert all(fits(key, k, v) for entry in value.values() for k, v in entry.items()), (key, value)

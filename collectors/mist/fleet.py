@@ -11,11 +11,12 @@ What leaves the fleet (see README.md):
   ``lld_refresh`` so that Zabbix never marks a quiet AP as lost;
 * each AP host gets its merged state as one ``mist.ap.raw`` value per update
   (at most one per ``min_interval``; faster updates are merged, not dropped),
-  only after the AP was announced in an LLD value;
+  only after the AP was announced in an LLD value; the per-second rates of the
+  counters the update measured ride along under ``rates``, for the template's rate items;
 * ``mist.ap.stale`` = 1 when an AP was silent for ``stale_after``, 0 when it speaks again.
 
-Per AP only the merged state as the JSON text last built and the identity
-fields are kept (about 1.9 KB at 10,000 APs, ``bench/mist.py``); the LLD rows
+Per AP only the merged state as the JSON text last built, the identity
+fields and each counter's last measurement are kept (``bench/mist.py``); the LLD rows
 are rebuilt when an LLD value may be due, and only their digest is kept.
 
 Time is passed in (monotonic seconds), so all of this is tested without sleeping.
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 LLD_KEY = "mist.ap.discovery"
 UNKNOWN_ORG = "(organization not known yet)"  # {#ORGNAME} until the REST API named it
 RAW_KEY = "mist.ap.raw"
+# The member of a mist.ap.raw value holding the per-second rates of the counters its update
+# measured (and only those): the template's rate items read them there, nothing else does.
+RATES_MEMBER = "rates"
 STALE_KEY = "mist.ap.stale"
 
 # Bounds against a misbehaving stream: memory stays finite whatever arrives.
@@ -68,6 +72,7 @@ _JSON_TYPES: Mapping[str, frozenset[type]] = {
     "bool": frozenset({bool}),
 }
 _NS_PER_S = 1_000_000_000
+_NUMBERS = _JSON_TYPES["number"]
 
 # The standard library's spelling of compact sorted JSON, for what msgspec refuses
 # to write (lone surrogates, which the careful parser lets through); built once, as
@@ -192,7 +197,8 @@ class FieldSchema:
     # The sorted names of every field at each level ("" the top one): a shape's part when none is
     # missing.  Shapes keep these very tuples (canonical), so that comparing them is cheap.
     complete: Mapping[str, tuple[str, ...]]
-    # Map -> member -> Zabbix key (without its parameter) of the counters sent as samples of their own.
+    # Map -> member -> key (without its parameter) of the template's rate item for the counters whose
+    # rates travel in the RATES_MEMBER of mist.ap.raw.
     counters: Mapping[str, Mapping[str, str]]
 
     @classmethod
@@ -204,6 +210,8 @@ class FieldSchema:
             for name, table in data.get(group, {}).items():
                 declared[name] = _load_declared(table, f"{name}.")
         scalars = frozenset(declared[""])
+        if RATES_MEMBER in declared:
+            raise ValueError(f"fields.toml: {RATES_MEMBER} is taken: mist.ap.raw holds the rates there")
         if missing := IDENTITY_FIELDS - scalars:
             raise ValueError(f"fields.toml: the scalars must include {', '.join(sorted(missing))}")
         if declared[""]["type"] != "text" or declared[""]["model"] != "text":
@@ -225,6 +233,26 @@ class FieldSchema:
             if not members.keys() <= maps.get(name, frozenset()):
                 raise ValueError(f"fields.toml: counters.{name}: only members of maps.{name} can be counters")
         return cls(scalars, objects, maps, nested, kinds, accepted, decoder, complete, counters)
+
+    def measured(self, update: Any) -> dict[str, dict[str, dict[str, Any]]]:
+        """The counters ``update`` (kept fields, as dicts or as the decoded struct) carries:
+        ``{map: {entry: {member: value}}}``, empty when it carries none."""
+        as_dict = isinstance(update, dict)
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for name, members in self.counters.items():
+            entries = update.get(name) if as_dict else getattr(update, name)
+            if not isinstance(entries, dict):
+                continue
+            for entry, stats in entries.items():
+                # Numbers only: an unset struct member or a member missing from a dict is no measurement.
+                values = {
+                    member: value
+                    for member in members
+                    if type(value := stats.get(member) if as_dict else getattr(stats, member)) in _NUMBERS
+                }
+                if values:
+                    found.setdefault(name, {})[entry] = values
+        return found
 
     def decode_kept(self, text: str) -> Any:
         """The kept fields of an update's JSON text as a struct, or None when any of them is malformed.
@@ -360,17 +388,6 @@ def _wrong_type(field: str, value: object) -> str:
     return f"field {field}: {type(value).__name__} value not of the type fields.toml declares (or too long)"
 
 
-def lld_key_param(value: str) -> str:
-    """``value`` as Zabbix writes an LLD macro's value into an item key parameter.
-
-    Zabbix quotes it only when it has to (it starts with a quote or a space, or holds a
-    comma or a closing bracket): a trapper value must name the key exactly as LLD made it.
-    """
-    if value.startswith(('"', " ")) or "," in value or "]" in value:
-        return '"' + value.replace('"', '\\"') + '"'
-    return value
-
-
 def normalize_mac(value: object) -> str | None:
     """``5C:5B:35:00:00:01`` -> ``5c5b35000001``; None when it is no MAC."""
     if not isinstance(value, str):
@@ -396,11 +413,13 @@ class _Device:
     __slots__ = (
         "announced",
         "clock_ns",
+        "counted",
         "emitted",
         "kind",
         "mac",
         "model",
         "name",
+        "rates",
         "shape",
         "site_id",
         "stale",
@@ -421,6 +440,10 @@ class _Device:
         self.shape: Shape | None = None  # FieldSchema.shape of state, one object shared across devices
         self.updated = 0.0  # monotonic time of the last update
         self.clock_ns = 0  # wall clock of the last update, sent with the value
+        # Each counter's last measurement, {map: {entry: {member: [value, clock_ns]}}} as JSON text
+        # ("" before the first), and the rates the last update's counters gave, until its state is sent.
+        self.counted = ""
+        self.rates = ""
         # Monotonic time of the last mist.ap.raw; only kept when min_interval needs it.
         self.emitted: float | None = None
         self.stale = False
@@ -534,9 +557,11 @@ class Fleet:
         if not self._eligible(device):
             self._name_unmonitored(key, device)
         else:
-            if device.announced:  # before its host exists a sample would be refused (a rate needs two anyway)
-                self._queued.extend(self._counter_readings(device, kept if fields is None else fields))
-            if self._may_send(device, now):
+            measured = self.schema.measured(kept if fields is None else fields)
+            device.rates = self._rates(device, measured) if measured else ""
+            # An update with rates is not held back by min_interval (which merges updates):
+            # a later update would replace its rates, and they would be lost.
+            if self._may_send(device, now) or (device.rates and device.announced):
                 self._ready.add(key)
                 self._held.discard(key)
             else:
@@ -765,24 +790,43 @@ class Fleet:
             device.emitted = now
         clock, ns = divmod(device.clock_ns, _NS_PER_S)
         labels = self._labels(device)
-        return Reading(self._node_id(device), RAW_KEY, device.state, clock, ns, "", labels)
+        value, rates = device.state, device.rates
+        if rates:
+            # The merged state with the update's rates as one more member (after the sorted ones),
+            # sent once: a value without it is discarded by the rate items.
+            value = f'{value[:-1]}{"," if len(value) > 2 else ""}"{RATES_MEMBER}":{rates}}}'
+            device.rates = ""
+        return Reading(self._node_id(device), RAW_KEY, value, clock, ns, "", labels)
 
-    def _counter_readings(self, device: _Device, update: Any) -> list[Reading]:
-        """The counters ``update`` (its kept fields, as dicts or as the decoded struct) carries."""
-        readings: list[Reading] = []
-        clock, ns = divmod(device.clock_ns, _NS_PER_S)
-        as_dict = isinstance(update, dict)
-        for name, members in self.schema.counters.items():
-            entries = update.get(name) if as_dict else getattr(update, name)
-            if not isinstance(entries, dict):
-                continue
-            for entry, stats in entries.items():
-                for member, key in members.items():
-                    value = stats.get(member) if as_dict else getattr(stats, member)
-                    if type(value) is int or type(value) is float:
-                        item_key = f"{key}[{lld_key_param(entry)}]"
-                        readings.append(Reading(self._node_id(device), item_key, value, clock, ns))
-        return readings
+    @staticmethod
+    def _rates(device: _Device, measured: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+        """The per-second rates of the counters just measured, as JSON text ("" when none has one yet).
+
+        A rate is taken between a counter's two last measurements, each at the time of the
+        update that carried it, whatever updates without it came between.  It is worked out
+        here, not by Zabbix's change per second: a dependent item that discards the values
+        without the counter (partial updates) loses the sample that step keeps (seen on 6.0
+        and 7.0), and one trapper value per counter costs the pipeline ~5x per update.  As
+        Zabbix does, a counter that went down (reset, wrap) or a clock that did not move
+        gives no rate, only a new first sample.
+        """
+        now_ns = device.clock_ns
+        last: dict[str, Any] = parse_json(device.counted) if device.counted else {}
+        rates: dict[str, dict[str, dict[str, float]]] = {}
+        for name, entries in measured.items():
+            known_entries = last.setdefault(name, {})
+            for entry, members in entries.items():
+                if entry not in known_entries and len(known_entries) >= MAX_MAP_ENTRIES:
+                    continue  # a stream that keeps naming new entries: memory stays bounded
+                known = known_entries.setdefault(entry, {})
+                for member, value in members.items():
+                    before = known.get(member)
+                    known[member] = [value, now_ns]
+                    if before is not None and now_ns > before[1] and value >= before[0]:
+                        rate = (value - before[0]) * _NS_PER_S / (now_ns - before[1])
+                        rates.setdefault(name, {}).setdefault(entry, {})[member] = rate
+        device.counted = encode_json(last).decode()
+        return encode_json(rates).decode() if rates else ""
 
     def _stale_reading(self, device: _Device, value: int) -> Reading:
         return Reading.now(self._node_id(device), STALE_KEY, value, labels=self._labels(device))
