@@ -552,3 +552,29 @@ def test_a_fleet_map_made_before_the_table_gets_it_below_its_widgets(zabbix: Loc
         assert int(widgets[kind]["width"]) == before["width"] and int(widgets[kind]["y"]) == 0
         assert [f["value"] for f in widgets[kind]["fields"]] == [groupid]
     assert int(widgets["tophosts"]["y"]) == older[0]["height"]
+
+
+# --------------------------------------------------------------------------
+# One fault, one page: the check engine lamp and the stored codes that name its fault
+# --------------------------------------------------------------------------
+def test_the_check_engine_lamp_pages_only_when_no_stored_code_names_the_fault(
+    zabbix: LocalZabbix, api: Any
+) -> None:
+    coded_host, coded = _van(api)
+    bare_host, bare = _van(api)
+    zabbix.config_cache_reload()
+    row = {"{#DTC}": "P0301", "{#DESCRIPTION}": "Cylinder 1 Misfire Detected", "{#STATE}": "stored"}
+    _send(zabbix, [Discovery.now(coded_host, DTC_DISCOVERY, [row])])
+    wait_until(lambda: api.item.get(hostids=[coded], filter={"key_": "obd.dtc[P0301,stored]"}),
+               timeout=30, what="the discovered trouble code item")
+    zabbix.config_cache_reload()
+    now = int(time.time())
+    _send(zabbix, [
+        Reading(coded_host, "obd.mil", 1, now), Reading(coded_host, "obd.dtc.count[stored]", 1, now),
+        Reading(coded_host, "obd.dtc[P0301,stored]", 1, now),
+        Reading(bare_host, "obd.mil", 1, now), Reading(bare_host, "obd.dtc.count[stored]", 0, now),
+    ])
+    wait_for_problems(api, [coded], {("Vehicle: Trouble code P0301 (stored): Cylinder 1 Misfire Detected",
+                                      "average")})
+    wait_for_problems(api, [bare], {("Vehicle: Check engine lamp (MIL) is on without a stored trouble code",
+                                     "average")})
