@@ -4,7 +4,7 @@ A moto server (in-process, on loopback) gets ``ceil(series / 11)`` EMR clusters 
 for every catalog metric of every cluster, ``--datapoints`` datapoints (one per
 period of the window the poller asks for).  Then, interleaved, ``--polls`` times each:
 
-* trapline: ``fetch_latest`` of the AWS collector (``collectors/aws/cloudwatch.py``)
+* trapline: ``fetch_datapoints`` of the AWS collector (``collectors/aws/cloudwatch.py``)
   over the first ``--series`` series that ``series_for`` builds from the clusters the
   poller discovered, through the collector's own boto3 client;
 * naive: one GetMetricStatistics call per series, written here.
@@ -44,7 +44,7 @@ from trapline.collectors.aws.cloudwatch import (
     Window,
     aligned_window,
     calls_needed,
-    fetch_latest,
+    fetch_datapoints,
 )
 from trapline.collectors.aws.poller import AwsPoller, series_for
 from trapline.collectors.aws.session import ApiCalls, make_clients
@@ -227,7 +227,7 @@ class ShiftedClock:
 
 
 def trapline_poll(cloudwatch: CloudWatchClient, series: Sequence[Series], window: Window) -> dict[int, float]:
-    return {i: value for i, (_, value) in fetch_latest(cloudwatch, series, window).latest.items()}
+    return {i: points[-1][1] for i, points in fetch_datapoints(cloudwatch, series, window).points.items()}
 
 
 def naive_poll(cloudwatch: CloudWatchClient, series: Sequence[Series], window: Window) -> dict[int, float]:
@@ -328,7 +328,7 @@ def main() -> None:
         expected = [newest_value(i) for i in range(len(series))]
         pollers = []
         for name, action, usd, fetch in (
-            ("trapline fetch_latest (GetMetricData)", GET_METRIC_DATA, USD_PER_METRIC, trapline_poll),
+            ("trapline fetch_datapoints (GetMetricData)", GET_METRIC_DATA, USD_PER_METRIC, trapline_poll),
             ("naive, 1 GetMetricStatistics per series", GET_METRIC_STATISTICS, USD_PER_REQUEST, naive_poll),
         ):
             calls, metrics = ApiCalls(), MetricsRequested()

@@ -25,7 +25,7 @@ from trapline.collectors.aws.cloudwatch import (
     aligned_window,
     batches,
     calls_needed,
-    fetch_latest,
+    fetch_datapoints,
 )
 
 
@@ -108,16 +108,16 @@ def test_1234_series_take_three_calls_of_500_500_234() -> None:
                 for i in range(size - 1)
             ]
             stub.add_response("get_metric_data", {"MetricDataResults": results})
-        fetched = fetch_latest(client, series, Window(1_700_000_000, 1_700_000_300))
+        fetched = fetch_datapoints(client, series, Window(1_700_000_000, 1_700_000_300))
         stub.assert_no_pending_responses()
     assert sizes == [500, 500, 234]
     assert fetched.calls == 3
     assert fetched.missing == 3
-    assert fetched.latest[1233 - 1] == (stamp.timestamp(), 1232.0)
-    assert 499 not in fetched.latest and 999 not in fetched.latest
+    assert fetched.points[1233 - 1] == [(stamp.timestamp(), 1232.0)]
+    assert 499 not in fetched.points and 999 not in fetched.points
 
 
-def test_next_token_is_followed_and_the_newest_datapoint_wins() -> None:
+def test_next_token_is_followed_and_every_datapoint_is_kept_oldest_first() -> None:
     client = _client()
     series = _series(3)
     window = Window(1_700_000_000, 1_700_000_900)
@@ -149,11 +149,14 @@ def test_next_token_is_followed_and_the_newest_datapoint_wins() -> None:
                 "NextToken": "page-2",
             },
         )
-        fetched = fetch_latest(client, series, window)
+        fetched = fetch_datapoints(client, series, window)
         stub.assert_no_pending_responses()
     assert fetched.calls == 2
     # A real zero is a value; a series with no datapoint is missing, not zero.
-    assert fetched.latest == {0: (new.timestamp(), 0.0), 1: (old.timestamp(), 7.0)}
+    assert fetched.points == {
+        0: [(old.timestamp(), 1.0), (new.timestamp(), 0.0)],
+        1: [(old.timestamp(), 7.0)],
+    }
     assert fetched.missing == 1
 
 
@@ -164,7 +167,7 @@ def test_forbidden_series_are_counted_as_failed_not_missing() -> None:
             "get_metric_data",
             {"MetricDataResults": [{"Id": "q0", "Timestamps": [], "Values": [], "StatusCode": "Forbidden"}]},
         )
-        fetched = fetch_latest(client, _series(2), Window(0, 300))
+        fetched = fetch_datapoints(client, _series(2), Window(0, 300))
     assert (fetched.failed, fetched.missing) == (1, 1)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -442,3 +442,66 @@ def test_missing_credentials_are_one_error_per_cycle_and_no_crash(monkeypatch: p
     assert result.errors == ["no usable credentials (NoCredentialsError)"]
     assert readings(result.items, "aws.poller.errors")[0].value == 1
     assert poller.calls == {}  # nothing was sent without credentials
+
+
+def test_after_throttled_cycles_the_missed_periods_are_fetched_and_each_datapoint_goes_once() -> None:
+    settings = parse_settings("aws", section(
+        emr_serverless={"enabled": False}, glue={"enabled": False}, poll_interval=60,
+        discovery_interval=86_400,
+    ))
+    t0 = 1_800_000_000  # a period boundary; EMR metrics: period 300 s, delay 300 s, 3 periods
+    now = [float(t0)]
+    made: dict[str, Any] = {}
+    cluster = {"Id": "j-1", "Name": "c", "Status": {"State": "WAITING"}}
+
+    def health() -> None:
+        made["emr"].add_response("list_clusters", {"Clusters": [cluster]})
+        made["emr"].add_response("list_steps", {"Steps": []})
+
+    def answer(*offsets: int, start: int) -> None:
+        point = {"Id": "q0", "Timestamps": [_at(t0 + o) for o in offsets],
+                 "Values": [float(o) for o in offsets], "StatusCode": "Complete"}
+        asked = {"MetricDataQueries": ANY, "StartTime": _at(start), "EndTime": ANY,
+                 "ScanBy": "TimestampDescending"}
+        made["cloudwatch"].add_response("get_metric_data", {"MetricDataResults": [point]},
+                                        expected_params=asked)
+
+    def factory(s: Any, calls: ApiCalls) -> Clients:
+        clients, stubs = _stubbed_clients(s, calls)
+        made.update(stubs)
+        stubs["emr"].add_response("list_clusters", {"Clusters": []})  # discovery: recently ended
+        stubs["emr"].add_response("list_clusters", {"Clusters": [cluster]})  # discovery: active
+        stubs["emr"].add_response("describe_cluster", {"Cluster": {**cluster, "Tags": []}})
+        health()
+        answer(-900, -600, start=t0 - 1200)
+        for stub in stubs.values():
+            stub.activate()
+        return clients
+
+    poller = AwsPoller(settings, client_factory=factory, clock=lambda: now[0])
+
+    def sent_values() -> list[float]:
+        result = poller.cycle()
+        return sorted(r.value for r in result.items
+                      if isinstance(r, Reading) and r.host == "emr-j-1" and isinstance(r.value, float))
+
+    assert sent_values() == [-600.0]  # first contact: the newest datapoint only
+
+    now[0] = t0 + 900
+    health()
+    made["cloudwatch"].add_client_error("get_metric_data", "ThrottlingException", "Rate exceeded", 400)
+    assert sent_values() == []
+
+    # The next window would start at t0+600: it reaches back to where the last fetch ended.
+    now[0] = t0 + 1800
+    health()
+    answer(-600, -300, 0, 300, 600, 900, 1200, start=t0 - 300)
+    assert sent_values() == [-300.0, 0.0, 300.0, 600.0, 900.0, 1200.0]
+
+    # An overlapping window sends only what is new.
+    now[0] = t0 + 2100
+    health()
+    answer(900, 1200, 1500, start=t0 + 900)
+    assert sent_values() == [1500.0]
+    for stub in made.values():
+        stub.assert_no_pending_responses()

@@ -1,4 +1,4 @@
-"""GetMetricData for a list of series: aligned windows, batches of 500, newest datapoint.
+"""GetMetricData for a list of series: aligned windows, batches of 500, every datapoint of the window.
 
 Blocking (boto3); called from the collector's worker thread.
 """
@@ -76,15 +76,15 @@ class Series:
 
 @dataclass(slots=True)
 class Fetched:
-    """The newest datapoint of each series that had one, by position in the input."""
+    """The datapoints of each series that had any, oldest first, by position in the input."""
 
-    latest: dict[int, tuple[float, float]] = field(default_factory=dict)  # i -> (epoch, value)
+    points: dict[int, list[tuple[float, float]]] = field(default_factory=dict)  # i -> [(epoch, value)]
     missing: int = 0  # series without any datapoint in the window (not zero: missing)
     failed: int = 0  # series CloudWatch could not answer (Forbidden, InternalError)
     calls: int = 0
 
 
-def fetch_latest(client: CloudWatchClient, series: Sequence[Series], window: Window) -> Fetched:
+def fetch_datapoints(client: CloudWatchClient, series: Sequence[Series], window: Window) -> Fetched:
     """Ask for every series in batches of 500 and follow NextToken within each batch."""
     result = Fetched()
     start = dt.datetime.fromtimestamp(window.start, dt.UTC)
@@ -107,12 +107,13 @@ def fetch_latest(client: CloudWatchClient, series: Sequence[Series], window: Win
                 index = int(item.get("Id", "q-1")[1:])
                 if item.get("StatusCode") in _FAILED_STATUSES:
                     failed.add(index)
-                _keep_newest(result.latest, index, item.get("Timestamps", []), item.get("Values", []))
+                _add_points(result.points, index, item.get("Timestamps", []), item.get("Values", []))
             token = page.get("NextToken")
             if not token:
                 break
         for index in range(offset, offset + len(batch)):
-            if index in result.latest:
+            if index in result.points:
+                result.points[index].sort()
                 continue
             if index in failed:
                 result.failed += 1
@@ -128,14 +129,14 @@ def _numbered_batches(series: Sequence[Series]) -> Iterator[tuple[int, Sequence[
         offset += len(batch)
 
 
-def _keep_newest(
-    latest: dict[int, tuple[float, float]],
+def _add_points(
+    points: dict[int, list[tuple[float, float]]],
     index: int,
     timestamps: Sequence[dt.datetime],
     values: Sequence[float],
 ) -> None:
-    # Datapoints of one series may be split over pages; order is not trusted.
-    for stamp, value in zip(timestamps, values, strict=False):
-        epoch = stamp.timestamp()
-        if index not in latest or epoch > latest[index][0]:
-            latest[index] = (epoch, value)
+    # Datapoints of one series may be split over pages; the caller sorts them once complete.
+    if timestamps:
+        points.setdefault(index, []).extend(
+            (stamp.timestamp(), value) for stamp, value in zip(timestamps, values, strict=False)
+        )

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from trapline.collectors.aws.catalog import MetricSpec, NamespaceSpec
-from trapline.collectors.aws.cloudwatch import USD_PER_METRIC, Series, aligned_window, fetch_latest
+from trapline.collectors.aws.cloudwatch import (
+    USD_PER_METRIC,
+    Series,
+    Window,
+    aligned_window,
+    fetch_datapoints,
+)
 from trapline.collectors.aws.resources import Cycle, Resource, key_param
 from trapline.collectors.aws.services import EmrService, GlueService, ServerlessService, Service
 from trapline.collectors.aws.session import ApiCalls, Clients, make_clients, needs_refresh
@@ -22,6 +28,8 @@ from trapline.collectors.aws.settings import AwsSettings
 from trapline.core.model import Discovery, Item
 
 log = logging.getLogger(__name__)
+# At most this many periods are fetched again after throttled cycles (a long outage loses the rest).
+MAX_CATCH_UP_PERIODS = 12
 
 DISCOVERY_RULES = {
     "emr": "emr.cluster.discovery",
@@ -59,6 +67,9 @@ class AwsPoller:
         self.resources: dict[str, list[Resource]] = {s.name: [] for s in self.services}
         self._next_discovery: dict[str, float] = {s.name: 0.0 for s in self.services}
         self._last_window_end: dict[str, int] = {}
+        # Per service, (host, key) -> epoch of the newest datapoint sent: overlapping windows and
+        # the catch-up after a throttled cycle send each datapoint once.
+        self._sent_until: dict[str, dict[tuple[str, str], float]] = {}
         self._series_per_fetch: dict[str, int] = {}
         self.metrics_requested = 0
         self.errors_total = 0
@@ -102,8 +113,12 @@ class AwsPoller:
         spec = service.settings.metrics
         assert spec is not None
         window = aligned_window(self._clock(), spec.period, spec.delay, spec.periods)
-        if self._last_window_end.get(service.name) == window.end:
+        last_end = self._last_window_end.get(service.name)
+        if last_end == window.end:
             return  # no new period has closed since the last fetch
+        if last_end is not None and last_end < window.start:
+            # Throttled cycles left periods unfetched: reach back to them, within a bound.
+            window = Window(max(last_end, window.end - MAX_CATCH_UP_PERIODS * spec.period), window.end)
         targets = service.metric_targets(self.resources[service.name], window)
         wanted = series_for(spec, targets)
         self._series_per_fetch[service.name] = len(wanted)
@@ -111,13 +126,27 @@ class AwsPoller:
             self._last_window_end[service.name] = window.end
             return
         self.metrics_requested += len(wanted)
-        fetched = fetch_latest(clients.cloudwatch, [s for s, _, _ in wanted], window)
+        fetched = fetch_datapoints(clients.cloudwatch, [s for s, _, _ in wanted], window)
         # Done only once fetched: a fetch that raises (throttled) leaves the window to the next cycle.
         self._last_window_end[service.name] = window.end
-        for index, (stamp, value) in fetched.latest.items():
+        before = self._sent_until.get(service.name, {})
+        sent: dict[tuple[str, str], float] = {}
+        for index, points in fetched.points.items():
             _, resource, metric = wanted[index]
-            key = resource.key(metric.key)
-            cycle.reading(resource.host, key, value * metric.scale, int(stamp), unit=metric.unit)
+            ident = (resource.host, resource.key(metric.key))
+            newest = before.get(ident)
+            # First contact: the newest datapoint only, as the item may be new; later every
+            # datapoint the previous fetches did not send, oldest first.
+            new = points[-1:] if newest is None else [p for p in points if p[0] > newest]
+            for stamp, value in new:
+                cycle.reading(ident[0], ident[1], value * metric.scale, int(stamp), unit=metric.unit)
+            if new:
+                sent[ident] = new[-1][0]
+        # Series still asked for keep their mark; those of resources gone are forgotten.
+        wanted_idents = {(resource.host, resource.key(metric.key)) for _, resource, metric in wanted}
+        self._sent_until[service.name] = {
+            ident: mark for ident, mark in (before | sent).items() if ident in wanted_idents
+        }
         host = self.settings.host
         cycle.reading(host, f"aws.poller.metrics.missing[{service.name}]", fetched.missing)
         if fetched.failed:
