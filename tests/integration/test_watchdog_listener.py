@@ -255,7 +255,8 @@ def agent_files(tmp_path: Path, port: int,
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "from trapline.collectors import REGISTRY\n"
-        f"REGISTRY['watchdog_test'] = '{__name__}:build_faulty_counter'\n"
+        "from trapline.core.plugin import PluginSpec\n"
+        f"REGISTRY['watchdog_test'] = PluginSpec('{__name__}:build_faulty_counter')\n"
     )
     sections: dict[str, dict[str, str | int | float | bool | list[str]]] = {
         "agent": {"flush_interval": 0.2, "shutdown_timeout": 1, "stall_timeout": 2},
