@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import functools
 import importlib.util
+import json
 import logging
 import math
 import operator
@@ -634,13 +635,21 @@ def describe_mist(api: Any, scenario: Scenario, links: Mapping[tuple[str, str], 
             f"{len(hosts)} are Zabbix hosts, {len(live)} with live values | port {ports}")
 
 
+def _run_state(run: str) -> str:
+    try:
+        return str(json.loads(run)["state"])
+    except (ValueError, TypeError, KeyError):
+        return "unreadable run value"
+
+
 def describe_aws(api: Any, scenario: Scenario) -> str:
     """The Glue jobs' last run states and the EMR cluster hosts, read from the Zabbix API."""
     hostid = _hostid(api, scenario.aws_host)
     runs = []
     for job in scenario.aws.glue_jobs:
-        state = _last_values(api, f"glue.job.run.state[{job}]", hostids=[hostid]).get(hostid)
-        runs.append(f"{job} {state or 'not seen yet'}")
+        # The run's JSON value names its state; the state item keeps only its value-map number.
+        run = _last_values(api, f"glue.job.run[{job}]", hostids=[hostid]).get(hostid)
+        runs.append(f"{job} {_run_state(run) if run else 'not seen yet'}")
     clusters = _call(api, "host.get", {"output": ["hostid"], "groupids": [group_id(api, EMR_GROUP)]})
     return (f"AWS {scenario.aws.region} (moto): Glue last runs: {', '.join(runs)} | "
             f"EMR clusters as Zabbix hosts: {len(clusters)}")

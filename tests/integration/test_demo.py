@@ -252,6 +252,7 @@ def check_overview(api: Any, dashboardid: str, fleet: str) -> dict[str, list[str
 README_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
 UPDATE_IMAGES = "TRAPLINE_UPDATE_SCREENSHOTS"  # set to 1: the screenshots also replace docs/img/*.png
 MAX_PNG_BYTES = 200_000
+SCREENSHOT_TRIES = 3
 # The virtual time budget lets the widgets, which load after the page, fill before the capture.
 CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,800",
             "--virtual-time-budget=20000"]
@@ -285,10 +286,19 @@ def page_dom(frontend: str, page: str) -> str:
 
 
 def screenshot(frontend: str, page: str, png: Path) -> str:
-    """``page`` saved to ``png``; returns its DOM, which must have no error and no empty widget."""
-    _chromium(f"--screenshot={png}", _as_admin(frontend, page))
-    dom = page_dom(frontend, page)
-    assert not (empty := EMPTY.search(dom)), f"{page} has an empty widget: {dom[empty.start():][:300]}"
+    """``page`` saved to ``png``; returns its DOM, which must have no error and no empty widget.
+
+    A widget's content is fetched after the page; on a loaded machine a fetch can miss the
+    capture, so a page with an empty widget is taken again, up to SCREENSHOT_TRIES times.
+    """
+    empties: list[str] = []
+    for _ in range(SCREENSHOT_TRIES):
+        _chromium(f"--screenshot={png}", _as_admin(frontend, page))
+        dom = page_dom(frontend, page)
+        if not (empty := EMPTY.search(dom)):
+            break
+        empties.append(dom[empty.start():][:300])
+    assert len(empties) < SCREENSHOT_TRIES, f"{page} has an empty widget: {empties}"
     assert png.stat().st_size <= MAX_PNG_BYTES, f"{png.name}: {png.stat().st_size} bytes"
     return dom
 
