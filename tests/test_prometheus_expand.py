@@ -37,7 +37,6 @@ NOT_EXPOSED = {
     "name",
     "model",
     "type",
-    "status",
     "version",
     "serial",
     "ip",
@@ -164,9 +163,10 @@ def test_ap_figures_become_labelled_series_in_base_units() -> None:
     assert not any("raw" in n or "discovery" in n for n in names)  # the JSON itself is no series
     # A band that did not report a figure has no series for it, not a zero.
     assert ("trapline_mist_ap_radio_power_dbm", of_ap1(band="band_5")) not in got
-    # 16 AP-wide series, 10 + 2 for the ports, 16 + 5 for the bands: every figure sent, nothing else.
+    # 17 AP-wide series (status included), 10 + 2 for the ports, 16 + 5 for the bands: every figure
+    # sent, nothing else.
     assert (
-        len({k for k in got if ("mac", AP1) in k[1]}) == len({k for k in got if ("mac", AP2) in k[1]}) == 49
+        len({k for k in got if ("mac", AP1) in k[1]}) == len({k for k in got if ("mac", AP2) in k[1]}) == 50
     )
 
 

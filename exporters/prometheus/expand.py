@@ -7,6 +7,11 @@ from the document (or one per entry of a map such as ``port_stat``, the entry
 name becoming a label) and names the metric it feeds.  The exporter adds the
 reading's own labels (org, site, ap, mac) and the base-unit suffix.
 
+A state sent as text becomes the number of the template's value map (the
+``[codes]`` tables); a key sent with ``[params]`` (one Glue job's runs) is
+expanded with its params as labels; a key whose value is one word, not JSON,
+is listed in ``plain_text``.
+
 A value that is not JSON is counted and logged (throttled); the reading
 yields no sample and nothing else is affected.
 """
@@ -24,6 +29,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from trapline.core.keys import split_params
 from trapline.core.logutil import ThrottledLog
 from trapline.core.model import Reading
 from trapline.core.units import unit_table
@@ -36,6 +42,8 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _METRIC = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.]*")
 _RESERVED_LABELS = frozenset({"host"})  # set by the exporter for every series
 _EVERY_ENTRY = "*"
+_OTHER_TEXT = "*"  # in a [codes] table: the number of any text not listed
+_KEY = re.compile(r"^([^\[]+)\[(.*)\]$", re.DOTALL)
 
 
 class ExpansionError(ValueError):
@@ -62,26 +70,43 @@ class _Row:
     metric: MetricDef
     head: tuple[str, ...]  # members from the root (to the map, when there is a "*")
     tail: tuple[str, ...]  # members inside each map entry
-    label: str | None  # set exactly when the path has a "*"
+    label: str | None  # set exactly when the path has a "*" or label_path is given
     scale: float
     constant: float | None  # a row with `value` instead of `path`
+    codes: Mapping[str, float] | None = None  # text -> number (a [codes] table)
+    label_path: tuple[str, ...] | None = None  # members of the text that labels the sample
 
     def samples(self, document: object) -> Iterator[Sample]:
         if self.constant is not None:
             yield Sample(self.metric, {}, self.constant)
             return
         found = _member(document, self.head)
-        if self.label is None:
-            value = _number(found)
-            if value is not None:
-                yield Sample(self.metric, {}, value * self.scale)
+        if self.label is None or self.label_path is not None:
+            value = self._value(found)
+            labels = self._labels_from(document)
+            if value is not None and labels is not None:
+                yield Sample(self.metric, labels, value * self.scale)
             return
         if not isinstance(found, dict):
             return
         for entry, inner in found.items():
-            value = _number(_member(inner, self.tail))
+            value = self._value(_member(inner, self.tail))
             if value is not None:
                 yield Sample(self.metric, {self.label: entry}, value * self.scale)
+
+    def _value(self, found: object) -> float | None:
+        if self.codes is None:
+            return _number(found)
+        if not isinstance(found, str):
+            return None
+        return self.codes.get(found, self.codes.get(_OTHER_TEXT))
+
+    def _labels_from(self, document: object) -> dict[str, str] | None:
+        """The label a label_path gives ({} without one); None when the document has no text there."""
+        if self.label is None or self.label_path is None:
+            return {}
+        text = _member(document, self.label_path)
+        return {self.label: text} if isinstance(text, str) and text else None
 
 
 def _member(document: object, names: tuple[str, ...]) -> object:
@@ -104,20 +129,27 @@ def _number(value: object) -> float | None:
 class Expander:
     """Turns readings of the expanded keys into samples; other keys are not its business."""
 
-    def __init__(self, rows: Mapping[str, tuple[_Row, ...]]) -> None:
+    def __init__(
+        self,
+        rows: Mapping[str, tuple[_Row, ...]],
+        params: Mapping[str, tuple[str, ...]] | None = None,
+        plain_text: frozenset[str] = frozenset(),
+    ) -> None:
         self._rows = dict(rows)
+        self._params = dict(params or {})  # key name -> label names of its [params]
+        self._plain_text = plain_text  # keys whose value is the text itself, not JSON
         self.invalid = 0  # values of an expanded key that were not JSON
         self._throttled = ThrottledLog(log)
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any]) -> Expander:
         """From a parsed data file; raises ExpansionError naming the bad entry."""
-        return cls(_parse(data))
+        return cls(*_parse(data))
 
     @classmethod
     def shipped(cls) -> Expander:
         """From the data file shipped beside this module (read and checked once per process)."""
-        return cls(_shipped_rows())
+        return cls(*_shipped_rows())
 
     @property
     def keys(self) -> frozenset[str]:
@@ -128,11 +160,14 @@ class Expander:
 
     def expand(self, reading: Reading) -> list[Sample] | None:
         """The samples of one reading; None when its key is not expanded (the caller handles it)."""
-        rows = self._rows.get(reading.key)
+        rows, labels = self._rows.get(reading.key), {}
+        if rows is None and (m := _KEY.match(reading.key)) is not None and m.group(1) in self._params:
+            rows = self._rows.get(m.group(1))
+            labels = dict(zip(self._params[m.group(1)], split_params(m.group(2)), strict=False))
         if rows is None:
             return None
         document: Any = reading.value
-        if isinstance(document, str):
+        if isinstance(document, str) and reading.key not in self._plain_text:
             try:
                 document = json.loads(document)
             except (ValueError, RecursionError):
@@ -144,7 +179,11 @@ class Expander:
                     reading.host,
                 )
                 return []
-        return [sample for row in rows for sample in row.samples(document)]
+        return [
+            Sample(sample.metric, {**labels, **sample.labels}, sample.value) if labels else sample
+            for row in rows
+            for sample in row.samples(document)
+        ]
 
 
 def _parse_path(where: str, path: object) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
@@ -184,8 +223,22 @@ def _metric_defs(raw: Mapping[str, Any]) -> dict[str, MetricDef]:
     return defs
 
 
-def _row(where: str, spec: Mapping[str, Any], defs: Mapping[str, MetricDef]) -> _Row:
-    unknown = set(spec) - {"path", "value", "metric", "label", "scale"}
+def _codes(raw: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    tables = {}
+    for name, table in raw.items():
+        where = f"{DATA_FILE}: codes {name!r}"
+        if not isinstance(table, dict) or not table:
+            raise ExpansionError(f"{where}: a table of text = number")
+        if any(isinstance(code, bool) or not isinstance(code, int) for code in table.values()):
+            raise ExpansionError(f"{where}: every code must be an integer")
+        tables[name] = {text: float(code) for text, code in table.items()}
+    return tables
+
+
+def _row(
+    where: str, spec: Mapping[str, Any], defs: Mapping[str, MetricDef], codes: Mapping[str, dict[str, float]]
+) -> _Row:
+    unknown = set(spec) - {"path", "value", "metric", "label", "label_path", "scale", "codes"}
     if unknown:
         raise ExpansionError(f"{where}: unknown field(s) {sorted(unknown)}")
     metric = defs.get(spec.get("metric", ""))
@@ -203,29 +256,55 @@ def _row(where: str, spec: Mapping[str, Any], defs: Mapping[str, MetricDef]) -> 
         return _Row(metric, (), (), None, 1.0, constant)
     head, tail, every_entry = _parse_path(where, spec["path"])
     label = spec.get("label")
-    if every_entry != (label is not None):
+    label_path = None
+    if "label_path" in spec:
+        label_head, _, label_every = _parse_path(where, spec["label_path"])
+        if every_entry or label_every or label is None:
+            raise ExpansionError(f"{where}: label_path needs a label, and paths without '*'")
+        label_path = label_head
+    elif every_entry != (label is not None):
         raise ExpansionError(f"{where}: a path with '*' needs a label, and only such a path has one")
     if label is not None and (not _LABEL.fullmatch(label) or label in _RESERVED_LABELS):
         raise ExpansionError(f"{where}: {label!r} cannot be a label name")
-    return _Row(metric, head, tail, label, float(scale), None)
+    table = None
+    if "codes" in spec:
+        table = codes.get(spec["codes"])
+        if table is None:
+            raise ExpansionError(f"{where}: codes {spec['codes']!r} is not defined under [codes]")
+    return _Row(metric, head, tail, label, float(scale), None, table, label_path)
 
 
-def _parse(data: Mapping[str, Any]) -> dict[str, tuple[_Row, ...]]:
+_Parsed = tuple[dict[str, tuple[_Row, ...]], dict[str, tuple[str, ...]], frozenset[str]]
+
+
+def _parse(data: Mapping[str, Any]) -> _Parsed:
     defs = _metric_defs(data.get("metric", {}))
+    codes = _codes(data.get("codes", {}))
     rows: dict[str, tuple[_Row, ...]] = {}
     labels_of: dict[str, str | None] = {}  # every series of one metric has the same label names
     for key, specs in data.get("expand", {}).items():
         built = []
         for index, spec in enumerate(specs):
-            row = _row(f"{DATA_FILE}: expand {key!r} row {index + 1}", spec, defs)
+            row = _row(f"{DATA_FILE}: expand {key!r} row {index + 1}", spec, defs, codes)
             if labels_of.setdefault(row.metric.name, row.label) != row.label:
                 raise ExpansionError(f"{DATA_FILE}: metric {row.metric.name!r} is fed with different labels")
             built.append(row)
         rows[key] = tuple(built)
-    return rows
+    params: dict[str, tuple[str, ...]] = {}
+    for key, names in data.get("params", {}).items():
+        if key not in rows:
+            raise ExpansionError(f"{DATA_FILE}: params {key!r}: no such key under [expand]")
+        bad = [n for n in names if not isinstance(n, str) or not _LABEL.fullmatch(n) or n in _RESERVED_LABELS]
+        if bad or not names:
+            raise ExpansionError(f"{DATA_FILE}: params {key!r}: label names expected, got {names!r}")
+        params[key] = tuple(names)
+    plain_text = frozenset(data.get("plain_text", ()))
+    if plain_text - set(rows):
+        raise ExpansionError(f"{DATA_FILE}: plain_text {sorted(plain_text - set(rows))}: not under [expand]")
+    return rows, params, plain_text
 
 
 @cache
-def _shipped_rows() -> dict[str, tuple[_Row, ...]]:
+def _shipped_rows() -> _Parsed:
     text = resources.files("trapline.exporters.prometheus").joinpath(DATA_FILE).read_text("utf-8")
     return _parse(tomllib.loads(text))
