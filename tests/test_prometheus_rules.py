@@ -203,6 +203,63 @@ def test_every_template_trigger_is_mirrored_or_listed_as_not_covered() -> None:
     assert all(listed.values()), "each trigger not covered needs its reason"
 
 
+def template_macros() -> tuple[dict[str, str], dict[str, str]]:
+    """(macro -> default value, trigger name -> its name and expressions), over every shipped template."""
+    defaults: dict[str, str] = {}
+    texts: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for macro in node.get("macros", ()) if isinstance(node.get("macros"), list) else ():
+                defaults[macro["macro"]] = str(macro.get("value", ""))
+            for key in ("triggers", "trigger_prototypes"):
+                for trigger in node.get(key, ()):
+                    parts = (trigger["name"], trigger["expression"], trigger.get("recovery_expression", ""))
+                    texts[trigger["name"]] = " ".join(parts)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in template_dir().glob("*/*.yaml"):
+        walk(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return defaults, texts
+
+
+# Macros of a mirrored trigger whose default a rule does not spell out, and why.
+THRESHOLD_EXCEPTIONS = {
+    ("TraplineAgentRestarted", "{$TRAPLINE.STOPS.EXPECTED}"): "a per-host switch, off by default",
+    ("VehicleNoDataWhileMoving", "{$VEHICLE.NODATA.TIMEOUT}"): "the exporter's stale_after (600 s) is it",
+    ("AwsPollerSilent", "{$AWS.POLLER.NODATA.TIMEOUT}"): "stale_after (10m) plus `for: 10m` is the 20m",
+    ("MistStreamDown", "{$MIST.STATE.NODATA}"): "stale_after (10m) instead of 3m, as the README says",
+}
+_DURATION = re.compile(r"(\d+)([smhd])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def test_thresholds_and_windows_are_the_templates_macro_defaults() -> None:
+    """Each macro default of the mirrored trigger is in the rule: a number as is, a time as a
+    PromQL duration (window, for, offset) or in seconds.  Counts of readings ({$...READINGS})
+    have no Prometheus form: the rules ask for a value at the window's start instead."""
+    defaults, texts = template_macros()
+    for rule in rules():
+        text = f"{rule['expr']} for: {rule.get('for', '')}"
+        trigger = texts[rule["annotations"]["zabbix_trigger"]]
+        # {$NAME} or {$NAME:"context"}: the default is {$NAME}'s
+        for macro in sorted({f"{name}}}" for name in re.findall(r"(\{\$[A-Z0-9_.]+)[:}]", trigger)}):
+            default = defaults[macro]
+            if macro.endswith(".READINGS}") or (rule["alert"], macro) in THRESHOLD_EXCEPTIONS:
+                continue
+            duration = _DURATION.fullmatch(default)
+            if duration is not None:
+                seconds = int(duration.group(1)) * _SECONDS[duration.group(2)]
+                spelled = rf"(\[|for: |offset ){default}\b|(?<![\d.]){seconds}(?![\d.])"
+            else:
+                spelled = rf"(?<![\d.]){re.escape(default)}(?![\d.])"
+            assert re.search(spelled, text), f"{rule['alert']}: {macro} = {default} is not in {text!r}"
+
+
 def test_the_sample_readings_are_template_items() -> None:
     """VERTICAL_READINGS must be what reaches Zabbix too, not keys made up for this test."""
     macro = re.compile(r"\\\{\\#\w+\\\}")  # an LLD macro such as {#PID}, as re.escape writes it
