@@ -1,4 +1,4 @@
-"""AWS poller: EMR clusters, EMR Serverless applications and Glue jobs, one account+region.
+"""AWS poller: EMR clusters, EMR Serverless applications and Glue jobs, of one account+region or a list.
 
 Discovers the resources (LLD, full list every ``discovery_interval``), reports
 run and state health from the service APIs every ``poll_interval``, reads the
@@ -12,22 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
-from trapline.collectors.aws.poller import AwsPoller, CycleResult
+from trapline.collectors.aws.poller import POLLING, AccountsPoller, AwsPoller, CycleResult
+from trapline.collectors.aws.resources import Resource
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.backoff import Backoff
 from trapline.core.config import Section
 from trapline.core.plugin import Outbox
 
 log = logging.getLogger(__name__)
-_POLLING = "polling"  # the condition key of failing poll cycles
+
+
+class Poller(Protocol):
+    @property
+    def where(self) -> str: ...
+
+    @property
+    def resources(self) -> dict[str, list[Resource]]: ...
+
+    def cycle(self) -> CycleResult: ...
 
 
 class AwsCollector:
-    def __init__(self, name: str, settings: AwsSettings, poller: AwsPoller | None = None) -> None:
+    def __init__(self, name: str, settings: AwsSettings, poller: Poller | None = None) -> None:
         self.name = name
         self.settings = settings
-        self.poller = poller or AwsPoller(settings)
+        if poller is None:
+            poller = AccountsPoller(settings) if settings.accounts else AwsPoller(settings)
+        self.poller: Poller = poller
         # Throttled cycles wait twice the interval, then longer, up to max_backoff.
         self.throttle_backoff = Backoff(initial=2 * settings.poll_interval, cap=settings.max_backoff)
 
@@ -38,10 +51,13 @@ class AwsCollector:
             result = await self._cycle()
             for item in result.items:
                 out.put(item)
-            for reason in result.errors:
-                out.error(f"{self.name}: {reason}", _POLLING)
-            if not result.errors:
-                out.resolved(_POLLING, f"{self.name}: a poll cycle succeeded again")
+            # POLLING is also the condition of a cycle that crashed, whatever the form.
+            crashed: dict[str, list[str]] = {POLLING: []}
+            for condition, reasons in (crashed | result.conditions).items():
+                for reason in reasons:
+                    out.error(f"{self.name}: {reason}", condition)
+                if not reasons:
+                    out.resolved(condition, f"{self.name}: {condition}: a poll cycle succeeded again")
             await asyncio.sleep(self.next_delay(result.throttled, loop.time() - started))
 
     async def _cycle(self) -> CycleResult:
@@ -51,7 +67,8 @@ class AwsCollector:
             return await asyncio.to_thread(self.poller.cycle)
         except Exception as exc:  # every step guards itself; this is the last net
             log.exception("%s: poll cycle failed", self.name)
-            return CycleResult(errors=[f"unexpected error ({type(exc).__name__})"])
+            reason = f"unexpected error ({type(exc).__name__})"
+            return CycleResult(errors=[reason], conditions={POLLING: [reason]})
 
     def next_delay(self, throttled: bool, elapsed: float) -> float:
         if throttled:
@@ -65,7 +82,7 @@ class AwsCollector:
         if result.errors:
             raise RuntimeError("; ".join(result.errors))
         counts = ", ".join(f"{len(found)} {name}" for name, found in self.poller.resources.items())
-        return f"{self.settings.region}: {counts or 'no services enabled'}"
+        return f"{self.poller.where}: {counts or 'no services enabled'}"
 
 
 def build(name: str, section: Section) -> AwsCollector:

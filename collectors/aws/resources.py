@@ -197,6 +197,9 @@ class Cycle:
     throttled: bool = False
     credentials_failed: bool = False
     halted: bool = False  # endpoint down or credentials refused: skip the rest of the cycle
+    throttles: int = 0  # calls refused for the rate (after botocore's retries)
+    denied: int = 0  # calls refused by IAM
+    missing: Counter[str] = field(default_factory=Counter)  # service -> series without datapoint
 
     def reading(
         self, host: str, key: str, value: Value, clock: int | None = None, *, unit: str = "", ns: int = 0
@@ -224,6 +227,8 @@ class Cycle:
             failure = describe_failure(exc)
             self.errors[failure.reason] += 1
             self.throttled |= failure.throttled
+            self.throttles += failure.throttled
+            self.denied += failure.denied
             self.credentials_failed |= failure.credentials
             self.halted |= failure.halts
             if failure.reason.startswith("unexpected"):

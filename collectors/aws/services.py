@@ -288,9 +288,10 @@ class GlueService:
 
     name = "glue"
 
-    def __init__(self, settings: ServiceSettings, host: str) -> None:
+    def __init__(self, settings: ServiceSettings, host: str, scope: str = "") -> None:
         self.settings = settings
         self.host = host
+        self.scope = scope  # "<account label>/<region>" in the list form: the poller host holds many
         self.job_runs = RunTracker()
         self.last_success: dict[str, int] = {}
         self.active_until: dict[str, int] = {}  # job -> last epoch a run was seen running or ending
@@ -312,11 +313,14 @@ class GlueService:
                     continue
                 arguments = job.get("DefaultArguments", {})
                 flags = frozenset(k for k, v in arguments.items() if v.lower() == "true")
-                param = key_param(name)
+                # In the list form the key and label start with the account and region: two
+                # accounts' jobs of one name are two item sets on the one poller host.
+                param = key_param(f"{self.scope}/{name}" if self.scope else name)
+                label = f"{self.scope}: {job_label(name)}" if self.scope else job_label(name)
                 lld = {
                     "{#JOBNAME}": name,
                     "{#JOBKEY}": param,
-                    "{#JOBLABEL}": job_label(name),
+                    "{#JOBLABEL}": label,
                     "{#GLUEVERSION}": job.get("GlueVersion", ""),
                     "{#WORKERTYPE}": job.get("WorkerType", ""),
                     **routing(self._tags(clients, name)),

@@ -177,6 +177,7 @@ class Failure:
     throttled: bool = False
     credentials: bool = False  # worth rebuilding the clients before the next cycle
     halts: bool = False  # every further call of this cycle would fail the same way
+    denied: bool = False  # refused by IAM (a policy, a trust policy, an external id)
 
 
 def describe_failure(exc: BaseException) -> Failure:
@@ -190,14 +191,14 @@ def describe_failure(exc: BaseException) -> Failure:
             # warning (300 jobs, 300 warnings): the rest waits for the next, backed-off cycle.
             return Failure(f"{operation}: throttled ({code})", throttled=True, halts=True)
         if code in ACCESS_DENIED:
-            return Failure(f"{operation}: access denied ({code})")
+            return Failure(f"{operation}: access denied ({code})", denied=True)
         if code in BAD_CREDENTIALS:
             return Failure(f"{operation}: bad credentials ({code})", credentials=True, halts=True)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
         if status == 403:
             # AWS answers every refusal with 403; some peers (proxies, emulators)
             # do it without an AWS error code in a form botocore can read.
-            return Failure(f"{operation}: access denied ({code})")
+            return Failure(f"{operation}: access denied ({code})", denied=True)
         return Failure(f"{operation}: API error ({code}, HTTP {status})")
     name = type(exc).__name__
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError | bx.ProfileNotFound

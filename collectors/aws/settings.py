@@ -35,6 +35,18 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountSettings:
+    """One watched account of the list form: the role to assume in it and the regions to poll."""
+
+    label: str  # names its hosts, keys and self-metrics; the account id unless configured
+    account_id: str
+    role_arn: str
+    external_id: Secret | None
+    regions: tuple[str, ...]
+    role_session_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class AwsSettings:
     name: str
     host: str
@@ -52,12 +64,21 @@ class AwsSettings:
     emr: ServiceSettings
     emr_serverless: ServiceSettings
     glue: ServiceSettings
+    # The list form (``[[...accounts]]``); empty in the single-account form.
+    accounts: tuple[AccountSettings, ...] = ()
+    # "<label>/<region>" of one account and region of the list form, "" in the single-account
+    # form: it goes into Glue job keys so that jobs of the same name in two accounts stay apart.
+    scope: str = ""
 
     def services(self) -> dict[str, ServiceSettings]:
         return {"emr": self.emr, "emr_serverless": self.emr_serverless, "glue": self.glue}
 
 
 _HOST_PREFIX = {"emr": "emr-", "emr_serverless": "emr-serverless-", "glue": ""}
+# A label lands in Zabbix host names (letters, digits, ".", "-", "_") and unquoted key parameters.
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 
 
 def parse_settings(name: str, section: Section) -> AwsSettings:
@@ -85,9 +106,73 @@ def parse_settings(name: str, section: Section) -> AwsSettings:
         emr=_service(section, "emr", catalog),
         emr_serverless=_service(section, "emr_serverless", catalog),
         glue=_service(section, "glue", catalog),
+        accounts=_accounts(section, name),
     )
+    if settings.accounts and settings.role_arn:
+        # Chained roles would need the first role's credentials refreshed too: not supported.
+        raise section.error("role_arn", "not together with accounts (each account names its own role)")
     section.done()
     return settings
+
+
+def _accounts(parent: Section, name: str) -> tuple[AccountSettings, ...]:
+    accounts: list[AccountSettings] = []
+    default_region = parent.text("region")
+    for section in parent.tables("accounts"):
+        role_arn = section.text("role_arn")
+        match = _ROLE_ARN.fullmatch(role_arn)
+        if match is None:
+            raise section.error("role_arn", "expected arn:aws:iam::<12-digit account>:role/<name>")
+        label = section.text("label", match.group(1))
+        if not _LABEL.fullmatch(label):
+            raise section.error("label", "1-63 letters, digits, '.', '-', '_', from a letter or digit")
+        regions = tuple(section.strings("regions", [default_region]))
+        for region in regions:
+            if not _REGION.fullmatch(region):
+                raise section.error("regions", f"{region!r} is not a region name")
+        if not regions or len(set(regions)) != len(regions):
+            raise section.error("regions", "expected at least one region, each once")
+        if any(a.label == label for a in accounts):
+            raise section.error("label", f"{label!r} is used by another account (give each a label)")
+        accounts.append(
+            AccountSettings(
+                label=label,
+                account_id=match.group(1),
+                role_arn=role_arn,
+                external_id=section.secret("external_id", required=False),
+                regions=regions,
+                role_session_name=section.text("role_session_name", f"trapline-{name}"),
+            )
+        )
+        section.done()
+    # Host names join label and region with "-": two pairs that spell the same (odd labels
+    # and regions could) would share EMR hosts, so the config is refused instead.
+    tags = [f"{a.label}-{r}" for a in accounts for r in a.regions]
+    if len(set(tags)) != len(tags):
+        raise parent.error("accounts", "two accounts' label-region pairs spell the same host names")
+    return tuple(accounts)
+
+
+def scoped(settings: AwsSettings, account: AccountSettings, region: str) -> AwsSettings:
+    """The settings of one account and region of the list form, as a single-account poller takes them.
+
+    EMR and Serverless hosts get the label and region after their prefix, so that two accounts'
+    resources never share a host name.
+    """
+    tag = f"{account.label}-{region}-"
+    return dataclasses.replace(
+        settings,
+        region=region,
+        role_arn=account.role_arn,
+        external_id=account.external_id,
+        role_session_name=account.role_session_name,
+        accounts=(),
+        scope=f"{account.label}/{region}",
+        emr=dataclasses.replace(settings.emr, host_prefix=settings.emr.host_prefix + tag),
+        emr_serverless=dataclasses.replace(
+            settings.emr_serverless, host_prefix=settings.emr_serverless.host_prefix + tag
+        ),
+    )
 
 
 def _service(parent: Section, service: str, catalog: Mapping[str, NamespaceSpec]) -> ServiceSettings:
