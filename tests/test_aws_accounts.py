@@ -21,6 +21,7 @@ import pytest
 from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from tests.support.outbox import ListOutbox, run_collector_until
 from tests.test_aws_poller import CALLER, _stubbed_clients, aws_env, section  # noqa: F401 (fixture)
@@ -36,6 +37,8 @@ from trapline.collectors.aws.session import ApiCalls, Clients
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.config import ConfigError, Section
 from trapline.core.model import Discovery, Item, Reading
+from trapline.exporters.prometheus.exporter import PrometheusExporter
+from trapline.middleware.normalize import normalize
 
 PROD = "arn:aws:iam::111122223333:role/trapline-aws-reader"
 TEST = "arn:aws:iam::444455556666:role/trapline-aws-reader"
@@ -328,3 +331,19 @@ def test_a_cycle_in_the_list_form_is_checked_across_accounts() -> None:
         "accounts": [{"role_arn": PROD, "label": "prod", "regions": ["eu-west-1", "us-east-1"]}],
     }))
     assert collector.poller.where == "prod/eu-west-1, prod/us-east-1"
+
+
+def test_the_prometheus_exporter_labels_the_account_counters_by_account() -> None:
+    parsed = parse_settings("org", section(**GLUE_ONLY, accounts=[
+        {"role_arn": PROD, "label": "prod"}, {"role_arn": TEST, "label": "test"},
+    ]))
+    result = AccountsPoller(parsed, stubbed(_refusing(PROD, _glue_account(set())))).cycle()
+    exporter = PrometheusExporter("127.0.0.1", 0, stale_after=600)
+    for item in result.items:
+        if isinstance(item, Reading):
+            exporter.observe(normalize(item))
+    text = generate_latest(exporter.registry).decode()
+    assert 'trapline_aws_account_denied_total{account="prod",host="aws-test"} 1.0' in text
+    assert 'trapline_aws_account_denied_total{account="test",host="aws-test"} 0.0' in text
+    assert 'trapline_aws_account_throttles_total{account="test",host="aws-test"} 0.0' in text
+    assert 'trapline_aws_account_api_calls_total{account="test",host="aws-test"} 4.0' in text

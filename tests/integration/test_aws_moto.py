@@ -11,6 +11,7 @@ import datetime as dt
 import fnmatch
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from tests.support.outbox import ListOutbox, run_collector_until
 from tests.support.peers import missing_peer, wait_port
 from trapline.collectors.aws import build
 from trapline.collectors.aws.cloudwatch import aligned_window
-from trapline.collectors.aws.poller import AwsPoller
+from trapline.collectors.aws.poller import AccountsPoller, AwsPoller
 from trapline.core.config import Section
 from trapline.core.model import Discovery, Item, Reading
 
@@ -453,3 +454,95 @@ def test_the_iam_policy_allows_exactly_the_calls_the_poller_makes(endpoint: str)
     assert not _allowed(POLICY, "glue:StartJobRun") and not _allowed(
         POLICY, "elasticmapreduce:TerminateJobFlows"
     )
+
+
+# -- several accounts ------------------------------------------------------------------------------
+
+ACCOUNTS = {"prod": "111122223333", "test": "444455556666"}
+
+
+def _as_account(endpoint: str, account: str, service: str) -> Any:
+    """A client acting in ``account`` through its reader role, as an operator's script would."""
+    sts = client(endpoint, "sts")
+    role = f"arn:aws:iam::{account}:role/trapline-aws-reader"
+    creds = sts.assume_role(RoleArn=role, RoleSessionName="setup")["Credentials"]
+    return boto3.client(
+        service,
+        region_name=REGION,
+        endpoint_url=endpoint,
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    )
+
+
+def accounts_world(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:  # an AccountsPoller
+    """Two accounts, each with a Glue job "load-orders" run once: FAILED in prod, SUCCEEDED in test.
+
+    Set up the way an operator would: the reader role made in each account from
+    deploy/aws/trust-policy.json, the jobs made with that account's credentials (moto
+    keeps what assumed-role credentials create in the role's account).
+    """
+    from moto.glue.models import glue_backends  # noqa: PLC0415 (in-process backend of the peer)
+
+    trust = json.loads(POLICY.with_name("trust-policy.json").read_text())
+    for label, account in ACCOUNTS.items():
+        _as_account(endpoint, account, "iam").create_role(
+            RoleName="trapline-aws-reader", AssumeRolePolicyDocument=json.dumps(trust)
+        )
+        glue = _as_account(endpoint, account, "glue")
+        make_job(glue, "load-orders")
+        make_job(glue, f"only-in-{label}")
+        glue.start_job_run(JobName="load-orders")
+    # FAILED cannot be produced through moto's API: set it in the prod account's backend.
+    glue_backends[ACCOUNTS["prod"]][REGION].jobs["load-orders"].job_runs[-1].status = "FAILED"
+    monkeypatch.setenv("TRAPLINE_TEST_EXTERNAL_ID", "ext-prod-1")
+    accounts = [
+        {"role_arn": f"arn:aws:iam::{ACCOUNTS['prod']}:role/trapline-aws-reader", "label": "prod",
+         "external_id_env": "TRAPLINE_TEST_EXTERNAL_ID"},
+        {"role_arn": f"arn:aws:iam::{ACCOUNTS['test']}:role/trapline-aws-reader"},  # label: its id
+    ]
+    off = {"enabled": False}
+    return poller(endpoint, accounts=accounts, emr=off, emr_serverless=off)
+
+
+def test_assumed_credentials_are_renewed_before_they_expire(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = accounts_world(endpoint, monkeypatch).settings
+    later = [0.0]  # seconds the injected clock runs ahead of the real one
+    aws = AccountsPoller(settings, lambda scoped: AwsPoller(scoped, clock=lambda: time.time() + later[0]))
+    assert values(aws.cycle().items, "aws.poller.api.calls[sts:AssumeRole]") == [2]
+    later[0] = 3600 - 320  # moto's credentials last an hour: 20 s before the 5-minute margin
+    assert values(aws.cycle().items, "aws.poller.api.calls[sts:AssumeRole]") == [2]
+    later[0] = 3600 - 280  # within the margin: both accounts assume their roles again
+    renewed = aws.cycle()
+    assert values(renewed.items, "aws.poller.api.calls[sts:AssumeRole]") == [4]
+    assert renewed.errors == []
+
+
+def test_two_accounts_with_one_job_name_give_two_item_sets_with_the_failure_on_its_own(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = accounts_world(endpoint, monkeypatch).cycle()
+    assert result.errors == []
+    rows = discovery(result.items, "glue.job.discovery")
+    keys = sorted(row["{#JOBKEY}"] for row in rows)
+    test = ACCOUNTS["test"]
+    # Each account sees its own jobs only: moto answered each role in its own account.
+    assert keys == sorted([
+        "prod/eu-west-1/load-orders", "prod/eu-west-1/only-in-prod",
+        f"{test}/eu-west-1/load-orders", f"{test}/eu-west-1/only-in-test",
+    ])
+    assert field(result.items, "glue.job.run[prod/eu-west-1/load-orders]", "state") == ["FAILED"]
+    assert field(result.items, f"glue.job.run[{test}/eu-west-1/load-orders]", "state") == ["SUCCEEDED"]
+    assert values(result.items, "glue.job.last_success[prod/eu-west-1/load-orders]") == []
+    assert len(values(result.items, f"glue.job.last_success[{test}/eu-west-1/load-orders]")) == 1
+    # One AssumeRole per account, counted, and each account's calls apart.
+    assert values(result.items, "aws.poller.api.calls[sts:AssumeRole]") == [2]
+    assert values(result.items, "aws.account.error[prod]") == ["ok"]
+    assert values(result.items, f"aws.account.denied[{test}]") == [0]
+    assert values(result.items, "aws.account.api.calls[prod]")[0] >= 4  # AssumeRole, GetJobs, ...
+    assert [r["{#ACCOUNTID}"] for r in discovery(result.items, "aws.account.discovery")] == [
+        ACCOUNTS["prod"], test
+    ]
