@@ -476,15 +476,14 @@ def _as_account(endpoint: str, account: str, service: str) -> Any:
     )
 
 
-def accounts_world(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:  # an AccountsPoller
-    """Two accounts, each with a Glue job "load-orders" run once: FAILED in prod, SUCCEEDED in test.
+def make_accounts(endpoint: str, clusters: bool = False) -> None:
+    """Each account of ACCOUNTS gets the reader role, a Glue job "load-orders", one of its own,
+    and with ``clusters`` an EMR cluster "nightly-etl".
 
-    Set up the way an operator would: the reader role made in each account from
-    deploy/aws/trust-policy.json, the jobs made with that account's credentials (moto
+    Set up the way an operator would: the role made in each account from
+    deploy/aws/trust-policy.json, the resources made with that account's credentials (moto
     keeps what assumed-role credentials create in the role's account).
     """
-    from moto.glue.models import glue_backends  # noqa: PLC0415 (in-process backend of the peer)
-
     trust = json.loads(POLICY.with_name("trust-policy.json").read_text())
     for label, account in ACCOUNTS.items():
         _as_account(endpoint, account, "iam").create_role(
@@ -493,17 +492,32 @@ def accounts_world(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:  # an
         glue = _as_account(endpoint, account, "glue")
         make_job(glue, "load-orders")
         make_job(glue, f"only-in-{label}")
-        glue.start_job_run(JobName="load-orders")
-    # FAILED cannot be produced through moto's API: set it in the prod account's backend.
-    glue_backends[ACCOUNTS["prod"]][REGION].jobs["load-orders"].job_runs[-1].status = "FAILED"
+        if clusters:
+            make_cluster(_as_account(endpoint, account, "emr"), "nightly-etl")
+
+
+def accounts_poller(endpoint: str, monkeypatch: pytest.MonkeyPatch, **sections: Any) -> Any:
+    """A list-form poller of ACCOUNTS (an AccountsPoller): prod by label and external id, test by id."""
     monkeypatch.setenv("TRAPLINE_TEST_EXTERNAL_ID", "ext-prod-1")
     accounts = [
         {"role_arn": f"arn:aws:iam::{ACCOUNTS['prod']}:role/trapline-aws-reader", "label": "prod",
          "external_id_env": "TRAPLINE_TEST_EXTERNAL_ID"},
         {"role_arn": f"arn:aws:iam::{ACCOUNTS['test']}:role/trapline-aws-reader"},  # label: its id
     ]
+    return poller(endpoint, accounts=accounts, **sections)
+
+
+def accounts_world(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Both accounts have run "load-orders" once: FAILED in prod, SUCCEEDED in test."""
+    from moto.glue.models import glue_backends  # noqa: PLC0415 (in-process backend of the peer)
+
+    make_accounts(endpoint)
+    for account in ACCOUNTS.values():
+        _as_account(endpoint, account, "glue").start_job_run(JobName="load-orders")
+    # FAILED cannot be produced through moto's API: set it in the prod account's backend.
+    glue_backends[ACCOUNTS["prod"]][REGION].jobs["load-orders"].job_runs[-1].status = "FAILED"
     off = {"enabled": False}
-    return poller(endpoint, accounts=accounts, emr=off, emr_serverless=off)
+    return accounts_poller(endpoint, monkeypatch, emr=off, emr_serverless=off)
 
 
 def test_assumed_credentials_are_renewed_before_they_expire(

@@ -329,10 +329,10 @@ def test_clusters_applications_and_jobs_are_discovered(world: World) -> None:
 # -- run health -------------------------------------------------------------------------------
 
 
-def _fail_glue_run(job: str, message: str) -> None:
+def _fail_glue_run(job: str, message: str, account: str = ACCOUNT) -> None:
     from moto.glue.models import FakeJobRun, glue_backends  # noqa: PLC0415 (in-process peer)
 
-    run = glue_backends[ACCOUNT][REGION].jobs[job].job_runs[-1]
+    run = glue_backends[account][REGION].jobs[job].job_runs[-1]
     run.status = "FAILED"
     # Ended a minute ago: the next run's values must not share its second (same clock, ns 0).
     run.started_on -= dt.timedelta(seconds=120)
