@@ -288,7 +288,9 @@ def _refusing(refused: str, then: Any) -> Any:
     return factory
 
 
-def test_a_refused_role_is_one_condition_and_self_metric_of_its_account_and_the_others_keep_polling() -> None:
+def test_a_refused_role_is_one_condition_and_self_metric_of_its_account_and_the_others_keep_polling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     parsed = parse_settings("org", section(**GLUE_ONLY, accounts=[
         {"role_arn": PROD, "label": "prod"}, {"role_arn": TEST, "label": "test"},
     ]))
@@ -307,6 +309,9 @@ def test_a_refused_role_is_one_condition_and_self_metric_of_its_account_and_the_
     assert [r["{#ACCOUNT}"] for r in discovery(result.items, "glue.job.discovery")] == ["test"]
     assert readings(result.items, "glue.job.run[test/eu-west-1/load%2C%20orders]")
     assert "user/x" not in repr(result)
+    # The log names the account; it carries no principal either.
+    (logged,) = [r.getMessage() for r in caplog.records if "AssumeRole" in r.getMessage()]
+    assert logged == "prod/eu-west-1: credentials: AssumeRole: access denied (AccessDenied)"
     # Refused again next cycle: the counter grows, the test account stays clean.
     again = poller.cycle()
     assert [r.value for r in readings(again.items, "aws.account.denied[prod]")] == [2]

@@ -273,7 +273,7 @@ class AccountsPoller:
         found: set[str] = set()
         reasons: dict[str, list[str]] = {account.label: [] for account in self.settings.accounts}
         for account, poller in self.pollers:
-            part = Cycle()
+            part = Cycle(where=f"{poller.where}: ")
             found.update(poller.poll(part))
             cycle.items.extend(part.items)
             for reason, count in part.errors.items():

@@ -200,6 +200,7 @@ class Cycle:
     throttles: int = 0  # calls refused for the rate (after botocore's retries)
     denied: int = 0  # calls refused by IAM
     missing: Counter[str] = field(default_factory=Counter)  # service -> series without datapoint
+    where: str = ""  # "<label>/<region>: " in the list form, so that a log line names its account
 
     def reading(
         self, host: str, key: str, value: Value, clock: int | None = None, *, unit: str = "", ns: int = 0
@@ -232,9 +233,9 @@ class Cycle:
             self.credentials_failed |= failure.credentials
             self.halted |= failure.halts
             if failure.reason.startswith("unexpected"):
-                log.exception("%s: %s", what, failure.reason)
+                log.exception("%s%s: %s", self.where, what, failure.reason)
             else:
-                log.warning("%s: %s", what, failure.reason)
+                log.warning("%s%s: %s", self.where, what, failure.reason)
             return None
 
 
