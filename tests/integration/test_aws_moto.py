@@ -7,6 +7,7 @@ HTTP through boto3 exactly as against AWS.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import fnmatch
 import json
@@ -22,7 +23,7 @@ import pytest
 
 from tests.support.outbox import ListOutbox, run_collector_until
 from tests.support.peers import missing_peer, wait_port
-from trapline.collectors.aws import build
+from trapline.collectors.aws import AwsCollector, build
 from trapline.collectors.aws.cloudwatch import aligned_window
 from trapline.collectors.aws.poller import AccountsPoller, AwsPoller
 from trapline.core.config import Section
@@ -560,3 +561,10 @@ def test_two_accounts_with_one_job_name_give_two_item_sets_with_the_failure_on_i
     assert [r["{#ACCOUNTID}"] for r in discovery(result.items, "aws.account.discovery")] == [
         ACCOUNTS["prod"], test
     ]
+
+
+def test_check_reports_every_account_and_region(endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_accounts(endpoint, clusters=True)
+    settings = accounts_poller(endpoint, monkeypatch).settings
+    report = asyncio.run(AwsCollector("aws", settings).check())
+    assert report == f"prod/eu-west-1, {ACCOUNTS['test']}/eu-west-1: 2 emr, 0 emr_serverless, 4 glue"
