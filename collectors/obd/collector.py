@@ -31,6 +31,7 @@ from typing import TypeVar
 
 from trapline.collectors.obd.adapter import Adapter, Answer, Reach
 from trapline.collectors.obd.catalog import DecodeError, PidSpec, pid_table
+from trapline.collectors.obd.custom import AnswerError, CustomPid, read_custom_pids
 from trapline.collectors.obd.dtc_memory import Dtc, DtcMemory, UnreadableMemory, memory_path
 from trapline.collectors.obd.link import Link, LinkState
 from trapline.collectors.obd.payload import (
@@ -80,6 +81,7 @@ class Tier:
     name: str
     interval: float
     pids: tuple[PidSpec, ...]
+    custom: tuple[CustomPid, ...] = ()  # operator-defined, each polled as its own request
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +108,21 @@ def _read_tiers(section: Section) -> tuple[Tier, ...]:
     raw = section.table("tiers")
     entries = [(name, sub.number("interval", minimum=0.05), sub.strings("pids"), sub)
                for name, sub in raw.subsections()]
+    tiers: list[Tier] = []
     if not entries:
-        return tuple(
-            Tier(name, interval, tuple(table[p] for p in pids))
-            for name, (interval, pids) in DEFAULT_TIERS.items()
-        )
-    tiers = []
+        tiers += (Tier(name, interval, tuple(table[p] for p in pids))
+                  for name, (interval, pids) in DEFAULT_TIERS.items())
     for name, interval, pids, sub in entries:
         unknown = [p for p in pids if p not in table]
         if unknown:
             raise sub.error("pids", f"unknown PID {unknown[0]!r} (known: see pids.toml)")
         sub.done()
         tiers.append(Tier(name, interval, tuple(table[p] for p in pids)))
-    return tuple(tiers)
+    custom = read_custom_pids(section.tables("custom_pids"), table, [tier.name for tier in tiers])
+    return tuple(
+        Tier(tier.name, tier.interval, tier.pids, tuple(c for c in custom if c.tier == tier.name))
+        for tier in tiers
+    )
 
 
 def read_settings(section: Section) -> ObdSettings:
@@ -182,9 +186,11 @@ class _Connection:
 
 @dataclass(frozen=True, slots=True)
 class _Round:
-    """Mode 01 requests queued in the worker as one job, not yet read."""
+    """PID requests queued in the worker as one job, not yet read: the mode 01
+    requests of the shipped PIDs, then one request per custom PID."""
 
-    groups: list[list[PidSpec]]  # the PIDs of each request
+    groups: list[list[PidSpec]]  # the PIDs of each mode 01 request
+    custom: list[CustomPid]  # the custom PID of each request after those
     commands: list[str]
     job: Job[Answer]
 
@@ -200,6 +206,7 @@ class ObdCollector:
         self._vehicle = open_state(settings.state_dir, settings.host)
         # how long an answer of a PID stays valid: a few of its shortest polling interval
         self._lifetime: dict[str, float] = {}
+        self._custom = tuple(dict.fromkeys(c for tier in settings.tiers for c in tier.custom))
         for tier in sorted(settings.tiers, key=lambda t: -t.interval):
             self._lifetime.update((spec.name, _SAMPLE_LIFETIME * tier.interval) for spec in tier.pids)
 
@@ -238,9 +245,13 @@ class ObdCollector:
         return None
 
     @staticmethod
-    def _submit_requests(conn: _Connection, commands: Sequence[str]) -> Job[Answer]:
-        """Queue request lines to be sent back to back as one worker job."""
-        calls = [functools.partial(conn.adapter.request, command) for command in commands]
+    def _submit_requests(
+        conn: _Connection, commands: Sequence[str], headers: Sequence[str | None] = ()
+    ) -> Job[Answer]:
+        """Queue request lines to be sent back to back as one worker job; ``headers``
+        (as many, or none: every ECU) say which ECU each one goes to."""
+        calls = [functools.partial(conn.adapter.request, command, header)
+                 for command, header in zip(commands, headers or [None] * len(commands), strict=True)]
         return conn.worker.submit_each(calls, keep_going=_link_alive)
 
     async def _requests(self, conn: _Connection, commands: Sequence[str]) -> list[Answer]:
@@ -382,7 +393,7 @@ class ObdCollector:
         if conn.seconds_per_request is None or (conn.multi_ok and conn.multi_refusals):
             return None
         start = current.job.started or time.monotonic()
-        return start + len(current.groups) * conn.seconds_per_request
+        return start + len(current.commands) * conn.seconds_per_request
 
     # -- what is polled ------------------------------------------------------------
     def _discover_pids(self, conn: _Connection) -> None:
@@ -395,19 +406,27 @@ class ObdCollector:
                     log.info("%s: ECU does not support %s; not polled", self.name, spec.name)
         conn.polled = tuple(polled.values())
         rows = [{"{#PID}": p.name, "{#NAME}": p.description, "{#UNIT}": p.unit} for p in conn.polled]
+        # the ECU's bitmaps say nothing of them: configured means polled
+        rows += [{"{#PID}": c.key, "{#NAME}": c.name, "{#UNIT}": c.unit} for c in self._custom]
         self.out.put(Discovery.now(self.settings.host, PID_DISCOVERY, rows))
 
     def _start_round(self, conn: _Connection, tiers: Sequence[Tier]) -> _Round | None:
         """Queue one polling round over the supported PIDs of ``tiers`` (a PID in several tiers once)."""
         specs = list(dict.fromkeys(spec for tier in tiers for spec in tier.pids if spec in conn.polled))
-        return self._submit_pids(conn, specs, self.settings.max_pids_per_request if conn.multi_ok else 1)
+        # those of one ECU together, after the broadcast ones: each header is set once per round
+        custom = sorted({c for tier in tiers for c in tier.custom}, key=lambda c: (c.header or "", c.key))
+        per_request = self.settings.max_pids_per_request if conn.multi_ok else 1
+        return self._submit_pids(conn, specs, per_request, custom)
 
-    def _submit_pids(self, conn: _Connection, specs: Sequence[PidSpec], per_request: int) -> _Round | None:
-        if not specs:
+    def _submit_pids(
+        self, conn: _Connection, specs: Sequence[PidSpec], per_request: int, custom: Sequence[CustomPid] = ()
+    ) -> _Round | None:
+        if not specs and not custom:
             return None
         groups = _chunks(specs, per_request)
-        commands = [_mode_01_request(group) for group in groups]
-        return _Round(groups, commands, self._submit_requests(conn, commands))
+        commands = [_mode_01_request(group) for group in groups] + [c.request for c in custom]
+        headers = [None] * len(groups) + [c.header for c in custom]
+        return _Round(groups, list(custom), commands, self._submit_requests(conn, commands, headers))
 
     async def _finish_round(self, conn: _Connection, polled: _Round, queued_behind: bool = False) -> None:
         """Report a round's values; re-read singly what multi-PID requests left out."""
@@ -424,6 +443,8 @@ class ObdCollector:
             found = self._report_pids(conn, group, answer)
             if len(group) > 1:
                 left_out += [spec for spec in group if spec not in found]
+        for pid, answer in zip(polled.custom, answers[len(polled.groups):], strict=False):
+            self._report_custom(pid, answer)
         if left_out and not self.link.needs_reconnect():
             singles = self._submit_pids(conn, left_out, 1)
             if singles is not None:
@@ -451,6 +472,22 @@ class ObdCollector:
             self._put_from(answer, f"obd.pid[{spec.name}]", value, spec.unit, {"pid": spec.name})
             self._feed_totals(spec.name, value, answer.received_ns / 1e9)
         return {by_pid[pid] for pid in values}
+
+    def _report_custom(self, pid: CustomPid, answer: Answer) -> None:
+        """One custom PID's value, or an error kept open until it answers again.
+
+        Its silence says nothing of the link (the ECU may just not know it), so
+        it neither counts towards a reconnect nor holds one off.
+        """
+        condition = f"custom:{pid.key}"
+        try:
+            value = pid.decode(answer.payloads)
+        except AnswerError as exc:
+            shown = " / ".join(answer.lines[:3]) or "nothing"
+            self.out.error(f"obd: {exc} ({shown})", condition)
+            return
+        self.out.resolved(condition, f"obd: {self.name}: custom PID {pid.key} answers again")
+        self._put_from(answer, f"obd.pid[{pid.key}]", value, pid.unit, {"pid": pid.key})
 
     def _feed_totals(self, name: str, value: float, clock: float) -> None:
         if name == "ODOMETER":
