@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from trapline.collectors.obd.adapter import Adapter, Answer, Reach
+from trapline.collectors.obd.battery import BatteryWatch, Change, GuardSettings
 from trapline.collectors.obd.catalog import DecodeError, PidSpec, pid_table
 from trapline.collectors.obd.custom import AnswerError, CustomPid, read_custom_pids
 from trapline.collectors.obd.dtc_memory import Dtc, DtcMemory, UnreadableMemory, memory_path
@@ -101,6 +102,7 @@ class ObdSettings:
     max_pids_per_request: int = MAX_PIDS_PER_REQUEST
     dtc_interval: float = 300.0
     state_dir: Path = DEFAULT_STATE_DIR
+    battery: GuardSettings = field(default_factory=GuardSettings)
 
 
 def _read_tiers(section: Section) -> tuple[Tier, ...]:
@@ -125,6 +127,25 @@ def _read_tiers(section: Section) -> tuple[Tier, ...]:
     )
 
 
+def _read_battery_guard(section: Section) -> GuardSettings:
+    d = GuardSettings()
+    guard = GuardSettings(
+        voltage=section.number("battery_guard_voltage", d.voltage, minimum=0.0, maximum=30.0),
+        after=section.number("battery_guard_after", d.after, minimum=0.0),
+        resume=section.number("battery_guard_resume", d.resume, minimum=0.0, maximum=30.0),
+        shutdown=section.boolean("battery_guard_shutdown", d.shutdown),
+        shutdown_command=tuple(section.strings("battery_guard_shutdown_command", list(d.shutdown_command))),
+        probe_interval=section.number("battery_guard_probe", d.probe_interval, minimum=0.05),
+        crank_window=section.number("crank_window", d.crank_window, minimum=0.05),
+    )
+    if guard.voltage and guard.resume <= guard.voltage:
+        above = f"must be above battery_guard_voltage ({guard.voltage:g} V)"
+        raise section.error("battery_guard_resume", above)
+    if guard.shutdown and not guard.shutdown_command:
+        raise section.error("battery_guard_shutdown_command", "empty, but battery_guard_shutdown is on")
+    return guard
+
+
 def read_settings(section: Section) -> ObdSettings:
     device = section.text("device")
     # baud detection never succeeds over TCP, so socket:// gets the usual 38400
@@ -147,6 +168,7 @@ def read_settings(section: Section) -> ObdSettings:
         max_pids_per_request=section.integer("max_pids_per_request", MAX_PIDS_PER_REQUEST, minimum=1),
         dtc_interval=section.number("dtc_interval", 300.0, minimum=0.05),
         state_dir=section.path("state_dir", DEFAULT_STATE_DIR),
+        battery=_read_battery_guard(section),
     )
     if settings.max_pids_per_request > MAX_PIDS_PER_REQUEST:
         raise section.error("max_pids_per_request", f"at most {MAX_PIDS_PER_REQUEST} (SAE J1979)")
@@ -182,6 +204,7 @@ class _Connection:
     multi_refusals: int = 0
     polled: tuple[PidSpec, ...] = field(default_factory=tuple)
     seconds_per_request: float | None = None  # measured; None until a round has run
+    low_power: bool = False  # sent ATLP: closed without a word, since ATZ would wake the adapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +216,7 @@ class _Round:
     custom: list[CustomPid]  # the custom PID of each request after those
     commands: list[str]
     job: Job[Answer]
+    voltage: bool = False  # an AT RV ends the round (watching for an engine start)
 
 
 class ObdCollector:
@@ -204,6 +228,7 @@ class ObdCollector:
         self._dtcs_reported: set[Dtc] = set()
         self._out: Outbox | None = None
         self._vehicle = open_state(settings.state_dir, settings.host)
+        self._battery = BatteryWatch(settings.battery)
         # how long an answer of a PID stays valid: a few of its shortest polling interval
         self._lifetime: dict[str, float] = {}
         self._custom = tuple(dict.fromkeys(c for tier in settings.tiers for c in tier.custom))
@@ -226,6 +251,7 @@ class ObdCollector:
 
     def _report_state(self) -> None:
         self._put("obd.state", int(self.link.state), labels={"state": self.link.state.name.lower()})
+        self._put("obd.battery.guard", int(self._battery.tripped))
 
     async def _call(self, conn: _Connection, fn: Callable[[], T], deadline: float, what: str) -> T | None:
         """A python-OBD call in the worker; None (link marked lost) when it fails or hangs."""
@@ -287,7 +313,9 @@ class ObdCollector:
         except UnreadableState as exc:
             out.error(f"obd: {self.name}: {exc}")
         while True:
-            await asyncio.sleep(self.link.retry_delay())
+            # a tripped battery guard leaves the adapter asleep between voltage probes
+            await asyncio.sleep(self.settings.battery.probe_interval if self._battery.tripped
+                                else self.link.retry_delay())
             conn = _Connection(
                 Adapter(self.settings.device, self.settings.baudrate, self.settings.protocol),
                 BlockingWorker(f"obd-{self.name}"),
@@ -295,7 +323,7 @@ class ObdCollector:
             try:
                 await self._serve(conn)
             finally:
-                if conn.worker.usable:
+                if conn.worker.usable and not conn.low_power:
                     conn.worker.submit_last(conn.adapter.close)
                 else:
                     conn.adapter.abort()
@@ -314,13 +342,29 @@ class ObdCollector:
             await self._serve_car(conn)
         elif self.link.state is LinkState.IGNITION_OFF:
             await self._serve_ignition_off(conn)
+        if self._battery.tripped and not self.link.needs_reconnect():
+            await self._sleep_adapter(conn)
+
+    async def _sleep_adapter(self, conn: _Connection) -> None:
+        """Battery guard: stop polling and put the adapter into low power where it has one."""
+        answer = await self._request(conn, "ATLP")
+        conn.low_power = answer is not None and "OK" in answer.lines
+        if not conn.low_power:
+            log.info("%s: the adapter has no low power mode (ATLP: %s)", self.name,
+                     " / ".join(answer.lines) if answer else "no answer")
+        self._report_state()
+        log.info("%s: battery guard: adapter asleep; its voltage is probed every %g s",
+                 self.name, self.settings.battery.probe_interval)
 
     async def _serve_ignition_off(self, conn: _Connection) -> None:
         """Adapter powered, car silent: battery voltage now and then, and watch for the ECU."""
         while not self.link.needs_reconnect():
             answers = await self._requests(conn, ("ATRV", "0100"))
             if answers:
-                self._report_voltage(answers[0])
+                self._battery.engine(answers[0].received_ns / 1e9, running=False)  # no ECU, no engine
+                await self._report_voltage(answers[0])
+            if self._battery.tripped:
+                return
             if len(answers) > 1 and ecu_answered_0100(answers[1].lines):
                 log.info("%s: the ECU answers again (ignition on); reconnecting", self.name)
                 self.link.lost()
@@ -369,6 +413,8 @@ class ObdCollector:
                     self._report_state()
                     await self._report_totals()
                     housekeeping_due = time.monotonic() + s.idle_interval
+                if self._battery.tripped:
+                    return
                 if queued is None:
                     next_due = min([*due.values(), dtc_due, housekeeping_due])
                     await asyncio.sleep(max(0.0, next_due - time.monotonic()))
@@ -416,17 +462,28 @@ class ObdCollector:
         # those of one ECU together, after the broadcast ones: each header is set once per round
         custom = sorted({c for tier in tiers for c in tier.custom}, key=lambda c: (c.header or "", c.key))
         per_request = self.settings.max_pids_per_request if conn.multi_ok else 1
-        return self._submit_pids(conn, specs, per_request, custom)
+        # ignition on, engine off: the voltage with every round, so that the starter's dip is caught
+        return self._submit_pids(conn, specs, per_request, custom, voltage=self._battery.before_start)
 
     def _submit_pids(
-        self, conn: _Connection, specs: Sequence[PidSpec], per_request: int, custom: Sequence[CustomPid] = ()
+        self,
+        conn: _Connection,
+        specs: Sequence[PidSpec],
+        per_request: int,
+        custom: Sequence[CustomPid] = (),
+        voltage: bool = False,
     ) -> _Round | None:
         if not specs and not custom:
             return None
         groups = _chunks(specs, per_request)
         commands = [_mode_01_request(group) for group in groups] + [c.request for c in custom]
-        headers = [None] * len(groups) + [c.header for c in custom]
-        return _Round(groups, list(custom), commands, self._submit_requests(conn, commands, headers))
+        headers: list[str | None] = [None for _ in groups]
+        headers += [c.header for c in custom]
+        if voltage:
+            commands.append("ATRV")
+            headers.append(headers[-1])  # AT commands ignore the header: no switch for it
+        job = self._submit_requests(conn, commands, headers)
+        return _Round(groups, list(custom), commands, job, voltage)
 
     async def _finish_round(self, conn: _Connection, polled: _Round, queued_behind: bool = False) -> None:
         """Report a round's values; re-read singly what multi-PID requests left out."""
@@ -436,7 +493,8 @@ class ObdCollector:
             # request: let that request go out first (it then waits ~the adapter's latency).
             await asyncio.sleep(_SEND_FIRST)
         ran_for = polled.job.ran_for
-        if answers and ran_for is not None:
+        if answers and ran_for is not None and not polled.voltage:
+            # timed on PID requests alone: a quick AT RV would make the next rounds look shorter
             conn.seconds_per_request = ran_for / len(answers)
         left_out: list[PidSpec] = []
         for group, answer in zip(polled.groups, answers, strict=False):  # fewer answers if the link failed
@@ -445,6 +503,8 @@ class ObdCollector:
                 left_out += [spec for spec in group if spec not in found]
         for pid, answer in zip(polled.custom, answers[len(polled.groups):], strict=False):
             self._report_custom(pid, answer)
+        if polled.voltage and len(answers) == len(polled.commands):
+            await self._report_voltage(answers[-1])
         if left_out and not self.link.needs_reconnect():
             singles = self._submit_pids(conn, left_out, 1)
             if singles is not None:
@@ -471,6 +531,8 @@ class ObdCollector:
                 continue
             self._put_from(answer, f"obd.pid[{spec.name}]", value, spec.unit, {"pid": spec.name})
             self._feed_totals(spec.name, value, answer.received_ns / 1e9)
+            if spec.name == "RPM":
+                self._engine_sample(answer, value > 0)
         return {by_pid[pid] for pid in values}
 
     def _report_custom(self, pid: CustomPid, answer: Answer) -> None:
@@ -515,9 +577,9 @@ class ObdCollector:
     async def _read_voltage(self, conn: _Connection) -> None:
         answer = await self._request(conn, "ATRV")
         if answer is not None:
-            self._report_voltage(answer)
+            await self._report_voltage(answer)
 
-    def _report_voltage(self, answer: Answer) -> None:
+    async def _report_voltage(self, answer: Answer) -> None:
         try:
             volts = parse_voltage(answer.lines[0] if answer.lines else "")
         except PayloadError as exc:
@@ -525,7 +587,40 @@ class ObdCollector:
             self.link.unusable()
             return
         self.link.answered()
-        self._put("obd.voltage", volts, "V")
+        self._put_from(answer, "obd.voltage", volts, "V", {})
+        await self._battery_changed(self._battery.voltage(answer.received_ns / 1e9, volts), volts)
+
+    def _engine_sample(self, answer: Answer, running: bool) -> None:
+        dip, change = self._battery.engine(answer.received_ns / 1e9, running)
+        if dip is not None:
+            self._put_from(answer, "obd.battery.crank_voltage", dip, "V", {})
+        if change is not None:
+            self._report_state()
+            log.info("%s: battery guard reset: the engine runs", self.name)
+
+    async def _battery_changed(self, change: Change | None, volts: float) -> None:
+        if change is Change.RESET:
+            self._report_state()
+            log.info("%s: battery guard reset: %.1f V", self.name, volts)
+        elif change is Change.TRIPPED:
+            guard = self.settings.battery
+            # an event of the vehicle, not a fault of the agent: obd.battery.guard carries it
+            log.warning("%s: battery guard: %.1f V, below %g V for %g s with the engine off; "
+                        "adapter polling stops", self.name, volts, guard.voltage, guard.after)
+            if guard.shutdown:
+                await self._request_shutdown(guard.shutdown_command)
+
+    async def _request_shutdown(self, command: Sequence[str]) -> None:
+        """The optional last step of the battery guard: ask the system to power off."""
+        log.warning("%s: battery guard: running %s", self.name, " ".join(command))
+        try:
+            process = await asyncio.create_subprocess_exec(*command)
+            code = await process.wait()
+        except OSError as exc:
+            self.out.error(f"obd: battery guard: cannot run {command[0]}: {exc}")
+            return
+        if code:
+            self.out.error(f"obd: battery guard: {' '.join(command)} exited with {code}")
 
     async def _read_vin(self, conn: _Connection) -> None:
         answer = await self._request(conn, "0902")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.elm_fixtures import obd_section
+from tests.support.elm_fixtures import obd_section, request_log
 from tests.support.outbox import ListOutbox, run_collector_until
 from trapline.collectors.obd import build
 
@@ -46,15 +46,7 @@ def emulated_car(emu: Any, elm_module: Any) -> list[str]:
     }
     emu.ObdMessage = {**emu.ObdMessage, "custom": {**emu.ObdMessage["car"], **entries}}
     emu.set_sorted_obd_msg("custom")
-    seen: list[str] = []
-    handle = emu.handle_request
-
-    def spy(cmd: str, do_write: bool = False) -> Any:
-        seen.append(cmd)
-        return handle(cmd, do_write)
-
-    emu.handle_request = spy
-    return seen
+    return request_log(emu)
 
 
 def test_custom_pids_are_discovered_polled_and_isolated(
