@@ -163,3 +163,20 @@ def test_the_vehicle_template_discovers_custom_pids_as_items_with_name_and_unit(
         assert expanded == {"key": f"obd.pid[{row['{#PID}']}]", "name": f"Vehicle: OBD: {row['{#NAME}']}",
                             "units": row["{#UNIT}"]}
     assert prototype["value_type"] == "FLOAT"  # the formulas' values are floats
+
+
+# answers as elm327.ecu_payloads hands them on: any number of ECU messages, each a positive
+# answer to this or another identifier, a refusal, or any bytes, with any data after it
+heads = st.sampled_from([b"", b"\x62\xb0\x02", b"\x62\xb0\x03", b"\x7f\x22", b"\x41\x0d"])
+messages = st.builds(lambda head, tail: head + tail, heads, st.binary(max_size=6))
+
+
+@given(st.lists(messages, max_size=4))
+def test_any_answer_gives_a_value_or_a_reason(payloads: list[bytes]) -> None:
+    try:
+        value = soc().decode(payloads)
+    except AnswerError as exc:
+        assert str(exc).startswith("custom PID EV_SOC: ")
+        return
+    answer = next(p for p in payloads if p.startswith(bytes.fromhex("62B002")))
+    assert value == (answer[3] * 256 + answer[4]) / 10
