@@ -32,27 +32,35 @@ class Undefined(Exception):
 
 @dataclass(frozen=True)
 class Num:
+    """A number literal, with the text it is written as."""
+
     value: Fraction
     text: str
 
 
 @dataclass(frozen=True)
 class Byte:
+    """A data byte: A is index 0."""
+
     index: int
 
 
 @dataclass(frozen=True)
 class Neg:
+    """Unary minus, optionally in extra parentheses."""
+
     inner: Node
-    parens: bool
+    parens: bool = False
 
 
 @dataclass(frozen=True)
 class Bin:
+    """A binary operation, optionally in extra parentheses."""
+
     op: str
     left: Node
     right: Node
-    parens: bool
+    parens: bool = False
 
 
 Node = Num | Byte | Neg | Bin
