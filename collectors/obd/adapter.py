@@ -58,6 +58,7 @@ class Adapter:
         self._aborted = False
         self._protocol_id = ""  # the protocol the car answered on
         self._supported: frozenset[str] = frozenset()
+        self._header: str | None = None  # set by AT SH; None: the protocol's functional header
 
     # -- blocking calls (worker thread) -----------------------------------
     def connect(self) -> Reach:
@@ -137,12 +138,21 @@ class Adapter:
                 break
         return frozenset(spec.name for spec in pid_table().values() if spec.pid in flagged)
 
-    def request(self, command: str) -> Answer:
-        """Send one request line as is and return every ECU's answer to it."""
+    def request(self, command: str, header: str | None = None) -> Answer:
+        """Send one request line as is, to ``header`` (None: every ECU), and return
+        every ECU's answer to it.
+
+        The header is only switched (``AT SH``) when it differs from the last
+        one, so a round that puts the requests of one header together pays once.
+        """
         elm = self._elm
         if elm is None:
             return _NO_LINK
         try:
+            if header != self._header:
+                refused = self._set_header(elm, header)
+                if refused is not None:
+                    return Answer((), refused, received_ns=time.time_ns())
             lines = elm.send(command)
         except LinkLost as exc:
             log.info("%s: %s", self.device, exc)
@@ -150,6 +160,18 @@ class Adapter:
         received_ns = time.time_ns()
         payloads = tuple(message for _, message in elm327.ecu_payloads(lines, self._protocol_id))
         return Answer(payloads, tuple(lines), received_ns=received_ns)
+
+    def _set_header(self, elm: Elm327, header: str | None) -> tuple[str, ...] | None:
+        """Switch the request header; None, or why it cannot be switched."""
+        wanted = elm327.FUNCTIONAL_HEADER.get(self._protocol_id) if header is None else header
+        if wanted is None:
+            return (f"no functional header known for protocol {self._protocol_id!r}",)
+        lines = elm.send("ATSH" + wanted)
+        if lines != ["OK"]:
+            self._header = "?"  # unknown now: set it again before the next request
+            return (f"ATSH{wanted}", *lines)
+        self._header = header
+        return None
 
     def supported_pids(self) -> frozenset[str]:
         """Names of the mode 01 PIDs the ECU flagged in its bitmaps at connect time."""

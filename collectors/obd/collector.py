@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from trapline.collectors.obd.adapter import Adapter, Answer, Reach
+from trapline.collectors.obd.battery import BatteryWatch, Change, GuardSettings
 from trapline.collectors.obd.catalog import DecodeError, PidSpec, pid_table
+from trapline.collectors.obd.custom import AnswerError, CustomPid, read_custom_pids
 from trapline.collectors.obd.dtc_memory import Dtc, DtcMemory, UnreadableMemory, memory_path
 from trapline.collectors.obd.link import Link, LinkState
 from trapline.collectors.obd.payload import (
@@ -80,6 +82,7 @@ class Tier:
     name: str
     interval: float
     pids: tuple[PidSpec, ...]
+    custom: tuple[CustomPid, ...] = ()  # operator-defined, each polled as its own request
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,7 @@ class ObdSettings:
     max_pids_per_request: int = MAX_PIDS_PER_REQUEST
     dtc_interval: float = 300.0
     state_dir: Path = DEFAULT_STATE_DIR
+    battery: GuardSettings = field(default_factory=GuardSettings)
 
 
 def _read_tiers(section: Section) -> tuple[Tier, ...]:
@@ -106,19 +110,40 @@ def _read_tiers(section: Section) -> tuple[Tier, ...]:
     raw = section.table("tiers")
     entries = [(name, sub.number("interval", minimum=0.05), sub.strings("pids"), sub)
                for name, sub in raw.subsections()]
+    tiers: list[Tier] = []
     if not entries:
-        return tuple(
-            Tier(name, interval, tuple(table[p] for p in pids))
-            for name, (interval, pids) in DEFAULT_TIERS.items()
-        )
-    tiers = []
+        tiers += (Tier(name, interval, tuple(table[p] for p in pids))
+                  for name, (interval, pids) in DEFAULT_TIERS.items())
     for name, interval, pids, sub in entries:
         unknown = [p for p in pids if p not in table]
         if unknown:
             raise sub.error("pids", f"unknown PID {unknown[0]!r} (known: see pids.toml)")
         sub.done()
         tiers.append(Tier(name, interval, tuple(table[p] for p in pids)))
-    return tuple(tiers)
+    custom = read_custom_pids(section.tables("custom_pids"), table, [tier.name for tier in tiers])
+    return tuple(
+        Tier(tier.name, tier.interval, tier.pids, tuple(c for c in custom if c.tier == tier.name))
+        for tier in tiers
+    )
+
+
+def _read_battery_guard(section: Section) -> GuardSettings:
+    d = GuardSettings()
+    guard = GuardSettings(
+        voltage=section.number("battery_guard_voltage", d.voltage, minimum=0.0, maximum=30.0),
+        after=section.number("battery_guard_after", d.after, minimum=0.0),
+        resume=section.number("battery_guard_resume", d.resume, minimum=0.0, maximum=30.0),
+        shutdown=section.boolean("battery_guard_shutdown", d.shutdown),
+        shutdown_command=tuple(section.strings("battery_guard_shutdown_command", list(d.shutdown_command))),
+        probe_interval=section.number("battery_guard_probe", d.probe_interval, minimum=0.05),
+        crank_window=section.number("crank_window", d.crank_window, minimum=0.05),
+    )
+    if guard.voltage and guard.resume <= guard.voltage:
+        above = f"must be above battery_guard_voltage ({guard.voltage:g} V)"
+        raise section.error("battery_guard_resume", above)
+    if guard.shutdown and not guard.shutdown_command:
+        raise section.error("battery_guard_shutdown_command", "empty, but battery_guard_shutdown is on")
+    return guard
 
 
 def read_settings(section: Section) -> ObdSettings:
@@ -143,6 +168,7 @@ def read_settings(section: Section) -> ObdSettings:
         max_pids_per_request=section.integer("max_pids_per_request", MAX_PIDS_PER_REQUEST, minimum=1),
         dtc_interval=section.number("dtc_interval", 300.0, minimum=0.05),
         state_dir=section.path("state_dir", DEFAULT_STATE_DIR),
+        battery=_read_battery_guard(section),
     )
     if settings.max_pids_per_request > MAX_PIDS_PER_REQUEST:
         raise section.error("max_pids_per_request", f"at most {MAX_PIDS_PER_REQUEST} (SAE J1979)")
@@ -178,15 +204,19 @@ class _Connection:
     multi_refusals: int = 0
     polled: tuple[PidSpec, ...] = field(default_factory=tuple)
     seconds_per_request: float | None = None  # measured; None until a round has run
+    low_power: bool = False  # sent ATLP: closed without a word, since ATZ would wake the adapter
 
 
 @dataclass(frozen=True, slots=True)
 class _Round:
-    """Mode 01 requests queued in the worker as one job, not yet read."""
+    """PID requests queued in the worker as one job, not yet read: the mode 01
+    requests of the shipped PIDs, then one request per custom PID."""
 
-    groups: list[list[PidSpec]]  # the PIDs of each request
+    groups: list[list[PidSpec]]  # the PIDs of each mode 01 request
+    custom: list[CustomPid]  # the custom PID of each request after those
     commands: list[str]
     job: Job[Answer]
+    voltage: bool = False  # an AT RV ends the round (watching for an engine start)
 
 
 class ObdCollector:
@@ -198,8 +228,10 @@ class ObdCollector:
         self._dtcs_reported: set[Dtc] = set()
         self._out: Outbox | None = None
         self._vehicle = open_state(settings.state_dir, settings.host)
+        self._battery = BatteryWatch(settings.battery)
         # how long an answer of a PID stays valid: a few of its shortest polling interval
         self._lifetime: dict[str, float] = {}
+        self._custom = tuple(dict.fromkeys(c for tier in settings.tiers for c in tier.custom))
         for tier in sorted(settings.tiers, key=lambda t: -t.interval):
             self._lifetime.update((spec.name, _SAMPLE_LIFETIME * tier.interval) for spec in tier.pids)
 
@@ -219,6 +251,7 @@ class ObdCollector:
 
     def _report_state(self) -> None:
         self._put("obd.state", int(self.link.state), labels={"state": self.link.state.name.lower()})
+        self._put("obd.battery.guard", int(self._battery.tripped))
 
     async def _call(self, conn: _Connection, fn: Callable[[], T], deadline: float, what: str) -> T | None:
         """A python-OBD call in the worker; None (link marked lost) when it fails or hangs."""
@@ -238,9 +271,13 @@ class ObdCollector:
         return None
 
     @staticmethod
-    def _submit_requests(conn: _Connection, commands: Sequence[str]) -> Job[Answer]:
-        """Queue request lines to be sent back to back as one worker job."""
-        calls = [functools.partial(conn.adapter.request, command) for command in commands]
+    def _submit_requests(
+        conn: _Connection, commands: Sequence[str], headers: Sequence[str | None] = ()
+    ) -> Job[Answer]:
+        """Queue request lines to be sent back to back as one worker job; ``headers``
+        (as many, or none: every ECU) say which ECU each one goes to."""
+        calls = [functools.partial(conn.adapter.request, command, header)
+                 for command, header in zip(commands, headers or [None] * len(commands), strict=True)]
         return conn.worker.submit_each(calls, keep_going=_link_alive)
 
     async def _requests(self, conn: _Connection, commands: Sequence[str]) -> list[Answer]:
@@ -276,7 +313,9 @@ class ObdCollector:
         except UnreadableState as exc:
             out.error(f"obd: {self.name}: {exc}")
         while True:
-            await asyncio.sleep(self.link.retry_delay())
+            # a tripped battery guard leaves the adapter asleep between voltage probes
+            await asyncio.sleep(self.settings.battery.probe_interval if self._battery.tripped
+                                else self.link.retry_delay())
             conn = _Connection(
                 Adapter(self.settings.device, self.settings.baudrate, self.settings.protocol),
                 BlockingWorker(f"obd-{self.name}"),
@@ -284,7 +323,7 @@ class ObdCollector:
             try:
                 await self._serve(conn)
             finally:
-                if conn.worker.usable:
+                if conn.worker.usable and not conn.low_power:
                     conn.worker.submit_last(conn.adapter.close)
                 else:
                     conn.adapter.abort()
@@ -303,13 +342,29 @@ class ObdCollector:
             await self._serve_car(conn)
         elif self.link.state is LinkState.IGNITION_OFF:
             await self._serve_ignition_off(conn)
+        if self._battery.tripped and not self.link.needs_reconnect():
+            await self._sleep_adapter(conn)
+
+    async def _sleep_adapter(self, conn: _Connection) -> None:
+        """Battery guard: stop polling and put the adapter into low power where it has one."""
+        answer = await self._request(conn, "ATLP")
+        conn.low_power = answer is not None and "OK" in answer.lines
+        if not conn.low_power:
+            log.info("%s: the adapter has no low power mode (ATLP: %s)", self.name,
+                     " / ".join(answer.lines) if answer else "no answer")
+        self._report_state()
+        log.info("%s: battery guard: adapter asleep; its voltage is probed every %g s",
+                 self.name, self.settings.battery.probe_interval)
 
     async def _serve_ignition_off(self, conn: _Connection) -> None:
         """Adapter powered, car silent: battery voltage now and then, and watch for the ECU."""
         while not self.link.needs_reconnect():
             answers = await self._requests(conn, ("ATRV", "0100"))
             if answers:
-                self._report_voltage(answers[0])
+                self._battery.engine(answers[0].received_ns / 1e9, running=False)  # no ECU, no engine
+                await self._report_voltage(answers[0])
+            if self._battery.tripped:
+                return
             if len(answers) > 1 and ecu_answered_0100(answers[1].lines):
                 log.info("%s: the ECU answers again (ignition on); reconnecting", self.name)
                 self.link.lost()
@@ -358,6 +413,8 @@ class ObdCollector:
                     self._report_state()
                     await self._report_totals()
                     housekeeping_due = time.monotonic() + s.idle_interval
+                if self._battery.tripped:
+                    return
                 if queued is None:
                     next_due = min([*due.values(), dtc_due, housekeeping_due])
                     await asyncio.sleep(max(0.0, next_due - time.monotonic()))
@@ -382,7 +439,7 @@ class ObdCollector:
         if conn.seconds_per_request is None or (conn.multi_ok and conn.multi_refusals):
             return None
         start = current.job.started or time.monotonic()
-        return start + len(current.groups) * conn.seconds_per_request
+        return start + len(current.commands) * conn.seconds_per_request
 
     # -- what is polled ------------------------------------------------------------
     def _discover_pids(self, conn: _Connection) -> None:
@@ -395,19 +452,38 @@ class ObdCollector:
                     log.info("%s: ECU does not support %s; not polled", self.name, spec.name)
         conn.polled = tuple(polled.values())
         rows = [{"{#PID}": p.name, "{#NAME}": p.description, "{#UNIT}": p.unit} for p in conn.polled]
+        # the ECU's bitmaps say nothing of them: configured means polled
+        rows += [{"{#PID}": c.key, "{#NAME}": c.name, "{#UNIT}": c.unit} for c in self._custom]
         self.out.put(Discovery.now(self.settings.host, PID_DISCOVERY, rows))
 
     def _start_round(self, conn: _Connection, tiers: Sequence[Tier]) -> _Round | None:
         """Queue one polling round over the supported PIDs of ``tiers`` (a PID in several tiers once)."""
         specs = list(dict.fromkeys(spec for tier in tiers for spec in tier.pids if spec in conn.polled))
-        return self._submit_pids(conn, specs, self.settings.max_pids_per_request if conn.multi_ok else 1)
+        # those of one ECU together, after the broadcast ones: each header is set once per round
+        custom = sorted({c for tier in tiers for c in tier.custom}, key=lambda c: (c.header or "", c.key))
+        per_request = self.settings.max_pids_per_request if conn.multi_ok else 1
+        # ignition on, engine off: the voltage with every round, so that the starter's dip is caught
+        return self._submit_pids(conn, specs, per_request, custom, voltage=self._battery.before_start)
 
-    def _submit_pids(self, conn: _Connection, specs: Sequence[PidSpec], per_request: int) -> _Round | None:
-        if not specs:
+    def _submit_pids(
+        self,
+        conn: _Connection,
+        specs: Sequence[PidSpec],
+        per_request: int,
+        custom: Sequence[CustomPid] = (),
+        voltage: bool = False,
+    ) -> _Round | None:
+        if not specs and not custom:
             return None
         groups = _chunks(specs, per_request)
-        commands = [_mode_01_request(group) for group in groups]
-        return _Round(groups, commands, self._submit_requests(conn, commands))
+        commands = [_mode_01_request(group) for group in groups] + [c.request for c in custom]
+        headers: list[str | None] = [None for _ in groups]
+        headers += [c.header for c in custom]
+        if voltage:
+            commands.append("ATRV")
+            headers.append(headers[-1])  # AT commands ignore the header: no switch for it
+        job = self._submit_requests(conn, commands, headers)
+        return _Round(groups, list(custom), commands, job, voltage)
 
     async def _finish_round(self, conn: _Connection, polled: _Round, queued_behind: bool = False) -> None:
         """Report a round's values; re-read singly what multi-PID requests left out."""
@@ -417,13 +493,18 @@ class ObdCollector:
             # request: let that request go out first (it then waits ~the adapter's latency).
             await asyncio.sleep(_SEND_FIRST)
         ran_for = polled.job.ran_for
-        if answers and ran_for is not None:
+        if answers and ran_for is not None and not polled.voltage:
+            # timed on PID requests alone: a quick AT RV would make the next rounds look shorter
             conn.seconds_per_request = ran_for / len(answers)
         left_out: list[PidSpec] = []
         for group, answer in zip(polled.groups, answers, strict=False):  # fewer answers if the link failed
             found = self._report_pids(conn, group, answer)
             if len(group) > 1:
                 left_out += [spec for spec in group if spec not in found]
+        for pid, answer in zip(polled.custom, answers[len(polled.groups):], strict=False):
+            self._report_custom(pid, answer)
+        if polled.voltage and len(answers) == len(polled.commands):
+            await self._report_voltage(answers[-1])
         if left_out and not self.link.needs_reconnect():
             singles = self._submit_pids(conn, left_out, 1)
             if singles is not None:
@@ -450,7 +531,25 @@ class ObdCollector:
                 continue
             self._put_from(answer, f"obd.pid[{spec.name}]", value, spec.unit, {"pid": spec.name})
             self._feed_totals(spec.name, value, answer.received_ns / 1e9)
+            if spec.name == "RPM":
+                self._engine_sample(answer, value > 0)
         return {by_pid[pid] for pid in values}
+
+    def _report_custom(self, pid: CustomPid, answer: Answer) -> None:
+        """One custom PID's value, or an error kept open until it answers again.
+
+        Its silence says nothing of the link (the ECU may just not know it), so
+        it neither counts towards a reconnect nor holds one off.
+        """
+        condition = f"custom:{pid.key}"
+        try:
+            value = pid.decode(answer.payloads)
+        except AnswerError as exc:
+            shown = " / ".join(answer.lines[:3]) or "nothing"
+            self.out.error(f"obd: {exc} ({shown})", condition)
+            return
+        self.out.resolved(condition, f"obd: {self.name}: custom PID {pid.key} answers again")
+        self._put_from(answer, f"obd.pid[{pid.key}]", value, pid.unit, {"pid": pid.key})
 
     def _feed_totals(self, name: str, value: float, clock: float) -> None:
         if name == "ODOMETER":
@@ -478,9 +577,9 @@ class ObdCollector:
     async def _read_voltage(self, conn: _Connection) -> None:
         answer = await self._request(conn, "ATRV")
         if answer is not None:
-            self._report_voltage(answer)
+            await self._report_voltage(answer)
 
-    def _report_voltage(self, answer: Answer) -> None:
+    async def _report_voltage(self, answer: Answer) -> None:
         try:
             volts = parse_voltage(answer.lines[0] if answer.lines else "")
         except PayloadError as exc:
@@ -488,7 +587,40 @@ class ObdCollector:
             self.link.unusable()
             return
         self.link.answered()
-        self._put("obd.voltage", volts, "V")
+        self._put_from(answer, "obd.voltage", volts, "V", {})
+        await self._battery_changed(self._battery.voltage(answer.received_ns / 1e9, volts), volts)
+
+    def _engine_sample(self, answer: Answer, running: bool) -> None:
+        dip, change = self._battery.engine(answer.received_ns / 1e9, running)
+        if dip is not None:
+            self._put_from(answer, "obd.battery.crank_voltage", dip, "V", {})
+        if change is not None:
+            self._report_state()
+            log.info("%s: battery guard reset: the engine runs", self.name)
+
+    async def _battery_changed(self, change: Change | None, volts: float) -> None:
+        if change is Change.RESET:
+            self._report_state()
+            log.info("%s: battery guard reset: %.1f V", self.name, volts)
+        elif change is Change.TRIPPED:
+            guard = self.settings.battery
+            # an event of the vehicle, not a fault of the agent: obd.battery.guard carries it
+            log.warning("%s: battery guard: %.1f V, below %g V for %g s with the engine off; "
+                        "adapter polling stops", self.name, volts, guard.voltage, guard.after)
+            if guard.shutdown:
+                await self._request_shutdown(guard.shutdown_command)
+
+    async def _request_shutdown(self, command: Sequence[str]) -> None:
+        """The optional last step of the battery guard: ask the system to power off."""
+        log.warning("%s: battery guard: running %s", self.name, " ".join(command))
+        try:
+            process = await asyncio.create_subprocess_exec(*command)
+            code = await process.wait()
+        except OSError as exc:
+            self.out.error(f"obd: battery guard: cannot run {command[0]}: {exc}")
+            return
+        if code:
+            self.out.error(f"obd: battery guard: {' '.join(command)} exited with {code}")
 
     async def _read_vin(self, conn: _Connection) -> None:
         answer = await self._request(conn, "0902")

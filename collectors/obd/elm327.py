@@ -45,6 +45,12 @@ PROTOCOL_NAMES = {  # as the ELM327 datasheet lists them for AT SP / AT DPN
 TRY_ORDER = "681792345A"
 _CAN_11_BIT = frozenset("68")
 _CAN_29_BIT = frozenset("79A")
+# the header (AT SH) a request goes out with unless one is set: the functional
+# (broadcast) address of each protocol, as the ELM327 datasheet gives them
+FUNCTIONAL_HEADER = {
+    "1": "616AF1", "2": "686AF1", "3": "686AF1", "4": "C133F1", "5": "C133F1",
+    "6": "7DF", "7": "18DB33F1", "8": "7DF", "9": "18DB33F1",
+}
 ENGINE = {"11": 0x7E8, "29": 0x10, "legacy": 0x10}  # the engine ECU's sender id per layout
 
 PROMPT = b">"

@@ -37,6 +37,19 @@ def obd_section(port: int, state_dir: Path, **extra: Any) -> Section:
     return Section(Path("test.toml"), "collectors.car", data | extra)
 
 
+def request_log(emu: Any) -> list[str]:
+    """Every request line the emulator handles from now on, without spaces, upper case."""
+    seen: list[str] = []
+    handle = emu.handle_request
+
+    def spy(cmd: str, do_write: bool = False) -> Any:
+        seen.append(cmd.replace(" ", "").upper())
+        return handle(cmd, do_write)
+
+    emu.handle_request = spy
+    return seen
+
+
 @pytest.fixture
 def elm_module() -> Iterator[Any]:
     os.environ["ELM_LOG_CFG"] = "/nonexistent"  # else the emulator writes elm.log into the cwd
