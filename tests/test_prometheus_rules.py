@@ -120,6 +120,7 @@ VERTICAL_READINGS = [
     }), 0, 0, "", _AP),
     Reading("mist-ap-1", "mist.ap.raw", json.dumps({"status": "disconnected"}), 0, 0, "", _AP),
     Reading("mist-ap-1", "mist.ap.stale", 1, 0, 0, "", _AP),
+    Reading("van-1", "obd.battery.guard", 0, 0, 0),
     Reading("aws", "aws.poller.errors", 0, 0, 0),
     Reading("aws", "aws.poller.cloudwatch.cost", 0.01, 0, 0, "USD"),
     Reading("aws-emr-j-1", "emr.nodes.unhealthy", 0, 0, 0),
