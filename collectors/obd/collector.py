@@ -327,6 +327,9 @@ class ObdCollector:
                     conn.worker.submit_last(conn.adapter.close)
                 else:
                     conn.adapter.abort()
+                    # an asleep adapter's worker is idle, not stuck: it must end too, or
+                    # every voltage probe of a held battery guard leaves a thread behind
+                    conn.worker.abandon()
 
     async def _serve(self, conn: _Connection) -> None:
         reach = await self._call(

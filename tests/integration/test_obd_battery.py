@@ -3,6 +3,7 @@ AT RV answer (and RPM answer) set by the test."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.support.elm_fixtures import obd_section, request_log
 from tests.support.outbox import ListOutbox, run_collector_until
+from tests.support.zabbix_fixtures import wait_until
 from trapline.collectors.obd import build
 
 pytestmark = pytest.mark.integration
@@ -61,6 +63,9 @@ def test_a_parked_van_with_a_low_battery_lets_the_adapter_sleep_until_it_recover
     run_collector_until(collector, out, reset_and_polling, LIMIT)
     assert "ATLP" not in requests
     assert out.values("obd.battery.guard")[-1] == 0
+    # every connection's worker thread ended, those of the asleep adapter's probes included
+    wait_until(lambda: not any(t.name == "obd-car" for t in threading.enumerate()), 5.0, 0.05,
+               "the connections' worker threads to end")
 
 
 def test_the_voltage_dip_of_an_engine_start_is_reported(
