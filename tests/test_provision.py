@@ -322,6 +322,8 @@ OBD_KEYS = {
     "obd.mil",
     "obd.dtc.count[stored]",
     "obd.dtc.count[pending]",
+    "obd.battery.guard",
+    "obd.battery.crank_voltage",
 }
 FULL_GPSD_REPORT = {
     "class": "POLL",
