@@ -15,12 +15,14 @@ import json
 from random import Random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devtools.mist_server import ap_full, gateway_full, switch_full
+from tests.test_mist_counters import START_MS, feed
 from tests.test_mist_fleet import make_fleet
-from trapline.collectors.mist.fleet import FieldSchema, lld_key, raw_key
+from trapline.collectors.mist.fleet import RATES_MEMBER, FieldSchema, lld_key, raw_key
 from trapline.core.model import Discovery, Item, Reading
 
 SCHEMA = FieldSchema.load()
@@ -313,3 +315,58 @@ def test_every_named_switch_and_gateway_is_discovered_once_and_nothing_is_lost_u
         for name, by_key in merged[mac].items():
             assert emitted[mac][name] == by_key, name
     assert fleet.unmonitored() == ({"kind unknown": len(macs) - len(told)} if len(told) < len(macs) else {})
+
+
+# Per-millisecond increments of the switch port counters and the gateway WAN counters.
+PORT_RATES = {("ge-0/0/0", "rx_bytes"): 3, ("ge-0/0/0", "rx_errors"): 1, ("xe-1/0/2", "tx_bytes"): 11}
+WAN_RATES = {("ge-0/0/0.0", "rx_bytes"): 5, ("ge-0/0/0.0", "tx_bytes"): 2}
+
+
+def wired_counters(kind: str, mac: str, t_ms: int, plan: str) -> dict[str, Any]:
+    """A switch's ports array or a gateway's if_stat with each counter at ``rate * t_ms``; "none" sends
+    no counter (a partial update), "some" only the first port's or interface's."""
+    update: dict[str, Any] = {"mac": mac, "uptime": t_ms // 1000}
+    rates = PORT_RATES if kind == "switch" else WAN_RATES
+    entries: dict[str, dict[str, Any]] = {}
+    for (entry, member), rate in rates.items():
+        if plan == "all" or (plan == "some" and entry == next(iter(rates))[0]):
+            entries.setdefault(entry, {"up": True})[member] = rate * t_ms
+    if entries and kind == "switch":
+        update["ports"] = [{"port_id": entry, **members} for entry, members in entries.items()]
+    elif entries:
+        update["if_stat"] = {entry: {"wan_name": "wan1", **members} for entry, members in entries.items()}
+    return update
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(["switch", "gateway"]),
+    steps=st.lists(
+        st.tuples(st.integers(1, 5_000), st.sampled_from(["all", "some", "none"])), min_size=2, max_size=10
+    ),
+)
+def test_switch_and_gateway_rates_are_taken_between_real_measurements(
+    kind: str, steps: list[tuple[int, str]]
+) -> None:
+    """Counters at known rates through any mix of full and partial updates: every rate in a
+    mist.<kind>.raw value is the true one, and each measurement after a counter's first gives one."""
+    fleet = make_fleet(lld_min_interval=0.0, device_types=ALL_KINDS)
+    mac = SW if kind == "switch" else GW
+    t_ms = START_MS
+    feed(fleet, {"mac": mac, "type": kind}, t_ms)
+    rates = PORT_RATES if kind == "switch" else WAN_RATES
+    name = "ports" if kind == "switch" else "if_stat"
+    got: dict[tuple[str, str], int] = {}
+    measured: dict[tuple[str, str], int] = {}
+    for delta, plan in steps:
+        t_ms += delta
+        update = wired_counters(kind, mac, t_ms, plan)
+        for state in raws(feed(fleet, update, t_ms), kind, mac):
+            for entry, members in state.get(RATES_MEMBER, {}).get(name, {}).items():
+                for member, rate in members.items():
+                    assert rate == pytest.approx(rates[entry, member] * 1000, rel=1e-9)
+                    got[entry, member] = got.get((entry, member), 0) + 1
+        for entry, member in rates:
+            if plan == "all" or (plan == "some" and entry == next(iter(rates))[0]):
+                measured[entry, member] = measured.get((entry, member), 0) + 1
+    assert got == {counter: n - 1 for counter, n in measured.items() if n > 1}
