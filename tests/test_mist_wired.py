@@ -105,6 +105,15 @@ def test_items_without_their_key_are_named_not_lost_silently() -> None:
     assert state["ports"] == {"ge-0/0/5": {"up": False}}
 
 
+def test_a_silent_switch_is_marked_stale_on_its_own_key_with_its_own_labels() -> None:
+    fleet = make_fleet(lld_min_interval=0.0, device_types=ALL_KINDS, stale_after=5.0)
+    fleet.update("s1", switch_full(SW, "sw-1"), 0.0)
+    fleet.due(0.0)
+    [marker] = [i for i in fleet.due(6.0) if isinstance(i, Reading)]
+    assert (marker.host, marker.key, marker.value) == (node("switch", SW), "mist.switch.stale", 1)
+    assert marker.labels["switch"] == "sw-1" and "ap" not in marker.labels
+
+
 def test_switches_are_not_hosts_while_only_aps_are_monitored() -> None:
     fleet = make_fleet(lld_min_interval=0.0)
     fleet.update("s1", switch_full(SW, "sw-1"), 0.0)

@@ -906,7 +906,8 @@ class Fleet:
         return {
             "org": site.org_name or site.org_id,
             "site": site.name,
-            "ap": name if isinstance(name, str) and name else mac,
+            # Named by kind ("ap", "switch", "gateway"): a switch's series never pose as an AP's.
+            str(device.kind): name if isinstance(name, str) and name else mac,
             "mac": mac,
         }
 
