@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from devtools.localzabbix import LocalZabbix
 from devtools.mist_server import MistServer, gateway_full, switch_full
@@ -89,20 +88,6 @@ SILENT_SWITCH = ("Mist switch: Stale: Mist sends no statistics", "average")
 DISCONNECTED_GATEWAY = ("Mist gateway: Disconnected from the Mist cloud", "average")
 
 
-def expected_keys(path: Path, rows: dict[str, list[dict[str, str]]]) -> set[str]:
-    """The item keys a host of the template at ``path`` has once its rules discovered ``rows``."""
-    (template,) = yaml.safe_load(path.read_text(encoding="utf-8"))["zabbix_export"]["templates"]
-    keys = {item["key"] for item in template["items"]}
-    for rule in template["discovery_rules"]:
-        for row in rows.get(rule["key"], []):
-            for prototype in rule["item_prototypes"]:
-                key = prototype["key"]
-                for macro, value in row.items():
-                    key = key.replace(macro, value)
-                keys.add(key)
-    return keys
-
-
 def discovered(api: Any, host: str) -> dict[str, Any] | None:
     hosts = api.host.get(
         filter={"host": [host]},
@@ -159,7 +144,7 @@ def test_a_switch_and_a_gateway_become_hosts_with_discovery_values_and_triggers(
 
             # 2. Their template items exist; the trapper takes values once its cache knows them.
             for hostid, path in ids.items():
-                keys = expected_keys(path, {})
+                keys = e2e.template_keys({}, path)
                 await e2e.until(
                     lambda h=hostid, k=keys: k <= e2e.item_keys(api, h), f"the items of {path.stem}"
                 )
@@ -172,7 +157,7 @@ def test_a_switch_and_a_gateway_become_hosts_with_discovery_values_and_triggers(
             async with e2e.keeping_alive(server, {sw: "s1", gw: "s2"}) as keepalive:
                 # Ports, chassis members, sensors, fans, PSUs, WAN links, tunnels and SPUs are discovered ...
                 for hostid, path in ids.items():
-                    discovered_keys = expected_keys(path, LLD_ROWS)
+                    discovered_keys = e2e.template_keys(LLD_ROWS, path)
 
                     async def found(h: str = hostid, k: set[str] = discovered_keys) -> bool | None:
                         await push_full()

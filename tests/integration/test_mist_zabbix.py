@@ -170,13 +170,13 @@ async def keeping_alive(server: MistServer, site_of: dict[str, str]) -> AsyncIte
         await asyncio.gather(pusher, return_exceptions=True)
 
 
-def template_keys(lld_rows: dict[str, list[dict[str, str]]]) -> set[str]:
-    """Keys a host of the AP template has once its port and radio LLD found ``lld_rows``.
+def template_keys(lld_rows: dict[str, list[dict[str, str]]], path: Path = AP_TEMPLATE) -> set[str]:
+    """Keys a host of the template at ``path`` (the AP's) has once its discovery rules found ``lld_rows``.
 
     Read from the YAML file, so the test waits for every item before it asks Zabbix to
     reload its configuration: an item created after the reload would miss values.
     """
-    export = yaml.safe_load(AP_TEMPLATE.read_text(encoding="utf-8"))["zabbix_export"]
+    export = yaml.safe_load(path.read_text(encoding="utf-8"))["zabbix_export"]
     (template,) = export["templates"]
     keys = {item["key"] for item in template["items"]}
     for rule in template["discovery_rules"]:
