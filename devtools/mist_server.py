@@ -215,15 +215,22 @@ class MistServer:
             await client.ws.send(json.dumps(reply))
 
 
-def ap_full(mac: str, name: str, **extra: Any) -> dict[str, Any]:
-    """A full AP stats update as Mist sends it (with fields trapline drops)."""
-    update: dict[str, Any] = {
+def _full(mac: str, name: str, kind: str, model: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A full update of a device of ``kind``: its identity, then ``fields``."""
+    return {
         "id": f"00000000-0000-0000-1000-{mac}",
         "mac": mac,
         "name": name,
-        "type": "ap",
-        "model": "AP43",
+        "type": kind,
+        "model": model,
         "status": "connected",
+        **fields,
+    }
+
+
+def ap_full(mac: str, name: str, **extra: Any) -> dict[str, Any]:
+    """A full AP stats update as Mist sends it (with fields trapline drops)."""
+    fields: dict[str, Any] = {
         "uptime": 1000,
         "last_seen": 1_700_000_000,
         "cpu_util": 3,
@@ -238,10 +245,88 @@ def ap_full(mac: str, name: str, **extra: Any) -> dict[str, Any]:
         },
         "env_stat": {"cpu_temp": 55, "ambient_temp": 30},
     }
-    update.update(extra)
-    return update
+    return _full(mac, name, "ap", "AP43", fields | extra)
 
 
 def ap_basic(mac: str, **changes: Any) -> dict[str, Any]:
     """A partial ("basic") AP update: identity plus a few changed figures."""
     return {"id": f"00000000-0000-0000-1000-{mac}", "mac": mac, **changes}
+
+
+def switch_full(mac: str, name: str, **extra: Any) -> dict[str, Any]:
+    """A full switch stats update, shaped after Mist's StatsSwitch model (ports, modules as arrays)."""
+    fields: dict[str, Any] = {
+        "uptime": 5000,
+        "version": "22.4R3",
+        "cpu_stat": {"idle": 88.0, "user": 8.0, "system": 4.0, "load_avg": [0.4, 0.3, 0.2]},
+        "memory_stat": {"usage": 41.5},
+        "clients_stats": {"total": {"num_aps": [2], "num_wired_clients": 7}},  # not in fields.toml
+        "ports": [
+            {
+                "port_id": "ge-0/0/0",
+                "up": True,
+                "speed": 1000,
+                "full_duplex": True,
+                "poe_on": True,
+                "power_draw": 6.5,
+                "rx_bytes": 1000,
+                "tx_bytes": 2000,
+                "rx_errors": 0,
+                "tx_errors": 0,
+            },
+            {"port_id": "ge-0/0/1", "up": False, "speed": 0, "poe_on": False, "power_draw": 0.0},
+        ],
+        "module_stat": [
+            {
+                "fpc_idx": 0,
+                "model": "EX4100-48P",
+                "serial": "FC0000000001",
+                "vc_role": "master",
+                "vc_state": "present",
+                "status": "connected",
+                "temperatures": [{"name": "CPU", "celsius": 48.0, "status": "ok"}],
+                "fans": [{"name": "Fan 0", "status": "ok", "airflow": "out"}],
+                "psus": [{"name": "PSU 0", "status": "ok"}],
+                "poe": {"max_power": 740.0, "power_draw": 6.5},
+            }
+        ],
+    }
+    return _full(mac, name, "switch", "EX4100-48P", fields | extra)
+
+
+def gateway_full(mac: str, name: str, **extra: Any) -> dict[str, Any]:
+    """A full gateway stats update, shaped after Mist's StatsGateway model (if_stat, tunnels, spu_stat)."""
+    fields: dict[str, Any] = {
+        "uptime": 7000,
+        "cpu_stat": {"idle": 70.0, "usage": 30.0},
+        "memory_stat": {"usage": 55.0},
+        "if_stat": {
+            "ge-0/0/0.0": {
+                "port_id": "ge-0/0/0",
+                "up": True,
+                "port_usage": "wan",
+                "wan_name": "wan1",
+                "wan_type": "broadband",
+                "rx_bytes": 5000,
+                "tx_bytes": 3000,
+                "ips": ["192.0.2.2/30"],
+            },
+            "ge-0/0/1.0": {"port_id": "ge-0/0/1", "up": True, "port_usage": "lan", "network_name": "corp"},
+        },
+        "tunnels": [
+            {
+                "tunnel_name": "hub-a",
+                "up": True,
+                "peer_ip": "198.51.100.7",
+                "peer_host": "hub-a.example.net",
+                "wan_name": "wan1",
+                "protocol": "ipsec",
+                "priority": "primary",
+                "uptime": 3600,
+            },
+        ],
+        "spu_stat": [
+            {"spu_cpu": 12, "spu_memory": 46, "spu_current_session": 215, "spu_max_session": 131072}
+        ],
+    }
+    return _full(mac, name, "gateway", "SRX320", fields | extra)

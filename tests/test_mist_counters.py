@@ -28,18 +28,20 @@ from hypothesis import strategies as st
 
 from tests.test_mist_fleet import MAC1, NODE1, make_fleet
 from trapline.collectors.mist import fleet as fleet_module
-from trapline.collectors.mist.fleet import RATES_MEMBER, RAW_KEY, FieldSchema
+from trapline.collectors.mist.fleet import RATES_MEMBER, RAW_KEY, FieldSchema, raw_key
 from trapline.core.model import Item, Reading
 
 SCHEMA = FieldSchema.load()
 DEVICE_ID = f"00000000-0000-0000-1000-{MAC1}"
 ENTRIES = {"port_stat": ["eth0", "eth1"], "radio_stat": ["band_24", "band_5"]}
+# The AP's counters (the maps an AP sends); switches' and gateways' are tests/test_mist_wired.py's.
+AP_COUNTERS = {name: members for name, members in SCHEMA.counters.items() if name in ENTRIES}
 # Per-millisecond increments of each counter (distinct, so a mixed-up sample shows).
 RATES = {
     (name, entry, member): 3 + 7 * i
     for i, (name, entry, member) in enumerate(
         (name, entry, member)
-        for name, members in SCHEMA.counters.items()
+        for name, members in AP_COUNTERS.items()
         for entry in ENTRIES[name]
         for member in members
     )
@@ -173,23 +175,26 @@ def test_min_interval_merges_updates_but_never_holds_back_rates() -> None:
     assert sent["uptime"] == (START_MS + 3000) // 1000 and RATES_MEMBER in sent
 
 
-TEMPLATE = Path(__file__).parents[1] / "zabbix_templates" / "mist_ap" / "template_mist_ap.yaml"
+TEMPLATES = Path(__file__).parents[1] / "zabbix_templates"
 
 
 def test_every_counter_has_a_rate_item_reading_its_rate() -> None:
-    """fields.toml's [counters] against the AP template: per counter, a dependent item prototype of
-    mist.ap.raw that reads the rate, discards values without it, and has no change-per-second step
-    (the rate is one already; that step after a discarding one stored nothing on 6.0 and 7.0)."""
-    template = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))["zabbix_export"]["templates"][0]
-    prototypes = {
-        p["key"]: p for rule in template["discovery_rules"] for p in rule.get("item_prototypes", [])
-    }
+    """fields.toml's [counters] against the templates (a key mist.<kind>.* is the mist_<kind> template's):
+    per counter, a dependent item prototype of mist.<kind>.raw that reads the rate, discards values without
+    it, and has no change-per-second step (the rate is one already; that step after a discarding one
+    stored nothing on 6.0 and 7.0)."""
     for name, members in SCHEMA.counters.items():
         for member, key in members.items():
+            kind = key.split(".")[1]
+            path = TEMPLATES / f"mist_{kind}" / f"template_mist_{kind}.yaml"
+            template = yaml.safe_load(path.read_text(encoding="utf-8"))["zabbix_export"]["templates"][0]
+            prototypes = {
+                p["key"]: p for rule in template["discovery_rules"] for p in rule.get("item_prototypes", [])
+            }
             [item] = [p for k, p in prototypes.items() if k.startswith(f"{key}[")]
             macro = item["key"][len(key) + 1 : -1]
             steps = item["preprocessing"]
-            assert item["type"] == "DEPENDENT" and item["master_item"]["key"] == RAW_KEY
+            assert item["type"] == "DEPENDENT" and item["master_item"]["key"] == raw_key(kind)
             assert steps[0] == {
                 "type": "JSONPATH",
                 "parameters": [f"$.{RATES_MEMBER}.{name}['{macro}'].{member}"],

@@ -40,6 +40,13 @@ def wrong(level: str, member: str, value: object) -> bool:
     return value is not None and not fits(level, member, value)
 
 
+def array_item(name: str, key: str) -> st.SearchStrategy[dict[str, Any]]:
+    members = st.dictionaries(st.sampled_from(sorted(SCHEMA.maps[name])), json_values, max_size=3)
+    if not key:
+        return members
+    return st.builds(lambda item, k: item | {key: k}, members, st.sampled_from(["ge-0/0/1", "x", 3]))
+
+
 top = st.dictionaries(st.sampled_from(sorted(SCHEMA.scalars - IDENTITY)), json_values, max_size=6)
 nested = st.fixed_dictionaries(
     {},
@@ -55,6 +62,13 @@ nested = st.fixed_dictionaries(
                 max_size=2,
             )
             for n, m in SCHEMA.maps.items()
+            if n not in SCHEMA.lists
+        },
+        # Arrays of items (ports, tunnels, SPUs...), each named by its key member (or position).
+        **{
+            spec.source: st.lists(array_item(n, spec.key), max_size=2)
+            for n, spec in SCHEMA.lists.items()
+            if not spec.within
         },
     },
 )
@@ -65,7 +79,17 @@ def expected_problems(update: dict[str, Any]) -> int:
     for name in SCHEMA.objects:
         count += sum(wrong(name, k, v) for k, v in update.get(name, {}).items())
     for name in SCHEMA.maps:
-        count += sum(wrong(name, k, v) for entry in update.get(name, {}).values() for k, v in entry.items())
+        spec = SCHEMA.lists.get(name)
+        if spec is None:
+            entries = update.get(name, {}).values()
+        else:
+            entries = update.get(spec.source, []) if not spec.within else []
+        count += sum(
+            wrong(name, k, v)
+            for entry in entries
+            for k, v in entry.items()
+            if k != getattr(spec, "key", None)
+        )
     return count
 
 

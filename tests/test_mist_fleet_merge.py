@@ -49,11 +49,34 @@ def entries(level: str) -> st.SearchStrategy[dict[str, Any]]:
     return st.dictionaries(st.sampled_from(["band_24", "band_5", "eth0", "eth1"]), members(level), max_size=3)
 
 
+def keyed(level: str, key: str) -> st.SearchStrategy[dict[str, Any]]:
+    """An array item: some members, named by its key member (positions need none)."""
+    if not key:
+        return members(level)
+    return st.builds(
+        lambda item, k: item | {key: k}, members(level), st.sampled_from(["a", "ge-0/0/1", 0, 1])
+    )
+
+
+def array(name: str) -> st.SearchStrategy[list[dict[str, Any]]]:
+    """A [lists] array (module_stat, ports, ...), its items with the arrays other lists read within them."""
+    inner = {n: s for n, s in SCHEMA.lists.items() if s.within and s.source == name}
+    item = st.builds(
+        lambda outer, more: outer | more,
+        keyed(name, SCHEMA.lists[name].key),
+        st.fixed_dictionaries(
+            {}, optional={s.within: st.lists(keyed(n, s.key), max_size=2) for n, s in inner.items()}
+        ),
+    )
+    return st.lists(item, max_size=3)
+
+
 nested = st.fixed_dictionaries(
     {},
     optional={
         **{name: members(name) for name in SCHEMA.objects},
-        **{name: entries(name) for name in SCHEMA.maps},
+        **{name: entries(name) for name in SCHEMA.maps if name not in SCHEMA.lists},
+        **{name: array(name) for name, spec in SCHEMA.lists.items() if not spec.within},
     },
 )
 partial = st.builds(

@@ -266,10 +266,14 @@ def test_every_path_reads_a_field_the_collector_keeps() -> None:
             ), row
             members = [members[0], members[2]]
         read.add(".".join(members))
+    # Switches and gateways alone carry these; the exporter expands mist.ap.raw only, their raw
+    # values are not served (deploy/prometheus/README.md, "Not covered, and why").
+    wired = {"cpu_stat", "memory_stat", "if_stat", *schema.lists}
     kept = set(schema.scalars)
     kept |= {
         f"{name}.{member}"
         for name, members in [*schema.objects.items(), *schema.maps.items()]
+        if name not in wired
         for member in members
     }
     # A field added to fields.toml needs a decision here: a series, or a reason for none.

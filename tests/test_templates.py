@@ -19,6 +19,7 @@ from trapline.templates import (
     check_template,
     check_templates,
     import_rules,
+    in_link_order,
     shipped_templates,
     summarize,
     template_dir,
@@ -476,3 +477,12 @@ def test_import_rules_follow_the_server_version() -> None:
             assert rules[child] == {"createMissing": True, "updateExisting": True, "deleteMissing": True}
         group_rule = rules.get("groups") or rules["template_groups"]
         assert group_rule == {"createMissing": True, "updateExisting": False}
+
+
+def test_templates_are_imported_after_the_templates_they_link() -> None:
+    """The discovery template's host prototypes link the AP, switch and gateway templates; Zabbix
+    refuses a link to a template it does not have, and mist_discovery sorts before mist_gateway."""
+    order = [p.parent.name for p in in_link_order(SHIPPED)]
+    for linked in ("mist_ap", "mist_switch", "mist_gateway"):
+        assert order.index(linked) < order.index("mist_discovery"), order
+    assert sorted(order) == sorted(p.parent.name for p in SHIPPED)

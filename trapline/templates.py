@@ -476,6 +476,37 @@ def landing_problems(loaded: TemplateFile, exported_sources: Sequence[str]) -> l
     return problems
 
 
+def _linked_names(node: Any) -> Iterator[str]:
+    """The names of the templates a template file links: in template linkage and in host prototypes."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "templates" and isinstance(value, list):
+                yield from (str(t["name"]) for t in value if isinstance(t, dict) and "name" in t)
+            yield from _linked_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _linked_names(value)
+
+
+def in_link_order(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` with every file after the files defining the templates it links (else in the given order).
+
+    Zabbix refuses a host prototype or a linkage naming a template it does not have yet: the
+    discovery template's prototypes link the device templates, whose folders sort after it.
+    """
+    files = {path: load_template(path) for path in paths}
+    defined = {path: {str(t["template"]) for t in loaded.templates} for path, loaded in files.items()}
+    needs = {path: set(_linked_names(loaded.export)) - defined[path] for path, loaded in files.items()}
+    ordered: list[Path] = []
+    remaining = list(paths)
+    while remaining:
+        pending = set().union(*(defined[p] for p in remaining))
+        ready = next((p for p in remaining if not needs[p] & pending), remaining[0])  # a cycle: as given
+        ordered.append(ready)
+        remaining.remove(ready)
+    return ordered
+
+
 def import_templates(api: ZabbixApiClient, paths: Sequence[Path]) -> list[str]:
     """Check, import and verify template files; return the imported template names.
 
@@ -487,7 +518,7 @@ def import_templates(api: ZabbixApiClient, paths: Sequence[Path]) -> list[str]:
         raise TemplateError("\n".join(problems))
     rules = import_rules(server_version(api))
     imported: list[str] = []
-    for path in paths:
+    for path in in_link_order(paths):
         loaded = load_template(path)
         _call(api, "configuration.import", {"format": "yaml", "rules": rules, "source": loaded.source})
         names = [str(template["template"]) for template in loaded.templates]

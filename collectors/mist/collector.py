@@ -34,6 +34,8 @@ class MistCollector:
             FleetPolicy(
                 discovery_host=settings.discovery_host,
                 node_prefix=settings.node_prefix,
+                switch_prefix=settings.switch_prefix,
+                gateway_prefix=settings.gateway_prefix,
                 device_types=settings.device_types,
                 stale_after=settings.stale_after,
                 min_interval=settings.min_interval,

@@ -47,17 +47,35 @@ from trapline.core.model import Discovery, Item, Reading
 
 logger = logging.getLogger(__name__)
 
-LLD_KEY = "mist.ap.discovery"
+# The device kinds that become Zabbix hosts, each with a template of its own and its own
+# discovery rule on the discovery host (mist.<kind>.discovery): a host prototype links one
+# template, so one rule per kind is what lets each kind have its own (README, "Device kinds").
+HOSTED_KINDS = ("ap", "switch", "gateway")
+
+
+def lld_key(kind: str) -> str:
+    return f"mist.{kind}.discovery"
+
+
+def raw_key(kind: str) -> str:
+    return f"mist.{kind}.raw"
+
+
+def stale_key(kind: str) -> str:
+    return f"mist.{kind}.stale"
+
+
+LLD_KEY = lld_key("ap")
 UNKNOWN_ORG = "(organization not known yet)"  # {#ORGNAME} until the REST API named it
-RAW_KEY = "mist.ap.raw"
+RAW_KEY = raw_key("ap")
 # The member of a mist.ap.raw value holding the per-second rates of the counters its update
 # measured (and only those): the template's rate items read them there, nothing else does.
 RATES_MEMBER = "rates"
-STALE_KEY = "mist.ap.stale"
+STALE_KEY = stale_key("ap")
 
 # Bounds against a misbehaving stream: memory stays finite whatever arrives.
 MAX_DEVICES = 100_000
-MAX_MAP_ENTRIES = 64
+MAX_MAP_ENTRIES = 64  # per map, unless fields.toml gives its own max_entries
 MAX_TEXT = 1024
 MAX_SHAPES = 1024  # distinct state shapes kept (each shared by every device that has it)
 
@@ -136,21 +154,26 @@ def _members_type(name: str, declared: Mapping[str, str]) -> Any:
     return msgspec.defstruct(name, _scalar_fields(declared), **_STRUCT_OPTIONS)
 
 
-def _kept_fields_decoder(declared: Declared, maps: frozenset[str]) -> msgspec.json.Decoder[Any]:
+def _kept_fields_decoder(
+    declared: Declared, maps: Mapping[str, int], arrays: frozenset[str]
+) -> msgspec.json.Decoder[Any]:
     """A JSON decoder that builds only the kept fields (unset ones are left out) and checks their types.
 
     A null or a value of another type fails the whole update over to :meth:`FieldSchema.filter`.
+    The arrays (``[lists]`` sources) are only found, not read: an update that has one goes to
+    :meth:`FieldSchema.filter`, which turns them into maps (APs never send them).
     """
     fields = _scalar_fields(declared[""])
     for name, members in sorted(declared.items()):
         if not name or name in maps:
             continue
         fields.append((name, _members_type(name, members) | msgspec.UnsetType, msgspec.UNSET))
-    for name in sorted(maps):
+    for name, limit in sorted(maps.items()):
         # Types built at run time from fields.toml: mypy cannot follow them.
         entries: Any = dict[_EntryName, _members_type(name, declared[name])]  # type: ignore[misc]
-        bounded: Any = Annotated[entries, msgspec.Meta(max_length=MAX_MAP_ENTRIES)]
+        bounded: Any = Annotated[entries, msgspec.Meta(max_length=limit)]
         fields.append((name, bounded | msgspec.UnsetType, msgspec.UNSET))
+    fields.extend((name, msgspec.Raw | msgspec.UnsetType, msgspec.UNSET) for name in sorted(arrays))
     # Sorted like the stored state's JSON, so an update and a state of the same fields have equal shapes.
     fields.sort()
     return msgspec.json.Decoder(msgspec.defstruct("KeptFields", fields, **_STRUCT_OPTIONS))
@@ -183,6 +206,16 @@ def _load_declared(table: Mapping[str, Any], where: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class ListSpec:
+    """How one ``[lists]`` table of fields.toml turns an array of the update into a map of the state."""
+
+    source: str  # the update's field holding the array
+    within: str  # "" for the array itself, else the array member of each source item to read
+    key: str  # the member naming an entry ("" = the item's position)
+    max_entries: int
+
+
+@dataclass(frozen=True, slots=True)
 class FieldSchema:
     """Which fields of a stats update are kept (loaded from ``fields.toml``)."""
 
@@ -200,6 +233,10 @@ class FieldSchema:
     # Map -> member -> key (without its parameter) of the template's rate item for the counters whose
     # rates travel in the RATES_MEMBER of mist.ap.raw.
     counters: Mapping[str, Mapping[str, str]]
+    # Map name in the state -> the array it is made of (fields.toml [lists]).
+    lists: Mapping[str, ListSpec]
+    limits: Mapping[str, int]  # most entries of each map or list-made map
+    direct: frozenset[str]  # the objects and maps an update carries as such (not made of lists)
 
     @classmethod
     def load(cls) -> FieldSchema:
@@ -209,6 +246,7 @@ class FieldSchema:
         for group in ("objects", "maps"):
             for name, table in data.get(group, {}).items():
                 declared[name] = _load_declared(table, f"{name}.")
+        lists = _load_lists(data.get("lists", {}), declared)
         scalars = frozenset(declared[""])
         if RATES_MEMBER in declared:
             raise ValueError(f"fields.toml: {RATES_MEMBER} is taken: mist.ap.raw holds the rates there")
@@ -217,22 +255,35 @@ class FieldSchema:
         if declared[""]["type"] != "text" or declared[""]["model"] != "text":
             raise ValueError("fields.toml: type and model must be text (they classify devices)")
         objects = {k: frozenset(declared[k]) for k in data.get("objects", {})}
-        maps = {k: frozenset(declared[k]) for k in data.get("maps", {})}
+        maps = {k: frozenset(declared[k]) for k in [*data.get("maps", {}), *lists]}
+        direct = frozenset(objects.keys() | data.get("maps", {}).keys())
         nested = frozenset(objects.keys() | maps.keys())
-        decoder = _kept_fields_decoder(declared, frozenset(maps))
+        limits = {name: MAX_MAP_ENTRIES for name in maps} | {n: s.max_entries for n, s in lists.items()}
+        limits |= {name: int(limit) for name, limit in data.get("max_entries", {}).items() if name in maps}
+        arrays = frozenset(spec.source for spec in lists.values())
+        if clash := arrays & (scalars | direct):
+            raise ValueError(f"fields.toml: {', '.join(sorted(clash))}: both a list source and another field")
+        decoder = _kept_fields_decoder(
+            {k: v for k, v in declared.items() if k not in lists},
+            {k: limits[k] for k in data.get("maps", {})},
+            arrays,
+        )
         kinds = tuple((name, name in maps) for name in sorted(nested))
         accepted = {
             level: {member: _JSON_TYPES[kind] for member, kind in members.items()}
             for level, members in declared.items()
         }
-        complete = {"": tuple(sorted(scalars | nested))} | {
+        complete = {"": tuple(sorted(scalars | direct | arrays))} | {
             name: tuple(sorted(members)) for name, members in (objects | maps).items()
         }
         counters = {name: dict(members) for name, members in data.get("counters", {}).items()}
         for name, members in counters.items():
             if not members.keys() <= maps.get(name, frozenset()):
                 raise ValueError(f"fields.toml: counters.{name}: only members of maps.{name} can be counters")
-        return cls(scalars, objects, maps, nested, kinds, accepted, decoder, complete, counters)
+        return cls(
+            scalars, objects, maps, nested, kinds, accepted, decoder, complete, counters,
+            lists, limits, direct,
+        )
 
     def measured(self, update: Any) -> dict[str, dict[str, dict[str, Any]]]:
         """The counters ``update`` (kept fields, as dicts or as the decoded struct) carries:
@@ -240,7 +291,7 @@ class FieldSchema:
         as_dict = isinstance(update, dict)
         found: dict[str, dict[str, dict[str, Any]]] = {}
         for name, members in self.counters.items():
-            entries = update.get(name) if as_dict else getattr(update, name)
+            entries = update.get(name) if as_dict else getattr(update, name, None)
             if not isinstance(entries, dict):
                 continue
             for entry, stats in entries.items():
@@ -262,15 +313,20 @@ class FieldSchema:
         the update to :meth:`filter`, which keeps what it can and says what it dropped.
         """
         try:
-            return self.decoder.decode(text)
+            kept = self.decoder.decode(text)
         except msgspec.DecodeError:  # malformed JSON or a field of the wrong type or size
             return None
+        for spec in self.lists.values():
+            if getattr(kept, spec.source) is not _UNSET:
+                return None  # a switch's or gateway's arrays: filter() makes them maps
+        return kept
 
     def filter(self, payload: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """The kept fields of ``payload`` and a reason for every kept field that had a wrong type."""
         problems: list[str] = []
         kept = self._members("", payload, self.accepted[""], problems)
-        for name in payload.keys() & self.nested:
+        self._lists(payload, kept, problems)
+        for name in payload.keys() & self.direct:
             value = payload[name]
             if value is None:
                 continue  # null: Mist does not know, as if the field were absent
@@ -279,11 +335,59 @@ class FieldSchema:
                     kept[name] = self._members(f"{name}.", value, self.accepted[name], problems)
                 else:
                     problems.append(f"field {name}: expected an object, got {type(value).__name__}")
-            elif isinstance(value, dict) and len(value) <= MAX_MAP_ENTRIES:
+            elif isinstance(value, dict) and len(value) <= self.limits[name]:
                 kept[name] = self._entries(name, value, self.accepted[name], problems)
             else:
-                problems.append(f"field {name}: expected an object of at most {MAX_MAP_ENTRIES} entries")
+                problems.append(f"field {name}: expected an object of at most {self.limits[name]} entries")
         return kept, problems
+
+    def _lists(self, payload: Mapping[str, Any], kept: dict[str, Any], problems: list[str]) -> None:
+        """Into ``kept``, the ``[lists]`` maps made of the arrays in ``payload``; items left out are named."""
+        for name, spec in self.lists.items():
+            items = payload.get(spec.source)
+            if items is None:
+                continue
+            if not isinstance(items, list):
+                if not spec.within:  # one problem per array, not one per map made of it
+                    problems.append(f"field {spec.source}: expected an array, got {type(items).__name__}")
+                continue
+            entries: dict[str, Any] = {}
+            for where, key, item in self._list_items(spec, items, problems):
+                if not isinstance(item, dict):
+                    problems.append(f"field {where}: expected an object, got {type(item).__name__}")
+                elif key is None:
+                    problems.append(f"field {where}: no usable {spec.key}")
+                elif len(entries) >= spec.max_entries and key not in entries:
+                    problems.append(f"field {where}: more than {spec.max_entries} entries")
+                else:
+                    entries[key] = self._members(f"{name}.{key}.", item, self.accepted[name], problems)
+            if entries:
+                kept[name] = entries
+
+    def _list_items(
+        self, spec: ListSpec, items: list[Any], problems: list[str]
+    ) -> list[tuple[str, str | None, Any]]:
+        """(where, entry name or None, item) of every item a list-made map reads from ``items``."""
+        if not spec.within:
+            return [(f"{spec.source}[{i}]", _entry_name(it, spec.key, i), it) for i, it in enumerate(items)]
+        outer_key = self.lists[spec.source].key
+        found: list[tuple[str, str | None, Any]] = []
+        for i, outer in enumerate(items):
+            inner = outer.get(spec.within) if isinstance(outer, dict) else None
+            if inner is None:
+                continue  # this module reports none (the array's own map names a bad item)
+            where = f"{spec.source}[{i}].{spec.within}"
+            prefix = _entry_name(outer, outer_key, i)
+            if not isinstance(inner, list):
+                problems.append(f"field {where}: expected an array, got {type(inner).__name__}")
+            elif prefix is None:
+                if inner:  # items with no entry to go to; an empty array loses nothing
+                    problems.append(f"field {where}: its {spec.source} item has no usable {outer_key}")
+            else:
+                for j, item in enumerate(inner):
+                    key = _entry_name(item, spec.key, j)
+                    found.append((f"{where}[{j}]", None if key is None else f"{prefix}/{key}", item))
+        return found
 
     @staticmethod
     def _members(
@@ -346,7 +450,7 @@ class FieldSchema:
             return None  # a partial update (it merges: its dicts are needed anyway) or a first one
         parts = [tuple(compress(names, map(is_not, values, repeat(_UNSET)))) if unset else names]
         for name, is_map in self.nested_kinds:
-            value = getattr(kept, name)
+            value = getattr(kept, name, _UNSET)  # list-made maps are no struct fields (decode_kept)
             if value is _UNSET:
                 continue
             complete = self.complete[name]
@@ -372,7 +476,7 @@ class FieldSchema:
         state.update(kept)
         for name, current in earlier.items():
             update = kept[name]
-            if name in self.maps:
+            if name in self.maps:  # list-made maps too
                 for entry, members in update.items():
                     known = current.get(entry)
                     if isinstance(known, dict):
@@ -382,6 +486,33 @@ class FieldSchema:
             else:
                 current.update(update)
             state[name] = current
+
+
+def _entry_name(item: object, key: str, position: int) -> str | None:
+    """The name of an array item's map entry: its ``key`` member as text (its position when ``key``
+    is ""); None when that member is missing, not a text or integer, or no usable name."""
+    if not key:
+        return str(position)
+    value = item.get(key) if isinstance(item, dict) else None
+    if type(value) is int:
+        return str(value)
+    if type(value) is str and 0 < len(value) <= 64:
+        return value
+    return None
+
+
+def _load_lists(tables: Mapping[str, Any], declared: dict[str, dict[str, str]]) -> dict[str, ListSpec]:
+    """fields.toml's [lists], checked; each list's members are added to ``declared`` under its name."""
+    specs: dict[str, ListSpec] = {}
+    for name, table in tables.items():
+        within = table.get("within", "")
+        source = table.get("source", name if not within else "")
+        spec = ListSpec(source, within, table.get("key", ""), table.get("max_entries", MAX_MAP_ENTRIES))
+        if name in declared or not source or (within and source not in tables):
+            raise ValueError(f"fields.toml: lists.{name}: a new name, and a source list when it has within")
+        declared[name] = _load_declared(table["members"], f"{name}.")
+        specs[name] = spec
+    return specs
 
 
 def _wrong_type(field: str, value: object) -> str:
@@ -453,12 +584,29 @@ class _Device:
 @dataclass(frozen=True, slots=True)
 class FleetPolicy:
     discovery_host: str
-    node_prefix: str
+    node_prefix: str  # of AP hosts
     device_types: frozenset[str]
     stale_after: float
     min_interval: float
     lld_min_interval: float
     lld_refresh: float
+    switch_prefix: str = "mist-switch-"
+    gateway_prefix: str = "mist-gateway-"
+
+    def prefix(self, kind: str) -> str:
+        return {"switch": self.switch_prefix, "gateway": self.gateway_prefix}.get(kind, self.node_prefix)
+
+
+@dataclass(slots=True)
+class _Listing:
+    """What was built and sent of one kind's LLD list: its rows are rebuilt when a value may be due,
+    only their digest is kept."""
+
+    dirty: bool = True  # an identity changed since the rows were last built
+    digest: bytes | None = None  # of the rows last built
+    count: int = 0  # rows last built
+    sent_digest: bytes | None = None
+    sent_at: float | None = None
 
 
 class Fleet:
@@ -477,13 +625,8 @@ class Fleet:
         self._ready: set[str] = set()
         self._held: set[str] = set()
         self._queued: list[Item] = []  # sent at the next due(), before anything else
-        # The LLD rows are rebuilt when they may be due, not kept: only a digest
-        # of the last built and the last sent list stays in memory.
-        self._lld_dirty = True  # an identity changed since the rows were last built
-        self._lld_digest: bytes | None = None  # of the rows last built
-        self._lld_count = 0  # rows last built
-        self._lld_sent_digest: bytes | None = None
-        self._lld_sent_at: float | None = None
+        # One LLD list per kind monitored (a rule each on the discovery host).
+        self._listings = {k: _Listing() for k in HOSTED_KINDS if k in policy.device_types}
         # No LLD value can be due sooner than this after one was sent: checked per update.
         self._lld_quiet = min(policy.lld_min_interval, policy.lld_refresh)
         # Keys of the devices not monitored whose reason was logged (named once, not per update).
@@ -503,7 +646,7 @@ class Fleet:
             self._named.pop(key, None)
             self._ready.discard(key)
             self._held.discard(key)
-        self._lld_dirty = True
+        self._mark_dirty()
 
     def update(self, site_id: str, data: str | dict[str, Any], now: float) -> list[str]:
         """Merge one stats update (JSON text or object); returns reasons for the parts that were dropped.
@@ -551,14 +694,14 @@ class Fleet:
         if site_id != device.site_id or kind != device.kind or name != device.name or model != device.model:
             device.site_id, device.kind, device.model = sys.intern(site_id), _shared(kind), _shared(model)
             device.name = name
-            self._lld_dirty = True
+            self._mark_dirty()
         device.updated = now
         device.clock_ns = time.time_ns()
         if not self._eligible(device):
             self._name_unmonitored(key, device)
         else:
             measured = self.schema.measured(kept if fields is None else fields)
-            device.rates = self._rates(device, measured) if measured else ""
+            device.rates = self._rates(device, measured, self.schema.limits) if measured else ""
             # An update with rates is not held back by min_interval (which merges updates):
             # a later update would replace its rates, and they would be lost.
             if self._may_send(device, now) or (device.rates and device.announced):
@@ -608,7 +751,7 @@ class Fleet:
         device_mac = device.mac or mac or mac_in_id
         if device_mac != device.mac:
             device.mac = key if device_mac == key else device_mac  # one string object for both
-            self._lld_dirty = True
+            self._mark_dirty()
         return key
 
     def _merged_shape(self, before: Shape | None, update: Shape, state: Mapping[str, Any]) -> Shape:
@@ -651,10 +794,9 @@ class Fleet:
             self._heard_since = now
         elif sweep:
             items.extend(self._newly_stale(now))
-        lld = self._discovery_due(now)
-        if lld is not None:
-            items.append(lld)
-        if sweep or lld is not None:  # an LLD value may just have announced held devices
+        lld = self._discoveries_due(now)
+        items.extend(lld)
+        if sweep or lld:  # an LLD value may just have announced held devices
             self._release_held(now)
         ready, self._ready = self._ready, set()  # a new set: a drained one keeps its peak size
         for key in ready:
@@ -668,23 +810,29 @@ class Fleet:
     def flush(self) -> list[Item]:
         """On shutdown: every update not sent yet, whatever the interval or LLD state."""
         items, self._queued = self._queued, []
-        rows = self.lld_rows()
-        if rows and self._lld_digest != self._lld_sent_digest:
-            items.append(self._discovery(rows, 0.0))
+        for kind, listing in self._listings.items():
+            rows = self.lld_rows(kind)
+            if rows and listing.digest != listing.sent_digest:
+                items.append(self._discovery(kind, rows, 0.0))
         unsent = sorted(self._ready | self._held)
         items.extend(self._raw_reading(self._devices[k], 0.0) for k in unsent)
         self._ready.clear()
         self._held.clear()
         return items
 
-    def lld_rows(self) -> tuple[dict[str, str], ...]:
-        """The LLD rows of every eligible device, built now, sorted by node id."""
-        rows = [self._lld_row(d) for d in self._devices.values() if self._eligible(d)]
+    def lld_rows(self, kind: str = "ap") -> tuple[dict[str, str], ...]:
+        """The LLD rows of every eligible device of ``kind``, built now, sorted by node id."""
+        rows = [self._lld_row(d) for d in self._devices.values() if d.kind == kind and self._eligible(d)]
         rows.sort(key=lambda r: r["{#NODEID}"])
-        self._lld_digest = hashlib.blake2b(encode_json(rows), digest_size=16).digest()
-        self._lld_count = len(rows)
-        self._lld_dirty = False
+        listing = self._listings[kind]
+        listing.digest = hashlib.blake2b(encode_json(rows), digest_size=16).digest()
+        listing.count = len(rows)
+        listing.dirty = False
         return tuple(rows)
+
+    def _mark_dirty(self) -> None:
+        for listing in self._listings.values():
+            listing.dirty = True
 
     @property
     def sites(self) -> Mapping[str, SiteInfo]:
@@ -707,7 +855,7 @@ class Fleet:
         self._held = still
 
     def _eligible(self, device: _Device) -> bool:
-        return device.mac is not None and device.kind in self.policy.device_types
+        return device.mac is not None and device.kind in self._listings
 
     def _unmonitored_reason(self, device: _Device) -> str:
         if device.mac is None:
@@ -732,7 +880,7 @@ class Fleet:
         return Counter(self._unmonitored_reason(d) for d in self._devices.values() if not self._eligible(d))
 
     def _node_id(self, device: _Device) -> str:
-        return f"{self.policy.node_prefix}{device.mac}"
+        return f"{self.policy.prefix(str(device.kind))}{device.mac}"
 
     def _site(self, device: _Device) -> SiteInfo:
         return self._sites.get(device.site_id) or SiteInfo.unnamed(device.site_id)
@@ -758,32 +906,39 @@ class Fleet:
         return {
             "org": site.org_name or site.org_id,
             "site": site.name,
-            "ap": name if isinstance(name, str) and name else mac,
+            # Named by kind ("ap", "switch", "gateway"): a switch's series never pose as an AP's.
+            str(device.kind): name if isinstance(name, str) and name else mac,
             "mac": mac,
         }
 
-    def _discovery_due(self, now: float) -> Discovery | None:
-        policy, sent_at = self.policy, self._lld_sent_at
+    def _discoveries_due(self, now: float) -> list[Discovery]:
+        return [d for kind in self._listings if (d := self._discovery_due(kind, now)) is not None]
+
+    def _discovery_due(self, kind: str, now: float) -> Discovery | None:
+        policy, listing = self.policy, self._listings[kind]
+        sent_at = listing.sent_at
         if sent_at is not None and now - sent_at < self._lld_quiet:
             return None  # nothing can be due yet: the rows need not be built
-        rows = self.lld_rows() if self._lld_dirty else None
+        rows = self.lld_rows(kind) if listing.dirty else None
         if sent_at is None:
-            due = self._lld_count > 0  # nothing to say yet: an empty first list would only delete
-        elif self._lld_digest != self._lld_sent_digest:
+            due = listing.count > 0  # nothing to say yet: an empty first list would only delete
+        elif listing.digest != listing.sent_digest:
             due = now - sent_at >= policy.lld_min_interval
         else:
             due = now - sent_at >= policy.lld_refresh
         if not due:
             return None
-        return self._discovery(self.lld_rows() if rows is None else rows, now)
+        return self._discovery(kind, self.lld_rows(kind) if rows is None else rows, now)
 
-    def _discovery(self, rows: tuple[dict[str, str], ...], now: float) -> Discovery:
+    def _discovery(self, kind: str, rows: tuple[dict[str, str], ...], now: float) -> Discovery:
         """The LLD value for ``rows`` (just built by lld_rows); its devices count as announced."""
-        self._lld_sent_digest, self._lld_sent_at = self._lld_digest, now
+        listing = self._listings[kind]
+        listing.sent_digest, listing.sent_at = listing.digest, now
         named = {r["{#NODEID}"] for r in rows}
         for device in self._devices.values():
-            device.announced = device.mac is not None and self._node_id(device) in named
-        return Discovery.now(self.policy.discovery_host, LLD_KEY, rows)
+            if device.kind == kind:
+                device.announced = device.mac is not None and self._node_id(device) in named
+        return Discovery.now(self.policy.discovery_host, lld_key(kind), rows)
 
     def _raw_reading(self, device: _Device, now: float) -> Reading:
         if self.policy.min_interval:
@@ -796,10 +951,12 @@ class Fleet:
             # sent once: a value without it is discarded by the rate items.
             value = f'{value[:-1]}{"," if len(value) > 2 else ""}"{RATES_MEMBER}":{rates}}}'
             device.rates = ""
-        return Reading(self._node_id(device), RAW_KEY, value, clock, ns, "", labels)
+        return Reading(self._node_id(device), raw_key(str(device.kind)), value, clock, ns, "", labels)
 
     @staticmethod
-    def _rates(device: _Device, measured: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    def _rates(
+        device: _Device, measured: Mapping[str, Mapping[str, Mapping[str, Any]]], limits: Mapping[str, int]
+    ) -> str:
         """The per-second rates of the counters just measured, as JSON text ("" when none has one yet).
 
         A rate is taken between a counter's two last measurements, each at the time of the
@@ -816,7 +973,7 @@ class Fleet:
         for name, entries in measured.items():
             known_entries = last.setdefault(name, {})
             for entry, members in entries.items():
-                if entry not in known_entries and len(known_entries) >= MAX_MAP_ENTRIES:
+                if entry not in known_entries and len(known_entries) >= limits[name]:
                     continue  # a stream that keeps naming new entries: memory stays bounded
                 known = known_entries.setdefault(entry, {})
                 for member, value in members.items():
@@ -829,7 +986,8 @@ class Fleet:
         return encode_json(rates).decode() if rates else ""
 
     def _stale_reading(self, device: _Device, value: int) -> Reading:
-        return Reading.now(self._node_id(device), STALE_KEY, value, labels=self._labels(device))
+        key = stale_key(str(device.kind))
+        return Reading.now(self._node_id(device), key, value, labels=self._labels(device))
 
     def _newly_stale(self, now: float) -> list[Reading]:
         out = []

@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass
 from importlib import resources
 
+from trapline.collectors.mist.fleet import HOSTED_KINDS
 from trapline.collectors.mist.shard import ALL_SITES, Shard
 from trapline.core.config import Secret, Section
 
@@ -48,6 +49,8 @@ class MistSettings:
     compression: bool  # permessage-deflate offered to the server
     state_interval: float  # how often the collector's own state goes to the discovery host
     shard: Shard = ALL_SITES  # the share of the sites this instance subscribes to
+    switch_prefix: str = "mist-switch-"  # switch host name = prefix + MAC
+    gateway_prefix: str = "mist-gateway-"
 
     @property
     def tick(self) -> float:
@@ -55,6 +58,13 @@ class MistSettings:
         candidates = (self.min_interval, self.stale_after, self.lld_min_interval, self.state_interval, 4.0)
         finest = min(x for x in candidates if x > 0)
         return max(0.02, finest / 4)
+
+
+def _host_prefix(section: Section, key: str, default: str) -> str:
+    prefix = section.text(key, default)
+    if not _HOST_PREFIX.fullmatch(prefix):
+        raise section.error(key, "expected up to 40 letters, digits, '.', '_', '-' or spaces")
+    return prefix
 
 
 def _ids(section: Section, key: str) -> tuple[str, ...]:
@@ -85,9 +95,18 @@ def parse_settings(section: Section) -> tuple[MistSettings, Secret]:
     orgs, sites = _ids(section, "orgs"), _ids(section, "sites")
     if not orgs and not sites:
         raise section.error("sites", "configure at least one site id in sites or one org id in orgs")
-    node_prefix = section.text("node_prefix", "mist-ap-")
-    if not _HOST_PREFIX.fullmatch(node_prefix):
-        raise section.error("node_prefix", "expected up to 40 letters, digits, '.', '_', '-' or spaces")
+    node_prefix, switch_prefix, gateway_prefix = (
+        _host_prefix(section, key, default)
+        for key, default in (
+            ("node_prefix", "mist-ap-"),
+            ("switch_prefix", "mist-switch-"),
+            ("gateway_prefix", "mist-gateway-"),
+        )
+    )
+    device_types = frozenset(section.strings("device_types", ["ap"]))
+    if unknown := device_types - set(HOSTED_KINDS):
+        kinds, named = ", ".join(HOSTED_KINDS), ", ".join(sorted(unknown))
+        raise section.error("device_types", f"{named}: no template for it (one of {kinds})")
     shard = _shard(section)
     retry_min = section.number("retry_min", 1.0, minimum=0.01)
     retry_max = section.number("retry_max", 60.0, minimum=0.01)
@@ -99,8 +118,10 @@ def parse_settings(section: Section) -> tuple[MistSettings, Secret]:
         rest_url=rest_url,
         orgs=orgs,
         sites=sites,
-        device_types=frozenset(section.strings("device_types", ["ap"])),
+        device_types=device_types,
         node_prefix=node_prefix,
+        switch_prefix=switch_prefix,
+        gateway_prefix=gateway_prefix,
         channels_per_connection=section.integer("channels_per_connection", 1000, minimum=1),
         stale_after=section.number("stale_after", 300.0, minimum=0.05),
         min_interval=section.number("min_interval", 0.0, minimum=0.0),

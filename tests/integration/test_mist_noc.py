@@ -37,7 +37,7 @@ def stale(api: Any, hostid: str) -> str | None:
 
 def test_one_problem_per_root_cause(zabbix: LocalZabbix, tmp_path: Path) -> None:
     api = zabbix.api()
-    import_templates(api, [e2e.AP_TEMPLATE, e2e.DISCOVERY_TEMPLATE])
+    import_templates(api, e2e.MIST_TEMPLATES)
     discovery_host, discovery_hostid = e2e.create_discovery_host(api)
     api.usermacro.create(hostid=discovery_hostid, macro="{$MIST.STREAM.DOWN.FOR}", value=DOWN_FOR)
     zabbix.config_cache_reload()

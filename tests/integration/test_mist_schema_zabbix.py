@@ -25,9 +25,8 @@ import pytest
 from devtools.localzabbix import LocalZabbix
 from devtools.mist_server import MistServer, ap_basic, ap_full
 from tests.integration.test_mist_zabbix import (
-    AP_TEMPLATE,
     AP_TEMPLATE_NAME,
-    DISCOVERY_TEMPLATE,
+    MIST_TEMPLATES,
     ORGS,
     SITES,
     TOKEN,
@@ -106,7 +105,7 @@ def enough(history: dict[str, list[float]]) -> dict[str, list[float]] | None:
 
 def test_rates_stored_in_zabbix_are_the_true_rates(zabbix: LocalZabbix, tmp_path: Path) -> None:
     api = zabbix.api()
-    import_templates(api, [AP_TEMPLATE, DISCOVERY_TEMPLATE])
+    import_templates(api, MIST_TEMPLATES)
     discovery_host, discovery_hostid = create_discovery_host(api)
     zabbix.config_cache_reload()
     mac = random_mac()
@@ -169,7 +168,7 @@ def test_aps_without_type_become_hosts_and_a_switch_is_counted_not_hosted(
     zabbix: LocalZabbix, tmp_path: Path
 ) -> None:
     api = zabbix.api()
-    import_templates(api, [AP_TEMPLATE, DISCOVERY_TEMPLATE])
+    import_templates(api, MIST_TEMPLATES)
     discovery_host, discovery_hostid = create_discovery_host(api)
     zabbix.config_cache_reload()
     ap, switch = random_mac(), random_mac()

@@ -107,7 +107,7 @@ def test_two_instances_share_the_aps_without_touching_each_others_hosts(
     site_of = {e2e.random_mac(): site for site in SITES for _ in range(APS_PER_SITE)}
     macs = sorted(site_of)
     api = zabbix.api()
-    import_templates(api, [e2e.AP_TEMPLATE, e2e.DISCOVERY_TEMPLATE])
+    import_templates(api, e2e.MIST_TEMPLATES)
     discovery = [e2e.create_discovery_host(api) for _ in range(2)]  # (name, hostid) per instance
     discovery_ids = [hostid for _, hostid in discovery]
     lifetime_macros = [

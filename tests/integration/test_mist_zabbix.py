@@ -34,6 +34,10 @@ T = TypeVar("T")
 
 AP_TEMPLATE = template_dir() / "mist_ap" / "template_mist_ap.yaml"
 DISCOVERY_TEMPLATE = template_dir() / "mist_discovery" / "template_mist_discovery.yaml"
+SWITCH_TEMPLATE = template_dir() / "mist_switch" / "template_mist_switch.yaml"
+GATEWAY_TEMPLATE = template_dir() / "mist_gateway" / "template_mist_gateway.yaml"
+# The discovery template's host prototypes link the other three: Zabbix needs them first.
+MIST_TEMPLATES = [AP_TEMPLATE, SWITCH_TEMPLATE, GATEWAY_TEMPLATE, DISCOVERY_TEMPLATE]
 AP_TEMPLATE_NAME = "Juniper Mist AP by Zabbix trapper"
 DISCOVERY_TEMPLATE_NAME = "Juniper Mist discovery by Zabbix trapper"
 
@@ -166,13 +170,13 @@ async def keeping_alive(server: MistServer, site_of: dict[str, str]) -> AsyncIte
         await asyncio.gather(pusher, return_exceptions=True)
 
 
-def template_keys(lld_rows: dict[str, list[dict[str, str]]]) -> set[str]:
-    """Keys a host of the AP template has once its port and radio LLD found ``lld_rows``.
+def template_keys(lld_rows: dict[str, list[dict[str, str]]], path: Path = AP_TEMPLATE) -> set[str]:
+    """Keys a host of the template at ``path`` (the AP's) has once its discovery rules found ``lld_rows``.
 
     Read from the YAML file, so the test waits for every item before it asks Zabbix to
     reload its configuration: an item created after the reload would miss values.
     """
-    export = yaml.safe_load(AP_TEMPLATE.read_text(encoding="utf-8"))["zabbix_export"]
+    export = yaml.safe_load(path.read_text(encoding="utf-8"))["zabbix_export"]
     (template,) = export["templates"]
     keys = {item["key"] for item in template["items"]}
     for rule in template["discovery_rules"]:
@@ -235,8 +239,8 @@ def problems(api: Any, hostid: str) -> set[str]:
 
 def test_mist_aps_become_zabbix_hosts_with_values_and_problems(zabbix: LocalZabbix, tmp_path: Path) -> None:
     api = zabbix.api()
-    imported = import_templates(api, [AP_TEMPLATE, DISCOVERY_TEMPLATE])
-    assert imported == [AP_TEMPLATE_NAME, DISCOVERY_TEMPLATE_NAME]
+    imported = import_templates(api, MIST_TEMPLATES)
+    assert imported[0] == AP_TEMPLATE_NAME and imported[-1] == DISCOVERY_TEMPLATE_NAME
     discovery_host, discovery_hostid = create_discovery_host(api)
     zabbix.config_cache_reload()  # the trapper must know the new discovery host's LLD rule
     hq_ap, lab_ap = random_mac(), random_mac()
