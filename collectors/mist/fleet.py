@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import sys
 import time
@@ -981,7 +982,9 @@ class Fleet:
                     known[member] = [value, now_ns]
                     if before is not None and now_ns > before[1] and value >= before[0]:
                         rate = (value - before[0]) * _NS_PER_S / (now_ns - before[1])
-                        rates.setdefault(name, {}).setdefault(entry, {})[member] = rate
+                        # a counter near float's limit jumps to infinity, which JSON cannot carry
+                        if math.isfinite(rate):
+                            rates.setdefault(name, {}).setdefault(entry, {})[member] = rate
         device.counted = encode_json(last).decode()
         return encode_json(rates).decode() if rates else ""
 
