@@ -720,9 +720,10 @@ class Fleet:
             self._mark_dirty()
         device.updated = now
         device.clock_ns = time.time_ns()
-        if device.kind is None and device.mac is not None:
-            self._unknown.add(key)
-        else:
+        if device.kind is None:
+            if device.mac is not None:
+                self._unknown.add(key)
+        elif self._unknown:  # nearly always empty: no set lookup per update
             self._unknown.discard(key)
         if not self._eligible(device):
             self._name_unmonitored(key, device)
