@@ -43,8 +43,7 @@ NOT_EXPOSED = {
     "ip",
     "ip_stat.ip",
     "power_src",
-    # Switches and gateways: names, roles and states as text.  The fans' and power supplies'
-    # status is text read ignoring case by the template (deploy/prometheus/README.md).
+    # Switches and gateways: names, roles and states as text.
     "ports.port_usage",
     "ports.neighbor_system_name",
     "module_stat.model",
@@ -53,9 +52,7 @@ NOT_EXPOSED = {
     "module_stat.vc_role",
     "module_stat.vc_state",
     "module_temperatures.status",
-    "module_fans.status",
     "module_fans.airflow",
-    "module_psus.status",
     "if_stat.port_id",
     "if_stat.port_usage",
     "if_stat.wan_name",
@@ -226,6 +223,8 @@ def test_switch_and_gateway_figures_become_series_labelled_by_their_kind() -> No
         ("trapline_mist_switch_port_poe_power_watts", of(switch, port="ge-0/0/0")): 6.5,
         ("trapline_mist_switch_port_rx_errors_total", of(switch, port="ge-0/0/0")): 0.0,
         ("trapline_mist_switch_temperature_celsius", of(switch, sensor="0/CPU")): 48.0,
+        ("trapline_mist_switch_fan_status", of(switch, fan="0/Fan 0")): 1.0,
+        ("trapline_mist_switch_psu_status", of(switch, psu="0/PSU 0")): 1.0,
         ("trapline_mist_gateway_status", of(gateway)): 1.0,
         ("trapline_mist_gateway_cpu_util_percent", of(gateway)): 30.0,
         ("trapline_mist_gateway_interface_up", of(gateway, interface="ge-0/0/0.0")): 1.0,
@@ -357,6 +356,7 @@ GOOD_METRIC = {"m": {"help": "h"}}
         ([{"path": "$.a", "value": 1, "metric": "m"}], GOOD_METRIC, "either path or value"),
         ([{"path": "$.a.*", "label": "host", "metric": "m"}], GOOD_METRIC, "cannot be a label"),
         ([{"path": "$.a", "metric": "m", "scael": 2}], GOOD_METRIC, "unknown field"),
+        ([{"path": "$.a", "metric": "m", "fold_case": True}], GOOD_METRIC, "only with codes"),
         (
             [{"path": "$.a", "metric": "m"}, {"path": "$.b.*", "label": "x", "metric": "m"}],
             GOOD_METRIC,

@@ -126,6 +126,7 @@ VERTICAL_READINGS = [
         "status": "connected", "cpu_stat": {"usage": 5, "idle": 95}, "memory_stat": {"usage": 40},
         "ports": {"ge-0/0/0": {"up": True, "rx_errors": 0}},
         "module_temperatures": {"0/CPU": {"celsius": 45}},
+        "module_fans": {"0/Fan 0": {"status": "ok"}}, "module_psus": {"0/PSU 0": {"status": "ok"}},
     }), 0, 0, "", _SWITCH),
     Reading("mist-switch-1", "mist.switch.stale", 1, 0, 0, "", _SWITCH),
     Reading("mist-gateway-1", "mist.gateway.raw", json.dumps({

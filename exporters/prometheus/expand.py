@@ -75,6 +75,7 @@ class _Row:
     constant: float | None  # a row with `value` instead of `path`
     codes: Mapping[str, float] | None = None  # text -> number (a [codes] table)
     label_path: tuple[str, ...] | None = None  # members of the text that labels the sample
+    fold_case: bool = False  # the text is looked up in codes in lower case (as the template's script does)
 
     def samples(self, document: object) -> Iterator[Sample]:
         if self.constant is not None:
@@ -99,7 +100,8 @@ class _Row:
             return _number(found)
         if not isinstance(found, str):
             return None
-        return self.codes.get(found, self.codes.get(_OTHER_TEXT))
+        text = found.lower() if self.fold_case else found
+        return self.codes.get(text, self.codes.get(_OTHER_TEXT))
 
     def _labels_from(self, document: object) -> dict[str, str] | None:
         """The label a label_path gives ({} without one); None when the document has no text there."""
@@ -238,7 +240,7 @@ def _codes(raw: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 def _row(
     where: str, spec: Mapping[str, Any], defs: Mapping[str, MetricDef], codes: Mapping[str, dict[str, float]]
 ) -> _Row:
-    unknown = set(spec) - {"path", "value", "metric", "label", "label_path", "scale", "codes"}
+    unknown = set(spec) - {"path", "value", "metric", "label", "label_path", "scale", "codes", "fold_case"}
     if unknown:
         raise ExpansionError(f"{where}: unknown field(s) {sorted(unknown)}")
     metric = defs.get(spec.get("metric", ""))
@@ -271,7 +273,10 @@ def _row(
         table = codes.get(spec["codes"])
         if table is None:
             raise ExpansionError(f"{where}: codes {spec['codes']!r} is not defined under [codes]")
-    return _Row(metric, head, tail, label, float(scale), None, table, label_path)
+    fold_case = spec.get("fold_case", False)
+    if not isinstance(fold_case, bool) or (fold_case and table is None):
+        raise ExpansionError(f"{where}: fold_case is true or false, and only with codes")
+    return _Row(metric, head, tail, label, float(scale), None, table, label_path, fold_case)
 
 
 _Parsed = tuple[dict[str, tuple[_Row, ...]], dict[str, tuple[str, ...]], frozenset[str]]
