@@ -228,11 +228,34 @@ def test_switch_and_gateway_figures_become_series_labelled_by_their_kind() -> No
         ("trapline_mist_gateway_status", of(gateway)): 1.0,
         ("trapline_mist_gateway_cpu_util_percent", of(gateway)): 30.0,
         ("trapline_mist_gateway_interface_up", of(gateway, interface="ge-0/0/0.0")): 1.0,
+        ("trapline_mist_gateway_interface_up", of(gateway, interface="ge-0/0/1.0")): 1.0,
+        # Only the interfaces the template discovers as WAN (a wan_name, or used as "wan").
+        ("trapline_mist_gateway_wan_up", of(gateway, interface="ge-0/0/0.0")): 1.0,
+        ("trapline_mist_gateway_wan_up", of(gateway, interface="ge-0/0/1.0")): None,
         ("trapline_mist_gateway_tunnel_up", of(gateway, tunnel="hub-a")): 1.0,
         ("trapline_mist_gateway_spu_sessions_max", of(gateway, spu="0")): 131072.0,
     }
     assert {k: got.get(k) for k in expected} == expected
     assert not any(("ap", "sw-1") in labels or name.startswith("trapline_mist_ap_") for name, labels in got)
+
+
+@pytest.mark.parametrize(
+    ("interface", "wan"),
+    [
+        ({"up": True, "wan_name": "wan1"}, True),
+        ({"up": True, "wan_name": ""}, True),  # the template asks for a text, any text
+        ({"up": False, "port_usage": "wan"}, True),
+        ({"up": True, "port_usage": "lan", "network_name": "corp"}, False),
+        ({"up": True, "port_usage": "WAN"}, False),  # the template compares exactly
+        ({"up": True}, False),
+    ],
+)
+def test_wan_links_are_the_interfaces_the_template_discovers(interface: dict[str, Any], wan: bool) -> None:
+    """The gateway template's WAN discovery keeps an interface with a text wan_name or port_usage "wan"."""
+    value = json.dumps({"if_stat": {"ge-0/0/0.0": interface}})
+    reading = Reading("gw", "mist.gateway.raw", value, 0, 0, "", {})
+    expanded = Expander.shipped().expand(reading) or []
+    assert any(s.metric.name == "mist.gateway.wan_up" for s in expanded) == wan
 
 
 def test_partial_updates_merge_and_stale_marker_follows_the_ap() -> None:
@@ -357,6 +380,8 @@ GOOD_METRIC = {"m": {"help": "h"}}
         ([{"path": "$.a.*", "label": "host", "metric": "m"}], GOOD_METRIC, "cannot be a label"),
         ([{"path": "$.a", "metric": "m", "scael": 2}], GOOD_METRIC, "unknown field"),
         ([{"path": "$.a", "metric": "m", "fold_case": True}], GOOD_METRIC, "only with codes"),
+        ([{"path": "$.a", "metric": "m", "where": {"b": "c"}}], GOOD_METRIC, "on a path with"),
+        ([{"path": "$.a.*.b", "label": "x", "metric": "m", "where": {"b": 1}}], GOOD_METRIC, "member = text"),
         (
             [{"path": "$.a", "metric": "m"}, {"path": "$.b.*", "label": "x", "metric": "m"}],
             GOOD_METRIC,

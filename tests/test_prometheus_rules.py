@@ -131,7 +131,7 @@ VERTICAL_READINGS = [
     Reading("mist-switch-1", "mist.switch.stale", 1, 0, 0, "", _SWITCH),
     Reading("mist-gateway-1", "mist.gateway.raw", json.dumps({
         "status": "connected", "cpu_stat": {"usage": 5, "idle": 95}, "memory_stat": {"usage": 40},
-        "tunnels": {"hub-a": {"up": True}},
+        "if_stat": {"ge-0/0/0.0": {"up": True, "wan_name": "wan1"}}, "tunnels": {"hub-a": {"up": True}},
         "spu_stat": {"0": {"spu_current_session": 10, "spu_max_session": 131072}},
     }), 0, 0, "", _GATEWAY),
     Reading("mist-gateway-1", "mist.gateway.stale", 1, 0, 0, "", _GATEWAY),
