@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 import tomllib
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -193,10 +194,8 @@ def test_ap_figures_become_labelled_series_in_base_units() -> None:
     )
 
 
-def test_switch_and_gateway_figures_become_series_labelled_by_their_kind() -> None:
-    """The exporter expands the switch and gateway values the collector sends (the test server's full
-    updates, shaped after Mist's StatsSwitch / StatsGateway): one label per port, sensor, interface,
-    tunnel and SPU, the device named by `switch` / `gateway` where an AP's series say `ap`."""
+def wired() -> tuple[PrometheusExporter, Fleet]:
+    """A switch and a gateway (full updates from the test server) through the fleet into an exporter."""
     policy = FleetPolicy(
         "Mist discovery", "mist-ap-", frozenset({"ap", "switch", "gateway"}), STALE_AFTER, 0.0, 0.0, 3600.0
     )
@@ -206,7 +205,14 @@ def test_switch_and_gateway_figures_become_series_labelled_by_their_kind() -> No
     fleet.update(SITE.site_id, gateway_full("5c5b35000021", "gw-1"), 0.0)
     exporter = PrometheusExporter("127.0.0.1", 0, 600.0)
     feed(exporter, fleet, 0.0)
-    got = samples(exporter)
+    return exporter, fleet
+
+
+def test_switch_and_gateway_figures_become_series_labelled_by_their_kind() -> None:
+    """The exporter expands the switch and gateway values the collector sends (the test server's full
+    updates, shaped after Mist's StatsSwitch / StatsGateway): one label per port, sensor, interface,
+    tunnel and SPU, the device named by `switch` / `gateway` where an AP's series say `ap`."""
+    got = samples(wired()[0])
     site = {"org": "Acme", "site": "Headquarters"}
     switch = {**site, "host": "mist-switch-5c5b35000011", "switch": "sw-1", "mac": "5c5b35000011"}
     gateway = {**site, "host": "mist-gateway-5c5b35000021", "gateway": "gw-1", "mac": "5c5b35000021"}
@@ -401,12 +407,21 @@ def test_data_file_mistakes_are_named(
 
 
 @pytest.mark.integration
-def test_promtool_accepts_the_ap_series() -> None:
+@pytest.mark.parametrize(
+    ("devices", "names"),
+    [
+        (filled, ["trapline_mist_ap_port_up", "trapline_mist_ap_radio_noise_floor_dbm"]),
+        (wired, ["trapline_mist_switch_port_up", "trapline_mist_gateway_spu_sessions"]),
+    ],
+)
+def test_promtool_accepts_the_mist_series(
+    devices: Callable[[], tuple[PrometheusExporter, Fleet]], names: list[str]
+) -> None:
     promtool = need_binary("promtool")
-    exporter, fleet = filled()
+    exporter, fleet = devices()
     feed(exporter, fleet, STALE_AFTER)  # stale markers too
     text = generate_latest(exporter.registry).decode()
-    assert "trapline_mist_ap_port_up" in text and "trapline_mist_ap_radio_noise_floor_dbm" in text
+    assert all(name in text for name in names)
     result = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
     )
