@@ -10,6 +10,10 @@ protocol on one local port:
   "data": "<JSON string>"}``.
 * REST ``/api/v1/orgs/<org>``, ``/api/v1/orgs/<org>/sites`` (limit/page),
   ``/api/v1/sites/<site>``; ``rate_limit_next`` answers that many calls with 429.
+* REST ``/api/v1/sites/<site>/devices`` (listSiteDevices): the site's device
+  inventory from ``devices``, as the Mist API reference gives it: a JSON list of
+  device configuration objects, filtered by ``type`` (``ap`` when absent, ``all``
+  for every kind), paged by ``limit`` (default 100) and ``page`` (from 1).
 
 Tests drive it: :meth:`push` sends a device update to every subscriber of a
 site, :meth:`push_raw` sends any frame, :meth:`drop_all` closes every
@@ -58,6 +62,8 @@ class MistServer:
     refused_upgrades: int = 0
     rest_calls: list[str] = field(default_factory=list)
     subscriptions: list[str] = field(default_factory=list)  # every subscribe ever received
+    # site id -> its device inventory: the objects listSiteDevices returns, served as given
+    devices: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _server: Server | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -184,6 +190,13 @@ class MistServer:
         elif len(segments) == 2 and segments[0] == "sites" and segments[1] in self.sites:
             name, org = self.sites[segments[1]]
             reply = {"id": segments[1], "name": name, "org_id": org}
+        elif segments[:1] == ["sites"] and segments[2:] == ["devices"] and segments[1] in self.sites:
+            query = parse_qs(parts.query)
+            kind = query.get("type", ["ap"])[0]
+            limit = int(query.get("limit", ["100"])[0])
+            page = int(query.get("page", ["1"])[0])
+            listed = [d for d in self.devices.get(segments[1], []) if kind == "all" or d.get("type") == kind]
+            reply = listed[(page - 1) * limit : page * limit]
         return None if reply is None else json.dumps(reply).encode()
 
     async def _serve_client(self, ws: ServerConnection) -> None:

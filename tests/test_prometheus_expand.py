@@ -1,4 +1,5 @@
-"""Mist AP state (the JSON master value mist.ap.raw) as Prometheus series (prometheus/expand.toml)."""
+"""Mist AP, switch and gateway state (the JSON master values mist.*.raw) as Prometheus series
+(prometheus/expand.toml)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import subprocess
 import time
 import tomllib
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.mist_server import ap_basic, ap_full
+from devtools.mist_server import ap_basic, ap_full, gateway_full, switch_full
 from tests.support.peers import need_binary
 from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, SiteInfo
 from trapline.core.model import Reading
@@ -42,7 +44,29 @@ NOT_EXPOSED = {
     "ip",
     "ip_stat.ip",
     "power_src",
+    # Switches and gateways: names, roles and states as text.
+    "ports.port_usage",
+    "ports.neighbor_system_name",
+    "module_stat.model",
+    "module_stat.serial",
+    "module_stat.status",
+    "module_stat.vc_role",
+    "module_stat.vc_state",
+    "module_temperatures.status",
+    "module_fans.airflow",
+    "if_stat.port_id",
+    "if_stat.port_usage",
+    "if_stat.wan_name",
+    "if_stat.wan_type",
+    "if_stat.network_name",
+    "tunnels.peer_ip",
+    "tunnels.peer_host",
+    "tunnels.wan_name",
+    "tunnels.protocol",
+    "tunnels.priority",
+    "tunnels.last_event",
 }
+MIST_RAW_KEYS = ("mist.ap.raw", "mist.switch.raw", "mist.gateway.raw")
 
 
 def rich_update(mac: str, name: str) -> dict[str, Any]:
@@ -170,6 +194,76 @@ def test_ap_figures_become_labelled_series_in_base_units() -> None:
     )
 
 
+def wired() -> tuple[PrometheusExporter, Fleet]:
+    """A switch and a gateway (full updates from the test server) through the fleet into an exporter."""
+    policy = FleetPolicy(
+        "Mist discovery", "mist-ap-", frozenset({"ap", "switch", "gateway"}), STALE_AFTER, 0.0, 0.0, 3600.0
+    )
+    fleet = Fleet(policy, FieldSchema.load())
+    fleet.set_sites({SITE.site_id: SITE})
+    fleet.update(SITE.site_id, switch_full("5c5b35000011", "sw-1"), 0.0)
+    fleet.update(SITE.site_id, gateway_full("5c5b35000021", "gw-1"), 0.0)
+    exporter = PrometheusExporter("127.0.0.1", 0, 600.0)
+    feed(exporter, fleet, 0.0)
+    return exporter, fleet
+
+
+def test_switch_and_gateway_figures_become_series_labelled_by_their_kind() -> None:
+    """The exporter expands the switch and gateway values the collector sends (the test server's full
+    updates, shaped after Mist's StatsSwitch / StatsGateway): one label per port, sensor, interface,
+    tunnel and SPU, the device named by `switch` / `gateway` where an AP's series say `ap`."""
+    got = samples(wired()[0])
+    site = {"org": "Acme", "site": "Headquarters"}
+    switch = {**site, "host": "mist-switch-5c5b35000011", "switch": "sw-1", "mac": "5c5b35000011"}
+    gateway = {**site, "host": "mist-gateway-5c5b35000021", "gateway": "gw-1", "mac": "5c5b35000021"}
+
+    def of(labels: dict[str, str], **extra: str) -> frozenset[tuple[str, str]]:
+        return frozenset({**labels, **extra}.items())
+
+    expected = {
+        ("trapline_mist_switch_status", of(switch)): 1.0,
+        ("trapline_mist_switch_stale", of(switch)): 0.0,
+        ("trapline_mist_switch_cpu_idle_percent", of(switch)): 88.0,
+        ("trapline_mist_switch_port_up", of(switch, port="ge-0/0/1")): 0.0,
+        ("trapline_mist_switch_port_speed_bytes_per_second", of(switch, port="ge-0/0/0")): 125_000_000.0,
+        ("trapline_mist_switch_port_poe_power_watts", of(switch, port="ge-0/0/0")): 6.5,
+        ("trapline_mist_switch_port_rx_errors_total", of(switch, port="ge-0/0/0")): 0.0,
+        ("trapline_mist_switch_temperature_celsius", of(switch, sensor="0/CPU")): 48.0,
+        ("trapline_mist_switch_fan_status", of(switch, fan="0/Fan 0")): 1.0,
+        ("trapline_mist_switch_psu_status", of(switch, psu="0/PSU 0")): 1.0,
+        ("trapline_mist_gateway_status", of(gateway)): 1.0,
+        ("trapline_mist_gateway_cpu_util_percent", of(gateway)): 30.0,
+        ("trapline_mist_gateway_interface_up", of(gateway, interface="ge-0/0/0.0")): 1.0,
+        ("trapline_mist_gateway_interface_up", of(gateway, interface="ge-0/0/1.0")): 1.0,
+        # Only the interfaces the template discovers as WAN (a wan_name, or used as "wan").
+        ("trapline_mist_gateway_wan_up", of(gateway, interface="ge-0/0/0.0")): 1.0,
+        ("trapline_mist_gateway_wan_up", of(gateway, interface="ge-0/0/1.0")): None,
+        ("trapline_mist_gateway_tunnel_up", of(gateway, tunnel="hub-a")): 1.0,
+        ("trapline_mist_gateway_spu_sessions_max", of(gateway, spu="0")): 131072.0,
+    }
+    assert {k: got.get(k) for k in expected} == expected
+    assert not any(("ap", "sw-1") in labels or name.startswith("trapline_mist_ap_") for name, labels in got)
+
+
+@pytest.mark.parametrize(
+    ("interface", "wan"),
+    [
+        ({"up": True, "wan_name": "wan1"}, True),
+        ({"up": True, "wan_name": ""}, True),  # the template asks for a text, any text
+        ({"up": False, "port_usage": "wan"}, True),
+        ({"up": True, "port_usage": "lan", "network_name": "corp"}, False),
+        ({"up": True, "port_usage": "WAN"}, False),  # the template compares exactly
+        ({"up": True}, False),
+    ],
+)
+def test_wan_links_are_the_interfaces_the_template_discovers(interface: dict[str, Any], wan: bool) -> None:
+    """The gateway template's WAN discovery keeps an interface with a text wan_name or port_usage "wan"."""
+    value = json.dumps({"if_stat": {"ge-0/0/0.0": interface}})
+    reading = Reading("gw", "mist.gateway.raw", value, 0, 0, "", {})
+    expanded = Expander.shipped().expand(reading) or []
+    assert any(s.metric.name == "mist.gateway.wan_up" for s in expanded) == wan
+
+
 def test_partial_updates_merge_and_stale_marker_follows_the_ap() -> None:
     exporter, fleet = filled()
     fleet.update(SITE.site_id, ap_basic(AP1, cpu_util=77), 10.0)
@@ -252,7 +346,7 @@ def test_every_path_reads_a_field_the_collector_keeps() -> None:
         resources.files("trapline.exporters.prometheus").joinpath("expand.toml").read_text("utf-8")
     )
     read = set()
-    for row in data["expand"]["mist.ap.raw"]:
+    for row in (row for key in MIST_RAW_KEYS for row in data["expand"][key]):
         if "path" not in row:
             continue
         members = row["path"].split(".")[1:]
@@ -266,14 +360,10 @@ def test_every_path_reads_a_field_the_collector_keeps() -> None:
             ), row
             members = [members[0], members[2]]
         read.add(".".join(members))
-    # Switches and gateways alone carry these; the exporter expands mist.ap.raw only, their raw
-    # values are not served (deploy/prometheus/README.md, "Not covered, and why").
-    wired = {"cpu_stat", "memory_stat", "if_stat", *schema.lists}
     kept = set(schema.scalars)
     kept |= {
         f"{name}.{member}"
         for name, members in [*schema.objects.items(), *schema.maps.items()]
-        if name not in wired
         for member in members
     }
     # A field added to fields.toml needs a decision here: a series, or a reason for none.
@@ -295,6 +385,9 @@ GOOD_METRIC = {"m": {"help": "h"}}
         ([{"path": "$.a", "value": 1, "metric": "m"}], GOOD_METRIC, "either path or value"),
         ([{"path": "$.a.*", "label": "host", "metric": "m"}], GOOD_METRIC, "cannot be a label"),
         ([{"path": "$.a", "metric": "m", "scael": 2}], GOOD_METRIC, "unknown field"),
+        ([{"path": "$.a", "metric": "m", "fold_case": True}], GOOD_METRIC, "only with codes"),
+        ([{"path": "$.a", "metric": "m", "where": {"b": "c"}}], GOOD_METRIC, "on a path with"),
+        ([{"path": "$.a.*.b", "label": "x", "metric": "m", "where": {"b": 1}}], GOOD_METRIC, "member = text"),
         (
             [{"path": "$.a", "metric": "m"}, {"path": "$.b.*", "label": "x", "metric": "m"}],
             GOOD_METRIC,
@@ -314,12 +407,21 @@ def test_data_file_mistakes_are_named(
 
 
 @pytest.mark.integration
-def test_promtool_accepts_the_ap_series() -> None:
+@pytest.mark.parametrize(
+    ("devices", "names"),
+    [
+        (filled, ["trapline_mist_ap_port_up", "trapline_mist_ap_radio_noise_floor_dbm"]),
+        (wired, ["trapline_mist_switch_port_up", "trapline_mist_gateway_spu_sessions"]),
+    ],
+)
+def test_promtool_accepts_the_mist_series(
+    devices: Callable[[], tuple[PrometheusExporter, Fleet]], names: list[str]
+) -> None:
     promtool = need_binary("promtool")
-    exporter, fleet = filled()
+    exporter, fleet = devices()
     feed(exporter, fleet, STALE_AFTER)  # stale markers too
     text = generate_latest(exporter.registry).decode()
-    assert "trapline_mist_ap_port_up" in text and "trapline_mist_ap_radio_noise_floor_dbm" in text
+    assert all(name in text for name in names)
     result = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
     )

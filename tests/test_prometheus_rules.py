@@ -101,6 +101,8 @@ def not_covered() -> dict[str, str]:
 # (key, unit and labels from collectors/obd, gps, mist, aws, mqtt_bridge); each
 # key is checked below to be an item of a shipped template.
 _AP = {"org": "Acme", "site": "HQ", "ap": "lobby", "mac": "5c5b35000001"}
+_SWITCH = {"org": "Acme", "site": "HQ", "switch": "core", "mac": "5c5b35000011"}
+_GATEWAY = {"org": "Acme", "site": "HQ", "gateway": "edge", "mac": "5c5b35000021"}
 VERTICAL_READINGS = [
     Reading("van-1", "obd.state", 2, 0, 0, "", {"state": "running"}),
     Reading("van-1", "obd.voltage", 12.5, 0, 0, "V"),
@@ -120,6 +122,19 @@ VERTICAL_READINGS = [
     }), 0, 0, "", _AP),
     Reading("mist-ap-1", "mist.ap.raw", json.dumps({"status": "disconnected"}), 0, 0, "", _AP),
     Reading("mist-ap-1", "mist.ap.stale", 1, 0, 0, "", _AP),
+    Reading("mist-switch-1", "mist.switch.raw", json.dumps({
+        "status": "connected", "cpu_stat": {"usage": 5, "idle": 95}, "memory_stat": {"usage": 40},
+        "ports": {"ge-0/0/0": {"up": True, "rx_errors": 0}},
+        "module_temperatures": {"0/CPU": {"celsius": 45}},
+        "module_fans": {"0/Fan 0": {"status": "ok"}}, "module_psus": {"0/PSU 0": {"status": "ok"}},
+    }), 0, 0, "", _SWITCH),
+    Reading("mist-switch-1", "mist.switch.stale", 1, 0, 0, "", _SWITCH),
+    Reading("mist-gateway-1", "mist.gateway.raw", json.dumps({
+        "status": "connected", "cpu_stat": {"usage": 5, "idle": 95}, "memory_stat": {"usage": 40},
+        "if_stat": {"ge-0/0/0.0": {"up": True, "wan_name": "wan1"}}, "tunnels": {"hub-a": {"up": True}},
+        "spu_stat": {"0": {"spu_current_session": 10, "spu_max_session": 131072}},
+    }), 0, 0, "", _GATEWAY),
+    Reading("mist-gateway-1", "mist.gateway.stale", 1, 0, 0, "", _GATEWAY),
     Reading("van-1", "obd.battery.guard", 0, 0, 0),
     Reading("aws", "aws.poller.errors", 0, 0, 0),
     Reading("aws", "aws.poller.cloudwatch.cost", 0.01, 0, 0, "USD"),

@@ -29,20 +29,31 @@ from trapline.exporters.prometheus.exporter import PrometheusExporter
 from trapline.middleware.normalize import normalize
 from trapline.templates import template_dir
 
-# The templates' state preprocessing: `var codes = {A: 1, ...}; return ... ? codes[value] : <other>;`
+# The templates' state preprocessing: `var codes = {A: 1, ...}; return ... ? codes[value] : <other>;`,
+# the text lower-cased first in some (`value.toLowerCase()`).
 _JS_CODES = re.compile(
-    r"var codes = \{(.*?)\};\s*return codes\.hasOwnProperty\(value\) \? codes\[value\] : (\d+);"
+    r"var codes = \{(.*?)\};\s*return codes\.hasOwnProperty\((value(?:\.toLowerCase\(\))?)\)"
+    r" \? codes\[\2\] : (\d+);"
 )
 
 
-def shipped_codes() -> dict[str, dict[str, int]]:
+def shipped_data() -> dict[str, Any]:
     text = resources.files("trapline.exporters.prometheus").joinpath("expand.toml").read_text("utf-8")
-    return dict(tomllib.loads(text)["codes"])
+    return tomllib.loads(text)
 
 
-def template_state_items() -> dict[str, tuple[dict[str, int], int, set[int]]]:
-    """Value map name -> (the JavaScript's text -> code, its code for other text, the value map's codes)."""
-    found: dict[str, tuple[dict[str, int], int, set[int]]] = {}
+def shipped_codes() -> dict[str, dict[str, int]]:
+    return dict(shipped_data()["codes"])
+
+
+def shipped_expand() -> dict[str, list[dict[str, Any]]]:
+    return dict(shipped_data()["expand"])
+
+
+def template_state_items() -> dict[str, tuple[dict[str, int], int, set[int], bool]]:
+    """Value map name -> (the JavaScript's text -> code, its code for other text, the value map's codes,
+    whether the script lower-cases the text first)."""
+    found: dict[str, tuple[dict[str, int], int, set[int], bool]] = {}
     for path in template_dir().glob("*/*.yaml"):
         templates = yaml.safe_load(path.read_text(encoding="utf-8"))["zabbix_export"]["templates"]
         for template in templates:
@@ -59,19 +70,23 @@ def template_state_items() -> dict[str, tuple[dict[str, int], int, set[int]]]:
                 if match is not None:
                     pairs = (pair.split(":") for pair in match.group(1).split(","))
                     codes = {text.strip(): int(code) for text, code in pairs}
-                    found[name] = (codes, int(match.group(2)), maps[name])
+                    found[name] = (codes, int(match.group(3)), maps[name], match.group(2) != "value")
     return found
 
 
 def test_code_tables_match_the_templates_javascript_and_value_maps() -> None:
     templates = template_state_items()
-    assert {"Mist AP status", "AWS EMR cluster state", "AWS Glue job run state"} <= set(templates)
+    expected = {"Mist AP status", "Mist hardware status", "AWS EMR cluster state", "AWS Glue job run state"}
+    assert expected <= set(templates)
+    rows = [row for rows in shipped_expand().values() for row in rows if "codes" in row]
     for name, table in shipped_codes().items():
         assert name in templates, f"[codes.{name!r}] is no value map of a template item"
-        codes, other, value_map = templates[name]
+        codes, other, value_map, folded = templates[name]
         assert {text: code for text, code in table.items() if text != "*"} == codes, name
         assert table.get("*") == other, name
         assert set(table.values()) <= value_map, name
+        # Where the template lower-cases the text, the exporter must too, and only there.
+        assert all(row.get("fold_case", False) == folded for row in rows if row["codes"] == name), name
 
 
 def series(readings: list[Reading]) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -90,7 +105,14 @@ def test_states_become_their_codes() -> None:
         Reading("mist-ap-1", "mist.ap.raw", json.dumps({"status": "connected"}), 0, 0, "", {"mac": "m1"}),
         Reading("mist-ap-2", "mist.ap.raw", json.dumps({"status": "rebooting?"}), 0, 0, "", {"mac": "m2"}),
         Reading("mist-ap-3", "mist.ap.raw", json.dumps({"status": 1}), 0, 0, "", {"mac": "m3"}),
+        # A switch's fans: the template lower-cases the status, so "OK" is ok; other text is a failure.
+        Reading("mist-switch-1", "mist.switch.raw", json.dumps({"module_fans": {
+            "0/Fan 0": {"status": "OK"}, "0/Fan 1": {"status": "Absent"}, "0/Fan 2": {"status": "failed"},
+        }}), 0, 0, "", {"mac": "m4"}),
     ])
+    fan = {("host", "mist-switch-1"), ("mac", "m4")}
+    assert [got[("trapline_mist_switch_fan_status", frozenset({*fan, ("fan", f"0/Fan {i}")}))]
+            for i in range(3)] == [1, 2, 0]
     assert got[("trapline_emr_cluster_state", frozenset({("host", "aws-emr-j-1")}))] == 7
     assert got[("trapline_emr_cluster_state", frozenset({("host", "aws-emr-j-2")}))] == 0  # "Unknown"
     assert got[("trapline_mist_ap_status", frozenset({("host", "mist-ap-1"), ("mac", "m1")}))] == 1

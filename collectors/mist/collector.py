@@ -11,7 +11,14 @@ from collections.abc import Awaitable, Callable
 
 from trapline.collectors.mist.fleet import FieldSchema, Fleet, FleetPolicy, encode_json
 from trapline.collectors.mist.frames import DataFrame, FrameError, device_stats_channel, site_of_channel
-from trapline.collectors.mist.rest import MistRest, RateLimited, RestBudget, SiteDirectory
+from trapline.collectors.mist.rest import (
+    MistRest,
+    RateLimited,
+    RestBudget,
+    RestError,
+    SiteDirectory,
+    site_inventory,
+)
 from trapline.collectors.mist.settings import MistSettings
 from trapline.collectors.mist.stream import StreamConnection
 from trapline.core.backoff import Backoff
@@ -21,6 +28,7 @@ from trapline.core.plugin import Outbox
 
 logger = logging.getLogger(__name__)
 _SITE_LOOKUP = "site lookup"  # the condition key of failing REST site lookups
+_INVENTORY = "device inventory"  # ... and of failing device inventory calls
 
 STATS_KEY = "mist.collector.stats"
 
@@ -52,6 +60,9 @@ class MistCollector:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._assignment: dict[str, int] = {}  # channel -> connection index; stable across refreshes
         self._rest_backoff = Backoff(settings.retry_min, settings.retry_max)
+        self._inventory_backoff = Backoff(settings.retry_min, settings.retry_max)
+        # Site -> monotonic time its device inventory was last read: at most once per site_refresh.
+        self._inventory_read: dict[str, float] = {}
         self._stats_sent: float | None = None
 
     def __repr__(self) -> str:
@@ -63,6 +74,7 @@ class MistCollector:
             await asyncio.gather(
                 self._forever(out, "site lookup", self._refresh_sites),
                 self._forever(out, "housekeeping", self._housekeeping),
+                self._forever(out, "device inventory", self._read_inventories),
             )
         finally:
             for task in self._tasks.values():
@@ -143,14 +155,57 @@ class MistCollector:
             self._rest_backoff.reset()
             out.resolved(_SITE_LOOKUP, "site lookup works again")
             return self.settings.site_refresh
-        delay = self._rest_backoff.next_delay()
+        return self._retry_later(out, _SITE_LOOKUP, failures, self._rest_backoff)
+
+    @staticmethod
+    def _retry_later(out: Outbox, condition: str, failures: list[RestError], backoff: Backoff) -> float:
+        """Report failed REST calls under ``condition``; returns the delay before the next try."""
+        delay = backoff.next_delay()
         for failure in failures:
             if isinstance(failure, RateLimited) and failure.retry_after is not None:
                 delay = max(delay, failure.retry_after)
         more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
         # Keyed on the condition: the text carries a delay that changes on every retry.
-        out.error(f"site lookup: {failures[0]}{more}; retrying in {delay:.3g}s", _SITE_LOOKUP)
+        out.error(f"{condition}: {failures[0]}{more}; retrying in {delay:.3g}s", condition)
         return delay
+
+    async def _read_inventories(self, out: Outbox) -> float:
+        """Read the device inventory of each site that holds a device of unknown kind.
+
+        Only such sites cost calls (none while every update tells its kind by ``type``
+        or model), each at most once per ``site_refresh``: a device the inventory did
+        not list yet waits for the next read.  The calls share the REST budget with the
+        site lookup.  A failing read is retried with backoff; the devices stay held.
+        """
+        now = time.monotonic()
+        due = sorted(
+            site
+            for site in self.fleet.sites_with_unknown_kinds()
+            if now - self._inventory_read.get(site, -self.settings.site_refresh) >= self.settings.site_refresh
+        )
+        failures: list[RestError] = []
+        for site in due:
+            try:
+                listed, left_out = await site_inventory(self.directory.rest, site)
+            except RateLimited as exc:
+                failures.append(exc)
+                break  # the token is over its limit: the other sites would be refused too
+            except RestError as exc:
+                failures.append(exc)
+                continue
+            self._inventory_read[site] = now
+            classified = self.fleet.learn_inventory(site, listed)
+            logger.info(
+                "collector %s: site %s: inventory of %d devices (%d items without kind or MAC left out) "
+                "classified %d held devices",
+                self.name, site, len(listed), left_out, classified,
+            )
+        if not failures:
+            if due:
+                self._inventory_backoff.reset()
+                out.resolved(_INVENTORY, "device inventory works again")
+            return self.settings.tick
+        return self._retry_later(out, _INVENTORY, failures, self._inventory_backoff)
 
     # -- connections ---------------------------------------------------------
     def _apply_sites(self, out: Outbox) -> None:

@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from itertools import compress, repeat
+from itertools import compress, islice, repeat
 from operator import is_not
 from typing import Annotated, Any
 
@@ -124,6 +124,14 @@ class SiteInfo:
     def unnamed(cls, site_id: str) -> SiteInfo:
         """Until the REST lookup succeeded, a site is known by its id only."""
         return cls(site_id, site_id, "", "")
+
+
+@dataclass(frozen=True, slots=True)
+class KnownDevice:
+    """What a site's device inventory (the REST API) says about one MAC: its kind, and its name if any."""
+
+    kind: str
+    name: str | None
 
 
 # The scalars filter() keeps, as msgspec types: an update whose kept fields all
@@ -632,6 +640,10 @@ class Fleet:
         self._lld_quiet = min(policy.lld_min_interval, policy.lld_refresh)
         # Keys of the devices not monitored whose reason was logged (named once, not per update).
         self._named: dict[str, str] = {}
+        # Keys of the devices with a MAC whose kind is not known yet (held): only the inventory can tell.
+        self._unknown: set[str] = set()
+        # Site -> MAC -> what its device inventory says (learn_inventory), for devices whose updates don't.
+        self._inventory: dict[str, dict[str, KnownDevice]] = {}
         # Silence is counted from here at the earliest: the last time a stream was down.  While the
         # agent hears nothing, APs are not stale (that is one problem, on the discovery host).
         self._heard_since = float("-inf")
@@ -647,6 +659,9 @@ class Fleet:
             self._named.pop(key, None)
             self._ready.discard(key)
             self._held.discard(key)
+            self._unknown.discard(key)
+        for site_id in self._inventory.keys() - self._sites.keys():
+            del self._inventory[site_id]
         self._mark_dirty()
 
     def update(self, site_id: str, data: str | dict[str, Any], now: float) -> list[str]:
@@ -690,14 +705,26 @@ class Fleet:
                 # Beyond MAX_SHAPES a device keeps no shape and every update merges.
                 device.shape = self._kept_shape(shape)
             kind, name, model = _identity(state)
-        # The schema makes "type" optional: else what this device said before, else its model family.
-        kind = kind if isinstance(kind, str) and kind else device.kind or kind_of_model(model)
+        # The schema makes "type" optional: else what is known of this MAC (an earlier update, the
+        # site's inventory), else its model family.  The inventory's name stands in for a missing one.
+        known = None
+        if not (isinstance(kind, str) and kind) or name is None:
+            known = self._known(site_id, device.mac)
+        if not (isinstance(kind, str) and kind):
+            kind = device.kind or (known.kind if known is not None else kind_of_model(model))
+        if name is None and known is not None:
+            name = known.name
         if site_id != device.site_id or kind != device.kind or name != device.name or model != device.model:
             device.site_id, device.kind, device.model = sys.intern(site_id), _shared(kind), _shared(model)
             device.name = name
             self._mark_dirty()
         device.updated = now
         device.clock_ns = time.time_ns()
+        if device.kind is None:
+            if device.mac is not None:
+                self._unknown.add(key)
+        elif self._unknown:  # nearly always empty: no set lookup per update
+            self._unknown.discard(key)
         if not self._eligible(device):
             self._name_unmonitored(key, device)
         else:
@@ -714,6 +741,45 @@ class Fleet:
                 device.stale = False
                 self._queued.append(self._stale_reading(device, 0))
         return problems
+
+    def sites_with_unknown_kinds(self) -> set[str]:
+        """The sites holding a device of unknown kind: only their device inventory can tell it now."""
+        return {self._devices[key].site_id for key in self._unknown}
+
+    def learn_inventory(self, site_id: str, devices: Mapping[str, KnownDevice]) -> int:
+        """What a site's device inventory lists (MAC -> kind and name); returns how many held
+        devices it classified.
+
+        A device of unknown kind that it names takes that kind (and its name when its updates
+        gave none) and, when monitored, goes out with everything merged while it was held.
+        The inventory is kept for devices that speak later, bounded by MAX_DEVICES in all.
+        """
+        if site_id not in self._sites:
+            return 0  # unsubscribed while the call was under way
+        others = sum(len(v) for s, v in self._inventory.items() if s != site_id)
+        room = max(0, MAX_DEVICES - others)
+        self._inventory[site_id] = dict(islice(devices.items(), room))
+        classified = 0
+        for key in [k for k in self._unknown if self._devices[k].site_id == site_id]:
+            device = self._devices[key]
+            known = self._inventory[site_id].get(str(device.mac))
+            if known is None:
+                continue
+            self._unknown.discard(key)
+            device.kind = _shared(known.kind)
+            if device.name is None:
+                device.name = known.name
+            self._mark_dirty()
+            classified += 1
+            if self._eligible(device):
+                self._held.add(key)  # released once an LLD value has announced it
+            else:
+                self._name_unmonitored(key, device)
+        return classified
+
+    def _known(self, site_id: str, mac: str | None) -> KnownDevice | None:
+        listed = self._inventory.get(site_id)
+        return None if listed is None or mac is None else listed.get(mac)
 
     def _known_key(self, device_id: object, mac: object) -> str | None:
         """The key of a device known by its MAC, for an update as Mist sends nearly all of them.
@@ -733,7 +799,7 @@ class Fleet:
         """The key of the device an update is about, created when new; its MAC is written into ``fields``."""
         device_id = payload.get("id") if isinstance(payload.get("id"), str) else None
         mac = normalize_mac(payload.get("mac"))
-        mac_in_id = _mac_from_device_id(device_id) if device_id else None
+        mac_in_id = mac_from_device_id(device_id) if device_id else None
         # A device is known by its MAC (as its Zabbix host is): the one in its id,
         # else the one it sends; by its id only when it has neither.
         key = mac_in_id or device_id or mac
@@ -1042,6 +1108,6 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _mac_from_device_id(device_id: str) -> str | None:
+def mac_from_device_id(device_id: str) -> str | None:
     """Mist device ids end in the device MAC: 00000000-0000-0000-1000-5c5b35000001."""
     return normalize_mac(device_id[-12:]) if device_id[-13:-12] == "-" else None

@@ -1,4 +1,4 @@
-"""The few Mist REST calls the collector makes: site and org names, org site lists.
+"""The few Mist REST calls the collector makes: site and org names, org site lists, site device inventories.
 
 Every call is counted against a per-hour budget (Mist allows 5,000 calls per
 hour per token, shared by everything that uses the token); HTTP 429 raises
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +19,14 @@ from collections.abc import Iterable, Mapping
 from functools import partial
 from typing import Any
 
-from trapline.collectors.mist.fleet import SiteInfo
+from trapline.collectors.mist.fleet import (
+    MAX_DEVICES,
+    MAX_TEXT,
+    KnownDevice,
+    SiteInfo,
+    mac_from_device_id,
+    normalize_mac,
+)
 from trapline.collectors.mist.shard import ALL_SITES, Shard
 from trapline.core.config import Secret
 
@@ -204,3 +212,56 @@ class SiteDirectory:
             except RestError as exc:  # a site-scoped token may not read its org
                 logger.info("Mist org name of site %s unavailable: %s", site, exc)
         self._site_info[site] = SiteInfo(site, str(name), str(org), org_name)
+
+
+def _inventory_entry(item: object) -> tuple[str, KnownDevice] | None:
+    """MAC and what is known of one device of a site inventory reply; None when it names no kind or no MAC.
+
+    The reply's items are Mist's device configuration objects (DeviceAp, DeviceSwitch,
+    DeviceGateway): ``type`` is their one required member, ``mac``, ``id`` and ``name``
+    are optional.  The MAC is the ``mac`` member, else the end of the ``id``.
+    """
+    if not isinstance(item, Mapping):
+        return None
+    kind, device_id, name = item.get("type"), item.get("id"), item.get("name")
+    mac = normalize_mac(item.get("mac"))
+    if mac is None and isinstance(device_id, str):
+        mac = mac_from_device_id(device_id)
+    if mac is None or not isinstance(kind, str) or not 0 < len(kind) <= 64:
+        return None
+    usable_name = name if isinstance(name, str) and 0 < len(name) <= MAX_TEXT else None
+    return mac, KnownDevice(sys.intern(kind), usable_name)
+
+
+async def site_inventory(rest: MistRest, site: str) -> tuple[dict[str, KnownDevice], int]:
+    """Every device of a site with its kind and name (``GET /api/v1/sites/<site>/devices?type=all``),
+    by MAC, and how many listed items named no kind or no MAC (left out).
+
+    One call per 1000 devices; the pages stop at MAX_DEVICES, beyond which the fleet keeps nothing.
+    """
+    found: dict[str, KnownDevice] = {}
+    left_out = 0
+    for page in range(1, MAX_DEVICES // _PAGE_SIZE + 1):
+        path = f"/api/v1/sites/{site}/devices?type=all&limit={_PAGE_SIZE}&page={page}"
+        reply = await rest.get(path)
+        if not isinstance(reply, list):
+            raise RestError(f"GET {path}: expected a JSON list of devices")
+        listed, skipped = inventory_entries(reply)
+        found.update(listed)
+        left_out += skipped
+        if len(reply) < _PAGE_SIZE:
+            break
+    return found, left_out
+
+
+def inventory_entries(items: list[Any]) -> tuple[dict[str, KnownDevice], int]:
+    """One page of a site inventory reply, by MAC, and how many of its items were left out."""
+    found: dict[str, KnownDevice] = {}
+    left_out = 0
+    for item in items:
+        entry = _inventory_entry(item)
+        if entry is None:
+            left_out += 1
+        else:
+            found[entry[0]] = entry[1]
+    return found, left_out

@@ -75,6 +75,9 @@ class _Row:
     constant: float | None  # a row with `value` instead of `path`
     codes: Mapping[str, float] | None = None  # text -> number (a [codes] table)
     label_path: tuple[str, ...] | None = None  # members of the text that labels the sample
+    fold_case: bool = False  # the text is looked up in codes in lower case (as the template's script does)
+    # With "*": only the entries with one of these (member, text) ("*": any text), as an LLD filter
+    where: tuple[tuple[str, str], ...] = ()
 
     def samples(self, document: object) -> Iterator[Sample]:
         if self.constant is not None:
@@ -90,6 +93,8 @@ class _Row:
         if not isinstance(found, dict):
             return
         for entry, inner in found.items():
+            if self.where and not any(_is_text(inner, member, text) for member, text in self.where):
+                continue
             value = self._value(_member(inner, self.tail))
             if value is not None:
                 yield Sample(self.metric, {self.label: entry}, value * self.scale)
@@ -99,7 +104,8 @@ class _Row:
             return _number(found)
         if not isinstance(found, str):
             return None
-        return self.codes.get(found, self.codes.get(_OTHER_TEXT))
+        text = found.lower() if self.fold_case else found
+        return self.codes.get(text, self.codes.get(_OTHER_TEXT))
 
     def _labels_from(self, document: object) -> dict[str, str] | None:
         """The label a label_path gives ({} without one); None when the document has no text there."""
@@ -107,6 +113,12 @@ class _Row:
             return {}
         text = _member(document, self.label_path)
         return {self.label: text} if isinstance(text, str) and text else None
+
+
+def _is_text(entry: object, member: str, text: str) -> bool:
+    """Whether a map entry's ``member`` is ``text`` (any text for "*")."""
+    found = entry.get(member) if isinstance(entry, dict) else None
+    return isinstance(found, str) and text in ("*", found)
 
 
 def _member(document: object, names: tuple[str, ...]) -> object:
@@ -238,7 +250,9 @@ def _codes(raw: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 def _row(
     where: str, spec: Mapping[str, Any], defs: Mapping[str, MetricDef], codes: Mapping[str, dict[str, float]]
 ) -> _Row:
-    unknown = set(spec) - {"path", "value", "metric", "label", "label_path", "scale", "codes"}
+    unknown = set(spec) - {
+        "path", "value", "metric", "label", "label_path", "scale", "codes", "fold_case", "where",
+    }
     if unknown:
         raise ExpansionError(f"{where}: unknown field(s) {sorted(unknown)}")
     metric = defs.get(spec.get("metric", ""))
@@ -271,7 +285,17 @@ def _row(
         table = codes.get(spec["codes"])
         if table is None:
             raise ExpansionError(f"{where}: codes {spec['codes']!r} is not defined under [codes]")
-    return _Row(metric, head, tail, label, float(scale), None, table, label_path)
+    fold_case = spec.get("fold_case", False)
+    if not isinstance(fold_case, bool) or (fold_case and table is None):
+        raise ExpansionError(f"{where}: fold_case is true or false, and only with codes")
+    only = spec.get("where", {})
+    if not isinstance(only, dict) or not all(isinstance(t, str) for t in only.values()) or (
+        only and not every_entry
+    ):
+        raise ExpansionError(f"{where}: where is a table of member = text, on a path with '*'")
+    return _Row(
+        metric, head, tail, label, float(scale), None, table, label_path, fold_case, tuple(only.items())
+    )
 
 
 _Parsed = tuple[dict[str, tuple[_Row, ...]], dict[str, tuple[str, ...]], frozenset[str]]
