@@ -26,7 +26,12 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from tests.test_aws_poller import GLUE_NAMES, _stubbed_clients, aws_env, section  # noqa: F401 (fixture)
-from trapline.collectors.aws.glue_pipelines import ACTION_COUNTS, METRICS_BATCH
+from trapline.collectors.aws.glue_pipelines import (
+    ACTION_COUNTS,
+    METRICS_BATCH,
+    CrawlerService,
+    WorkflowService,
+)
 from trapline.collectors.aws.poller import AwsPoller
 from trapline.collectors.aws.resources import ERROR_SHOWN
 from trapline.collectors.aws.session import ApiCalls, Clients
@@ -407,3 +412,19 @@ def test_pattern_reader_reads_the_template_as_zabbix_does() -> None:
     # The reader must find every find() of both triggers; a pattern it missed would make them pass.
     assert len(_finds(_prototype("glue.workflow.discovery")["recovery_expression"])) == 2
     assert len(_finds(_prototype("glue.crawler.discovery")["expression"])) == 1
+
+
+def test_in_the_list_form_keys_and_labels_carry_the_account_and_region() -> None:
+    # Two accounts may each have a crawler "raw": on the one poller host their items must differ.
+    settings = parse_settings("aws", section(**ONLY_PIPELINES))
+    crawlers = CrawlerService(settings.glue_crawlers, "aws-org", scope="prod/eu-west-1")
+    workflows = WorkflowService(settings.glue_workflows, "aws-org", scope="prod/eu-west-1")
+    clients, stubs = _stubbed_clients(settings, ApiCalls())
+    stubs["glue"].add_response("get_crawlers", {"Crawlers": [_crawler("raw, x", None)]})
+    stubs["glue"].add_response("list_workflows", {"Workflows": ["raw, x"]})
+    stubs["glue"].activate()
+    (crawler,) = crawlers.discover(clients)
+    (workflow,) = workflows.discover(clients)
+    assert crawler.key("glue.crawler.crawl") == "glue.crawler.crawl[prod/eu-west-1/raw%2C%20x]"
+    assert crawler.lld["{#CRAWLERLABEL}"] == "prod/eu-west-1: raw, x" and crawler.id == "raw, x"
+    assert workflow.key("glue.workflow.run") == "glue.workflow.run[prod/eu-west-1/raw%2C%20x]"
