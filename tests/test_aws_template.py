@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from trapline.collectors.aws.glue_pipelines import CRAWL_OUTCOMES, WORKFLOW_FINAL_STATES
 from trapline.collectors.aws.services import EMR_ACTIVE_STATES, EMR_ENDED_STATES, GLUE_FINAL_STATES
 from trapline.templates import template_dir
 
@@ -26,6 +27,10 @@ DOCUMENTED = {
         "EXPIRED",
     },
     "emr.cluster.state": {*EMR_ACTIVE_STATES, *EMR_ENDED_STATES},
+    # Glue Crawler.State, LastCrawlInfo.Status and WorkflowRun.Status (botocore's glue service model).
+    "glue.crawler.state[{#CRAWLERKEY}]": {"READY", "RUNNING", "STOPPING"},
+    "glue.crawler.crawl.state[{#CRAWLERKEY}]": {"SUCCEEDED", "CANCELLED", "FAILED"},
+    "glue.workflow.run.state[{#WORKFLOWKEY}]": {"RUNNING", "COMPLETED", "STOPPING", "STOPPED", "ERROR"},
     "emr.step.state": {
         "PENDING", "CANCEL_PENDING", "RUNNING", "COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED",
     },
@@ -88,6 +93,12 @@ def test_state_item_maps_every_documented_state_to_its_own_named_number(key: str
 def test_the_collector_knows_no_glue_final_state_the_template_does_not() -> None:
     item, _ = _state_items()["glue.job.run.state[{#JOBKEY}]"]
     assert set(GLUE_FINAL_STATES) <= set(_codes(item))
+
+
+def test_the_collector_knows_no_crawl_outcome_or_final_workflow_state_the_template_does_not() -> None:
+    crawl, _ = _state_items()["glue.crawler.crawl.state[{#CRAWLERKEY}]"]
+    workflow, _ = _state_items()["glue.workflow.run.state[{#WORKFLOWKEY}]"]
+    assert set(CRAWL_OUTCOMES) <= set(_codes(crawl)) and set(WORKFLOW_FINAL_STATES) <= set(_codes(workflow))
 
 
 def _expressions() -> list[str]:

@@ -23,6 +23,7 @@ from trapline.collectors.aws.cloudwatch import (
     aligned_window,
     fetch_datapoints,
 )
+from trapline.collectors.aws.glue_pipelines import CrawlerService, WorkflowService
 from trapline.collectors.aws.resources import Cycle, Resource, key_param
 from trapline.collectors.aws.services import EmrService, GlueService, ServerlessService, Service
 from trapline.collectors.aws.session import ApiCalls, Clients, make_clients, needs_refresh
@@ -37,6 +38,8 @@ DISCOVERY_RULES = {
     "emr": "emr.cluster.discovery",
     "emr_serverless": "emr.serverless.app.discovery",
     "glue": "glue.job.discovery",
+    "glue_crawlers": "glue.crawler.discovery",
+    "glue_workflows": "glue.workflow.discovery",
 }
 ClientFactory = Callable[[AwsSettings, ApiCalls], Clients]
 POLLING = "polling"  # the condition of failing poll cycles (per account in the list form)
@@ -95,6 +98,8 @@ class AwsPoller:
             EmrService(settings.emr, settings.discovery_interval),
             ServerlessService(settings.emr_serverless),
             GlueService(settings.glue, settings.host, settings.scope),
+            CrawlerService(settings.glue_crawlers, settings.host, settings.scope),
+            WorkflowService(settings.glue_workflows, settings.host, settings.scope),
         ]
         self.services = [s for s in services if s.settings.enabled]
         self.resources: dict[str, list[Resource]] = {s.name: [] for s in self.services}

@@ -69,10 +69,13 @@ class Service(Protocol):
     def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]: ...
 
 
-def _unless_gone(listing: Callable[[], list[T]]) -> list[T]:
-    """The runs, or none when the job/application was deleted since discovery."""
+def newest_runs(
+    tracker: RunTracker, scope: str, pages: Iterable[Sequence[T]], run_id: Callable[[T], str]
+) -> list[T]:
+    """The runs to compare with ``tracker`` (pages until a known one), or none when the
+    job/application/workflow was deleted since discovery."""
     try:
-        return listing()
+        return pages_until_known(tracker, scope, pages, run_id)
     except Exception as exc:
         if error_code(exc) in RESOURCE_GONE:
             return []
@@ -266,8 +269,7 @@ class ServerlessService:
             page.get("jobRuns", [])
             for page in paginator.paginate(applicationId=app.id, PaginationConfig={"PageSize": _PAGE})
         )
-        newest = partial(pages_until_known, self.job_runs, app.id, pages, lambda r: r.get("id", ""))
-        runs = _unless_gone(newest)
+        runs = newest_runs(self.job_runs, app.id, pages, lambda r: r.get("id", ""))
         changed = self.job_runs.changes(app.id, [_serverless_run(r) for r in runs])
         cycle.runs(app, "emr.serverless.job.run", changed)
 
@@ -359,8 +361,7 @@ class GlueService:
             page.get("JobRuns", [])
             for page in paginator.paginate(JobName=job.id, PaginationConfig={"PageSize": _PAGE})
         )
-        newest = partial(pages_until_known, self.job_runs, job.id, pages, lambda r: r.get("Id", ""))
-        runs = _unless_gone(newest)
+        runs = newest_runs(self.job_runs, job.id, pages, lambda r: r.get("Id", ""))
         cycle.runs(job, "glue.job.run", self.job_runs.changes(job.id, [_glue_run(r) for r in runs]))
         self._note_activity(job, runs, cycle)
 

@@ -64,6 +64,9 @@ class AwsSettings:
     emr: ServiceSettings
     emr_serverless: ServiceSettings
     glue: ServiceSettings
+    # Off unless enabled: they need IAM actions that policies written before them lack.
+    glue_crawlers: ServiceSettings
+    glue_workflows: ServiceSettings
     # The list form (``[[...accounts]]``); empty in the single-account form.
     accounts: tuple[AccountSettings, ...] = ()
     # "<label>/<region>" of one account and region of the list form, "" in the single-account
@@ -71,10 +74,22 @@ class AwsSettings:
     scope: str = ""
 
     def services(self) -> dict[str, ServiceSettings]:
-        return {"emr": self.emr, "emr_serverless": self.emr_serverless, "glue": self.glue}
+        return {
+            "emr": self.emr,
+            "emr_serverless": self.emr_serverless,
+            "glue": self.glue,
+            "glue_crawlers": self.glue_crawlers,
+            "glue_workflows": self.glue_workflows,
+        }
 
 
-_HOST_PREFIX = {"emr": "emr-", "emr_serverless": "emr-serverless-", "glue": ""}
+_HOST_PREFIX = {
+    "emr": "emr-",
+    "emr_serverless": "emr-serverless-",
+    "glue": "",
+    "glue_crawlers": "",
+    "glue_workflows": "",
+}
 # A label lands in Zabbix host names (letters, digits, ".", "-", "_") and unquoted key parameters.
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):role/[\w+=,.@/-]{1,512}")
@@ -106,8 +121,14 @@ def parse_settings(name: str, section: Section) -> AwsSettings:
         emr=_service(section, "emr", catalog),
         emr_serverless=_service(section, "emr_serverless", catalog),
         glue=_service(section, "glue", catalog),
+        glue_crawlers=_service(section, "glue_crawlers", catalog, enabled=False),
+        glue_workflows=_service(section, "glue_workflows", catalog, enabled=False),
         accounts=_accounts(section, name),
     )
+    for service in ("glue_crawlers", "glue_workflows"):
+        if settings.services()[service].filter.tags:
+            # Neither GetCrawlers nor ListWorkflows filters by tag, and tags would cost a call each.
+            raise section.error(service, "tags: not supported for crawlers and workflows, use name_regex")
     if settings.accounts and settings.role_arn:
         # Chained roles would need the first role's credentials refreshed too: not supported.
         raise section.error("role_arn", "not together with accounts (each account names its own role)")
@@ -175,7 +196,9 @@ def scoped(settings: AwsSettings, account: AccountSettings, region: str) -> AwsS
     )
 
 
-def _service(parent: Section, service: str, catalog: Mapping[str, NamespaceSpec]) -> ServiceSettings:
+def _service(
+    parent: Section, service: str, catalog: Mapping[str, NamespaceSpec], *, enabled: bool = True
+) -> ServiceSettings:
     section = parent.table(service)
     pattern = section.text("name_regex", "")
     try:
@@ -190,7 +213,7 @@ def _service(parent: Section, service: str, catalog: Mapping[str, NamespaceSpec]
     if spec is not None:
         spec = dataclasses.replace(spec, delay=delay)
     settings = ServiceSettings(
-        enabled=section.boolean("enabled", True),
+        enabled=section.boolean("enabled", enabled),
         filter=ResourceFilter(compiled, tags),
         metrics=spec if metrics_on else None,
         host_prefix=section.text("host_prefix", _HOST_PREFIX[service]),
