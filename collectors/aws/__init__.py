@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Protocol
 
+from trapline.collectors.aws.events import EventMapper, Lookup
 from trapline.collectors.aws.poller import POLLING, AccountsPoller, AwsPoller, CycleResult
+from trapline.collectors.aws.queue import ClientMaker, EventQueue, consume, make_sqs_client
 from trapline.collectors.aws.resources import Resource
+from trapline.collectors.aws.session import ApiCalls
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.backoff import Backoff
 from trapline.core.config import Section
-from trapline.core.plugin import Outbox
+from trapline.core.plugin import CommittingOutbox, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +38,27 @@ class Poller(Protocol):
     def cycle(self) -> CycleResult: ...
 
 
+def event_lookup(poller: AwsPoller | AccountsPoller) -> Lookup:
+    """Which poller an event of (account, region) belongs to.
+
+    The single-account form knows its region but not its account id: it takes the events of
+    its region from whichever account the queue is fed by.
+    """
+    if isinstance(poller, AwsPoller):
+        region = poller.settings.region
+        return lambda _account, event_region: poller if event_region == region else None
+    pollers = {(account.account_id, one.settings.region): one for account, one in poller.pollers}
+    return lambda account, region: pollers.get((account, region))
+
+
 class AwsCollector:
-    def __init__(self, name: str, settings: AwsSettings, poller: Poller | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: AwsSettings,
+        poller: Poller | None = None,
+        make_sqs: ClientMaker | None = None,
+    ) -> None:
         self.name = name
         self.settings = settings
         if poller is None:
@@ -43,14 +66,33 @@ class AwsCollector:
         self.poller: Poller = poller
         # Throttled cycles wait twice the interval, then longer, up to max_backoff.
         self.throttle_backoff = Backoff(initial=2 * settings.poll_interval, cap=settings.max_backoff)
+        self.events: EventQueue | None = None
+        url = settings.events_queue_url
+        if url is not None and isinstance(self.poller, AwsPoller | AccountsPoller):
+            calls = self.poller.calls if isinstance(self.poller, AwsPoller) else ApiCalls()
+            maker = make_sqs or partial(make_sqs_client, settings, calls)
+            self.events = EventQueue(url, maker, EventMapper(event_lookup(self.poller)))
 
     async def run(self, out: Outbox) -> None:
+        if self.events is None:
+            await self._poll(out)
+            return
+        if not isinstance(out, CommittingOutbox):
+            raise TypeError("the AWS event queue needs an outbox that confirms spool commits")
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(consume(self.events, out, self.settings.max_backoff))
+            tasks.create_task(self._poll(out))
+
+    async def _poll(self, out: Outbox) -> None:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
             result = await self._cycle()
             for item in result.items:
                 out.put(item)
+            if self.events is not None:
+                for reading in self.events.readings(self.settings.host):
+                    out.put(reading)
             # POLLING is also the condition of a cycle that crashed, whatever the form.
             crashed: dict[str, list[str]] = {POLLING: []}
             for condition, reasons in (crashed | result.conditions).items():

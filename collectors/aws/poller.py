@@ -23,7 +23,7 @@ from trapline.collectors.aws.cloudwatch import (
     aligned_window,
     fetch_datapoints,
 )
-from trapline.collectors.aws.resources import Cycle, Resource, key_param
+from trapline.collectors.aws.resources import Cycle, Resource, RunTracker, key_param
 from trapline.collectors.aws.services import EmrService, GlueService, ServerlessService, Service
 from trapline.collectors.aws.session import ApiCalls, Clients, make_clients, needs_refresh
 from trapline.collectors.aws.settings import AccountSettings, AwsSettings, scoped
@@ -99,6 +99,7 @@ class AwsPoller:
         self.services = [s for s in services if s.settings.enabled]
         self.resources: dict[str, list[Resource]] = {s.name: [] for s in self.services}
         self._next_discovery: dict[str, float] = {s.name: 0.0 for s in self.services}
+        self._next_health: dict[str, float] = {s.name: 0.0 for s in self.services}
         self._last_window_end: dict[str, int] = {}
         # Per service, (host, key) -> epoch of the newest datapoint sent: overlapping windows and
         # the catch-up after a throttled cycle send each datapoint once.
@@ -128,12 +129,46 @@ class AwsPoller:
             for service in self.services:
                 if self._discover(service, clients, cycle):
                     found.append(service.name)
-                service.health(clients, self.resources[service.name], cycle)
+                if self._health_due(service):
+                    service.health(clients, self.resources[service.name], cycle)
                 if service.settings.metrics is not None:
                     cycle.guard(f"{service.name} metrics", partial(self._metrics, service, clients, cycle))
         if cycle.credentials_failed:
             self._clients = None  # rebuild from the credential chain next time
         return found
+
+    def _health_due(self, service: Service) -> bool:
+        """Run and state polls every cycle; with events on, every ``reconcile_interval`` only."""
+        if self.settings.events_queue_url is None:
+            return True
+        now = self._clock()
+        if now < self._next_health[service.name]:
+            return False
+        self._next_health[service.name] = now + self.settings.reconcile_interval
+        return True
+
+    # -- what the event path (events.EventMapper) asks of the poller of an account and region
+
+    def resource(self, service: str, resource_id: str) -> Resource | None:
+        return next((r for r in self.resources.get(service, []) if r.id == resource_id), None)
+
+    def run_tracker(self, service: str) -> RunTracker | None:
+        for known in self.services:
+            if isinstance(known, GlueService | ServerlessService) and known.name == service:
+                return known.job_runs
+            if isinstance(known, EmrService) and known.name == service:
+                return known.steps
+        return None
+
+    def glue_run(self, job: Resource, state: str, ended: int | None, cycle: Cycle) -> None:
+        for known in self.services:
+            if isinstance(known, GlueService):
+                known.note_run(job, state, ended, cycle)
+
+    def cluster_state(self, cluster: Resource, state: str, code: str, message: str, cycle: Cycle) -> None:
+        for known in self.services:
+            if isinstance(known, EmrService):
+                known.report_state(cluster, state, code, message, cycle)
 
     def rows(self, service: str) -> list[dict[str, str]]:
         """The LLD rows of a service's resources as last discovered."""

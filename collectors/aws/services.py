@@ -79,11 +79,11 @@ def _unless_gone(listing: Callable[[], list[T]]) -> list[T]:
         raise
 
 
-def _text(*parts: object) -> str:
+def message_text(*parts: object) -> str:
     return ": ".join(str(p) for p in parts if p)[:_TEXT_LIMIT]
 
 
-def _run(
+def make_run(
     run_id: str,
     state: str,
     started: int | None,
@@ -175,13 +175,19 @@ class EmrService:
                     continue
                 self._final.add(cluster.id)
             status = summary.get("Status", {})
-            state = status.get("State", "UNKNOWN")
-            self.states[cluster.id] = state
             reason = status.get("StateChangeReason", {})
-            why = _text(reason.get("Code"), reason.get("Message"))
-            cycle.reading(cluster.host, "emr.cluster.state.reason", why)
-            cycle.reading(cluster.host, "emr.cluster.state", state)
+            self.report_state(
+                cluster, status.get("State", "UNKNOWN"), reason.get("Code"), reason.get("Message"), cycle
+            )
             cycle.guard(f"emr steps {cluster.id}", partial(self._steps, clients, cluster, cycle))
+
+    def report_state(
+        self, cluster: Resource, state: str, code: object, message: object, cycle: Cycle
+    ) -> None:
+        """The cluster's state and why it is in it (by a poll or an event)."""
+        self.states[cluster.id] = state
+        cycle.reading(cluster.host, "emr.cluster.state.reason", message_text(code, message))
+        cycle.reading(cluster.host, "emr.cluster.state", state)
 
     def _steps(self, clients: Clients, cluster: Resource, cycle: Cycle) -> None:
         pages = (
@@ -204,12 +210,12 @@ def _step_run(step: StepSummaryTypeDef) -> Run:
     timeline = status.get("Timeline", {})
     failure = status.get("FailureDetails", {})
     change = status.get("StateChangeReason", {})
-    error = _text(failure.get("Reason"), failure.get("Message")) or _text(
+    error = message_text(failure.get("Reason"), failure.get("Message")) or message_text(
         change.get("Code"), change.get("Message")
     )
     started = epoch(timeline.get("StartDateTime")) or epoch(timeline.get("CreationDateTime"))
     state, ended = status.get("State", "UNKNOWN"), epoch(timeline.get("EndDateTime"))
-    return _run(step.get("Id", ""), state, started, ended, name=step.get("Name", ""), error=error)
+    return make_run(step.get("Id", ""), state, started, ended, name=step.get("Name", ""), error=error)
 
 
 class ServerlessService:
@@ -279,8 +285,8 @@ def _serverless_run(run: JobRunSummaryTypeDef) -> Run:
     state = run.get("state", "UNKNOWN")
     final = state in ("SUCCESS", "FAILED", "CANCELLED")
     ended = epoch(run.get("updatedAt")) if final else None
-    error, name = _text(run.get("stateDetails")), run.get("name", "")
-    return _run(run.get("id", ""), state, epoch(run.get("createdAt")), ended, name=name, error=error)
+    error, name = message_text(run.get("stateDetails")), run.get("name", "")
+    return make_run(run.get("id", ""), state, epoch(run.get("createdAt")), ended, name=name, error=error)
 
 
 class GlueService:
@@ -365,15 +371,16 @@ class GlueService:
         self._note_activity(job, runs, cycle)
 
     def _note_activity(self, job: Resource, runs: Iterable[JobRunTypeDef], cycle: Cycle) -> None:
-        now = now_epoch()
         for run in runs:
-            state = run.get("JobRunState", "")
-            ended = epoch(run.get("CompletedOn"))
-            seen = now if state not in GLUE_FINAL_STATES else (ended or 0)
-            self.active_until[job.id] = max(self.active_until.get(job.id, 0), seen)
-            if state == "SUCCEEDED" and ended and ended > self.last_success.get(job.id, 0):
-                self.last_success[job.id] = ended
-                cycle.reading(job.host, job.key("glue.job.last_success"), ended, ended, unit="unixtime")
+            self.note_run(job, run.get("JobRunState", ""), epoch(run.get("CompletedOn")), cycle)
+
+    def note_run(self, job: Resource, state: str, ended: int | None, cycle: Cycle) -> None:
+        """A run seen in ``state`` (by a poll or an event): its metrics window, its last success."""
+        seen = now_epoch() if state not in GLUE_FINAL_STATES else (ended or 0)
+        self.active_until[job.id] = max(self.active_until.get(job.id, 0), seen)
+        if state == "SUCCEEDED" and ended and ended > self.last_success.get(job.id, 0):
+            self.last_success[job.id] = ended
+            cycle.reading(job.host, job.key("glue.job.last_success"), ended, ended, unit="unixtime")
 
     def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
         # Only jobs that ran during the window have datapoints: asking for the
@@ -393,8 +400,8 @@ def _glue_run(run: JobRunTypeDef) -> Run:
         dpu_seconds = _dpu_seconds(run)
         if dpu_seconds is not None:
             extra.append(("dpu_seconds", dpu_seconds))
-    error = _text(run.get("ErrorMessage"))
-    return _run(run.get("Id", ""), state, started, ended, error=error, extra=extra)
+    error = message_text(run.get("ErrorMessage"))
+    return make_run(run.get("Id", ""), state, started, ended, error=error, extra=extra)
 
 
 def _dpu_seconds(run: JobRunTypeDef) -> float | None:
