@@ -48,8 +48,11 @@ def make_sqs_client(settings: AwsSettings, calls: ApiCalls) -> tuple[Any, float 
 class EventQueue:
     """One consumer of the queue: blocking calls, run in a worker thread by ``consume``."""
 
-    def __init__(self, url: str, make_client: ClientMaker, mapper: EventMapper) -> None:
+    def __init__(
+        self, url: str, make_client: ClientMaker, mapper: EventMapper, wait: int = WAIT_SECONDS
+    ) -> None:
         self.url = url
+        self.wait = wait  # s of long polling per receive
         self.mapper = mapper
         self._make_client = make_client
         self._client: Any = None
@@ -69,7 +72,7 @@ class EventQueue:
         answer = self.client.receive_message(
             QueueUrl=self.url,
             MaxNumberOfMessages=BATCH,
-            WaitTimeSeconds=WAIT_SECONDS,
+            WaitTimeSeconds=self.wait,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         return list(answer.get("Messages", []))
