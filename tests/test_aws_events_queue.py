@@ -28,6 +28,9 @@ from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.config import Section
 
 REGION = "eu-west-1"
+# moto warns that it skips the queue policy, in every test that deploys the stack.
+pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..SQS..QueuePolicy:UserWarning")
+STACK = Path(__file__).resolve().parents[1] / "deploy" / "aws" / "eventbridge.yaml"
 JOB = 'nightly, "orders" Zürich'
 
 
@@ -58,22 +61,29 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
 
 
 def wire_bus(visibility: int = 1, max_receives: int = 2) -> tuple[str, str]:
-    """Queue + DLQ with redrive, and rules for the handled detail-types targeting the queue."""
-    sqs = boto3.client("sqs", region_name=REGION)
-    dlq = sqs.create_queue(QueueName="trapline-events-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receives)})
-    queue = sqs.create_queue(
-        QueueName="trapline-events",
-        Attributes={"VisibilityTimeout": str(visibility), "RedrivePolicy": redrive},
-    )["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events = boto3.client("events", region_name=REGION)
-    events.put_rule(
-        Name="glue",
-        EventPattern=json.dumps({"source": ["aws.glue"], "detail-type": ["Glue Job State Change"]}),
+    """deploy/aws/eventbridge.yaml on moto's CloudFormation (rules, queue, DLQ with redrive),
+    with the visibility timeout and maxReceiveCount shortened so that the test need not wait.
+    moto does not model the queue policy (AWS::SQS::QueuePolicy): delivery needs none there."""
+    cloudformation = boto3.client("cloudformation", region_name=REGION)
+    cloudformation.create_stack(
+        StackName="trapline-events",
+        TemplateBody=STACK.read_text(encoding="utf-8"),
+        Capabilities=["CAPABILITY_IAM"],
     )
-    events.put_targets(Rule="glue", Targets=[{"Id": "queue", "Arn": arn}])
+    [stack] = cloudformation.describe_stacks(StackName="trapline-events")["Stacks"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    queue, dlq = outputs["EventsQueueUrl"], outputs["DeadLetterQueueUrl"]
+    sqs = boto3.client("sqs", region_name=REGION)
+    redrive = json.loads(
+        sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["RedrivePolicy"])["Attributes"][
+            "RedrivePolicy"
+        ]
+    )
+    redrive["maxReceiveCount"] = max_receives
+    sqs.set_queue_attributes(
+        QueueUrl=queue,
+        Attributes={"VisibilityTimeout": str(visibility), "RedrivePolicy": json.dumps(redrive)},
+    )
     return queue, dlq
 
 
