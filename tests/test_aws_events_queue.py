@@ -8,6 +8,7 @@ The DLQ is a real redrive policy (maxReceiveCount) that moto applies on receive.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,3 +203,29 @@ def test_collector_with_events_sends_the_failure_and_its_counters(aws: None) -> 
     run_collector_until(collector, out, failure_arrived, limit=60)
     assert collector.events.mapper.counts[Verdict.APPLIED] == 1
     assert {r.key for r in out.readings("aws.events[received]")} == {"aws.events[received]"}
+
+
+def test_with_events_on_run_polls_only_reconcile(aws: None) -> None:
+    """GetJobRuns every cycle when polling only; every reconcile_interval with the event path."""
+    glue = boto3.client("glue", region_name=REGION)
+    glue.create_job(Name=JOB, Role="arn:aws:iam::123456789012:role/glue", Command={"Name": "glueetl"})
+    now = [1_700_000_000.0]
+    counted = {}
+    for events in (False, True):
+        values: dict[str, Any] = {"emr": {"enabled": False}, "emr_serverless": {"enabled": False}}
+        values["glue"] = {"metrics": False}
+        base = settings("https://sqs.eu-west-1.amazonaws.com/1/q", reconcile_interval=300, **values)
+        if not events:
+            base = dataclasses.replace(base, events_queue_url=None)
+        poller = AwsPoller(base, clock=lambda: now[0])
+        for _ in range(10):  # 10 minutes of 60-s cycles
+            poller.cycle()
+            now[0] += 60
+        counted[events] = poller.calls["glue:GetJobRuns"]
+    assert counted == {False: 10, True: 2}
+
+
+def test_event_path_needs_an_outbox_that_confirms_commits(aws: None) -> None:
+    collector = AwsCollector("aws", settings("https://sqs.eu-west-1.amazonaws.com/1/q"))
+    with pytest.raises(TypeError, match="spool commits"):
+        asyncio.run(collector.run(ListOutbox()))
