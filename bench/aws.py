@@ -113,8 +113,8 @@ def setup_client(endpoint: str, service: str) -> Any:
     return boto3.client(service, region_name=REGION, endpoint_url=endpoint, config=config)  # type: ignore[call-overload]
 
 
-def make_poller(endpoint: str, clock: Callable[[], float]) -> AwsPoller:
-    """The collector as a user would configure it: EMR only, moto as the endpoint."""
+def make_poller(endpoint: str, clock: Callable[[], float], **changes: object) -> AwsPoller:
+    """The collector as a user would configure it (EMR only unless ``changes`` say else), on moto."""
     values = {
         "type": "aws",
         "host": "aws-bench",
@@ -123,6 +123,7 @@ def make_poller(endpoint: str, clock: Callable[[], float]) -> AwsPoller:
         "max_attempts": 1,
         "emr_serverless": {"enabled": False},
         "glue": {"enabled": False},
+        **changes,
     }
     settings = build("aws", Section(Path("bench/aws.py"), "collectors.aws", values)).settings
     return AwsPoller(settings, clock=clock)
@@ -283,20 +284,8 @@ def full_cycle(poller: AwsPoller) -> tuple[Counter[str], int, int]:
 
 def state_poller(endpoint: str, clock: Callable[[], float], events: bool) -> AwsPoller:
     """Glue and EMR with metrics off, polling only or with the event path on."""
-    values: dict[str, object] = {
-        "type": "aws",
-        "host": "aws-bench",
-        "region": REGION,
-        "endpoint_url": endpoint,
-        "max_attempts": 1,
-        "emr": {"metrics": False},
-        "emr_serverless": {"enabled": False},
-        "glue": {"metrics": False},
-    }
-    if events:
-        values["events_queue_url"] = f"{endpoint}/123456789012/trapline-events"
-    settings = build("aws", Section(Path("bench/aws.py"), "collectors.aws", values)).settings
-    return AwsPoller(settings, clock=clock)
+    queue = {"events_queue_url": f"{endpoint}/123456789012/trapline-events"} if events else {}
+    return make_poller(endpoint, clock, emr={"metrics": False}, glue={"metrics": False}, **queue)
 
 
 def calls_per_hour(args: argparse.Namespace) -> None:
