@@ -229,3 +229,17 @@ def test_event_path_needs_an_outbox_that_confirms_commits(aws: None) -> None:
     collector = AwsCollector("aws", settings("https://sqs.eu-west-1.amazonaws.com/1/q"))
     with pytest.raises(TypeError, match="spool commits"):
         asyncio.run(collector.run(ListOutbox()))
+
+
+def test_check_reads_the_queue_too(aws: None) -> None:
+    queue, _ = wire_bus()
+    boto3.client("events", region_name=REGION).put_events(Entries=[glue_failed()])
+    collector = AwsCollector(
+        "aws", settings(queue, emr={"enabled": False}, emr_serverless={"enabled": False})
+    )
+    assert asyncio.run(collector.check()).endswith("; event queue: 1 messages waiting")
+    refused = AwsCollector(
+        "aws", settings(queue + "-gone", emr={"enabled": False}, emr_serverless={"enabled": False})
+    )
+    with pytest.raises(RuntimeError, match="event queue: "):
+        asyncio.run(refused.check())

@@ -19,7 +19,7 @@ from trapline.collectors.aws.events import EventMapper, Lookup
 from trapline.collectors.aws.poller import POLLING, AccountsPoller, AwsPoller, CycleResult
 from trapline.collectors.aws.queue import ClientMaker, EventQueue, consume, make_sqs_client
 from trapline.collectors.aws.resources import Resource
-from trapline.collectors.aws.session import ApiCalls
+from trapline.collectors.aws.session import ApiCalls, describe_failure
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.backoff import Backoff
 from trapline.core.config import Section
@@ -124,7 +124,14 @@ class AwsCollector:
         if result.errors:
             raise RuntimeError("; ".join(result.errors))
         counts = ", ".join(f"{len(found)} {name}" for name, found in self.poller.resources.items())
-        return f"{self.poller.where}: {counts or 'no services enabled'}"
+        text = f"{self.poller.where}: {counts or 'no services enabled'}"
+        if self.events is None:
+            return text
+        try:
+            waiting = await asyncio.to_thread(self.events.waiting)
+        except Exception as exc:
+            raise RuntimeError(f"event queue: {describe_failure(exc).reason}") from None
+        return f"{text}; event queue: {waiting} messages waiting"
 
 
 def build(name: str, section: Section) -> AwsCollector:

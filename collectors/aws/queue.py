@@ -77,6 +77,13 @@ class EventQueue:
         )
         return list(answer.get("Messages", []))
 
+    def waiting(self) -> int:
+        """Messages in the queue (for ``trapline check``): the reason for GetQueueAttributes in the policy."""
+        answer = self.client.get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(answer["Attributes"]["ApproximateNumberOfMessages"])
+
     def delete(self, handles: Sequence[str]) -> None:
         entries = [{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
         answer = self.client.delete_message_batch(QueueUrl=self.url, Entries=entries)
