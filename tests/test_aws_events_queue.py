@@ -27,6 +27,7 @@ from trapline.collectors.aws.resources import Resource
 from trapline.collectors.aws.session import ApiCalls
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.config import Section
+from trapline.core.model import Reading
 
 REGION = "eu-west-1"
 # moto warns that it skips the queue policy, in every test that deploys the stack.
@@ -243,3 +244,25 @@ def test_check_reads_the_queue_too(aws: None) -> None:
     )
     with pytest.raises(RuntimeError, match="event queue: "):
         asyncio.run(refused.check())
+
+
+def test_list_form_counts_the_queue_calls_on_the_poller_host(aws: None) -> None:
+    queue, _ = wire_bus()
+    section = settings(
+        queue,
+        emr={"enabled": False},
+        emr_serverless={"enabled": False},
+        glue={"metrics": False},
+        accounts=[{"role_arn": "arn:aws:iam::123456789012:role/reader", "label": "prod"}],
+    )
+    collector = AwsCollector("aws", section)
+    assert collector.events is not None
+    collector.events.wait = 1
+    asyncio.run(collector.events.take(CommittingOutbox()))  # one (empty) receive, made as the section
+    result = collector.poller.cycle()
+    calls = [
+        i
+        for i in result.items
+        if isinstance(i, Reading) and i.key == "aws.poller.api.calls[sqs:ReceiveMessage]"
+    ]
+    assert [r.value for r in calls] == [1]

@@ -19,7 +19,7 @@ from trapline.collectors.aws.events import EventMapper, Lookup
 from trapline.collectors.aws.poller import POLLING, AccountsPoller, AwsPoller, CycleResult
 from trapline.collectors.aws.queue import ClientMaker, EventQueue, consume, make_sqs_client
 from trapline.collectors.aws.resources import Resource
-from trapline.collectors.aws.session import ApiCalls, describe_failure
+from trapline.collectors.aws.session import describe_failure
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.backoff import Backoff
 from trapline.core.config import Section
@@ -69,8 +69,7 @@ class AwsCollector:
         self.events: EventQueue | None = None
         url = settings.events_queue_url
         if url is not None and isinstance(self.poller, AwsPoller | AccountsPoller):
-            calls = self.poller.calls if isinstance(self.poller, AwsPoller) else ApiCalls()
-            maker = make_sqs or partial(make_sqs_client, settings, calls)
+            maker = make_sqs or partial(make_sqs_client, settings, self.poller.calls)
             self.events = EventQueue(url, maker, EventMapper(event_lookup(self.poller)))
 
     async def run(self, out: Outbox) -> None:

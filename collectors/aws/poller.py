@@ -59,12 +59,15 @@ class Totals:
     errors_total: int = 0
     error_streak: int = 0  # cycles in a row that ended with errors
 
-    def emit(self, cycle: Cycle, host: str, pollers: Sequence[AwsPoller]) -> None:
+    def emit(
+        self, cycle: Cycle, host: str, pollers: Sequence[AwsPoller], own: ApiCalls | None = None
+    ) -> None:
+        """``own``: calls of the section's own identity in the list form (the event queue)."""
         self.errors_total += sum(cycle.errors.values())
         # The error triggers wait for several failed cycles in a row: one failed poll is retried
         # next cycle anyway, and paging for it would open and close a problem around each report.
         self.error_streak = self.error_streak + 1 if cycle.errors else 0
-        calls: Counter[str] = Counter()
+        calls: Counter[str] = Counter(own or {})
         for poller in pollers:
             calls.update(poller.calls)
         for action, count in sorted(calls.items()):
@@ -288,6 +291,7 @@ class AccountsPoller:
             for region in account.regions
         ]
         self.stats = {account.label: AccountStats() for account in settings.accounts}
+        self.calls = ApiCalls()  # the section's own identity: the event queue's calls
         self.totals = Totals()
         self._accounts_sent = False
 
@@ -321,7 +325,7 @@ class AccountsPoller:
             stats.denied += part.denied
         cycle.items[:0] = self._discoveries(found)
         self._account_metrics(cycle, reasons)
-        self.totals.emit(cycle, self.settings.host, [poller for _, poller in self.pollers])
+        self.totals.emit(cycle, self.settings.host, [poller for _, poller in self.pollers], self.calls)
         conditions = {f"{POLLING} {label}": sorted(texts) for label, texts in reasons.items()}
         return CycleResult(cycle.items, sorted(cycle.errors), cycle.throttled, conditions)
 
