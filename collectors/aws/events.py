@@ -59,8 +59,9 @@ class Kind:
     ranks: Mapping[str, int]
 
 
-# Ranks of the documented states; every final state has rank FINAL.  RUNNING and WAITING of a
-# cluster share a rank: a cluster goes back and forth between them, so the event time decides.
+# Ranks of the documented states; every final state has rank FINAL.  States that share a rank
+# are ordered by the event time: a cluster goes back and forth between RUNNING and WAITING, and
+# the documentation does not say whether a Serverless run can be QUEUED after PENDING.
 KINDS: dict[tuple[str, str], Kind] = {
     ("aws.glue", "Glue Job State Change"): Kind(
         "glue",
@@ -82,11 +83,10 @@ KINDS: dict[tuple[str, str], Kind] = {
     ("aws.emr-serverless", "EMR Serverless Job Run State Change"): Kind(
         "emr_serverless",
         "emr.serverless.job.run",
-        {"SUBMITTED": 0, "PENDING": 1, "SCHEDULED": 2, "QUEUED": 2, "RUNNING": 3, "CANCELLING": 4}
+        {"SUBMITTED": 0, "QUEUED": 1, "PENDING": 1, "SCHEDULED": 2, "RUNNING": 3, "CANCELLING": 4}
         | dict.fromkeys(("SUCCESS", "FAILED", "CANCELLED"), FINAL),
     ),
 }
-DETAIL_TYPES = frozenset(detail_type for _, detail_type in KINDS)
 
 
 class BadEvent(ValueError):
