@@ -31,7 +31,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from trapline.collectors.aws.resources import Cycle, Resource, Run, RunTracker
-from trapline.collectors.aws.services import GLUE_FINAL_STATES, make_run, message_text
+from trapline.collectors.aws.services import GLUE_FINAL_STATES, _run, _text
 from trapline.core.model import Item
 
 # Runs remembered for ordering: about 470 bytes each with Glue's 67-character run ids (measured with
@@ -176,7 +176,7 @@ def _epoch(stamp: str) -> int:
     return int(parsed.timestamp())
 
 
-def _text(detail: Mapping[str, Any], name: str, required: bool = True) -> str:
+def _field(detail: Mapping[str, Any], name: str, required: bool = True) -> str:
     value = detail.get(name)
     if isinstance(value, str) and value:
         return value
@@ -217,7 +217,7 @@ class EventMapper:
         if kind is None:
             raise BadEvent("unknown detail-type")
         detail = event.detail
-        state = _text(detail, "state")
+        state = _field(detail, "state")
         rank = kind.ranks.get(state)
         if rank is None:
             raise BadEvent("unknown state")
@@ -274,27 +274,27 @@ def _run_of(kind: Kind, event: Event, state: str) -> tuple[str, Run]:
     if kind.service == "glue":
         failed = final and state not in ("SUCCEEDED", "STOPPED")
         # Glue's message of a success is "Job run succeeded": polling sends no error text then.
-        error = message_text(_text(detail, "message", required=False)) if failed else ""
-        run = make_run(_text(detail, "jobRunId"), state, None, ended, error=error)
-        return _text(detail, "jobName"), run
+        error = _text(_field(detail, "message", required=False)) if failed else ""
+        run = _run(_field(detail, "jobRunId"), state, None, ended, error=error)
+        return _field(detail, "jobName"), run
     if kind.service == "emr_serverless":
         # createdAt/updatedAt are in the documented example; a missing one falls back to the
         # event time, as polling falls back to now.
         created = _optional_epoch(detail, "createdAt")
         updated = _optional_epoch(detail, "updatedAt") or event.time
-        error = message_text(_text(detail, "stateDetails", required=False))
-        name = _text(detail, "jobRunName", required=False)
-        run = make_run(
-            _text(detail, "jobRunId"), state, created, updated if final else None, name=name, error=error
+        error = _text(_field(detail, "stateDetails", required=False))
+        name = _field(detail, "jobRunName", required=False)
+        run = _run(
+            _field(detail, "jobRunId"), state, created, updated if final else None, name=name, error=error
         )
-        return _text(detail, "applicationId"), run
-    cluster = _text(detail, "clusterId")
+        return _field(detail, "applicationId"), run
+    cluster = _field(detail, "clusterId")
     if not kind.key:
-        return cluster, make_run(cluster, state, None, event.time)
+        return cluster, _run(cluster, state, None, event.time)
     failed = state in ("FAILED", "INTERRUPTED", "CANCELLED")
-    error = message_text(_text(detail, "message", required=False)) if failed else ""
-    run = make_run(
-        _text(detail, "stepId"), state, None, ended, name=_text(detail, "name", required=False), error=error
+    error = _text(_field(detail, "message", required=False)) if failed else ""
+    run = _run(
+        _field(detail, "stepId"), state, None, ended, name=_field(detail, "name", required=False), error=error
     )
     return cluster, run
 

@@ -79,11 +79,11 @@ def _unless_gone(listing: Callable[[], list[T]]) -> list[T]:
         raise
 
 
-def message_text(*parts: object) -> str:
+def _text(*parts: object) -> str:
     return ": ".join(str(p) for p in parts if p)[:_TEXT_LIMIT]
 
 
-def make_run(
+def _run(
     run_id: str,
     state: str,
     started: int | None,
@@ -186,7 +186,7 @@ class EmrService:
     ) -> None:
         """The cluster's state and why it is in it (by a poll or an event)."""
         self.states[cluster.id] = state
-        cycle.reading(cluster.host, "emr.cluster.state.reason", message_text(code, message))
+        cycle.reading(cluster.host, "emr.cluster.state.reason", _text(code, message))
         cycle.reading(cluster.host, "emr.cluster.state", state)
 
     def _steps(self, clients: Clients, cluster: Resource, cycle: Cycle) -> None:
@@ -210,12 +210,12 @@ def _step_run(step: StepSummaryTypeDef) -> Run:
     timeline = status.get("Timeline", {})
     failure = status.get("FailureDetails", {})
     change = status.get("StateChangeReason", {})
-    error = message_text(failure.get("Reason"), failure.get("Message")) or message_text(
+    error = _text(failure.get("Reason"), failure.get("Message")) or _text(
         change.get("Code"), change.get("Message")
     )
     started = epoch(timeline.get("StartDateTime")) or epoch(timeline.get("CreationDateTime"))
     state, ended = status.get("State", "UNKNOWN"), epoch(timeline.get("EndDateTime"))
-    return make_run(step.get("Id", ""), state, started, ended, name=step.get("Name", ""), error=error)
+    return _run(step.get("Id", ""), state, started, ended, name=step.get("Name", ""), error=error)
 
 
 class ServerlessService:
@@ -285,8 +285,8 @@ def _serverless_run(run: JobRunSummaryTypeDef) -> Run:
     state = run.get("state", "UNKNOWN")
     final = state in ("SUCCESS", "FAILED", "CANCELLED")
     ended = epoch(run.get("updatedAt")) if final else None
-    error, name = message_text(run.get("stateDetails")), run.get("name", "")
-    return make_run(run.get("id", ""), state, epoch(run.get("createdAt")), ended, name=name, error=error)
+    error, name = _text(run.get("stateDetails")), run.get("name", "")
+    return _run(run.get("id", ""), state, epoch(run.get("createdAt")), ended, name=name, error=error)
 
 
 class GlueService:
@@ -400,8 +400,8 @@ def _glue_run(run: JobRunTypeDef) -> Run:
         dpu_seconds = _dpu_seconds(run)
         if dpu_seconds is not None:
             extra.append(("dpu_seconds", dpu_seconds))
-    error = message_text(run.get("ErrorMessage"))
-    return make_run(run.get("Id", ""), state, started, ended, error=error, extra=extra)
+    error = _text(run.get("ErrorMessage"))
+    return _run(run.get("Id", ""), state, started, ended, error=error, extra=extra)
 
 
 def _dpu_seconds(run: JobRunTypeDef) -> float | None:
