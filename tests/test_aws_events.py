@@ -26,8 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_aws_template import DOCUMENTED
-from trapline.collectors.aws import event_lookup
-from trapline.collectors.aws.events import FINAL, KINDS, EventMapper, Verdict
+from trapline.collectors.aws.events import FINAL, KINDS, EventMapper, Verdict, lookup_for
 from trapline.collectors.aws.poller import AccountsPoller, AwsPoller
 from trapline.collectors.aws.resources import Cycle, Resource, key_param
 from trapline.collectors.aws.services import EmrService, GlueService, _glue_run
@@ -96,7 +95,7 @@ def watching(poller: AwsPoller, glue: list[str] = (), clusters: list[str] = (), 
 
 def single(**values: Any) -> tuple[AwsPoller, EventMapper]:
     poller = AwsPoller(_settings(**values))
-    return poller, EventMapper(event_lookup(poller))
+    return poller, EventMapper(lookup_for(poller))
 
 
 def readings(items: list[Item]) -> list[Reading]:
@@ -118,8 +117,7 @@ def test_glue_failure_event_gives_the_reading_polling_gives() -> None:
 
     # What a poll of the same run sends (GetJobRuns record of it; Attempt is not in the event).
     polled = Cycle()
-    resource = poller.resource("glue", job)
-    assert resource is not None
+    resource = next(r for r in poller.resources["glue"] if r.id == job)
     api_run = {
         "Id": "jr_1",
         "JobRunState": "FAILED",
@@ -255,7 +253,7 @@ def test_list_form_account_and_region_pick_the_scoped_host_and_key() -> None:
         poller.resources["glue"] = [
             Resource("glue", "load", "load", settings.host, key_param(f"{scope}/load"), {})
         ]
-    mapper = EventMapper(event_lookup(accounts))
+    mapper = EventMapper(lookup_for(accounts))
     body = json.loads(glue_event("load", "jr_1", "FAILED"))
     out = {}
     for account, region in ((ACCOUNT, REGION), (ACCOUNT, "us-east-1"), ("444455556666", REGION)):
@@ -282,7 +280,7 @@ def test_unwatched_resource_and_region_are_counted_not_sent() -> None:
 def test_memory_of_runs_is_bounded() -> None:
     poller = AwsPoller(_settings(glue={"enabled": True}))
     watching(poller, glue=["load"])
-    mapper = EventMapper(event_lookup(poller), limit=3)
+    mapper = EventMapper(lookup_for(poller), limit=3)
     for n in range(10):
         mapper.apply(glue_event("load", f"jr_{n}", "RUNNING"))
     assert mapper.remembered() == 3

@@ -19,8 +19,8 @@ import pytest
 from moto import mock_aws
 
 from tests.support.outbox import ListOutbox, run_collector_until
-from trapline.collectors.aws import AwsCollector, event_lookup
-from trapline.collectors.aws.events import EventMapper, Verdict
+from trapline.collectors.aws import AwsCollector
+from trapline.collectors.aws.events import EventMapper, Verdict, lookup_for
 from trapline.collectors.aws.poller import AwsPoller
 from trapline.collectors.aws.queue import EventQueue, make_sqs_client
 from trapline.collectors.aws.resources import Resource
@@ -104,7 +104,7 @@ def consumer(queue: str) -> tuple[EventQueue, AwsPoller]:
     poller.resources["glue"] = [
         Resource("glue", JOB, JOB, "aws-test", "nightly%2C%20%22orders%22%20Zürich", {})
     ]
-    mapper = EventMapper(event_lookup(poller))
+    mapper = EventMapper(lookup_for(poller))
     return EventQueue(queue, lambda: make_sqs_client(poller.settings, ApiCalls()), mapper, wait=1), poller
 
 

@@ -15,7 +15,7 @@ import logging
 from functools import partial
 from typing import Protocol
 
-from trapline.collectors.aws.events import EventMapper, Lookup
+from trapline.collectors.aws.events import EventMapper, lookup_for
 from trapline.collectors.aws.poller import POLLING, AccountsPoller, AwsPoller, CycleResult
 from trapline.collectors.aws.queue import ClientMaker, EventQueue, consume, make_sqs_client
 from trapline.collectors.aws.resources import Resource
@@ -38,19 +38,6 @@ class Poller(Protocol):
     def cycle(self) -> CycleResult: ...
 
 
-def event_lookup(poller: AwsPoller | AccountsPoller) -> Lookup:
-    """Which poller an event of (account, region) belongs to.
-
-    The single-account form knows its region but not its account id: it takes the events of
-    its region from whichever account the queue is fed by.
-    """
-    if isinstance(poller, AwsPoller):
-        region = poller.settings.region
-        return lambda _account, event_region: poller if event_region == region else None
-    pollers = {(account.account_id, one.settings.region): one for account, one in poller.pollers}
-    return lambda account, region: pollers.get((account, region))
-
-
 class AwsCollector:
     def __init__(
         self,
@@ -70,7 +57,7 @@ class AwsCollector:
         url = settings.events_queue_url
         if url is not None and isinstance(self.poller, AwsPoller | AccountsPoller):
             maker = make_sqs or partial(make_sqs_client, settings, self.poller.calls)
-            self.events = EventQueue(url, maker, EventMapper(event_lookup(self.poller)))
+            self.events = EventQueue(url, maker, EventMapper(lookup_for(self.poller)))
 
     async def run(self, out: Outbox) -> None:
         if self.events is None:

@@ -30,8 +30,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from trapline.collectors.aws.poller import AccountsPoller, AwsPoller
 from trapline.collectors.aws.resources import Cycle, Resource, Run, RunTracker
-from trapline.collectors.aws.services import GLUE_FINAL_STATES, _run, _text
+from trapline.collectors.aws.services import (
+    GLUE_FINAL_STATES,
+    EmrService,
+    GlueService,
+    ServerlessService,
+    _run,
+    _text,
+)
 from trapline.core.model import Item
 
 # Runs remembered for ordering: about 470 bytes each with Glue's 67-character run ids (measured with
@@ -111,6 +119,47 @@ class Watched(Protocol):
 
 # (account id, region) -> its poller, None when events of that account and region are not ours
 Lookup = Callable[[str, str], Watched | None]
+
+
+class PollerView:
+    """``Watched`` for the ``AwsPoller`` of one account and region."""
+
+    def __init__(self, poller: AwsPoller) -> None:
+        self.poller = poller
+
+    def resource(self, service: str, resource_id: str) -> Resource | None:
+        return next((r for r in self.poller.resources.get(service, []) if r.id == resource_id), None)
+
+    def run_tracker(self, service: str) -> RunTracker | None:
+        for known in self.poller.services:
+            if isinstance(known, GlueService | ServerlessService) and known.name == service:
+                return known.job_runs
+            if isinstance(known, EmrService) and known.name == service:
+                return known.steps
+        return None
+
+    def glue_run(self, job: Resource, state: str, ended: int | None, cycle: Cycle) -> None:
+        for known in self.poller.services:
+            if isinstance(known, GlueService):
+                known.note_run(job, state, ended, cycle)
+
+    def cluster_state(self, cluster: Resource, state: str, code: str, message: str, cycle: Cycle) -> None:
+        for known in self.poller.services:
+            if isinstance(known, EmrService):
+                known.report_state(cluster, state, code, message, cycle)
+
+
+def lookup_for(poller: AwsPoller | AccountsPoller) -> Lookup:
+    """Which poller an event of (account, region) belongs to.
+
+    The single-account form knows its region but not its account id: it takes the events of
+    its region from whichever account the queue is fed by.
+    """
+    if isinstance(poller, AwsPoller):
+        view, region = PollerView(poller), poller.settings.region
+        return lambda _account, event_region: view if event_region == region else None
+    views = {(account.account_id, one.settings.region): PollerView(one) for account, one in poller.pollers}
+    return lambda account, region: views.get((account, region))
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from trapline.collectors.aws.cloudwatch import (
     aligned_window,
     fetch_datapoints,
 )
-from trapline.collectors.aws.resources import Cycle, Resource, RunTracker, key_param
+from trapline.collectors.aws.resources import Cycle, Resource, key_param
 from trapline.collectors.aws.services import EmrService, GlueService, ServerlessService, Service
 from trapline.collectors.aws.session import ApiCalls, Clients, make_clients, needs_refresh
 from trapline.collectors.aws.settings import AccountSettings, AwsSettings, scoped
@@ -149,29 +149,6 @@ class AwsPoller:
             return False
         self._next_health[service.name] = now + self.settings.reconcile_interval
         return True
-
-    # -- what the event path (events.EventMapper) asks of the poller of an account and region
-
-    def resource(self, service: str, resource_id: str) -> Resource | None:
-        return next((r for r in self.resources.get(service, []) if r.id == resource_id), None)
-
-    def run_tracker(self, service: str) -> RunTracker | None:
-        for known in self.services:
-            if isinstance(known, GlueService | ServerlessService) and known.name == service:
-                return known.job_runs
-            if isinstance(known, EmrService) and known.name == service:
-                return known.steps
-        return None
-
-    def glue_run(self, job: Resource, state: str, ended: int | None, cycle: Cycle) -> None:
-        for known in self.services:
-            if isinstance(known, GlueService):
-                known.note_run(job, state, ended, cycle)
-
-    def cluster_state(self, cluster: Resource, state: str, code: str, message: str, cycle: Cycle) -> None:
-        for known in self.services:
-            if isinstance(known, EmrService):
-                known.report_state(cluster, state, code, message, cycle)
 
     def rows(self, service: str) -> list[dict[str, str]]:
         """The LLD rows of a service's resources as last discovered."""
