@@ -3,7 +3,9 @@
 Discovers the resources (LLD, full list every ``discovery_interval``), reports
 run and state health from the service APIs every ``poll_interval``, reads the
 CloudWatch metrics of ``metrics.toml`` with GetMetricData, and reports its own
-API calls, cost estimate and errors.  Items and hosts: see README.md.
+API calls, cost estimate and errors.  With ``events_queue_url`` it also reads the
+EventBridge state changes from SQS (queue.py, events.py) and the run and state
+polls only reconcile.  Items and hosts: see README.md.
 
 Settings: ``sample.toml`` beside this file.
 """
@@ -17,7 +19,7 @@ from typing import Protocol
 
 from trapline.collectors.aws.events import EventMapper, lookup_for
 from trapline.collectors.aws.poller import POLLING, AccountsPoller, AwsPoller, CycleResult
-from trapline.collectors.aws.queue import ClientMaker, EventQueue, consume, make_sqs_client
+from trapline.collectors.aws.queue import EventQueue, consume, make_sqs_client
 from trapline.collectors.aws.resources import Resource
 from trapline.collectors.aws.session import describe_failure
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
@@ -39,13 +41,7 @@ class Poller(Protocol):
 
 
 class AwsCollector:
-    def __init__(
-        self,
-        name: str,
-        settings: AwsSettings,
-        poller: Poller | None = None,
-        make_sqs: ClientMaker | None = None,
-    ) -> None:
+    def __init__(self, name: str, settings: AwsSettings, poller: Poller | None = None) -> None:
         self.name = name
         self.settings = settings
         if poller is None:
@@ -56,7 +52,7 @@ class AwsCollector:
         self.events: EventQueue | None = None
         url = settings.events_queue_url
         if url is not None and isinstance(self.poller, AwsPoller | AccountsPoller):
-            maker = make_sqs or partial(make_sqs_client, settings, self.poller.calls)
+            maker = partial(make_sqs_client, settings, self.poller.calls)
             self.events = EventQueue(url, maker, EventMapper(lookup_for(self.poller)))
 
     async def run(self, out: Outbox) -> None:
