@@ -16,6 +16,16 @@ cross-check, the real ``AwsPoller.cycle()`` runs twice: once to discover the clu
 then (one period later) over the seeded data.
 
     python3 -m bench.aws [--series 2000] [--polls 5] [--datapoints 3]
+
+With ``--calls-per-hour`` it measures instead the state-polling API calls of one hour for
+``--jobs`` Glue jobs and ``--clusters`` EMR clusters (CloudWatch metrics off), in the same run:
+the real ``AwsPoller`` polling every cycle, and the same poller with ``events_queue_url`` set,
+whose run and state polls only reconcile every ``reconcile_interval``.  The hour is virtual
+(the pollers' clock moves 60 s per cycle); the calls are real calls to moto, counted by the
+collector's ``ApiCalls``.  The SQS consumer's calls are not run for an hour: on a quiet queue
+they are one ReceiveMessage per 20 s long poll, which the table adds.
+
+    python3 -m bench.aws --calls-per-hour [--jobs 300] [--clusters 50]
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ from trapline.collectors.aws.cloudwatch import (
     fetch_datapoints,
 )
 from trapline.collectors.aws.poller import AwsPoller, series_for
+from trapline.collectors.aws.queue import WAIT_SECONDS
 from trapline.collectors.aws.session import ApiCalls, make_clients
 from trapline.core.config import Section
 from trapline.core.model import Reading
@@ -102,8 +113,8 @@ def setup_client(endpoint: str, service: str) -> Any:
     return boto3.client(service, region_name=REGION, endpoint_url=endpoint, config=config)  # type: ignore[call-overload]
 
 
-def make_poller(endpoint: str, clock: Callable[[], float]) -> AwsPoller:
-    """The collector as a user would configure it: EMR only, moto as the endpoint."""
+def make_poller(endpoint: str, clock: Callable[[], float], **changes: object) -> AwsPoller:
+    """The collector as a user would configure it (EMR only unless ``changes`` say else), on moto."""
     values = {
         "type": "aws",
         "host": "aws-bench",
@@ -112,6 +123,7 @@ def make_poller(endpoint: str, clock: Callable[[], float]) -> AwsPoller:
         "max_attempts": 1,
         "emr_serverless": {"enabled": False},
         "glue": {"enabled": False},
+        **changes,
     }
     settings = build("aws", Section(Path("bench/aws.py"), "collectors.aws", values)).settings
     return AwsPoller(settings, clock=clock)
@@ -270,13 +282,71 @@ def full_cycle(poller: AwsPoller) -> tuple[Counter[str], int, int]:
     return +made, sent, missing
 
 
+def state_poller(endpoint: str, clock: Callable[[], float], events: bool) -> AwsPoller:
+    """Glue and EMR with metrics off, polling only or with the event path on."""
+    queue = {"events_queue_url": f"{endpoint}/123456789012/trapline-events"} if events else {}
+    return make_poller(endpoint, clock, emr={"metrics": False}, glue={"metrics": False}, **queue)
+
+
+def calls_per_hour(args: argparse.Namespace) -> None:
+    print(f"# State-polling API calls per hour: {args.jobs} Glue jobs, {args.clusters} EMR clusters")
+    print(machine(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="trapline-bench-") as scratch, moto_server() as endpoint:
+        fake_credentials(Path(scratch))
+        glue = setup_client(endpoint, "glue")
+        for number in range(args.jobs):
+            glue.create_job(
+                Name=f"bench-{number:04d}",
+                Role="arn:aws:iam::123456789012:role/glue",
+                Command={"Name": "glueetl"},
+            )
+        make_clusters(setup_client(endpoint, "emr"), args.clusters)
+        now = [time.time()]
+        pollers = {events: state_poller(endpoint, lambda: now[0], events) for events in (False, True)}
+        cycles = 3600 // 60
+        for _ in range(cycles):
+            for poller in pollers.values():
+                poller.cycle()
+            now[0] += 60
+        rows: list[list[object]] = []
+        totals: list[int] = []
+        for events, poller in pollers.items():
+            found = (len(poller.resources["glue"]), len(poller.resources["emr"]))
+            assert found == (args.jobs, args.clusters), f"discovered {found}"
+            receives = 3600 // WAIT_SECONDS if events else 0
+            label = (
+                f"events + reconcile every {poller.settings.reconcile_interval:.0f} s"
+                if events
+                else "polling only"
+            )
+            totals.append(poller.calls.total() + receives)
+            rows.append([label, cycles, poller.calls.total(), receives, totals[-1]])
+            print(f"{label}: {dict(sorted(poller.calls.items()))}")
+        print()
+        print(
+            table(
+                ["mode", "cycles", "poller API calls", "SQS receives (quiet queue)", "API calls/hour"], rows
+            )
+        )
+        saved = 1 - totals[1] / totals[0]
+        print(f"\nEvents + reconciliation make {saved:.0%} fewer API calls per hour than polling only.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--series", type=int, default=2000)
     parser.add_argument("--polls", type=int, default=5)
     parser.add_argument("--datapoints", type=int, default=3, help="datapoints per series (one per period)")
     parser.add_argument("--rtt-ms", type=float, default=20.0, help="round trip to AWS for the estimate only")
+    parser.add_argument(
+        "--calls-per-hour", action="store_true", help="polling only vs events + reconciliation"
+    )
+    parser.add_argument("--jobs", type=int, default=300, help="Glue jobs (--calls-per-hour)")
+    parser.add_argument("--clusters", type=int, default=50, help="EMR clusters (--calls-per-hour)")
     args = parser.parse_args()
+    if args.calls_per_hour:
+        calls_per_hour(args)
+        return
     print(f"# CloudWatch polling: {args.series} series, {args.polls} polls each, interleaved")
     print(machine(), flush=True)
 

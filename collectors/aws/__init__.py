@@ -3,7 +3,9 @@
 Discovers the resources (LLD, full list every ``discovery_interval``), reports
 run and state health from the service APIs every ``poll_interval``, reads the
 CloudWatch metrics of ``metrics.toml`` with GetMetricData, and reports its own
-API calls, cost estimate and errors.  Items and hosts: see README.md.
+API calls, cost estimate and errors.  With ``events_queue_url`` it also reads the
+EventBridge state changes from SQS (queue.py, events.py) and the run and state
+polls only reconcile.  Items and hosts: see README.md.
 
 Settings: ``sample.toml`` beside this file.
 """
@@ -12,14 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Protocol
 
+from trapline.collectors.aws.events import EventMapper, lookup_for
 from trapline.collectors.aws.poller import POLLING, AccountsPoller, AwsPoller, CycleResult
+from trapline.collectors.aws.queue import EventQueue, consume, make_sqs_client
 from trapline.collectors.aws.resources import Resource
+from trapline.collectors.aws.session import describe_failure
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.backoff import Backoff
 from trapline.core.config import Section
-from trapline.core.plugin import Outbox
+from trapline.core.plugin import CommittingOutbox, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +49,32 @@ class AwsCollector:
         self.poller: Poller = poller
         # Throttled cycles wait twice the interval, then longer, up to max_backoff.
         self.throttle_backoff = Backoff(initial=2 * settings.poll_interval, cap=settings.max_backoff)
+        self.events: EventQueue | None = None
+        url = settings.events_queue_url
+        if url is not None and isinstance(self.poller, AwsPoller | AccountsPoller):
+            maker = partial(make_sqs_client, settings, self.poller.calls)
+            self.events = EventQueue(url, maker, EventMapper(lookup_for(self.poller)))
 
     async def run(self, out: Outbox) -> None:
+        if self.events is None:
+            await self._poll(out)
+            return
+        if not isinstance(out, CommittingOutbox):
+            raise TypeError("the AWS event queue needs an outbox that confirms spool commits")
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(consume(self.events, out, self.settings.max_backoff))
+            tasks.create_task(self._poll(out))
+
+    async def _poll(self, out: Outbox) -> None:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
             result = await self._cycle()
             for item in result.items:
                 out.put(item)
+            if self.events is not None:
+                for reading in self.events.readings(self.settings.host):
+                    out.put(reading)
             # POLLING is also the condition of a cycle that crashed, whatever the form.
             crashed: dict[str, list[str]] = {POLLING: []}
             for condition, reasons in (crashed | result.conditions).items():
@@ -82,7 +106,14 @@ class AwsCollector:
         if result.errors:
             raise RuntimeError("; ".join(result.errors))
         counts = ", ".join(f"{len(found)} {name}" for name, found in self.poller.resources.items())
-        return f"{self.poller.where}: {counts or 'no services enabled'}"
+        text = f"{self.poller.where}: {counts or 'no services enabled'}"
+        if self.events is None:
+            return text
+        try:
+            waiting = await asyncio.to_thread(self.events.waiting)
+        except Exception as exc:
+            raise RuntimeError(f"event queue: {describe_failure(exc).reason}") from None
+        return f"{text}; event queue: {waiting} messages waiting"
 
 
 def build(name: str, section: Section) -> AwsCollector:

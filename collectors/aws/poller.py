@@ -62,12 +62,15 @@ class Totals:
     errors_total: int = 0
     error_streak: int = 0  # cycles in a row that ended with errors
 
-    def emit(self, cycle: Cycle, host: str, pollers: Sequence[AwsPoller]) -> None:
+    def emit(
+        self, cycle: Cycle, host: str, pollers: Sequence[AwsPoller], own: ApiCalls | None = None
+    ) -> None:
+        """``own``: calls of the section's own identity in the list form (the event queue)."""
         self.errors_total += sum(cycle.errors.values())
         # The error triggers wait for several failed cycles in a row: one failed poll is retried
         # next cycle anyway, and paging for it would open and close a problem around each report.
         self.error_streak = self.error_streak + 1 if cycle.errors else 0
-        calls: Counter[str] = Counter()
+        calls: Counter[str] = Counter(own or {})
         for poller in pollers:
             calls.update(poller.calls)
         for action, count in sorted(calls.items()):
@@ -104,6 +107,7 @@ class AwsPoller:
         self.services = [s for s in services if s.settings.enabled]
         self.resources: dict[str, list[Resource]] = {s.name: [] for s in self.services}
         self._next_discovery: dict[str, float] = {s.name: 0.0 for s in self.services}
+        self._next_health: dict[str, float] = {s.name: 0.0 for s in self.services}
         self._last_window_end: dict[str, int] = {}
         # Per service, (host, key) -> epoch of the newest datapoint sent: overlapping windows and
         # the catch-up after a throttled cycle send each datapoint once.
@@ -133,12 +137,23 @@ class AwsPoller:
             for service in self.services:
                 if self._discover(service, clients, cycle):
                     found.append(service.name)
-                service.health(clients, self.resources[service.name], cycle)
+                if self._health_due(service):
+                    service.health(clients, self.resources[service.name], cycle)
                 if service.settings.metrics is not None:
                     cycle.guard(f"{service.name} metrics", partial(self._metrics, service, clients, cycle))
         if cycle.credentials_failed:
             self._clients = None  # rebuild from the credential chain next time
         return found
+
+    def _health_due(self, service: Service) -> bool:
+        """Run and state polls every cycle; with events on, every ``reconcile_interval`` only."""
+        if self.settings.events_queue_url is None:
+            return True
+        now = self._clock()
+        if now < self._next_health[service.name]:
+            return False
+        self._next_health[service.name] = now + self.settings.reconcile_interval
+        return True
 
     def rows(self, service: str) -> list[dict[str, str]]:
         """The LLD rows of a service's resources as last discovered."""
@@ -258,6 +273,7 @@ class AccountsPoller:
             for region in account.regions
         ]
         self.stats = {account.label: AccountStats() for account in settings.accounts}
+        self.calls = ApiCalls()  # the section's own identity: the event queue's calls
         self.totals = Totals()
         self._accounts_sent = False
 
@@ -291,7 +307,7 @@ class AccountsPoller:
             stats.denied += part.denied
         cycle.items[:0] = self._discoveries(found)
         self._account_metrics(cycle, reasons)
-        self.totals.emit(cycle, self.settings.host, [poller for _, poller in self.pollers])
+        self.totals.emit(cycle, self.settings.host, [poller for _, poller in self.pollers], self.calls)
         conditions = {f"{POLLING} {label}": sorted(texts) for label, texts in reasons.items()}
         return CycleResult(cycle.items, sorted(cycle.errors), cycle.throttled, conditions)
 

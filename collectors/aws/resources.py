@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -144,6 +145,11 @@ class RunTracker:
 
     def __init__(self) -> None:
         self._states: dict[str, dict[str, str]] = {}
+        # Run states the event path sent for scopes no poll has seen yet: the first poll then
+        # leaves out its newest run if an event already reported it in that state.
+        self._noted: dict[str, dict[str, str]] = {}
+        # The event path notes runs from the event loop while a poll runs in a worker thread.
+        self._lock = threading.Lock()
 
     def knows_any(self, scope: str, ids: Iterable[str]) -> bool:
         known = self._states.get(scope)
@@ -152,12 +158,24 @@ class RunTracker:
     def primed(self, scope: str) -> bool:
         return scope in self._states
 
+    def state(self, scope: str, run_id: str) -> str | None:
+        """The state ``run_id`` was last reported in, by a poll or an event; None if never."""
+        with self._lock:
+            return self._states.get(scope, self._noted.get(scope, {})).get(run_id)
+
+    def note(self, scope: str, run_id: str, state: str) -> None:
+        """An event reported the run in ``state``: a poll must not report it in that state again."""
+        with self._lock:
+            self._states.get(scope, self._noted.setdefault(scope, {}))[run_id] = state
+
     def changes(self, scope: str, runs: Sequence[Run]) -> list[Run]:
         newest_first = sorted(runs, key=lambda r: r.started, reverse=True)
-        previous = self._states.get(scope)
-        self._states[scope] = {r.id: r.state for r in newest_first}
+        with self._lock:
+            previous = self._states.get(scope)
+            self._states[scope] = {r.id: r.state for r in newest_first}
+            noted = self._noted.pop(scope, {})
         if previous is None:
-            return newest_first[:1]
+            return [r for r in newest_first[:1] if noted.get(r.id) != r.state]
         changed = [r for r in reversed(newest_first) if previous.get(r.id) != r.state]
         # Sent in the order of their own clocks: Zabbix's last() is the newest by clock, so a
         # value sent after one with a later clock would leave the trigger judging the older run.
@@ -165,9 +183,11 @@ class RunTracker:
 
     def keep_only(self, scopes: Iterable[str]) -> None:
         wanted = set(scopes)
-        for scope in list(self._states):
-            if scope not in wanted:
-                del self._states[scope]
+        with self._lock:
+            for states in (self._states, self._noted):
+                for scope in list(states):
+                    if scope not in wanted:
+                        del states[scope]
 
 
 def pages_until_known(

@@ -178,13 +178,19 @@ class EmrService:
                     continue
                 self._final.add(cluster.id)
             status = summary.get("Status", {})
-            state = status.get("State", "UNKNOWN")
-            self.states[cluster.id] = state
             reason = status.get("StateChangeReason", {})
-            why = _text(reason.get("Code"), reason.get("Message"))
-            cycle.reading(cluster.host, "emr.cluster.state.reason", why)
-            cycle.reading(cluster.host, "emr.cluster.state", state)
+            self.report_state(
+                cluster, status.get("State", "UNKNOWN"), reason.get("Code"), reason.get("Message"), cycle
+            )
             cycle.guard(f"emr steps {cluster.id}", partial(self._steps, clients, cluster, cycle))
+
+    def report_state(
+        self, cluster: Resource, state: str, code: object, message: object, cycle: Cycle
+    ) -> None:
+        """The cluster's state and why it is in it (by a poll or an event)."""
+        self.states[cluster.id] = state
+        cycle.reading(cluster.host, "emr.cluster.state.reason", _text(code, message))
+        cycle.reading(cluster.host, "emr.cluster.state", state)
 
     def _steps(self, clients: Clients, cluster: Resource, cycle: Cycle) -> None:
         pages = (
@@ -366,15 +372,16 @@ class GlueService:
         self._note_activity(job, runs, cycle)
 
     def _note_activity(self, job: Resource, runs: Iterable[JobRunTypeDef], cycle: Cycle) -> None:
-        now = now_epoch()
         for run in runs:
-            state = run.get("JobRunState", "")
-            ended = epoch(run.get("CompletedOn"))
-            seen = now if state not in GLUE_FINAL_STATES else (ended or 0)
-            self.active_until[job.id] = max(self.active_until.get(job.id, 0), seen)
-            if state == "SUCCEEDED" and ended and ended > self.last_success.get(job.id, 0):
-                self.last_success[job.id] = ended
-                cycle.reading(job.host, job.key("glue.job.last_success"), ended, ended, unit="unixtime")
+            self.note_run(job, run.get("JobRunState", ""), epoch(run.get("CompletedOn")), cycle)
+
+    def note_run(self, job: Resource, state: str, ended: int | None, cycle: Cycle) -> None:
+        """A run seen in ``state`` (by a poll or an event): its metrics window, its last success."""
+        seen = now_epoch() if state not in GLUE_FINAL_STATES else (ended or 0)
+        self.active_until[job.id] = max(self.active_until.get(job.id, 0), seen)
+        if state == "SUCCEEDED" and ended and ended > self.last_success.get(job.id, 0):
+            self.last_success[job.id] = ended
+            cycle.reading(job.host, job.key("glue.job.last_success"), ended, ended, unit="unixtime")
 
     def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
         # Only jobs that ran during the window have datapoints: asking for the

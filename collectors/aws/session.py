@@ -64,22 +64,22 @@ class Clients:
     expires: float | None = None  # epoch seconds of assumed-role credentials
 
 
-def make_clients(settings: AwsSettings, calls: ApiCalls) -> Clients:
-    """Build clients from the standard credential chain, assuming a role if configured."""
+def make_session(settings: AwsSettings, region: str, calls: ApiCalls) -> tuple[Any, Any, float | None]:
+    """A boto3 session (assuming the role if configured), the client config, and when it expires."""
     # Imported here: boto3 is loaded only when an AWS collector is configured.
     import boto3  # noqa: PLC0415
     from botocore.config import Config  # noqa: PLC0415
     from botocore.exceptions import NoCredentialsError  # noqa: PLC0415
 
     config = Config(
-        region_name=settings.region,
+        region_name=region,
         retries={"mode": "standard", "max_attempts": settings.max_attempts},
         connect_timeout=settings.timeout,
         read_timeout=settings.timeout,
         user_agent_extra="trapline",
     )
     # Profile, environment, shared files, instance or task role: boto3's chain.
-    session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
+    session = boto3.Session(profile_name=settings.profile, region_name=region)
     if session.get_credentials() is None:
         raise NoCredentialsError()  # once here, rather than from every call of the cycle
     expires: float | None = None
@@ -96,13 +96,19 @@ def make_clients(settings: AwsSettings, calls: ApiCalls) -> Clients:
             aws_access_key_id=assumed["AccessKeyId"],
             aws_secret_access_key=assumed["SecretAccessKey"],
             aws_session_token=assumed["SessionToken"],
-            region_name=settings.region,
+            region_name=region,
         )
         expires = assumed["Expiration"].timestamp()
         log.info("%s: assumed role %s", settings.name, settings.role_arn)
+    return session, config, expires
+
+
+def make_clients(settings: AwsSettings, calls: ApiCalls) -> Clients:
+    """Build clients from the standard credential chain, assuming a role if configured."""
+    session, config, expires = make_session(settings, settings.region, calls)
 
     def client(service: str) -> Any:
-        made = session.client(service, config=config, endpoint_url=settings.endpoint_url)  # type: ignore[call-overload]
+        made = session.client(service, config=config, endpoint_url=settings.endpoint_url)
         calls.watch(made)
         return made
 
@@ -117,9 +123,14 @@ def make_clients(settings: AwsSettings, calls: ApiCalls) -> Clients:
 
 
 def needs_refresh(clients: Clients, now: float | None = None) -> bool:
-    if clients.expires is None:
+    return expiring(clients.expires, now)
+
+
+def expiring(expires: float | None, now: float | None = None) -> bool:
+    """Whether credentials that expire at ``expires`` (None: never) are due for renewal."""
+    if expires is None:
         return False
-    return (now if now is not None else time.time()) >= clients.expires - _ROLE_REFRESH_MARGIN
+    return (now if now is not None else time.time()) >= expires - _ROLE_REFRESH_MARGIN
 
 
 ACCESS_DENIED = frozenset(
@@ -201,11 +212,19 @@ def describe_failure(exc: BaseException) -> Failure:
             return Failure(f"{operation}: access denied ({code})", denied=True)
         return Failure(f"{operation}: API error ({code}, HTTP {status})")
     name = type(exc).__name__
-    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError | bx.ProfileNotFound
-                  | bx.CredentialRetrievalError | bx.NoRegionError):
+    if isinstance(
+        exc,
+        bx.NoCredentialsError
+        | bx.PartialCredentialsError
+        | bx.ProfileNotFound
+        | bx.CredentialRetrievalError
+        | bx.NoRegionError,
+    ):
         return Failure(f"no usable credentials ({name})", credentials=True, halts=True)
-    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError
-                  | bx.ConnectionClosedError):
+    if isinstance(
+        exc,
+        bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError | bx.ConnectionClosedError,
+    ):
         return Failure(f"endpoint unreachable ({name})", halts=True)
     if isinstance(exc, bx.BotoCoreError):
         return Failure(f"AWS client error ({name})")

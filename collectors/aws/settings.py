@@ -69,6 +69,11 @@ class AwsSettings:
     glue_workflows: ServiceSettings
     # The list form (``[[...accounts]]``); empty in the single-account form.
     accounts: tuple[AccountSettings, ...] = ()
+    # The SQS queue EventBridge feeds with state changes (deploy/aws/eventbridge.yaml); None: polling only.
+    events_queue_url: str | None = None
+    events_region: str = ""  # the queue's region
+    # With events on, the run and state polls only reconcile, this often (s); else every poll_interval.
+    reconcile_interval: float = 900.0
     # "<label>/<region>" of one account and region of the list form, "" in the single-account
     # form: it goes into Glue job keys so that jobs of the same name in two accounts stay apart.
     scope: str = ""
@@ -118,6 +123,11 @@ def parse_settings(name: str, section: Section) -> AwsSettings:
         max_backoff=section.number("max_backoff", 900.0, minimum=poll_interval),
         max_attempts=section.integer("max_attempts", 5, minimum=1),
         timeout=section.number("timeout", 30.0, minimum=1.0),
+        events_queue_url=section.url("events_queue_url", ("https", "http"))
+        if section.has("events_queue_url")
+        else None,
+        events_region=section.text("events_region", section.text("region")),
+        reconcile_interval=section.number("reconcile_interval", 900.0, minimum=poll_interval),
         emr=_service(section, "emr", catalog),
         emr_serverless=_service(section, "emr_serverless", catalog),
         glue=_service(section, "glue", catalog),
