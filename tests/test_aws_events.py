@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -337,7 +338,9 @@ def test_runs_only_move_forward_whatever_the_order(data: st.DataObject, detail_t
                 sent.setdefault(value["id"], []).append(value["state"])
     ranks = kind.ranks
     for states in sent.values():
-        assert len(states) == len(set(states)), states  # each state once
+        # Never the same state twice in a row (a duplicate). A state may come back after another
+        # of the same rank: a cluster goes RUNNING -> WAITING -> RUNNING, by event time.
+        assert all(a != b for a, b in pairwise(states)), states
         assert [ranks[s] for s in states] == sorted(ranks[s] for s in states)  # never backwards
         assert FINAL not in [ranks[s] for s in states[:-1]]  # nothing after a final state
     assert mapper.counts["received"] == len(events)
