@@ -9,7 +9,9 @@ free for a state AWS adds later.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from trapline.collectors.aws.services import EMR_ACTIVE_STATES, EMR_ENDED_STATES
 from trapline.templates import template_dir
 
 TEMPLATE = template_dir() / "aws_poller" / "template_aws_emr_glue.yaml"
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "aws"
 
 DOCUMENTED = {
     "glue.job.run.state[{#JOBKEY}]": {
@@ -134,3 +137,58 @@ def test_state_triggers_compare_with_the_numbers_of_the_states_they_mean(key: st
         for code in re.findall(rf"last\([^)]*{reference}=(\d+)", expression):
             meant.add(names[int(code)])
     assert meant == STATE_TRIGGERS[key]
+
+
+def _all_items() -> dict[str, dict[str, Any]]:
+    """Every item and item prototype of the file, by key."""
+    found: dict[str, dict[str, Any]] = {}
+    for template in _templates():
+        items = list(template.get("items", []))
+        for rule in template.get("discovery_rules", []):
+            items += rule.get("item_prototypes", [])
+        found |= {item["key"]: item for item in items}
+    return found
+
+
+def _multiple_triggers() -> list[str]:
+    """The expressions of the triggers that open one problem per matching value (type MULTIPLE)."""
+    data = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))["zabbix_export"]
+    triggers = list(data.get("triggers", []))
+    for template in data["templates"]:
+        for rule in template.get("discovery_rules", []):
+            triggers += rule.get("trigger_prototypes", [])
+    return [t["expression"] for t in triggers if t.get("type") == "MULTIPLE"]
+
+
+def test_items_read_by_one_problem_per_value_triggers_drop_a_repeated_value() -> None:
+    """A run's value can arrive twice (event and reconciliation poll, or a restarted poller): a
+    MULTIPLE trigger would page again for it unless the item discards a value equal to the last.
+    The scenario on a real Zabbix: tests/integration/test_aws_zabbix.py."""
+    items = _all_items()
+    read = {
+        key for expression in _multiple_triggers() for key in re.findall(r"\(/[^/]+/([^,)]+\]?)", expression)
+    }
+    assert read, "no MULTIPLE trigger found"
+    for key in sorted(read):
+        steps = [step["type"] for step in items[key].get("preprocessing", [])]
+        assert steps[:1] == ["DISCARD_UNCHANGED"], (key, steps)
+
+
+def test_every_api_action_the_poller_may_count_has_an_item() -> None:
+    """The poller sends aws.poller.api.calls[ACTION] for each action it called; an action without an
+    item is refused by Zabbix.  The actions: every one the deployed policies grant (the moto test
+    checks that the poller calls nothing else), STS's own two, and the event queue's calls."""
+    policy = json.loads((DEPLOY / "iam-policy.json").read_text(encoding="utf-8"))
+    granted = {a for statement in policy["Statement"] for a in statement["Action"]}
+    expected = granted | {
+        "sts:AssumeRole",
+        "sts:GetCallerIdentity",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessageBatch",
+    }
+    counted = {
+        key[len("aws.poller.api.calls[") : -1]
+        for key in _all_items()
+        if key.startswith("aws.poller.api.calls[")
+    }
+    assert counted == expected

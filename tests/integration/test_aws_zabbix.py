@@ -358,6 +358,45 @@ def test_failed_glue_run_is_a_problem_with_its_error_until_a_run_succeeds(world:
     assert int(success["lastvalue"]) > 0
 
 
+def test_a_failed_run_delivered_twice_opens_one_problem(world: World) -> None:
+    """The same run value can arrive twice: by an event and by the reconciliation poll, or again
+    from a poller that restarted and lost its memory of what it sent.  The trigger makes one
+    problem per failed value (type MULTIPLE, so that every failed run is named), so the item
+    must drop a value equal to the last one, or the operator gets a second page for one failure.
+    """
+    prefix = f"AWS Glue: Job {world.job}: Run "
+    glue = client(world.endpoint, "glue")
+    first_id = glue.start_job_run(JobName=world.job)["JobRunId"]
+    _fail_glue_run(world.job, "first failure")
+    failed = world.cycle()
+    key = f"glue.job.run[{key_param(world.job)}]"
+    (sent,) = [i for i in failed.items if isinstance(i, Reading) and i.key == key]
+    wait_problem(world.api, world.hostid, prefix)
+
+    deliver(world.zabbix, CycleResult([sent]))
+    # A later failed run on the same item: its problem appears only after Zabbix has processed
+    # the repeated value before it (values of one item are preprocessed in order).
+    second_id = glue.start_job_run(JobName=world.job)["JobRunId"]
+    _fail_glue_run(world.job, "second failure")
+    world.cycle()
+    expected = sorted(
+        [
+            f"{prefix}{short_id(first_id)} FAILED: first failure",
+            f"{prefix}{short_id(second_id)} FAILED: second failure",
+        ]
+    )
+    wait_until(
+        lambda: len(open_problems(world.api, world.hostid, prefix)) >= 2,
+        timeout=PROBLEM_TIMEOUT,
+        what="the second run's problem",
+    )
+    assert sorted(open_problems(world.api, world.hostid, prefix)) == expected
+
+    glue.start_job_run(JobName=world.job)  # moto: SUCCEEDED at once
+    world.cycle()
+    wait_resolved(world.api, world.hostid, prefix)
+
+
 def test_failed_emr_step_and_serverless_job_run_are_problems_on_their_hosts(world: World) -> None:
     from moto.emrserverless.models import emrserverless_backends  # noqa: PLC0415 (in-process peer)
 
