@@ -106,6 +106,7 @@ _GATEWAY = {"org": "Acme", "site": "HQ", "gateway": "edge", "mac": "5c5b35000021
 VERTICAL_READINGS = [
     Reading("van-1", "obd.state", 2, 0, 0, "", {"state": "running"}),
     Reading("van-1", "obd.voltage", 12.5, 0, 0, "V"),
+    Reading("van-1", "obd.engine.running", 1, 0, 0),
     Reading("van-1", "obd.mil", 1, 0, 0),
     Reading("van-1", "obd.dtc.count[stored]", 0, 0, 0, "", {"state": "stored"}),
     Reading("van-1", "obd.dtc[P0301,stored]", 1, 0, 0, "", {"code": "P0301", "state": "stored"}),
