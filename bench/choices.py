@@ -19,24 +19,29 @@ from __future__ import annotations
 import argparse
 import timeit
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+
+import msgspec
+from msgspec import NODEFAULT
 
 from bench._util import machine, median, table
 from trapline.collectors.mist.frames import Subscribed
 from trapline.collectors.mist.shard import _weight
-from trapline.core.model import Reading, Value
+from trapline.core.model import Reading
 from trapline.middleware import normalize as normalizing
 
-
-@dataclass(frozen=True, slots=True)
-class ReadingAsDataclass:
-    host: str
-    key: str
-    value: Value
-    clock: int
-    ns: int = 0
-    unit: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
+# Reading's fields, defaults included, as a frozen dataclass: the shape it had before.
+ReadingAsDataclass = make_dataclass(
+    "ReadingAsDataclass",
+    [
+        (f.name, f.type, field(default=f.default) if f.default is not NODEFAULT else field())
+        for f in msgspec.structs.fields(Reading)
+        if f.default_factory is NODEFAULT
+    ]
+    + [("labels", Mapping[str, str], field(default_factory=dict))],
+    frozen=True,
+    slots=True,
+)
 
 
 @dataclass(frozen=True, slots=True)
