@@ -45,7 +45,7 @@ from trapline.collectors.aws.resources import ERROR_SHOWN, key_param, short_id
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.config import Section
 from trapline.core.model import Reading
-from trapline.core.plugin import Spooled
+from trapline.core.plugin import Delivery, Spooled
 from trapline.exporters.zabbix.client import ClusterClient, Endpoint
 from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.templates import import_templates, template_dir
@@ -132,11 +132,12 @@ class World(Account):
     job: str
 
 
-def deliver(zabbix: LocalZabbix, result: CycleResult) -> None:
+def deliver(zabbix: LocalZabbix, result: CycleResult) -> Delivery:
+    """Send a cycle's items; what Zabbix refused (items that do not exist yet) is in the answer."""
     now = time.time()
     batch = [Spooled(index, item, now, 0) for index, item in enumerate(result.items)]
 
-    async def send() -> None:
+    async def send() -> Delivery:
         # A destination per delivery: its semaphore belongs to the event loop it first ran in.
         node = Endpoint(zabbix.trapper_host, zabbix.trapper_port)
         destination = ZabbixDestination("aws-e2e", ClusterClient([node], timeout=10), resend_delay=0)
@@ -145,8 +146,9 @@ def deliver(zabbix: LocalZabbix, result: CycleResult) -> None:
         finally:
             await destination.close()
         assert delivery.unreachable is None, delivery.unreachable
+        return delivery
 
-    asyncio.run(send())
+    return asyncio.run(send())
 
 
 def items(api: Any, host: str, key: str) -> list[dict[str, str]]:
