@@ -64,7 +64,7 @@ class ZabbixOutbox(ListOutbox):
         super().put(item)
         self.pending.append(item)
 
-    async def committed(self) -> None:
+    async def committed(self, soon: bool = False) -> None:
         batch, self.pending = self.pending, []
         await asyncio.to_thread(deliver, self.zabbix, CycleResult(batch))
 
