@@ -83,6 +83,9 @@ log = logging.getLogger(__name__)
 
 # (connection generation, message id, qos, resolves when the message may be acknowledged)
 _PendingAck = tuple[int, int, int, Awaitable[None]]
+# A message and the generation of the connection it came on, stamped on arrival: the link may
+# reconnect before the bridge takes it from the queue, and its id is void on the new connection.
+_Arrival = tuple[int, mqtt.MQTTMessage]
 _RECEIVE_MAXIMUM = 64
 _REASON_LIMIT = 200  # characters of a rejection reason kept in the dead letter's user property
 _LEAVE_TIMEOUT = 2.0  # seconds to wait for the UNSUBACK, then for the last commit, on a clean stop
@@ -132,9 +135,10 @@ class Acknowledger:
         self.link = link
         self._pending: asyncio.Queue[_PendingAck] = asyncio.Queue()
 
-    def add(self, message: mqtt.MQTTMessage, ready: Awaitable[None]) -> None:
+    def add(self, arrival: _Arrival, ready: Awaitable[None]) -> None:
         """``ready`` completes when the message may be acknowledged (its readings are committed)."""
-        self._pending.put_nowait((self.link.generation, message.mid, message.qos, ready))
+        generation, message = arrival
+        self._pending.put_nowait((generation, message.mid, message.qos, ready))
 
     async def settled(self) -> None:
         """Returns once every message added so far was acknowledged or given up."""
@@ -209,9 +213,10 @@ class MqttBridge:
     async def run(self, out: Outbox) -> None:
         if not isinstance(out, CommittingOutbox):
             raise TypeError("the MQTT bridge needs an outbox that confirms spool commits")
-        incoming: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
+        incoming: asyncio.Queue[_Arrival | None] = asyncio.Queue()
         filters = [self.subscription, self.settings.topics.status_filter()]
-        link = MqttLink(self.settings, manual_ack=True, on_message=incoming.put_nowait,
+        link = MqttLink(self.settings, manual_ack=True,
+                        on_message=lambda message: incoming.put_nowait((link.generation, message)),
                         on_connected=lambda: link.subscribe(filters, self.settings.qos),
                         receive_maximum=self.receive_maximum)
         self.link, self._out = link, out
@@ -228,7 +233,7 @@ class MqttBridge:
             self.link = self._out = None
 
     async def _serve(self, link: MqttLink, out: CommittingOutbox,
-                     incoming: asyncio.Queue[mqtt.MQTTMessage | None], *, leave: bool = False) -> None:
+                     incoming: asyncio.Queue[_Arrival | None], *, leave: bool = False) -> None:
         """Take messages until a None arrives (an adopted session's connection ended).
 
         With ``leave``, a stop leaves the shared group and settles what was taken first.
@@ -236,8 +241,8 @@ class MqttBridge:
         acks = Acknowledger(link)
         acknowledging = asyncio.create_task(acks.run())
         try:
-            while (message := await incoming.get()) is not None:
-                acks.add(message, self._take(link, out, message))
+            while (arrival := await incoming.get()) is not None:
+                acks.add(arrival, self._take(link, out, arrival[1]))
         finally:
             if leave:
                 await self._leave(link, out, incoming, acks)
@@ -263,10 +268,11 @@ class MqttBridge:
 
     async def _serve_session_of(self, peer: str, out: CommittingOutbox) -> None:
         """One connection as the peer, until it ends (the peer came back and took its session)."""
-        incoming: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
+        incoming: asyncio.Queue[_Arrival | None] = asyncio.Queue()
         # No Will and no status of its own: this connection stands in for the peer.
         link = MqttLink(replace(self.settings, client_id=peer), manual_ack=True, announce=False,
-                        on_message=incoming.put_nowait, on_lost=lambda _why: incoming.put_nowait(None),
+                        on_message=lambda message: incoming.put_nowait((link.generation, message)),
+                        on_lost=lambda _why: incoming.put_nowait(None),
                         receive_maximum=self.receive_maximum)
         link.start()
         try:
@@ -276,7 +282,7 @@ class MqttBridge:
             await link.close()
 
     async def _leave(self, link: MqttLink, out: CommittingOutbox,
-                     incoming: asyncio.Queue[mqtt.MQTTMessage | None], acks: Acknowledger) -> None:
+                     incoming: asyncio.Queue[_Arrival | None], acks: Acknowledger) -> None:
         """A clean stop leaves the shared group, then settles what it took, before disconnecting.
 
         Otherwise the broker keeps queueing this bridge's share of new messages in
@@ -291,8 +297,8 @@ class MqttBridge:
         if await link.unsubscribe(self.subscription, within=_LEAVE_TIMEOUT):
             log.info("left the shared subscription %s", self.subscription)
         while not incoming.empty():
-            if (message := incoming.get_nowait()) is not None:
-                acks.add(message, self._take(link, out, message))
+            if (arrival := incoming.get_nowait()) is not None:
+                acks.add(arrival, self._take(link, out, arrival[1]))
         out.committed(soon=True)  # the flush that settles the messages above, without waiting a round
         try:
             async with asyncio.timeout(_LEAVE_TIMEOUT):
