@@ -208,6 +208,7 @@ def start_bridges(
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
+                    cwd=setup.tree,  # python -m puts the working directory first on the path
                 )
             )
     deadline = time.monotonic() + 30

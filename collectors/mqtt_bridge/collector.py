@@ -15,7 +15,7 @@ Sample configuration::
     self_interval = 60               # seconds between two reports of those counters
     peers = ["centre-2"]             # client ids of the other bridges of the group (see below)
     adopt_after = 30                 # seconds a peer stays offline before this bridge takes over
-    receive_maximum = 64             # unacknowledged messages the broker may have in flight to us
+    receive_maximum = 256            # unacknowledged messages the broker may have in flight to us
     # port, tls_cert_file, tls_key_file, topic_prefix, qos, keepalive, session_expiry:
     # as in [mqtt] (exporters/mqtt)
 
@@ -86,7 +86,7 @@ _PendingAck = tuple[int, int, int, Awaitable[None]]
 # A message and the generation of the connection it came on, stamped on arrival: the link may
 # reconnect before the bridge takes it from the queue, and its id is void on the new connection.
 _Arrival = tuple[int, mqtt.MQTTMessage]
-_RECEIVE_MAXIMUM = 64
+_RECEIVE_MAXIMUM = 256
 _REASON_LIMIT = 200  # characters of a rejection reason kept in the dead letter's user property
 _LEAVE_TIMEOUT = 2.0  # seconds to wait for the UNSUBACK, then for the last commit, on a clean stop
 _AGENT_LIMIT = 10_000  # agents tracked for self-monitoring; beyond, the least recently heard is forgotten
