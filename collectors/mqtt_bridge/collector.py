@@ -299,12 +299,14 @@ class MqttBridge:
         while not incoming.empty():
             if (arrival := incoming.get_nowait()) is not None:
                 acks.add(arrival, self._take(link, out, arrival[1]))
-        out.committed(soon=True)  # the flush that settles the messages above, without waiting a round
         try:
             async with asyncio.timeout(_LEAVE_TIMEOUT):
+                await out.committed(soon=True)  # the flush that settles them, without waiting a round
                 await acks.settled()
         except TimeoutError:
             log.warning("stopping before every message taken was committed: the broker sends those again")
+        except Exception as exc:  # the commit failed: nothing was acknowledged
+            log.warning("last commit before stopping failed (%s): the broker sends those messages again", exc)
 
     def _take(self, link: MqttLink, out: CommittingOutbox, message: mqtt.MQTTMessage) -> Awaitable[None]:
         """Pass one message on; returns what must complete before it may be acknowledged."""
