@@ -51,7 +51,7 @@ def check_host(host: str) -> None:
 
 # Host names and keys that passed, each key with its canonical spelling: collectors
 # repeat the same few thousand all day, and a dict lookup costs a fraction of the
-# regex and text checks (0.1 against ~0.9 us per reading).  Only text that passed is
+# regex and text checks (bench/RESULTS.md, "Code shapes").  Only text that passed is
 # kept, so every rejection still happens each time.  Bounded: cleared when full.
 _CHECKED_HOSTS: dict[str, str] = {}
 _CANONICAL_KEYS: dict[str, str] = {}

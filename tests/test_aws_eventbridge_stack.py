@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from trapline.collectors.aws.events import KINDS
+from trapline.collectors.aws.events import KINDS, NUDGES
 
 STACK = Path(__file__).resolve().parents[1] / "deploy" / "aws" / "eventbridge.yaml"
 
@@ -26,7 +26,7 @@ def test_every_handled_detail_type_has_a_rule_and_every_rule_a_handled_detail_ty
         for source in rule["Properties"]["EventPattern"]["source"]
         for detail_type in rule["Properties"]["EventPattern"]["detail-type"]
     }
-    assert patterns == set(KINDS)
+    assert patterns == set(KINDS) | set(NUDGES)
 
 
 def test_every_rule_targets_the_queue_with_the_dlq_for_failed_deliveries() -> None:

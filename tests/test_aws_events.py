@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_aws_template import DOCUMENTED
-from trapline.collectors.aws.events import FINAL, KINDS, EventMapper, Verdict, lookup_for
+from trapline.collectors.aws.events import FINAL, KINDS, NUDGES, EventMapper, PollerView, Verdict, lookup_for
 from trapline.collectors.aws.poller import AccountsPoller, AwsPoller
 from trapline.collectors.aws.resources import Cycle, Resource, key_param
 from trapline.collectors.aws.services import EmrService, GlueService, _glue_run
@@ -52,7 +52,7 @@ def _stamp(epoch: int) -> str:
 def envelope(
     detail_type: str, detail: dict[str, Any], *, time: int = T0, account: str = ACCOUNT, region: str = REGION
 ) -> str:
-    source = next(s for s, d in KINDS if d == detail_type)
+    source = next(s for s, d in KINDS | NUDGES if d == detail_type)
     return json.dumps(
         {
             "version": "0",
@@ -269,6 +269,84 @@ def test_list_form_account_and_region_pick_the_scoped_host_and_key() -> None:
     assert stranger.verdict is Verdict.UNWATCHED
 
 
+# "Glue Crawler State Change" as the EventBridge user guide's event examples show it: every detail
+# value a string, the states Started, Succeeded and Failed, and no id of the crawl.
+CRAWLER = 'raw, "landing" données'
+CRAWLER_EVENTS = {
+    "Started": {
+        "accountId": ACCOUNT,
+        "crawlerName": CRAWLER,
+        "startTime": "2023-11-14T22:13:20Z",
+        "state": "Started",
+        "message": "Crawler Started",
+    },
+    "Succeeded": {
+        "tablesCreated": "0",
+        "warningMessage": "N/A",
+        "partitionsUpdated": "0",
+        "tablesUpdated": "0",
+        "message": "Crawler Succeeded",
+        "partitionsDeleted": "0",
+        "accountId": ACCOUNT,
+        "runningTime (sec)": "7",
+        "tablesDeleted": "0",
+        "crawlerName": CRAWLER,
+        "completionDate": "2023-11-14T22:14:20Z",
+        "state": "Succeeded",
+        "partitionsCreated": "0",
+        "cloudWatchLogLink": "https://console.aws.amazon.com/cloudwatch/home?region=eu-west-1",
+    },
+    "Failed": {
+        "crawlerName": CRAWLER,
+        "errorMessage": "Internal Service Exception",
+        "accountId": ACCOUNT,
+        "cloudWatchLogLink": "https://console.aws.amazon.com/cloudwatch/home?region=eu-west-1",
+        "state": "Failed",
+        "message": "Crawler Failed",
+    },
+}
+
+
+@pytest.mark.parametrize("state", sorted(CRAWLER_EVENTS))
+def test_crawler_event_asks_for_a_poll_of_the_crawlers_not_for_a_value_of_its_own(state: str) -> None:
+    """The event has no crawl id: a value made from it could not match the poll's value for the
+    same crawl, and the template would page twice.  So it sends nothing itself; it asks for the
+    crawler poll, whose memory sends each crawl once."""
+    poller, mapper = single(glue_crawlers={"enabled": True})
+    host = poller.settings.host
+    poller.resources["glue_crawlers"] = [
+        Resource("glue_crawlers", CRAWLER, CRAWLER, host, key_param(CRAWLER), {})
+    ]
+    outcome = mapper.apply(envelope("Glue Crawler State Change", CRAWLER_EVENTS[state]))
+    assert (outcome.verdict, outcome.items) == (Verdict.APPLIED, [])
+    assert outcome.poll is not None
+    watched, service = outcome.poll
+    assert isinstance(watched, PollerView) and watched.poller is poller and service == "glue_crawlers"
+
+    other = mapper.apply(envelope("Glue Crawler State Change", CRAWLER_EVENTS[state], region="us-east-1"))
+    unknown = mapper.apply(
+        envelope("Glue Crawler State Change", CRAWLER_EVENTS[state] | {"crawlerName": "x"})
+    )
+    assert (other.verdict, unknown.verdict, other.poll, unknown.poll) == (
+        Verdict.UNWATCHED,
+        Verdict.UNWATCHED,
+        None,
+        None,
+    )
+
+
+def test_crawler_event_without_crawlers_enabled_or_without_a_name() -> None:
+    _, mapper = single()  # glue_crawlers off: nothing is watched
+    assert (
+        mapper.apply(envelope("Glue Crawler State Change", CRAWLER_EVENTS["Failed"])).verdict
+        is Verdict.UNWATCHED
+    )
+    nameless = {k: v for k, v in CRAWLER_EVENTS["Failed"].items() if k != "crawlerName"}
+    outcome = mapper.apply(envelope("Glue Crawler State Change", nameless))
+    assert (outcome.verdict, outcome.reason) == (Verdict.MALFORMED, "no crawlerName")
+    assert set(NUDGES) == {("aws.glue", "Glue Crawler State Change")}
+
+
 def test_unwatched_resource_and_region_are_counted_not_sent() -> None:
     poller, mapper = single()
     watching(poller, glue=["load"])
@@ -405,7 +483,8 @@ def test_bad_input_never_crashes_and_is_counted_by_reason(body: str | bytes) -> 
         ),
         (
             json.dumps(
-                json.loads(glue_event("j", "r", "FAILED")) | {"detail-type": "Glue Crawler State Change"}
+                json.loads(glue_event("j", "r", "FAILED"))
+                | {"detail-type": "Glue Data Catalog Database State Change"}
             ),
             "unknown detail-type",
         ),

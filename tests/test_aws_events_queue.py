@@ -16,15 +16,19 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from tests.support.outbox import ListOutbox, run_collector_until
+from tests.test_aws_events import CRAWLER, CRAWLER_EVENTS
+from tests.test_aws_glue_pipelines import ONLY_PIPELINES, _crawler, _metrics
+from tests.test_aws_poller import _stubbed_clients
 from trapline.collectors.aws import AwsCollector
 from trapline.collectors.aws.events import EventMapper, Verdict, lookup_for
 from trapline.collectors.aws.poller import AwsPoller
 from trapline.collectors.aws.queue import EventQueue, make_sqs_client
-from trapline.collectors.aws.resources import Resource
-from trapline.collectors.aws.session import ApiCalls
+from trapline.collectors.aws.resources import Resource, key_param
+from trapline.collectors.aws.session import ApiCalls, Clients
 from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.config import Section
 from trapline.core.model import Reading
@@ -266,3 +270,68 @@ def test_list_form_counts_the_queue_calls_on_the_poller_host(aws: None) -> None:
         if isinstance(i, Reading) and i.key == "aws.poller.api.calls[sqs:ReceiveMessage]"
     ]
     assert [r.value for r in calls] == [1]
+
+
+def crawler_event(state: str) -> dict[str, Any]:
+    """An entry for put_events of the EventBridge user guide's crawler example (tests/test_aws_events.py)."""
+    detail = CRAWLER_EVENTS[state] | {"crawlerName": CRAWLER}
+    return {"Source": "aws.glue", "DetailType": "Glue Crawler State Change", "Detail": json.dumps(detail)}
+
+
+def test_crawler_event_polls_the_crawl_and_is_deleted_only_once_it_is_in_the_spool(aws: None) -> None:
+    """The crawl value comes from the crawler poll (Stubber: moto has no crawl outcomes nor
+    GetCrawlerMetrics), asked for by the event: sent once however many events name the crawl,
+    and a poll that fails leaves the event in the queue for its next delivery."""
+    queue, _ = wire_bus(visibility=1)
+    stubs: dict[str, Stubber] = {}
+
+    def factory(s: Any, calls: ApiCalls) -> Clients:
+        clients, made = _stubbed_clients(s, calls)
+        stubs.update(made)
+        listing = {"Crawlers": [_crawler(CRAWLER, None)]}
+        made["glue"].add_response("get_crawlers", listing)  # discovery
+        made["glue"].add_response("get_crawlers", listing)  # health: no crawl has ended yet
+        made["glue"].activate()
+        return clients
+
+    only_crawlers = {name: {"enabled": name == "glue_crawlers"} for name in ONLY_PIPELINES}
+    poller = AwsPoller(settings(queue, **only_crawlers), client_factory=factory)
+    events = EventQueue(
+        queue, lambda: make_sqs_client(poller.settings, ApiCalls()), EventMapper(lookup_for(poller)), wait=1
+    )
+    assert poller.cycle().errors == []
+    put = boto3.client("events", region_name=REGION).put_events
+
+    failed = {"Crawlers": [_crawler(CRAWLER, "FAILED", "p-1", "Internal Service Exception")]}
+    put(Entries=[crawler_event("Failed")])
+    stubs["glue"].add_response("get_crawlers", failed)
+    stubs["glue"].add_response("get_crawler_metrics", {"CrawlerMetricsList": [_metrics(CRAWLER)]})
+    out = CommittingOutbox(queue)
+    assert asyncio.run(events.take(out)) == 1
+    [crawl] = out.readings(f"glue.crawler.crawl[{key_param(CRAWLER)}]")
+    value = json.loads(str(crawl.value))
+    assert (value["state"], value["error"], value["id"]) == ("FAILED", "Internal Service Exception", "p-1")
+    assert out.commits == [(len(out.items), 1)] and depth(queue) == 0
+
+    # The same crawl again (a redelivered or repeated event): a poll, no second value.
+    put(Entries=[crawler_event("Failed")])
+    stubs["glue"].add_response("get_crawlers", failed)
+    assert asyncio.run(events.take(out)) == 1
+    assert len(out.readings(f"glue.crawler.crawl[{key_param(CRAWLER)}]")) == 1 and depth(queue) == 0
+
+    # A poll that fails: the event stays in the queue, and its next delivery polls again.
+    put(Entries=[crawler_event("Started")])
+    stubs["glue"].add_client_error("get_crawlers", "ThrottlingException", http_status_code=400)
+    assert asyncio.run(events.take(out)) == 1
+    assert depth(queue) == 1
+    running = {"Crawlers": [_crawler(CRAWLER, "FAILED", "p-1", state="RUNNING")]}
+    stubs["glue"].add_response("get_crawlers", running)
+    received = 0
+    for _ in range(10):
+        received += asyncio.run(events.take(out))
+        if received:
+            break
+    assert received == 1 and depth(queue) == 0
+    assert [r.value for r in out.readings(f"glue.crawler.state[{key_param(CRAWLER)}]")][-1] == "RUNNING"
+    stubs["glue"].assert_no_pending_responses()
+    assert events.mapper.counts[Verdict.APPLIED] == 4

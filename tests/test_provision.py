@@ -317,6 +317,7 @@ def _expressions(node: Any) -> list[str]:
 OBD_KEYS = {
     "obd.state",
     "obd.voltage",
+    "obd.engine.running",
     "obd.protocol",
     "obd.vin",
     "obd.mil",

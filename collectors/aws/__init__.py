@@ -50,10 +50,13 @@ class AwsCollector:
         # Throttled cycles wait twice the interval, then longer, up to max_backoff.
         self.throttle_backoff = Backoff(initial=2 * settings.poll_interval, cap=settings.max_backoff)
         self.events: EventQueue | None = None
+        # A poll cycle and a poll an event asks for (events.NUDGES) never run at once.
+        self.poll_lock = asyncio.Lock()
         url = settings.events_queue_url
         if url is not None and isinstance(self.poller, AwsPoller | AccountsPoller):
             maker = partial(make_sqs_client, settings, self.poller.calls)
-            self.events = EventQueue(url, maker, EventMapper(lookup_for(self.poller)))
+            mapper = EventMapper(lookup_for(self.poller))
+            self.events = EventQueue(url, maker, mapper, poll_lock=self.poll_lock)
 
     async def run(self, out: Outbox) -> None:
         if self.events is None:
@@ -88,7 +91,8 @@ class AwsCollector:
         try:
             # boto3 blocks: a whole cycle runs in a worker thread and hands back
             # its items, so the event loop never waits on AWS.
-            return await asyncio.to_thread(self.poller.cycle)
+            async with self.poll_lock:
+                return await asyncio.to_thread(self.poller.cycle)
         except Exception as exc:  # every step guards itself; this is the last net
             log.exception("%s: poll cycle failed", self.name)
             reason = f"unexpected error ({type(exc).__name__})"

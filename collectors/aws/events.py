@@ -18,6 +18,14 @@ Event shapes, as AWS documents them (EventBridge user guides):
   docs.aws.amazon.com/emr/latest/ManagementGuide/emr-manage-cloudwatch-events.html
 - EMR Serverless Job Run State Change:
   docs.aws.amazon.com/emr/latest/EMR-Serverless-UserGuide/using-eventbridge.html
+- Glue Crawler State Change (states Started, Succeeded, Failed): the EventBridge user guide's
+  event examples.
+
+A crawler's event names the crawler but not the crawl (no id, no start time), so it cannot
+give the value a poll gives for that crawl, and a different value would page a second time
+for one failed crawl.  Its outcome is a poll of the crawler service out of turn instead: the
+poll reads the crawl, sends it once (CrawlerService remembers what it sent) and the queue
+deletes the event only after that value is in the spool.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from trapline.collectors.aws.poller import AccountsPoller, AwsPoller
+from trapline.collectors.aws.poller import AccountsPoller, AwsPoller, CycleResult
 from trapline.collectors.aws.resources import Cycle, Resource, Run, RunTracker
 from trapline.collectors.aws.services import (
     GLUE_FINAL_STATES,
@@ -97,6 +105,19 @@ KINDS: dict[tuple[str, str], Kind] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Nudge:
+    """A detail-type whose event only says that a resource changed: its service polls it now."""
+
+    service: str
+    name_field: str  # the detail field naming the resource (its id in the service's discovery)
+
+
+NUDGES: dict[tuple[str, str], Nudge] = {
+    ("aws.glue", "Glue Crawler State Change"): Nudge("glue_crawlers", "crawlerName"),
+}
+
+
 class BadEvent(ValueError):
     """An event that cannot be read; its text is the counter's reason (no event content in it)."""
 
@@ -114,6 +135,10 @@ class Watched(Protocol):
 
     def cluster_state(self, cluster: Resource, state: str, code: str, message: str, cycle: Cycle) -> None:
         """An EMR cluster's state items."""
+        ...
+
+    def poll_now(self, service: str) -> CycleResult:
+        """The run and state poll of one service, out of turn (blocking: AWS calls)."""
         ...
 
 
@@ -148,6 +173,9 @@ class PollerView:
             if isinstance(known, EmrService):
                 known.report_state(cluster, state, code, message, cycle)
 
+    def poll_now(self, service: str) -> CycleResult:
+        return self.poller.poll_now(service)
+
 
 def lookup_for(poller: AwsPoller | AccountsPoller) -> Lookup:
     """Which poller an event of (account, region) belongs to.
@@ -179,6 +207,9 @@ class Outcome:
     verdict: Verdict
     items: list[Item] = field(default_factory=list)
     reason: str = ""  # why malformed or unwatched
+    # A nudge: the service to poll now, on the poller that watches it; the poll's readings are
+    # the event's (the verdict is APPLIED, whether or not the poll finds something new).
+    poll: tuple[Watched, str] | None = None
 
 
 def parse(body: str | bytes) -> Event:
@@ -262,6 +293,9 @@ class EventMapper:
         return outcome
 
     def _apply(self, event: Event) -> Outcome:
+        nudge = NUDGES.get((event.source, event.detail_type))
+        if nudge is not None:
+            return self._nudge(nudge, event)
         kind = KINDS.get((event.source, event.detail_type))
         if kind is None:
             raise BadEvent("unknown detail-type")
@@ -295,6 +329,16 @@ class EventMapper:
         elif not kind.key:
             watched.cluster_state(resource, state, *cluster_reason(detail), cycle)
         return Outcome(Verdict.APPLIED, cycle.items)
+
+    def _nudge(self, nudge: Nudge, event: Event) -> Outcome:
+        name = _field(event.detail, nudge.name_field)
+        _field(event.detail, "state")  # any state: the poll reads what it means
+        watched = self._lookup(event.account, event.region)
+        if watched is None:
+            return Outcome(Verdict.UNWATCHED, reason="account or region not configured")
+        if watched.resource(nudge.service, name) is None:
+            return Outcome(Verdict.UNWATCHED, reason=f"{nudge.service} resource not discovered")
+        return Outcome(Verdict.APPLIED, poll=(watched, nudge.service))
 
     def _order(self, ident: tuple[str, ...], new: _Seen, floor: _Seen | None) -> Verdict:
         known = [seen for seen in (self._seen.get(ident), floor) if seen is not None]

@@ -145,6 +145,19 @@ class AwsPoller:
             self._clients = None  # rebuild from the credential chain next time
         return found
 
+    def poll_now(self, name: str) -> CycleResult:
+        """The run and state poll of one service, out of turn: an event said something changed there.
+
+        Neither discovery nor metrics: only what ``health`` sends, deduplicated as in a cycle."""
+        cycle = Cycle()
+        service = next((s for s in self.services if s.name == name), None)
+        clients = cycle.guard("credentials", self._current_clients)
+        if clients is not None and service is not None:
+            service.health(clients, self.resources[name], cycle)
+        if cycle.credentials_failed:
+            self._clients = None
+        return CycleResult(cycle.items, sorted(cycle.errors), cycle.throttled)
+
     def _health_due(self, service: Service) -> bool:
         """Run and state polls every cycle; with events on, every ``reconcile_interval`` only."""
         if self.settings.events_queue_url is None:

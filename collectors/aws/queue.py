@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from trapline.collectors.aws.events import EventMapper, Verdict
+from trapline.collectors.aws.events import EventMapper, Verdict, Watched
 from trapline.collectors.aws.session import ApiCalls, describe_failure, expiring, make_session
 from trapline.collectors.aws.settings import AwsSettings
 from trapline.core.backoff import Backoff
@@ -49,11 +49,18 @@ class EventQueue:
     """One consumer of the queue: blocking calls, run in a worker thread by ``consume``."""
 
     def __init__(
-        self, url: str, make_client: ClientMaker, mapper: EventMapper, wait: int = WAIT_SECONDS
+        self,
+        url: str,
+        make_client: ClientMaker,
+        mapper: EventMapper,
+        wait: int = WAIT_SECONDS,
+        poll_lock: asyncio.Lock | None = None,
     ) -> None:
         self.url = url
         self.wait = wait  # s of long polling per receive
         self.mapper = mapper
+        # Held by whoever polls: a poll an event asks for must not run beside a poll cycle.
+        self.poll_lock = poll_lock or asyncio.Lock()
         self._make_client = make_client
         self._client: Any = None
         self._expires: float | None = None
@@ -96,8 +103,12 @@ class EventQueue:
         """One receive: map, put, wait for the spool commit, delete; the number of messages."""
         messages = await asyncio.to_thread(self.receive)
         handles = []
+        polls: dict[tuple[Watched, str], list[str]] = {}  # a poll per service, for all its events
         for message in messages:
             outcome = self.mapper.apply(message.get("Body", ""))
+            if outcome.poll is not None:
+                polls.setdefault(outcome.poll, []).append(message["ReceiptHandle"])
+                continue
             for item in outcome.items:
                 out.put(item)
             if outcome.verdict is Verdict.MALFORMED:
@@ -108,6 +119,17 @@ class EventQueue:
                     )
                 continue
             handles.append(message["ReceiptHandle"])
+        for (watched, service), waiting in polls.items():
+            async with self.poll_lock:
+                result = await asyncio.to_thread(watched.poll_now, service)
+            if result.errors:
+                # Not deleted: SQS hands the events out again after the visibility timeout.
+                reason = result.errors[0]
+                log.warning("SQS: the %s poll of %d event(s) failed: %s", service, len(waiting), reason)
+                continue
+            for item in result.items:
+                out.put(item)
+            handles += waiting
         if handles:
             await out.committed()
             await asyncio.to_thread(self.delete, handles)

@@ -26,8 +26,8 @@ class FrameError(ValueError):
     """A frame that cannot be used; ``str()`` is the reason."""
 
 
-# Structs, not dataclasses: one is built per frame, and a frozen dataclass costs
-# about 0.5 us more to build.  They hold decoded JSON, which has no cycles: the
+# Structs, not dataclasses: one is built per frame, and a frozen dataclass is several
+# times dearer to build (bench/RESULTS.md, "Code shapes").  They hold decoded JSON, which has no cycles: the
 # garbage collector need not track them.
 class Subscribed(msgspec.Struct, frozen=True, gc=False):
     channel: str

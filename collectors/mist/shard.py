@@ -21,7 +21,9 @@ import re
 from dataclasses import dataclass
 
 _SPEC = re.compile(r" *([0-9]{1,4}) */ *([0-9]{1,4}) *")  # ASCII digits: \d would take any script
-MAX_SHARDS = 100  # far above any sensible instance count; bounds the per-id cost (N digests, ~1.7 us each)
+# Far above any sensible instance count; bounds the per-id cost, one digest per shard
+# (bench/RESULTS.md, "Code shapes").
+MAX_SHARDS = 100
 
 
 def _weight(mist_id: str, shard: int) -> bytes:

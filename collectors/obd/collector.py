@@ -364,7 +364,7 @@ class ObdCollector:
         while not self.link.needs_reconnect():
             answers = await self._requests(conn, ("ATRV", "0100"))
             if answers:
-                self._battery.engine(answers[0].received_ns / 1e9, running=False)  # no ECU, no engine
+                self._engine_sample(answers[0], running=False)  # no ECU, no engine
                 await self._report_voltage(answers[0])
             if self._battery.tripped:
                 return
@@ -594,6 +594,9 @@ class ObdCollector:
         await self._battery_changed(self._battery.voltage(answer.received_ns / 1e9, volts), volts)
 
     def _engine_sample(self, answer: Answer, running: bool) -> None:
+        # The link state says whether the ECU answers, which it does with the ignition on and the
+        # engine off too: what the charging trigger needs is whether the engine turns.
+        self._put_from(answer, "obd.engine.running", int(running), "", {})
         dip, change = self._battery.engine(answer.received_ns / 1e9, running)
         if dip is not None:
             self._put_from(answer, "obd.battery.crank_voltage", dip, "V", {})

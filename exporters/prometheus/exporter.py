@@ -48,6 +48,7 @@ class MetricSpec:
     kind: str  # "gauge" | "counter"
     param_labels: tuple[str, ...]
     help: str
+    name: str  # the name the key's metric takes; the key itself unless the catalog says otherwise
 
 
 @cache
@@ -56,7 +57,12 @@ def catalog() -> dict[str, MetricSpec]:
         resources.files("trapline.exporters.prometheus").joinpath("catalog.toml").read_text("utf-8")
     )
     return {
-        key: MetricSpec(spec.get("type", "gauge"), tuple(spec.get("param_labels", ())), spec["help"])
+        key: MetricSpec(
+            kind=spec.get("type", "gauge"),
+            param_labels=tuple(spec.get("param_labels", ())),
+            help=spec["help"],
+            name=spec.get("name", key),
+        )
         for key, spec in raw["metric"].items()
     }
 
@@ -116,7 +122,8 @@ class PrometheusExporter:
         elif params is not None and not item.labels:
             labels["param"] = params
         help_text = spec.help if spec else f"trapline reading {key_name}"
-        self._store(key_name, kind, help_text, unit=item.unit, labels=labels, value=float(item.value))
+        name = spec.name if spec else key_name
+        self._store(name, kind, help_text, unit=item.unit, labels=labels, value=float(item.value))
 
     def _store_expanded(self, item: Reading, samples: list[Sample]) -> None:
         for sample in samples:

@@ -1,6 +1,7 @@
 """End to end, event path: put_events on moto's EventBridge (rules and queue from
 deploy/aws/eventbridge.yaml) -> SQS -> the collector's consumer -> real Zabbix 6.0 and 7.0 with the
-shipped template: a Glue job FAILED event opens the run-failed problem within 10 s of put_events.
+shipped template: a Glue job FAILED event opens the run-failed problem, and a crawler's Failed
+event the crawl-failed problem, within 10 s of put_events.
 
 The event is the documented "Glue Job State Change" shape (jobName, severity, state, jobRunId,
 message; docs.aws.amazon.com/glue/latest/dg/automating-awsglue-with-cloudwatch-events.html).
@@ -12,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.test_aws_moto import (
-    REGION,
     _post,
     client,
     make_job,
@@ -30,16 +31,19 @@ from tests.integration.test_aws_zabbix import (
     items,
     moto_credentials,
     open_problems,
+    poller_settings,
 )
 from tests.support.outbox import ListOutbox
 from tests.support.zabbix_fixtures import wait_until
+from tests.test_aws_events import CRAWLER
+from tests.test_aws_events_queue import crawler_event
+from tests.test_aws_glue_pipelines import ONLY_PIPELINES, _at, _crawler, _metrics
+from tests.test_aws_poller import _stubbed_clients
 from trapline.collectors.aws.events import EventMapper, Verdict, lookup_for
 from trapline.collectors.aws.poller import AwsPoller, CycleResult
 from trapline.collectors.aws.queue import EventQueue, make_sqs_client
 from trapline.collectors.aws.resources import key_param
 from trapline.collectors.aws.session import ApiCalls
-from trapline.collectors.aws.settings import parse_settings
-from trapline.core.config import Section
 from trapline.core.model import Item
 
 pytestmark = [
@@ -69,6 +73,65 @@ class ZabbixOutbox(ListOutbox):
         await asyncio.to_thread(deliver, self.zabbix, CycleResult(batch))
 
 
+def deploy_stack(endpoint: str) -> str:
+    """deploy/aws/eventbridge.yaml on moto's CloudFormation: the event queue's URL."""
+    cloudformation = client(endpoint, "cloudformation")
+    cloudformation.create_stack(
+        StackName="trapline-events",
+        TemplateBody=STACK.read_text(encoding="utf-8"),
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    [stack] = cloudformation.describe_stacks(StackName="trapline-events")["Stacks"]
+    return str(next(o["OutputValue"] for o in stack["Outputs"] if o["OutputKey"] == "EventsQueueUrl"))
+
+
+def assert_queue_empty(endpoint: str, queue: str) -> None:
+    """Nothing left in the queue, visible or in flight: every message was deleted once delivered."""
+    attributes = client(endpoint, "sqs").get_queue_attributes(
+        QueueUrl=queue,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert attributes == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
+
+
+def put_and_wait_problems(
+    events: EventQueue, entry: dict[str, str], *, endpoint: str, zabbix: Any, hostid: str, marker: str
+) -> list[str]:
+    """put_events, consume until delivered, and the names of the open problems holding ``marker``:
+    the whole path, put_events to the problem, within EVENT_BOUND."""
+    out = ZabbixOutbox(zabbix)
+    client(endpoint, "events").put_events(Entries=[entry])
+    put_at = time.monotonic()
+    while not out.items and time.monotonic() - put_at < EVENT_BOUND:
+        asyncio.run(events.take(out))
+    api = zabbix.api()
+    names: list[str] = wait_until(
+        lambda: [n for n in open_problems(api, hostid) if marker in n],
+        timeout=max(0.1, EVENT_BOUND - (time.monotonic() - put_at)),
+        what=f"a problem holding {marker!r}",
+    )
+    return names
+
+
+def consumer_after_discovery(
+    zabbix: Any, api: Any, poller: AwsPoller, hostid: str, *, item: str, trigger: str
+) -> EventQueue:
+    """The poller's first cycle (discovery and a reconciliation poll that finds nothing) delivered
+    and its ``item`` and ``trigger`` created by Zabbix: the event consumer of that poller."""
+    first = poller.cycle()
+    assert first.errors == []
+    deliver(zabbix, first)
+    host = poller.settings.host
+    wait_until(
+        lambda: items(api, host, item) and api.trigger.get(hostids=[hostid], search={"description": trigger}),
+        timeout=LLD_TIMEOUT,
+        what=f"the discovered {item} and its trigger {trigger!r}",
+    )
+    zabbix.config_cache_reload()
+    maker = partial(make_sqs_client, poller.settings, ApiCalls())
+    return EventQueue(str(poller.settings.events_queue_url), maker, EventMapper(lookup_for(poller)), wait=1)
+
+
 def test_glue_failure_event_opens_the_problem_within_seconds(
     zabbix: Any,
     moto_endpoint: str,  # noqa: F811
@@ -78,46 +141,16 @@ def test_glue_failure_event_opens_the_problem_within_seconds(
     with moto_credentials(tmp_path):
         api = zabbix.api()
         host, hostid = create_poller_host(zabbix, api, "aws-events")
-        cloudformation = client(moto_endpoint, "cloudformation")
-        cloudformation.create_stack(
-            StackName="trapline-events",
-            TemplateBody=STACK.read_text(encoding="utf-8"),
-            Capabilities=["CAPABILITY_IAM"],
-        )
-        [stack] = cloudformation.describe_stacks(StackName="trapline-events")["Stacks"]
-        queue = next(o["OutputValue"] for o in stack["Outputs"] if o["OutputKey"] == "EventsQueueUrl")
+        queue = deploy_stack(moto_endpoint)
         make_job(client(moto_endpoint, "glue"), JOB)
-        data = {
-            "type": "aws",
-            "host": host,
-            "region": REGION,
-            "endpoint_url": moto_endpoint,
-            "max_attempts": 1,
-            "events_queue_url": queue,
+        services = {
             "emr": {"enabled": False},
             "emr_serverless": {"enabled": False},
             "glue": {"metrics": False},
         }
-        settings = parse_settings("aws", Section(Path("/etc/trapline/trapline.toml"), "collectors.aws", data))
-        poller = AwsPoller(settings)
-        first = poller.cycle()  # discovery (and the reconciliation poll, which finds no run)
-        assert first.errors == []
-        deliver(zabbix, first)
+        poller = AwsPoller(poller_settings(moto_endpoint, host, events_queue_url=queue, **services))
         run_item = f"glue.job.run[{key_param(JOB)}]"
-        wait_until(
-            lambda: (
-                items(api, host, run_item)
-                and api.trigger.get(hostids=[hostid], search={"description": "Run failed"})
-            ),
-            timeout=LLD_TIMEOUT,
-            what="the discovered job's run item and failure trigger",
-        )
-        zabbix.config_cache_reload()
-
-        events = EventQueue(
-            queue, lambda: make_sqs_client(settings, ApiCalls()), EventMapper(lookup_for(poller)), wait=1
-        )
-        out = ZabbixOutbox(zabbix)
+        events = consumer_after_discovery(zabbix, api, poller, hostid, item=run_item, trigger="Run failed")
         detail = {
             "jobName": JOB,
             "severity": "ERROR",
@@ -126,24 +159,48 @@ def test_glue_failure_event_opens_the_problem_within_seconds(
             "message": "OOM",
         }
         entry = {"Source": "aws.glue", "DetailType": "Glue Job State Change", "Detail": json.dumps(detail)}
-        client(moto_endpoint, "events").put_events(Entries=[entry])
-        put_at = time.monotonic()
-        while not out.items and time.monotonic() - put_at < EVENT_BOUND:
-            asyncio.run(events.take(out))
-        assert events.mapper.counts[Verdict.APPLIED] == 1
-        # The whole path, put_events to the problem, within the bound: what is left of it here.
-        names = wait_until(
-            lambda: [n for n in open_problems(api, hostid) if "jr_7f3a FAILED: OOM" in n],
-            timeout=max(0.1, EVENT_BOUND - (time.monotonic() - put_at)),
-            what="the Glue run-failed problem",
+        names = put_and_wait_problems(
+            events, entry, endpoint=moto_endpoint, zabbix=zabbix, hostid=hostid, marker="jr_7f3a FAILED: OOM"
         )
+        assert events.mapper.counts[Verdict.APPLIED] == 1
         assert names == [f"AWS Glue: Job {JOB}: Run jr_7f3a FAILED: OOM"]
-        # Deleted once delivered: nothing left in the queue, visible or in flight.
-        attributes = client(moto_endpoint, "sqs").get_queue_attributes(
-            QueueUrl=queue,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        assert attributes == {
-            "ApproximateNumberOfMessages": "0",
-            "ApproximateNumberOfMessagesNotVisible": "0",
-        }
+        assert_queue_empty(moto_endpoint, queue)
+
+
+def test_glue_crawler_failure_event_opens_the_crawl_problem_within_seconds(
+    zabbix: Any,
+    moto_endpoint: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The crawler's event (the EventBridge user guide's "Crawler Failed" example) asks for the
+    crawler poll, whose value opens the problem: the crawl's Glue answers come from the Stubber
+    (moto has no crawl outcomes nor GetCrawlerMetrics), the queue from moto."""
+    _post(moto_endpoint, "/moto-api/reset")
+    with moto_credentials(tmp_path):
+        api = zabbix.api()
+        host, hostid = create_poller_host(zabbix, api, "aws-crawl-events")
+        queue = deploy_stack(moto_endpoint)
+        clients, stubs = _stubbed_clients(None, ApiCalls())
+        glue = stubs["glue"]
+        glue.activate()
+        only_crawlers = {name: {"enabled": name == "glue_crawlers"} for name in ONLY_PIPELINES}
+        settings = poller_settings(moto_endpoint, host, events_queue_url=queue, **only_crawlers)
+        poller = AwsPoller(settings, client_factory=lambda _settings, _calls: clients)
+        never_crawled = {"Crawlers": [_crawler(CRAWLER, None)]}
+        glue.add_response("get_crawlers", never_crawled)  # discovery
+        glue.add_response("get_crawlers", never_crawled)  # the reconciliation poll
+        crawl_item = f"glue.crawler.crawl[{key_param(CRAWLER)}]"
+        events = consumer_after_discovery(
+            zabbix, api, poller, hostid, item=crawl_item, trigger="Crawl failed"
+        )
+        crawl = _crawler(CRAWLER, "FAILED", "c-9", "Internal Service Exception")
+        crawl["LastCrawl"]["StartTime"] = _at(int(time.time()) - 120)
+        glue.add_response("get_crawlers", {"Crawlers": [crawl]})
+        glue.add_response("get_crawler_metrics", {"CrawlerMetricsList": [_metrics(CRAWLER, runtime=60.0)]})
+        entry = crawler_event("Failed")
+        names = put_and_wait_problems(
+            events, entry, endpoint=moto_endpoint, zabbix=zabbix, hostid=hostid, marker="Crawl c-9 FAILED"
+        )
+        glue.assert_no_pending_responses()
+        assert names == [f"AWS Glue: Crawler {CRAWLER}: Crawl c-9 FAILED: Internal Service Exception"]
+        assert_queue_empty(moto_endpoint, queue)

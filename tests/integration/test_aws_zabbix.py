@@ -42,7 +42,7 @@ from tests.support.zabbix_fixtures import TEST_HOST_GROUP, unique_name, wait_unt
 from tests.test_aws_poller import GLUE_NAME_CHARS
 from trapline.collectors.aws.poller import AwsPoller, CycleResult
 from trapline.collectors.aws.resources import ERROR_SHOWN, key_param, short_id
-from trapline.collectors.aws.settings import parse_settings
+from trapline.collectors.aws.settings import AwsSettings, parse_settings
 from trapline.core.config import Section
 from trapline.core.model import Reading
 from trapline.core.plugin import Spooled
@@ -196,19 +196,24 @@ def put_idle(cloudwatch: Any, cluster_id: str, newest_bucket: int) -> None:
     )
 
 
-def make_poller(endpoint: str, host: str, clock: list[float] | None = None) -> AwsPoller:
-    """A poller for ``host``; on the virtual ``clock`` when given, else on real time."""
+def poller_settings(endpoint: str, host: str, **values: Any) -> AwsSettings:
+    """The settings of a poller of moto at ``endpoint`` for ``host``: ``values`` add to them."""
     data = {
         "type": "aws",
         "host": host,
         "region": REGION,
         "endpoint_url": endpoint,
         "max_attempts": 1,
-        # EMR windows end at the period boundary before the virtual now: the idle test
-        # moves the clock to choose which datapoint each fetch returns.
-        "emr": {"metric_delay": 0},
+        **values,
     }
-    settings = parse_settings("aws", Section(Path("/etc/trapline/trapline.toml"), "collectors.aws", data))
+    return parse_settings("aws", Section(Path("/etc/trapline/trapline.toml"), "collectors.aws", data))
+
+
+def make_poller(endpoint: str, host: str, clock: list[float] | None = None) -> AwsPoller:
+    """A poller for ``host``; on the virtual ``clock`` when given, else on real time."""
+    # EMR windows end at the period boundary before the virtual now: the idle test
+    # moves the clock to choose which datapoint each fetch returns.
+    settings = poller_settings(endpoint, host, emr={"metric_delay": 0})
     if clock is None:
         return AwsPoller(settings)
     return AwsPoller(settings, clock=lambda: clock[0])

@@ -92,4 +92,9 @@ def test_the_voltage_dip_of_an_engine_start_is_reported(
     run_collector_until(build("car", obd_section(port, tmp_path)), out, drive, LIMIT)
     assert out.values("obd.battery.crank_voltage") == [9.4]
     assert len(out.values("obd.protocol")) == 1, "one connection throughout"
+    # The ECU answered all along (link state 2), the engine turned only at the end.
+    running = out.values("obd.engine.running")
+    assert running[0] == 0 and running[-1] == 1 and sorted(set(running)) == [0, 1]
+    assert running == sorted(running), "off, then on: no flicker"
+    assert set(out.values("obd.state")) == {2}
     assert all(v == 0 for v in out.values("obd.battery.guard"))

@@ -20,13 +20,13 @@ def now_clock() -> tuple[int, int]:
 
 
 # Both are frozen msgspec Structs, not frozen dataclasses: a frozen dataclass sets
-# each field through object.__setattr__, which made building one cost ~1.3 us, paid
-# by the collector that makes a reading and again by each spool claim; a Struct
-# costs ~0.15 us.  array_like: msgpack and JSON see the fields as an array in
+# each field through object.__setattr__, which made building one several times dearer
+# (bench/RESULTS.md, "Code shapes"), paid by the collector that makes a reading and
+# again by each spool claim.  array_like: msgpack and JSON see the fields as an array in
 # declaration order, the form the spool's batch rows store (so it decodes them
 # straight into Readings): never reorder the fields.
 # gc=False for Reading, made by the ten thousand: the cycle collector neither tracks
-# nor walks them (a spool claim of Mist readings ~25 % cheaper).  Safe because a
+# nor walks them, which makes a spool claim of many readings cheaper.  Safe because a
 # Reading holds only text, numbers and a label mapping of text, so it can never be
 # part of a reference cycle; keep it so (no field that may refer back to objects).
 
