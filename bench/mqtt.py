@@ -28,8 +28,14 @@ and the readings per message; the last row uses mosquitto's default
 ``max_queued_messages`` (1000) with more messages than fit in it (its rate
 includes a 20 s wait for rows that never come: only its stored count matters).
 
+With ``--tree A --tree B`` it compares two source trees instead (e.g. main, exported
+with ``git archive``, and a branch): one bridge per run, its code imported from the
+tree, runs alternating A, B, B, A...; the figures of interest are the bridge's CPU per
+reading and the B/A ratios of same-round pairs.  The edge and Zabbix stay the same.
+
     flock /tmp/trapline-bench.lock python3 -m bench.mqtt [--readings 200000] [--per-message 1000] [--runs 5]
         [--limit-runs 3 (0: skip the second table)] [--small-messages 2000] [--db-syncers 4]
+        [--tree A --tree B]
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +79,7 @@ class Setup:
     readings: int
     inflight: int = 20  # mosquitto's default max_inflight_messages
     queued: int = 1000  # mosquitto's default max_queued_messages
+    tree: str | None = None  # source tree the bridges import trapline from (None: this one)
 
     @property
     def label(self) -> str:
@@ -79,7 +87,7 @@ class Setup:
             return f"control: edge -> Zabbix trapper directly (no MQTT), deliver() per {self.per_message}"
         return (
             f"{self.bridges} bridge{'s' if self.bridges > 1 else ''}, {self.per_message} readings/msg, "
-            f"inflight {self.inflight}, queue {self.queued}"
+            f"inflight {self.inflight}, queue {self.queued}" + (f", tree {self.tree}" if self.tree else "")
         )
 
 
@@ -187,10 +195,11 @@ session_expiry = 0   # a bridge of an earlier run must not keep a share of the m
 
 
 def start_bridges(
-    bridges: list[subprocess.Popen[bytes]], count: int, workdir: Path, broker: Broker, trapper_port: int
+    bridges: list[subprocess.Popen[bytes]], setup: Setup, workdir: Path, broker: Broker, trapper_port: int
 ) -> None:
-    """Start `count` bridges into `bridges` (so the caller stops them even if one fails to come up)."""
-    for index in range(1, count + 1):
+    """Start the setup's bridges into `bridges` (so the caller stops them even if one fails to come up)."""
+    env = os.environ | ({"PYTHONPATH": setup.tree} if setup.tree else {})
+    for index in range(1, setup.bridges + 1):
         config = bridge_config(workdir, index, broker, trapper_port)
         with (workdir / f"bridge-{index}.log").open("ab") as log:
             bridges.append(
@@ -198,6 +207,8 @@ def start_bridges(
                     [sys.executable, "-m", "trapline", "run", "-c", str(config), "--log-level", "warning"],
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=setup.tree,  # python -m puts the working directory first on the path
                 )
             )
     deadline = time.monotonic() + 30
@@ -305,7 +316,7 @@ class Bench:
         bridges: list[subprocess.Popen[bytes]] = []
         dest = edge(broker, workdir, setup.per_message)
         try:
-            start_bridges(bridges, setup.bridges, workdir, broker, self.stack.trapper_port)
+            start_bridges(bridges, setup, workdir, broker, self.stack.trapper_port)
             assert broker.process is not None
             parts = {"broker": [broker.process.pid], "bridges": [b.pid for b in bridges]}
             return await self.measure(setup, dest, parts, window_size=EDGE_WINDOW)
@@ -399,6 +410,8 @@ async def bench(stack: LocalZabbix, keys: list[str], args: argparse.Namespace, w
                 s.results.append(outcome)
                 print(f"run {round_no + 1} {describe(s.setup, outcome)}", flush=True)
 
+    if args.tree:
+        return await compare_trees(rounds, args)
     scaling = [Series(Setup(b, args.per_message, args.readings)) for b in (1, 2)]
     control = Series(Setup(0, PIPELINE_BATCH, args.readings))
     await rounds([*scaling, control], args.runs)
@@ -431,6 +444,29 @@ async def bench(stack: LocalZabbix, keys: list[str], args: argparse.Namespace, w
     return "\n".join(lines)
 
 
+async def compare_trees(
+    rounds: Callable[[list[Series], int], Awaitable[None]], args: argparse.Namespace
+) -> str:
+    """One bridge from each tree, same-round pairs; the B/A ratios of bridge CPU and of the rate."""
+    # A queue that drops nothing, as in the limits table: small messages queue up by the thousand.
+    trees = [
+        Series(Setup(1, args.per_message, args.readings, queued=100_000, tree=tree)) for tree in args.tree
+    ]
+    await rounds(trees, args.runs)
+    a, b = trees[0].results, trees[1].results
+    cpu = [two.cpu["bridges"] / one.cpu["bridges"] for one, two in zip(a, b, strict=True)]
+    rate = [one.seconds / two.seconds for one, two in zip(a, b, strict=True)]
+    return "\n".join([
+        summary(trees),
+        "",
+        f"bridge CPU per reading, B/A (same-round pairs): median {median(cpu):.2f}, "
+        f"each {', '.join(f'{r:.2f}' for r in cpu)}",
+        f"readings/s stored, B/A (same-round pairs): median {median(rate):.2f}, "
+        f"each {', '.join(f'{r:.2f}' for r in rate)}",
+        "",
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readings", type=int, default=200_000)
@@ -442,7 +478,12 @@ def main() -> None:
         "--limit-runs", type=int, default=3, help="runs per setup of the limits table (0: skip it)"
     )
     parser.add_argument("--small-messages", type=int, default=2000, help="messages per small-message run")
+    parser.add_argument(
+        "--tree", action="append", default=[], help="source tree of the bridges; twice: compare A and B"
+    )
     args = parser.parse_args()
+    if len(args.tree) not in (0, 2):
+        parser.error("--tree: give two trees to compare, or none")
     print(f"# MQTT end to end: {args.readings} readings over {args.items} items, {args.runs} runs each")
     print(machine(), flush=True)
     syncers = {"StartDBSyncers": str(args.db_syncers)}

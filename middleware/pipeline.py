@@ -80,8 +80,8 @@ class _Outbox:
         """Changes whenever the collector used its outbox: its progress, for the watchdog."""
         return self._stats.readings + self._stats.errors + self._resolutions
 
-    def committed(self) -> asyncio.Future[None]:
-        return self._pipeline.committed()
+    def committed(self, soon: bool = False) -> asyncio.Future[None]:
+        return self._pipeline.committed(soon)
 
 
 class Pipeline:
@@ -136,10 +136,15 @@ class Pipeline:
         if len(self._intake) >= _INTAKE_HIGH_WATER:
             self._intake_wake.set()
 
-    def committed(self) -> asyncio.Future[None]:
-        """Resolves when everything accepted so far has been through the next flush_intake()."""
+    def committed(self, soon: bool = False) -> asyncio.Future[None]:
+        """Resolves when everything accepted so far has been through the next flush_intake().
+
+        ``soon`` starts that flush now instead of at the end of ``flush_interval``.
+        """
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._commit_waiters.append(waiter)
+        if soon:
+            self._intake_wake.set()
         return waiter
 
     def flush_intake(self) -> int:

@@ -48,7 +48,7 @@ class CommittingOutbox(ListOutbox):
         self.queue = queue
         self.commits: list[tuple[int, int]] = []  # (items put, messages still in the queue) at each commit
 
-    def committed(self) -> asyncio.Future[None]:
+    def committed(self, soon: bool = False) -> asyncio.Future[None]:
         self.commits.append((len(self.items), depth(self.queue) if self.queue else -1))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)

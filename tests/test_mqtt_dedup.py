@@ -26,7 +26,7 @@ class CommitOutbox(ListOutbox):
         super().__init__()
         self.commits: list[asyncio.Future[None]] = []
 
-    def committed(self) -> asyncio.Future[None]:
+    def committed(self, soon: bool = False) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.commits.append(done)
         return done

@@ -15,6 +15,7 @@ Sample configuration::
     self_interval = 60               # seconds between two reports of those counters
     peers = ["centre-2"]             # client ids of the other bridges of the group (see below)
     adopt_after = 30                 # seconds a peer stays offline before this bridge takes over
+    receive_maximum = 256            # unacknowledged messages the broker may have in flight to us
     # port, tls_cert_file, tls_key_file, topic_prefix, qos, keepalive, session_expiry:
     # as in [mqtt] (exporters/mqtt)
 
@@ -28,7 +29,13 @@ offline from the Last Will) for its self-monitoring.
 
 At least once, end to end: a message is acknowledged to the broker only after
 its readings are committed to the spool (or it reached the dead-letter topic).
-Acknowledgements go out in the order the messages came, as MQTT requires.  A
+Acknowledgements go out in the order the messages came, as MQTT requires.
+The work overlaps: the broker keeps up to ``receive_maximum`` messages in
+flight (MQTT v5 Receive Maximum), the bridge decodes the next ones while the
+spool commits earlier ones and the delivery loop sends older ones to Zabbix,
+and once half that window waits for a commit it asks the spool to commit now
+rather than at the end of ``flush_interval`` (the broker sends nothing more
+once the window is full).  A
 message whose acknowledgement was not sent before a disconnect is delivered
 again by the broker; this bridge remembers the ids of its last
 ``dedup_window`` messages and forwards such a copy only once (counted as a
@@ -76,8 +83,12 @@ log = logging.getLogger(__name__)
 
 # (connection generation, message id, qos, resolves when the message may be acknowledged)
 _PendingAck = tuple[int, int, int, Awaitable[None]]
+# A message and the generation of the connection it came on, stamped on arrival: the link may
+# reconnect before the bridge takes it from the queue, and its id is void on the new connection.
+_Arrival = tuple[int, mqtt.MQTTMessage]
+_RECEIVE_MAXIMUM = 256
 _REASON_LIMIT = 200  # characters of a rejection reason kept in the dead letter's user property
-_LEAVE_TIMEOUT = 2.0  # seconds to wait for the UNSUBACK on a clean stop
+_LEAVE_TIMEOUT = 2.0  # seconds to wait for the UNSUBACK, then for the last commit, on a clean stop
 _AGENT_LIMIT = 10_000  # agents tracked for self-monitoring; beyond, the least recently heard is forgotten
 BRIDGE_RULE = "trapline.bridge.discovery"
 AGENT_RULE = "trapline.bridge.agent.discovery"
@@ -117,6 +128,49 @@ class RecentIds:
             del self._entries[key]
 
 
+class Acknowledger:
+    """Acknowledges the messages of one connection in the order they came, each once it is safe."""
+
+    def __init__(self, link: MqttLink) -> None:
+        self.link = link
+        self._pending: asyncio.Queue[_PendingAck] = asyncio.Queue()
+
+    def add(self, arrival: _Arrival, ready: Awaitable[None]) -> None:
+        """``ready`` completes when the message may be acknowledged (its readings are committed)."""
+        generation, message = arrival
+        self._pending.put_nowait((generation, message.mid, message.qos, ready))
+
+    async def settled(self) -> None:
+        """Returns once every message added so far was acknowledged or given up."""
+        await self._pending.join()
+
+    async def run(self) -> None:
+        while True:
+            generation, mid, qos, ready = await self._pending.get()
+            try:
+                await self._settle(generation, mid, qos, ready)
+            finally:
+                self._pending.task_done()
+
+    async def _settle(self, generation: int, mid: int, qos: int, ready: Awaitable[None]) -> None:
+        link = self.link
+        try:
+            await ready
+        except PublishRefused as exc:
+            # The dead-letter topic refused it (an ACL?): the message is counted and
+            # dropped; holding it unacknowledged would block the in-flight window.
+            log.error("dead letter not accepted, dropping the message: %s", exc)
+        except PublishFailed:
+            return  # connection lost: the broker delivers the message again
+        except Exception:
+            # Not in the spool (disk error): without an ack the broker resends it on reconnect.
+            log.exception("readings of message %d were not committed; not acknowledging", mid)
+            return
+        # An id from an earlier connection may now name another message: never ack it.
+        if qos > 0 and generation == link.generation and link.connected.is_set():
+            link.ack(mid, qos)
+
+
 @dataclass(slots=True)
 class AgentSeen:
     online: bool = False  # from the retained status topic (the Last Will says offline)
@@ -134,7 +188,8 @@ class BridgeCounters:
 class MqttBridge:
     def __init__(self, name: str, settings: BrokerSettings, group: str, *, dedup_window: int = 10_000,
                  self_host: str | None = None, self_interval: float = 60.0,
-                 peers: tuple[str, ...] = (), adopt_after: float = 30.0) -> None:
+                 peers: tuple[str, ...] = (), adopt_after: float = 30.0,
+                 receive_maximum: int = _RECEIVE_MAXIMUM) -> None:
         self.name = name
         self.settings = settings
         self.subscription = f"$share/{group}/{settings.topics.data_filter()}"
@@ -148,6 +203,8 @@ class MqttBridge:
         self.adopt_after = adopt_after
         self._adoptions: dict[str, asyncio.Task[None]] = {}  # peer -> serving its session while it is away
         self._out: CommittingOutbox | None = None  # while running
+        self.receive_maximum = receive_maximum
+        self._uncommitted = 0  # data messages taken whose commit is awaited
 
     @property
     def dead_letters(self) -> int:
@@ -156,34 +213,39 @@ class MqttBridge:
     async def run(self, out: Outbox) -> None:
         if not isinstance(out, CommittingOutbox):
             raise TypeError("the MQTT bridge needs an outbox that confirms spool commits")
-        incoming: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
+        incoming: asyncio.Queue[_Arrival | None] = asyncio.Queue()
         filters = [self.subscription, self.settings.topics.status_filter()]
-        link = MqttLink(self.settings, manual_ack=True, on_message=incoming.put_nowait,
-                        on_connected=lambda: link.subscribe(filters, self.settings.qos))
+        link = MqttLink(self.settings, manual_ack=True,
+                        on_message=lambda message: incoming.put_nowait((link.generation, message)),
+                        on_connected=lambda: link.subscribe(filters, self.settings.qos),
+                        receive_maximum=self.receive_maximum)
         self.link, self._out = link, out
         link.start()
         helpers = [asyncio.create_task(self._report(out, self.self_host))] if self.self_host else []
         try:
-            await self._serve(link, out, incoming)
+            await self._serve(link, out, incoming, leave=True)
         finally:
             for task in [*helpers, *self._adoptions.values()]:
                 task.cancel()
             await asyncio.gather(*helpers, *self._adoptions.values(), return_exceptions=True)
             self._adoptions.clear()
-            await self._leave(link, out, incoming)
             await link.close()
             self.link = self._out = None
 
     async def _serve(self, link: MqttLink, out: CommittingOutbox,
-                     incoming: asyncio.Queue[mqtt.MQTTMessage | None]) -> None:
-        """Take messages until a None arrives (an adopted session's connection ended)."""
-        pending_acks: asyncio.Queue[_PendingAck] = asyncio.Queue()
-        acknowledging = asyncio.create_task(self._acknowledge(link, pending_acks))
+                     incoming: asyncio.Queue[_Arrival | None], *, leave: bool = False) -> None:
+        """Take messages until a None arrives (an adopted session's connection ended).
+
+        With ``leave``, a stop leaves the shared group and settles what was taken first.
+        """
+        acks = Acknowledger(link)
+        acknowledging = asyncio.create_task(acks.run())
         try:
-            while (message := await incoming.get()) is not None:
-                ready = self._take(link, out, message)
-                pending_acks.put_nowait((link.generation, message.mid, message.qos, ready))
+            while (arrival := await incoming.get()) is not None:
+                acks.add(arrival, self._take(link, out, arrival[1]))
         finally:
+            if leave:
+                await self._leave(link, out, incoming, acks)
             acknowledging.cancel()
             await asyncio.gather(acknowledging, return_exceptions=True)
 
@@ -206,10 +268,12 @@ class MqttBridge:
 
     async def _serve_session_of(self, peer: str, out: CommittingOutbox) -> None:
         """One connection as the peer, until it ends (the peer came back and took its session)."""
-        incoming: asyncio.Queue[mqtt.MQTTMessage | None] = asyncio.Queue()
+        incoming: asyncio.Queue[_Arrival | None] = asyncio.Queue()
         # No Will and no status of its own: this connection stands in for the peer.
         link = MqttLink(replace(self.settings, client_id=peer), manual_ack=True, announce=False,
-                        on_message=incoming.put_nowait, on_lost=lambda _why: incoming.put_nowait(None))
+                        on_message=lambda message: incoming.put_nowait((link.generation, message)),
+                        on_lost=lambda _why: incoming.put_nowait(None),
+                        receive_maximum=self.receive_maximum)
         link.start()
         try:
             await self._serve(link, out, incoming)
@@ -218,21 +282,31 @@ class MqttBridge:
             await link.close()
 
     async def _leave(self, link: MqttLink, out: CommittingOutbox,
-                     incoming: asyncio.Queue[mqtt.MQTTMessage | None]) -> None:
-        """A clean stop leaves the shared group before disconnecting.
+                     incoming: asyncio.Queue[_Arrival | None], acks: Acknowledger) -> None:
+        """A clean stop leaves the shared group, then settles what it took, before disconnecting.
 
         Otherwise the broker keeps queueing this bridge's share of new messages in
         its persistent session until it returns (exporters/MQTT.md); unsubscribed,
-        the other bridges get them.  Messages already here go to the intake, which
-        the pipeline commits after the collectors stopped.  They are not acknowledged:
-        if this bridge comes back, the broker sends them again and they are forwarded
-        twice (its memory of message ids did not survive the restart).
+        the other bridges get them.  Messages already here go to the intake, and
+        everything taken is acknowledged once the spool committed it (the pipeline's
+        intake still runs while the collectors stop).  What is not committed within
+        ``_LEAVE_TIMEOUT`` stays unacknowledged: the pipeline commits it after the
+        collectors stopped, and if this bridge comes back the broker sends it again
+        and it is forwarded twice (the memory of message ids did not survive the restart).
         """
         if await link.unsubscribe(self.subscription, within=_LEAVE_TIMEOUT):
             log.info("left the shared subscription %s", self.subscription)
         while not incoming.empty():
-            if (message := incoming.get_nowait()) is not None:
-                self._take(link, out, message)
+            if (arrival := incoming.get_nowait()) is not None:
+                acks.add(arrival, self._take(link, out, arrival[1]))
+        try:
+            async with asyncio.timeout(_LEAVE_TIMEOUT):
+                await out.committed(soon=True)  # the flush that settles them, without waiting a round
+                await acks.settled()
+        except TimeoutError:
+            log.warning("stopping before every message taken was committed: the broker sends those again")
+        except Exception as exc:  # the commit failed: nothing was acknowledged
+            log.warning("last commit before stopping failed (%s): the broker sends those messages again", exc)
 
     def _take(self, link: MqttLink, out: CommittingOutbox, message: mqtt.MQTTMessage) -> Awaitable[None]:
         """Pass one message on; returns what must complete before it may be acknowledged."""
@@ -261,9 +335,15 @@ class MqttBridge:
         for item in decoded.items:
             out.put(item)
         self.counters.forwarded += len(decoded.items)
-        ready = asyncio.ensure_future(out.committed())
+        self._uncommitted += 1
+        # Half the broker's window waiting: commit now, before the window fills and the broker stalls.
+        ready = asyncio.ensure_future(out.committed(soon=self._uncommitted * 2 >= self.receive_maximum))
+        ready.add_done_callback(self._one_committed)
         self.recent.add(key, ready)
         return ready
+
+    def _one_committed(self, _ready: asyncio.Future[None]) -> None:
+        self._uncommitted -= 1
 
     def _dead_letter(self, link: MqttLink, out: CommittingOutbox, message: mqtt.MQTTMessage,
                      why: BadMessage) -> Awaitable[None]:
@@ -314,26 +394,6 @@ class MqttBridge:
             for item in self.self_readings(host):
                 out.put(item)
 
-    @staticmethod
-    async def _acknowledge(link: MqttLink, pending: asyncio.Queue[_PendingAck]) -> None:
-        while True:
-            generation, mid, qos, ready = await pending.get()
-            try:
-                await ready
-            except PublishRefused as exc:
-                # The dead-letter topic refused it (an ACL?): the message is counted and
-                # dropped; holding it unacknowledged would block the in-flight window.
-                log.error("dead letter not accepted, dropping the message: %s", exc)
-            except PublishFailed:
-                continue  # connection lost: the broker delivers the message again
-            except Exception:
-                # Not in the spool (disk error): without an ack the broker resends it on reconnect.
-                log.exception("readings of message %d were not committed; not acknowledging", mid)
-                continue
-            # An id from an earlier connection may now name another message: never ack it.
-            if qos > 0 and generation == link.generation and link.connected.is_set():
-                link.ack(mid, qos)
-
 
 def build(name: str, section: Section) -> MqttBridge:
     settings = parse_broker(section, default_client_id("bridge"))
@@ -347,6 +407,9 @@ def build(name: str, section: Section) -> MqttBridge:
     if settings.client_id in peers:
         raise section.error("peers", f"lists this bridge's own client_id {settings.client_id!r}")
     adopt_after = section.number("adopt_after", 30.0, minimum=0.0)
+    # MQTT carries it in 16 bits, and 0 is a protocol error.
+    receive_maximum = section.integer("receive_maximum", _RECEIVE_MAXIMUM, minimum=1, maximum=65535)
     section.done()
     return MqttBridge(name, settings, group, dedup_window=dedup_window, self_host=self_host,
-                      self_interval=self_interval, peers=peers, adopt_after=adopt_after)
+                      self_interval=self_interval, peers=peers, adopt_after=adopt_after,
+                      receive_maximum=receive_maximum)

@@ -70,7 +70,7 @@ class ZabbixOutbox(ListOutbox):
         super().put(item)
         self.pending.append(item)
 
-    async def committed(self) -> None:
+    async def committed(self, soon: bool = False) -> None:
         batch, self.pending = self.pending, []
         delivery = await asyncio.to_thread(deliver, self.zabbix, CycleResult(batch))
         refused = {batch[i].key: why for i, why in (delivery.retry | delivery.rejected).items()}

@@ -66,9 +66,11 @@ class CommittingOutbox(Outbox, Protocol):
     For collectors that must acknowledge their source (an MQTT bridge): ack
     only after ``committed()`` resolved.  It resolves once every item put
     before the call is in the spool, or was rejected or filtered on the way.
+    The commit comes at the next regular flush, or at once with ``soon``: for
+    a source that stops sending until it has acknowledgements.
     """
 
-    def committed(self) -> Awaitable[None]: ...
+    def committed(self, soon: bool = False) -> Awaitable[None]: ...
 
 
 class Collector(Protocol):

@@ -122,8 +122,11 @@ class MqttLink:
         on_connected: Callable[[], None] | None = None,
         on_message: Callable[[mqtt.MQTTMessage], None] | None = None,
         on_lost: Callable[[str], None] | None = None,
+        receive_maximum: int | None = None,
     ) -> None:
         self.settings = settings
+        # MQTT v5 Receive Maximum: unacknowledged QoS 1/2 messages the broker may send at once.
+        self._receive_maximum = receive_maximum
         self.connected = asyncio.Event()
         self.subscribed = asyncio.Event()  # set at the first granted SUBACK of a connection
         self.last_error = "not connected yet"
@@ -178,6 +181,8 @@ class MqttLink:
         client.on_message = self._paho_message
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = s.session_expiry
+        if self._receive_maximum is not None:
+            connect_props.ReceiveMaximum = self._receive_maximum
         client.connect_async(s.host, s.port, keepalive=s.keepalive, clean_start=False,
                              properties=connect_props)
         client.loop_start()

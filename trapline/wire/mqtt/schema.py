@@ -19,7 +19,9 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from trapline.core.model import Discovery, Item, Reading
 
@@ -223,8 +225,68 @@ def decode_message(topic_host: str, payload: bytes) -> list[Item]:
     return decode_envelope(topic_host, payload).items
 
 
+class _WireItem(msgspec.Struct, gc=False):
+    """One entry of ``items`` as it travels: a reading (``key``) or a discovery (``rule``)."""
+
+    clock: Annotated[int, msgspec.Meta(ge=0, le=2**40)]
+    ns: Annotated[int, msgspec.Meta(ge=0, le=_NS_PER_S - 1)] = 0
+    key: str | None = None
+    value: str | int | float | None = None
+    unit: str = ""
+    labels: dict[str, str] = {}
+    rule: str | None = None
+    rows: list[dict[str, str]] | None = None
+
+
+class _WireMessage(msgspec.Struct, gc=False):
+    version: int
+    agent: str
+    host: str
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=_ID_LIMIT)]
+    items: list[_WireItem]
+
+
+_decode_wire = msgspec.json.Decoder(_WireMessage).decode
+
+
 def decode_envelope(topic_host: str, payload: bytes) -> Message:
-    """Like decode_message, with the sender and the message id."""
+    """Like decode_message, with the sender and the message id.
+
+    One typed pass (msgspec) takes a valid message straight to its items.  A
+    message it refuses goes through the step-by-step check below, which says
+    why, and whose verdict stands: it accepts a few shapes the typed pass does
+    not (a version of 1.0, an integer beyond 64 bits).
+    """
+    try:
+        wire = _decode_wire(payload)
+    except (msgspec.DecodeError, RecursionError):
+        return _decode_checked(topic_host, payload)
+    items = _items_of(topic_host, wire) if wire.version == VERSION and wire.host == topic_host else None
+    if items is None:
+        return _decode_checked(topic_host, payload)
+    return Message(wire.agent, wire.id, items)
+
+
+def _items_of(host: str, wire: _WireMessage) -> list[Item] | None:
+    """The items of a typed message; None when one of them is not valid."""
+    items: list[Item] = []
+    keep = items.append
+    for entry in wire.items:
+        if entry.rule is not None:
+            if entry.rows is None:
+                return None
+            keep(Discovery(host, entry.rule, tuple(entry.rows), entry.clock, entry.ns))
+            continue
+        value, key = entry.value, entry.key
+        # msgspec never gives a bool for str | int | float; a float may still be infinite (1e999).
+        if key is None or value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return None
+        keep(Reading(host, key, value, entry.clock, entry.ns, entry.unit, entry.labels))
+    return items
+
+
+def _decode_checked(topic_host: str, payload: bytes) -> Message:
+    """The step-by-step decoder: slower, and names what is wrong."""
     try:
         doc = json.loads(payload, parse_constant=_refuse_constant)
     except BadMessage:
