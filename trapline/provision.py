@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import re
 import secrets
 import sys
 from collections.abc import Iterator, Mapping
@@ -31,7 +30,7 @@ from typing import Any, Literal
 from pyzabbix.api import ZabbixAPIException
 from requests import RequestException
 
-from trapline.core.config import ConfigError, Secret, read_secret_file
+from trapline.core.config import ConfigError, Secret, read_psk_file
 from trapline.templates import (
     TemplateError,
     ZabbixApiClient,
@@ -124,7 +123,6 @@ def _proxy_name_field(version: tuple[int, int]) -> str:
 
 
 TLS_PSK = 2  # tls_accept / tls_connect: connections encrypted with a pre-shared key
-_PSK_HEX = re.compile(r"^[0-9a-fA-F]{32,512}$")  # what Zabbix accepts: 16 to 256 bytes, hex
 
 
 @dataclass(frozen=True)
@@ -133,14 +131,6 @@ class ProxyPsk:
 
     identity: str
     key: Secret
-
-
-def read_psk(path: Path) -> Secret:
-    """A PSK from a private file, as the Pi install writes it (hex, 16 to 256 bytes)."""
-    key = read_secret_file(path)
-    if not _PSK_HEX.match(key.reveal()):
-        raise ConfigError(f"{path}: not a PSK (expected 32 to 512 hex digits)")
-    return key
 
 
 def new_psk() -> Secret:
@@ -514,7 +504,7 @@ def _psk(
         if identity:
             raise ConfigError(f"{where}: a PSK identity needs --psk-file or --new-psk")
         return None, False
-    key = new_psk() if generate else read_psk(psk_file)  # type: ignore[arg-type]
+    key = new_psk() if generate else read_psk_file(psk_file)  # type: ignore[arg-type]
     return ProxyPsk(identity or "{host}", key), generate
 
 
