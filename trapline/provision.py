@@ -574,12 +574,11 @@ def ensure_autoregistration_action(
         "selectFilter": "extend", "selectOperations": "extend",
     })
     if not found:
-        created = _call(api, "action.create", {
+        action = {
             "name": name, "eventsource": AUTOREGISTRATION_EVENTS, "status": 0,
-            "filter": {"evaltype": EVALTYPE_AND, "conditions": conditions},
-            "operations": wanted,
-        })
-        actionid = str(created["actionids"][0])
+            "filter": {"evaltype": EVALTYPE_AND, "conditions": conditions}, "operations": wanted,
+        }
+        actionid = str(_call(api, "action.create", action)["actionids"][0])
         log.info("created autoregistration action %r (id %s) for host group %s", name, actionid, group)
         return Outcome(actionid, "created")
     action = found[0]

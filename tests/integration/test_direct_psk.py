@@ -38,6 +38,7 @@ from trapline.provision import (
     AGENT_TEMPLATE,
     CONDITION_HOST_METADATA,
     DEFAULT_AUTOREGISTRATION_ACTION,
+    DEFAULT_FLEET_IDENTITY,
     INVENTORY_AUTOMATIC,
     OPERATOR_CONTAINS,
     TLS_PSK,
@@ -95,6 +96,18 @@ def test_provision_autoregistration_creates_the_action_once(
         groupids=[g["groupid"] for op in action["operations"] for g in op.get("opgroup", [])],
         output=["name"])}
     assert {group, other} <= names
+
+    # The server's autoregistration PSK: a key generated here is shown once, to copy to the vans.
+    api.autoregistration.update(tls_accept=1)
+    with_psk = _argv(zabbix, tmp_path, "--autoregistration", "--group", group, "--new-psk")
+    assert cli.main(with_psk) == 0
+    out = capsys.readouterr().out
+    assert f"autoregistration PSK (identity {DEFAULT_FLEET_IDENTITY}): updated" in out
+    assert len(re.findall(r"^  fleet PSK, on each van's Pi as root: .*echo [0-9a-f]{64} > ", out, re.M)) == 1
+    assert int(api.autoregistration.get(output=["tls_accept"])["tls_accept"]) == 1 | TLS_PSK
+    assert cli.main(with_psk) == 0
+    out = capsys.readouterr().out
+    assert "autoregistration PSK (identity trapline-fleet): unchanged" in out and "echo" not in out
 
 
 @contextmanager
