@@ -6,7 +6,9 @@ metadata; ``trapline provision --autoregistration`` creates the action that
 adds the host with the vehicle and agent templates.  Until the host exists
 (the action ran and the server's configuration cache has it) every value for
 it would be refused, so the destination holds them in the spool and asks again
-on its next round, with the pipeline's backoff (1 s doubling to 60 s).
+on its next round, with the pipeline's backoff (1 s doubling to 60 s).  The
+first round comes at start: the agent's own metrics are queued then.  Once the
+server knows the host, nothing more is asked.
 """
 
 from __future__ import annotations
