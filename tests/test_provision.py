@@ -397,3 +397,39 @@ def test_position_items_fill_the_inventory_without_units() -> None:
         assert items[key]["inventory_link"] == field
         # With units, Zabbix writes the formatted value ("52.52 °") and Geomap cannot place the host.
         assert "units" not in items[key]
+
+
+# --------------------------------------------------------------------------
+# Autoregistration (real servers: tests/integration/test_direct_psk.py)
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [["van-17"], ["--proxy-name", "p"], ["--power-cut-at-ignition"]])
+def test_autoregistration_is_for_the_fleet_not_for_vans(
+    extra: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _cli(["provision", "--autoregistration", *extra, "--url", "http://127.0.0.1:9/"]) == 2
+    assert "--autoregistration sets up the fleet" in capsys.readouterr().err
+
+
+def test_operations_read_back_are_written_back_without_escalation_fields() -> None:
+    # An "add to group" operation as action.get returns it for an autoregistration action
+    # (fields of the API's "Action operation" object).
+    read = {
+        "operationid": "7", "actionid": "3", "operationtype": "4", "esc_period": "0",
+        "esc_step_from": "1", "esc_step_to": "1", "evaltype": "0", "opconditions": [],
+        "opgroup": [{"operationid": "7", "groupid": "22"}],
+    }
+    written = provision._writable(read)
+    assert written == {"operationtype": "4", "opgroup": [{"groupid": "22"}]}
+    assert provision._operation_facts(written) == {(provision.OPERATION_ADD_TO_GROUP, "22")}
+
+
+def test_the_wanted_operations_cover_host_group_templates_and_inventory() -> None:
+    wanted = provision.autoregistration_operations("22", ["101", "102"])
+    facts = set().union(*(provision._operation_facts(op) for op in wanted))
+    assert facts == {
+        (provision.OPERATION_ADD_HOST, ""),
+        (provision.OPERATION_ADD_TO_GROUP, "22"),
+        (provision.OPERATION_LINK_TEMPLATE, "101"),
+        (provision.OPERATION_LINK_TEMPLATE, "102"),
+        (provision.OPERATION_INVENTORY_MODE, str(provision.INVENTORY_AUTOMATIC)),
+    }

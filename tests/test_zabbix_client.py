@@ -41,6 +41,9 @@ class FakeZabbix:
     "hang", "reset", "failed", "redirect:<host:port>", "reset-redirect".
     Without a fault it answers like a server: values whose (host, key)
     ``accepts`` are processed (and stored), the others counted as failed.
+    An ``active checks`` request is kept in ``active_checks`` and answered as
+    the server answers it: success for a host in ``known_hosts``, else
+    "host [H] not found" (the server's text, src/zabbix_server/trapper/active.c).
     """
 
     def __init__(self, accepts: Accepts = lambda host, key: True, delay: float = 0.0) -> None:
@@ -48,6 +51,8 @@ class FakeZabbix:
         self.delay = delay
         self.faults: list[str] = []
         self.requests: list[list[dict[str, object]]] = []
+        self.active_checks: list[dict[str, object]] = []
+        self.known_hosts: set[str] = set()
         self.stored: list[tuple[str, str, str, int, int]] = []
         self.busy = 0
         self.max_busy = 0
@@ -75,6 +80,10 @@ class FakeZabbix:
         try:
             header = parse_header(await reader.readexactly(HEADER_SIZE), 1 << 30)
             doc = json.loads(unpack_body(header, await reader.readexactly(header.length)))
+            if doc["request"] == "active checks":
+                self.active_checks.append(doc)
+                await self._answer_active_checks(str(doc["host"]), writer)
+                return
             self.requests.append(doc["data"])
             await asyncio.sleep(self.delay)
             fault = self.faults.pop(0) if self.faults else ""
@@ -84,6 +93,14 @@ class FakeZabbix:
         finally:
             self.busy -= 1
             writer.close()
+
+    async def _answer_active_checks(self, host: str, writer: asyncio.StreamWriter) -> None:
+        if host in self.known_hosts:
+            writer.write(frame(b'{"response":"success","data":[]}'))
+        else:
+            unknown = {"response": "failed", "info": f"host [{host}] not found"}
+            writer.write(frame(json.dumps(unknown).encode()))
+        await writer.drain()
 
     async def _answer(
         self, fault: str, data: list[dict[str, object]], compress: bool, writer: asyncio.StreamWriter

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import re
 import secrets
 import sys
 from collections.abc import Iterator, Mapping
@@ -31,7 +30,7 @@ from typing import Any, Literal
 from pyzabbix.api import ZabbixAPIException
 from requests import RequestException
 
-from trapline.core.config import ConfigError, Secret, read_secret_file
+from trapline.core.config import ConfigError, Secret, read_psk_file
 from trapline.templates import (
     TemplateError,
     ZabbixApiClient,
@@ -124,7 +123,6 @@ def _proxy_name_field(version: tuple[int, int]) -> str:
 
 
 TLS_PSK = 2  # tls_accept / tls_connect: connections encrypted with a pre-shared key
-_PSK_HEX = re.compile(r"^[0-9a-fA-F]{32,512}$")  # what Zabbix accepts: 16 to 256 bytes, hex
 
 
 @dataclass(frozen=True)
@@ -133,14 +131,6 @@ class ProxyPsk:
 
     identity: str
     key: Secret
-
-
-def read_psk(path: Path) -> Secret:
-    """A PSK from a private file, as the Pi install writes it (hex, 16 to 256 bytes)."""
-    key = read_secret_file(path)
-    if not _PSK_HEX.match(key.reveal()):
-        raise ConfigError(f"{path}: not a PSK (expected 32 to 512 hex digits)")
-    return key
 
 
 def new_psk() -> Secret:
@@ -489,6 +479,146 @@ def ensure_fleet_dashboard(api: ZabbixApiClient, group: str, name: str = DEFAULT
 
 
 # --------------------------------------------------------------------------
+# Autoregistration: vans with the direct TLS-PSK uplink add themselves
+# --------------------------------------------------------------------------
+AUTOREGISTRATION_EVENTS = 2  # action.eventsource
+CONDITION_HOST_METADATA = 24  # conditiontype of autoregistration actions
+OPERATOR_CONTAINS = 2  # "like"
+EVALTYPE_AND = 1
+OPERATION_ADD_HOST = 2
+OPERATION_ADD_TO_GROUP = 4
+OPERATION_LINK_TEMPLATE = 6
+OPERATION_INVENTORY_MODE = 10
+TLS_UNENCRYPTED = 1
+DEFAULT_AUTOREGISTRATION_ACTION = "trapline vehicles"
+DEFAULT_FLEET_IDENTITY = "trapline-fleet"
+# Words of the host metadata the agent sends ("trapline vehicle <version>").
+VEHICLE_METADATA_WORDS = ("trapline", "vehicle")
+# Fields of an action operation (or of its parts) that the API sets itself and refuses back.
+_READ_ONLY_OPERATION_FIELDS = frozenset({"operationid", "actionid"})
+
+
+def autoregistration_operations(groupid: str, templateids: list[str]) -> list[dict[str, Any]]:
+    """What the action does to a registering van: host, fleet group, templates, automatic inventory."""
+    return [
+        {"operationtype": OPERATION_ADD_HOST},
+        {"operationtype": OPERATION_ADD_TO_GROUP, "opgroup": [{"groupid": groupid}]},
+        {"operationtype": OPERATION_LINK_TEMPLATE, "optemplate": [{"templateid": t} for t in templateids]},
+        {"operationtype": OPERATION_INVENTORY_MODE, "opinventory": {"inventory_mode": INVENTORY_AUTOMATIC}},
+    ]
+
+
+def _operation_facts(operation: Mapping[str, Any]) -> set[tuple[int, str]]:
+    """(operation type, target) pairs an operation stands for, to compare without ids and order."""
+    kind = int(operation["operationtype"])
+    if kind == OPERATION_ADD_TO_GROUP:
+        return {(kind, str(g["groupid"])) for g in operation.get("opgroup", [])}
+    if kind == OPERATION_LINK_TEMPLATE:
+        return {(kind, str(t["templateid"])) for t in operation.get("optemplate", [])}
+    if kind == OPERATION_INVENTORY_MODE:
+        inventory = operation.get("opinventory") or {}
+        return {(kind, str(inventory.get("inventory_mode", "")))}
+    return {(kind, "")}
+
+
+def _condition_facts(action: Mapping[str, Any]) -> set[tuple[int, int, str]]:
+    conditions = (action.get("filter") or {}).get("conditions", [])
+    return {(int(c["conditiontype"]), int(c["operator"]), str(c["value"])) for c in conditions}
+
+
+def _writable(operation: Mapping[str, Any]) -> dict[str, Any]:
+    """An operation read by action.get, as action.update takes it back.
+
+    Its type and its ``op*`` parts only: autoregistration operations refuse the escalation
+    fields (esc_period, esc_step_*, evaltype) that action.get returns for every operation.
+    """
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in _READ_ONLY_OPERATION_FIELDS}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    return {
+        key: clean(value)
+        for key, value in operation.items()
+        if (key == "operationtype" or key.startswith("op"))
+        and key not in _READ_ONLY_OPERATION_FIELDS
+        and value not in ([], {})
+    }
+
+
+def ensure_autoregistration_action(
+    api: ZabbixApiClient, group: str = DEFAULT_GROUP, name: str = DEFAULT_AUTOREGISTRATION_ACTION
+) -> Outcome:
+    """The autoregistration action that adds trapline vehicles: once per fleet, idempotent.
+
+    It matches host metadata containing "trapline" and "vehicle" (both: another trapline
+    role must not become a vehicle) and adds the host in ``group`` with the vehicle and
+    agent templates linked and inventory automatic, as provision_vehicle does by hand.
+    An existing action of that name keeps the operations someone added; only what is
+    missing is added.
+    """
+    templateids = [
+        ensure_template(api).objectid,
+        ensure_template(api, AGENT_TEMPLATE, AGENT_TEMPLATE_FILE).objectid,
+    ]
+    groupid = ensure_host_group(api, group).objectid
+    conditions = [
+        {"conditiontype": CONDITION_HOST_METADATA, "operator": OPERATOR_CONTAINS, "value": word}
+        for word in VEHICLE_METADATA_WORDS
+    ]
+    wanted = autoregistration_operations(groupid, templateids)
+    found = _call(api, "action.get", {
+        "output": ["actionid", "eventsource"], "filter": {"name": [name]},
+        "selectFilter": "extend", "selectOperations": "extend",
+    })
+    if not found:
+        action = {
+            "name": name, "eventsource": AUTOREGISTRATION_EVENTS, "status": 0,
+            "filter": {"evaltype": EVALTYPE_AND, "conditions": conditions}, "operations": wanted,
+        }
+        actionid = str(_call(api, "action.create", action)["actionids"][0])
+        log.info("created autoregistration action %r (id %s) for host group %s", name, actionid, group)
+        return Outcome(actionid, "created")
+    action = found[0]
+    actionid = str(action["actionid"])
+    if int(action["eventsource"]) != AUTOREGISTRATION_EVENTS:
+        raise ProvisionError(f"action {name!r} exists but is not an autoregistration action: rename one")
+    present = [_writable(op) for op in action.get("operations", [])]
+    have = set().union(*(_operation_facts(op) for op in present))
+    missing = [op for op in wanted if not _operation_facts(op) <= have]
+    changes: dict[str, Any] = {}
+    if missing:
+        changes["operations"] = [*present, *missing]
+    if not {(c["conditiontype"], c["operator"], c["value"]) for c in conditions} <= _condition_facts(action):
+        changes["filter"] = {"evaltype": EVALTYPE_AND, "conditions": conditions}
+    if not changes:
+        return Outcome(actionid, "unchanged")
+    _call(api, "action.update", {"actionid": actionid, **changes})
+    log.info("updated autoregistration action %r (%s)", name, ", ".join(sorted(changes)))
+    return Outcome(actionid, "updated")
+
+
+def ensure_autoregistration_psk(api: ZabbixApiClient, psk: ProxyPsk) -> Outcome:
+    """The server takes autoregistrations with this PSK (and, as before, unencrypted ones if it did).
+
+    The API never returns the key: a server that accepts PSK autoregistration already
+    keeps its key (changing the key of a running fleet is the frontend's job), as
+    ensure_proxy does for a proxy.
+    """
+    current = _call(api, "autoregistration.get", {"output": ["tls_accept"]})
+    accept = int(current.get("tls_accept", TLS_UNENCRYPTED))
+    if accept & TLS_PSK:
+        return Outcome("autoregistration", "unchanged")
+    _call(api, "autoregistration.update", {
+        "tls_accept": accept | TLS_PSK, "tls_psk_identity": psk.identity, "tls_psk": psk.key.reveal(),
+    })
+    log.info("autoregistration now accepted with PSK identity %s", psk.identity)
+    return Outcome("autoregistration", "updated")
+
+
+# --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -514,7 +644,7 @@ def _psk(
         if identity:
             raise ConfigError(f"{where}: a PSK identity needs --psk-file or --new-psk")
         return None, False
-    key = new_psk() if generate else read_psk(psk_file)  # type: ignore[arg-type]
+    key = new_psk() if generate else read_psk_file(psk_file)  # type: ignore[arg-type]
     return ProxyPsk(identity or "{host}", key), generate
 
 
@@ -556,7 +686,38 @@ def vans_from_args(args: argparse.Namespace) -> Iterator[Van]:
             yield Van(host, settings, row_new)
 
 
+def _fleet_dashboard(api: ZabbixApiClient, args: argparse.Namespace) -> None:
+    if args.dashboard:
+        outcome = ensure_fleet_dashboard(api, args.group, args.dashboard)
+        print(f"dashboard {args.dashboard!r}: {outcome.action} (dashboardid {outcome.objectid})")
+
+
+def _cmd_autoregistration(args: argparse.Namespace) -> int:
+    if args.hosts or args.csv or args.proxy_name or args.create_proxy or args.power_cut_at_ignition:
+        raise ConfigError(
+            "--autoregistration sets up the fleet, not vans: give no host, --csv or proxy option"
+        )
+    psk, generated = _psk(args.psk_identity, args.psk_file, args.new_psk, "command line")
+    if psk is not None and psk.identity == "{host}":  # the default of per-van proxies
+        psk = replace(psk, identity=DEFAULT_FLEET_IDENTITY)
+    api = connect(args)
+    action = ensure_autoregistration_action(api, args.group)
+    print(f"autoregistration action {DEFAULT_AUTOREGISTRATION_ACTION!r}: {action.action} "
+          f"(actionid {action.objectid})")
+    if psk is not None:
+        outcome = ensure_autoregistration_psk(api, psk)
+        print(f"autoregistration PSK (identity {psk.identity}): {outcome.action}")
+        if generated and outcome.action != "unchanged":
+            # Generated here, so the user needs it once: for every van's Pi.
+            print(f"  fleet PSK, on each van's Pi as root: umask 077; "
+                  f"echo {psk.key.reveal()} > /etc/trapline/secrets/fleet.psk")
+    _fleet_dashboard(api, args)
+    return 0
+
+
 def _cmd_provision(args: argparse.Namespace) -> int:
+    if args.autoregistration:
+        return _cmd_autoregistration(args)
     vans = list(vans_from_args(args))
     if not vans:
         raise ConfigError("no van to provision: name hosts or give --csv")
@@ -572,9 +733,7 @@ def _cmd_provision(args: argparse.Namespace) -> int:
             # Generated here, so the user needs it once: the line that puts it on the van's Pi.
             print(f"  PSK for {van.host} (identity {psk.identity}), on its Pi as root: "
                   f"umask 077; echo {psk.key.reveal()} > /etc/zabbix/trapline-proxy.psk")
-    if args.dashboard:
-        outcome = ensure_fleet_dashboard(api, args.group, args.dashboard)
-        print(f"dashboard {args.dashboard!r}: {outcome.action} (dashboardid {outcome.objectid})")
+    _fleet_dashboard(api, args)
     return 0
 
 
@@ -618,6 +777,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(/etc/zabbix/trapline-proxy.psk copied from the Pi); never printed")
     parser.add_argument("--new-psk", action="store_true",
                         help="generate a PSK per van and print the line that puts it on the van's Pi")
+    parser.add_argument("--autoregistration", action="store_true",
+                        help="instead of vans: the autoregistration action that adds every van of the "
+                        "direct TLS-PSK uplink by itself (host metadata 'trapline vehicle'), once per "
+                        "fleet; with --psk-file or --new-psk also the server's autoregistration PSK "
+                        f"(identity from --psk-identity, default {DEFAULT_FLEET_IDENTITY!r})")
     parser.add_argument("--power-cut-at-ignition", action="store_true",
                         help=f"the vans cut the agent's power with the ignition: set "
                         f"{STOPS_EXPECTED_MACRO}=1, so their silence and restarts raise nothing")

@@ -10,11 +10,17 @@ Sample configuration::
     concurrency = 4           # requests in flight per destination
     compress = false          # zlib frames (Zabbix 4.0+)
     timeout = 10              # seconds, for connect, write and read each
-    # TLS with certificates (Python's ssl has no PSK; see client.py)
+    # TLS with certificates ...
     # tls_ca_file = "/etc/trapline/zabbix-ca.pem"
     # tls_cert_file = "/etc/trapline/trapline.crt"
     # tls_key_file = "/etc/trapline/trapline.key"
     # tls_server_name = "zabbix.example.net"
+    # ... or with a pre-shared key (Python 3.13+; older: the proxy uplink)
+    # tls_psk_identity = "fleet"
+    # tls_psk_file = "/etc/trapline/secrets/fleet.psk"   # 0600, hex
+    # Register the host by active agent autoregistration (metadata "trapline vehicle 0.1.0")
+    # autoregistration_host = "van-17"
+    # autoregistration_role = "vehicle"
     # Optional: explain refused values through the API
     # api_url = "https://zabbix.example.net/api_jsonrpc.php"
     # api_token_file = "/etc/trapline/zabbix-api-token"     (or api_user + api_password_file)
@@ -22,21 +28,81 @@ Sample configuration::
 
 from __future__ import annotations
 
-from trapline.core.config import Section
+import platform
+import re
+
+from trapline.core.config import ConfigError, Section, read_psk_file
 from trapline.core.plugin import Destination
-from trapline.exporters.zabbix.client import ClusterClient, TlsSettings, parse_cluster
+from trapline.exporters.zabbix.autoregistration import AutoRegistration, host_metadata
+from trapline.exporters.zabbix.client import (
+    PSK_SUPPORTED,
+    ClusterClient,
+    PskSettings,
+    TlsMode,
+    TlsSettings,
+    parse_cluster,
+)
 from trapline.exporters.zabbix.destination import ZabbixDestination
 from trapline.exporters.zabbix.diagnose import ApiDiagnoser, Diagnoser
 
 __all__ = ["ZabbixDestination", "build_destinations"]
 
 
-def _tls(section: Section) -> TlsSettings | None:
+_PSK_KEYS = ("tls_psk_identity", "tls_psk_file")
+# What Zabbix allows in a host's technical name.
+_ZABBIX_HOST = re.compile(r"[0-9A-Za-z._ -]{1,128}")
+_IDENTITY_MAX = 128  # characters, Zabbix's limit on a PSK identity
+
+
+def _psk(section: Section) -> PskSettings | None:
+    given = [key for key in _PSK_KEYS if section.has(key)]
+    if not given:
+        return None
+    if not PSK_SUPPORTED:
+        raise section.error(given[0], (
+            f"TLS-PSK needs Python 3.13 or later, and this is Python {platform.python_version()}; "
+            "use the proxy uplink instead: a Zabbix proxy beside the agent sends to the server "
+            "with the PSK (deploy/raspberrypi/README.md, 'Proxy or direct')"
+        ))
+    for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        if section.has(key):
+            raise section.error(key, "certificates and tls_psk_* exclude each other: choose one")
+    identity = section.text("tls_psk_identity")
+    if not identity or len(identity) > _IDENTITY_MAX:
+        raise section.error("tls_psk_identity", f"expected 1 to {_IDENTITY_MAX} characters")
+    try:
+        psk = read_psk_file(section.path("tls_psk_file"))
+    except ConfigError as exc:
+        raise section.error("tls_psk_file", str(exc)) from None
+    return PskSettings(identity, psk)
+
+
+def _tls(section: Section) -> TlsMode | None:
+    psk = _psk(section)
+    if psk is not None:
+        return psk
     files = section.tls_files()
     server_name = section.text("tls_server_name") if section.has("tls_server_name") else None
     if not files.any and server_name is None:
         return None
     return TlsSettings(files.ca_file, files.cert_file, files.key_file, server_name)
+
+
+def _registration(section: Section) -> tuple[str, str] | None:
+    """(host, host metadata) to autoregister, if asked."""
+    if not section.has("autoregistration_host"):
+        if section.has("autoregistration_role"):
+            raise section.error("autoregistration_role", "given without autoregistration_host")
+        return None
+    host = section.text("autoregistration_host")
+    if not _ZABBIX_HOST.fullmatch(host):
+        raise section.error(
+            "autoregistration_host", "expected a Zabbix host name: 1 to 128 of A-Z a-z 0-9 . _ - and space"
+        )
+    role = section.text("autoregistration_role", "vehicle")
+    if not role or not role.isidentifier():
+        raise section.error("autoregistration_role", "expected one word, e.g. vehicle")
+    return host, host_metadata(role)
 
 
 def _diagnoser(section: Section, timeout: float) -> Diagnoser | None:
@@ -65,6 +131,7 @@ def build_destinations(section: Section) -> list[Destination]:
     compress = section.boolean("compress", False)
     timeout = section.number("timeout", 10.0, minimum=0.1)
     tls = _tls(section)
+    registration = _registration(section)
     diagnoser = _diagnoser(section, timeout)
     section.done()
     destinations: list[Destination] = []
@@ -77,7 +144,8 @@ def build_destinations(section: Section) -> list[Destination]:
         client = ClusterClient(nodes, timeout=timeout, tls=tls)
         destinations.append(
             ZabbixDestination(
-                f"zabbix[{entry}]", client, batch_size, concurrency, compress, diagnoser=diagnoser
+                f"zabbix[{entry}]", client, batch_size, concurrency, compress, diagnoser=diagnoser,
+                registration=AutoRegistration(client, *registration) if registration else None,
             )
         )
     return destinations

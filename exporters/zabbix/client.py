@@ -5,9 +5,10 @@ A *cluster* is the ``;``-separated list of HA nodes of one server: standby
 nodes do not listen, so failover is by connection failure, and the node that
 answered last is tried first next time.
 
-TLS: certificates only.  Python's :mod:`ssl` module has no TLS-PSK support
-(not in 3.11), so a PSK-only server or proxy cannot be reached directly; put a
-local Zabbix proxy (which speaks PSK upstream) in between, or use certificates.
+TLS: certificates on any Python; a pre-shared key (PSK) from Python 3.13 on,
+the first whose :mod:`ssl` has PSK callbacks.  On older Pythons a PSK-only
+server or proxy is reached through a local Zabbix proxy (which speaks PSK
+upstream), or with certificates.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, Protocol, TypeVar
 
-from trapline.core.config import parse_host_port
+from trapline.core.config import Secret, parse_host_port
 from trapline.exporters.zabbix.protocol import (
     DEFAULT_MAX_REPLY,
     HEADER_SIZE,
@@ -33,6 +36,10 @@ from trapline.exporters.zabbix.protocol import (
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 10051
+# Python adds the PSK callbacks only from 3.13, and only when its OpenSSL has PSK.
+PSK_SUPPORTED: Final = hasattr(ssl.SSLContext, "set_psk_client_callback")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +66,20 @@ def parse_cluster(entry: str) -> list[Endpoint]:
     return nodes
 
 
+class TlsMode(Protocol):
+    """How connections to the server are encrypted: certificates or a PSK."""
+
+    @property
+    def server_name(self) -> str | None: ...
+
+    def context(self) -> ssl.SSLContext: ...
+
+    def describe_failure(self, node: Endpoint, exc: OSError) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class TlsSettings:
-    """Certificate TLS towards the server (see the module docstring about PSK)."""
+    """Certificate TLS towards the server."""
 
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -73,6 +91,49 @@ class TlsSettings:
         if self.cert_file is not None:
             ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
         return ctx
+
+    def describe_failure(self, node: Endpoint, exc: OSError) -> str:
+        return _cannot_connect(node, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class PskSettings:
+    """TLS with a pre-shared key, as a Zabbix agent's ``TLSConnect=psk`` (Python 3.13+).
+
+    ``key`` is the hex text Zabbix takes (a secret: never logged); the identity is not
+    secret, the server logs it too.
+    """
+
+    identity: str
+    key: Secret
+    server_name: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        register = getattr(ssl.SSLContext, "set_psk_client_callback", None)
+        if register is None:
+            raise RuntimeError("this Python's ssl has no TLS-PSK (needs Python 3.13 or later)")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # The key authenticates both ends, and a PSK cipher suite carries no certificate.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        # TLS 1.2 PSK suites, which Zabbix offers by default; Python's PSK callbacks are
+        # documented and tested for TLS 1.2, TLS 1.3 PSK goes through another OpenSSL hook.
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers("PSK")
+        identity, key = self.identity, bytes.fromhex(self.key.reveal())
+        register(ctx, lambda _hint: (identity, key))
+        return ctx
+
+    def describe_failure(self, node: Endpoint, exc: OSError) -> str:
+        if isinstance(exc, ssl.SSLError | ConnectionResetError):
+            # A wrong key or identity shows as a handshake alert or a dropped connection.
+            return (
+                f"{node}: TLS-PSK handshake failed with identity {self.identity!r} ({_describe(exc)}); "
+                "the server refused the identity or the key, or takes no PSK from this host: "
+                "compare tls_psk_identity and tls_psk_file with the server's PSK for this host "
+                "(or its autoregistration PSK)"
+            )
+        return _cannot_connect(node, exc)
 
 
 class SendError(Exception):
@@ -90,7 +151,7 @@ class ClusterClient:
         self,
         nodes: list[Endpoint],
         timeout: float = 10.0,
-        tls: TlsSettings | None = None,
+        tls: TlsMode | None = None,
         max_reply: int = DEFAULT_MAX_REPLY,
     ) -> None:
         if not nodes:
@@ -112,7 +173,7 @@ class ClusterClient:
         Raises :class:`SendError` for anything but a parsed reply: no node
         reachable, timeout, reset, garbage, or a second redirect.
         """
-        reply = await self._send_to_cluster(framed)
+        reply = await self._send_to_cluster(framed, parse_reply)
         followed = reset = False
         # A proxy of a 7.0 proxy group that does not own the host answers with
         # the proxy that does; like the C sender we follow that once.  The owner
@@ -123,7 +184,7 @@ class ClusterClient:
             if redirect.reset and not reset:
                 reset, followed = True, False
                 log.info("zabbix %s asked to reset its redirect; resending to the configured nodes", self)
-                reply = await self._send_to_cluster(framed)
+                reply = await self._send_to_cluster(framed, parse_reply)
                 continue
             if redirect.reset or followed:
                 raise SendError(f"redirected twice (last to {redirect.address or 'reset'}); giving up")
@@ -134,16 +195,24 @@ class ClusterClient:
                 raise SendError(f"unusable redirect address {redirect.address!r}: {exc}") from None
             log.info("zabbix %s redirected to %s", self.active_node, target)
             followed = True
-            reply = await self._exchange(target, framed)
+            reply = await self._exchange(target, framed, parse_reply)
         return reply
 
-    async def _send_to_cluster(self, framed: bytes) -> Reply:
+    async def request(self, framed: bytes, parse: Callable[[bytes], _T]) -> _T:
+        """Deliver a request other than sender data and return ``parse`` of the reply's JSON.
+
+        HA failover as for :meth:`send`; proxy-group redirects are not followed.  Raises
+        :class:`SendError` as :meth:`send` does.
+        """
+        return await self._send_to_cluster(framed, parse)
+
+    async def _send_to_cluster(self, framed: bytes, parse: Callable[[bytes], _T]) -> _T:
         failures: list[str] = []
         count = len(self.nodes)
         for step in range(count):
             index = (self._active + step) % count
             try:
-                reply = await self._exchange(self.nodes[index], framed)
+                reply = await self._exchange(self.nodes[index], framed, parse)
             except _ConnectError as exc:
                 failures.append(str(exc))
                 continue
@@ -153,7 +222,7 @@ class ClusterClient:
             return reply
         raise SendError("; ".join(failures))
 
-    async def _exchange(self, node: Endpoint, framed: bytes) -> Reply:
+    async def _exchange(self, node: Endpoint, framed: bytes, parse: Callable[[bytes], _T]) -> _T:
         """One connection: connect, write, read one reply frame, close."""
         loop = asyncio.get_running_loop()
         server_name = None
@@ -168,7 +237,8 @@ class ClusterClient:
         except TimeoutError:
             raise _ConnectError(f"{node}: connect timed out after {self.timeout:g} s") from None
         except OSError as exc:
-            raise _ConnectError(f"{node}: cannot connect ({_describe(exc)})") from None
+            detail = self._tls.describe_failure(node, exc) if self._tls else _cannot_connect(node, exc)
+            raise _ConnectError(detail) from None
         try:
             async with asyncio.timeout(self.timeout):
                 transport.write(framed)  # the transport sends it in the background
@@ -187,12 +257,16 @@ class ClusterClient:
             reader.settle()
             transport.close()
         try:
-            return parse_reply(body)
+            return parse(body)
         except ProtocolError as exc:
             raise SendError(f"{node}: bad reply: {exc}") from None
 
     def __str__(self) -> str:
         return ";".join(str(n) for n in self.nodes)
+
+
+def _cannot_connect(node: Endpoint, exc: OSError) -> str:
+    return f"{node}: cannot connect ({_describe(exc)})"
 
 
 def _describe(exc: OSError) -> str:

@@ -45,6 +45,7 @@ from typing import Protocol
 from trapline.core.logutil import ThrottledLog
 from trapline.core.model import Reading
 from trapline.core.plugin import Delivery, Spooled
+from trapline.exporters.zabbix.autoregistration import AutoRegistration
 from trapline.exporters.zabbix.client import SendError
 from trapline.exporters.zabbix.diagnose import Diagnoser, Ident, listing
 from trapline.exporters.zabbix.protocol import (
@@ -210,6 +211,7 @@ class ZabbixDestination:
         *,
         diagnoser: Diagnoser | None = None,
         resend_delay: float = RESEND_DELAY,
+        registration: AutoRegistration | None = None,
     ) -> None:
         if batch_size < 1 or concurrency < 1:
             raise ValueError("batch_size and concurrency must be >= 1")
@@ -220,6 +222,7 @@ class ZabbixDestination:
         self.stats = SenderStats()
         self.diagnoser = diagnoser
         self.resend_delay = resend_delay
+        self.registration = registration
         self.concurrency = concurrency
         self._good = _BoundedSet(_KEY_CACHE_MAX)
         self._diagnoses: set[asyncio.Task[None]] = set()
@@ -229,6 +232,12 @@ class ZabbixDestination:
 
     # -- Destination protocol -------------------------------------------------
     async def deliver(self, batch: Sequence[Spooled]) -> Delivery:
+        if self.registration is not None:
+            # Values for a host the server does not know yet would be refused and age
+            # towards rejection: they wait unsent, and the round asks again after backoff.
+            waiting = await self.registration.wait_reason()
+            if waiting is not None:
+                return Delivery(unreachable=waiting)
         lld, data = _by_item(batch)
         state = _Round()
         # LLD first, in requests of its own: the items it creates must exist

@@ -217,14 +217,19 @@ def _parse_redirect(raw: object) -> Redirect:
     return Redirect(address, False, revision if isinstance(revision, int) else None)
 
 
-def parse_reply(data: bytes) -> Reply:
-    """Interpret the JSON of a sender reply."""
+def _json_object(data: bytes) -> dict[str, object]:
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"reply is not JSON ({exc}): {data[:200]!r}") from None
     if not isinstance(doc, dict):
         raise ProtocolError(f"reply is not a JSON object: {data[:200]!r}")
+    return doc
+
+
+def parse_reply(data: bytes) -> Reply:
+    """Interpret the JSON of a sender reply."""
+    doc = _json_object(data)
     response = doc.get("response")
     info = doc.get("info", "")
     if not isinstance(info, str):
@@ -235,4 +240,51 @@ def parse_reply(data: bytes) -> Reply:
         return Reply(True, info, processed, failed, total, seconds, redirect)
     if response == "failed" or redirect is not None:
         return Reply(False, info, redirect=redirect)
+    raise ProtocolError(f"unknown response {response!r} in {data[:200]!r}")
+
+
+# -- active agent autoregistration -------------------------------------------
+
+
+# The agent protocol version an active checks request claims; 7.0's documentation makes
+# the field mandatory, and "6.0" gets the plain (not incremental) answer from 6.0 and 7.0.
+AGENT_PROTOCOL_VERSION: Final = "6.0"
+
+
+def active_checks_request(host: str, host_metadata: str) -> bytes:
+    """The JSON of an active agent's ``active checks`` request (not yet framed).
+
+    The server (or proxy) answers it for a known host; for an unknown one it
+    answers ``failed`` and runs its autoregistration actions on ``host_metadata``.
+    """
+    return orjson.dumps({
+        "request": "active checks",
+        "host": host,
+        "version": AGENT_PROTOCOL_VERSION,
+        "host_metadata": host_metadata,
+    })
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveChecksReply:
+    """Whether the server knows the host; ``info`` is its reason when it does not."""
+
+    known: bool
+    info: str = ""
+
+
+def parse_active_checks_reply(data: bytes) -> ActiveChecksReply:
+    """Interpret the reply to :func:`active_checks_request`.
+
+    ``success`` (with the host's active items, which a trapper host has none of) means
+    the host exists; ``failed`` carries why not, e.g. ``host [van-17] not found`` while
+    the autoregistration action has not created it yet.
+    """
+    doc = _json_object(data)
+    response = doc.get("response")
+    info = str(doc.get("info", ""))
+    if response == "success":
+        return ActiveChecksReply(True)
+    if response == "failed":
+        return ActiveChecksReply(False, info or "no reason given")
     raise ProtocolError(f"unknown response {response!r} in {data[:200]!r}")

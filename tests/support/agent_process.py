@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,16 +55,17 @@ def toml_config(sections: Mapping[str, Mapping[str, TomlValue]]) -> str:
 class AgentProcess:
     """``python3 -m trapline run -c CONFIG`` with its output in ``log``; restartable."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, python: Sequence[str] = (sys.executable,)) -> None:
         self.config = config
         self.log = log
         self._proc: subprocess.Popen[bytes] | None = None
+        self.python = list(python)  # the interpreter's argv (another one: a chroot's Python 3.13)
 
     def start(self) -> None:
         assert self._proc is None or self._proc.poll() is not None, "agent already running"
         with self.log.open("ab") as out:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "trapline", "run", "-c", str(self.config), "--log-level", "info"],
+                [*self.python, "-m", "trapline", "run", "-c", str(self.config), "--log-level", "info"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -102,9 +103,11 @@ class AgentProcess:
 
 
 @contextmanager
-def running_agent(config: Path, log: Path) -> Iterator[AgentProcess]:
+def running_agent(
+    config: Path, log: Path, python: Sequence[str] = (sys.executable,)
+) -> Iterator[AgentProcess]:
     """An agent process that is killed if the test leaves it running."""
-    agent = AgentProcess(config, log)
+    agent = AgentProcess(config, log, python)
     agent.start()
     try:
         yield agent

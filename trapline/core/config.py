@@ -172,6 +172,18 @@ def refuse_shared_file(path: Path, what: str) -> None:
         )
 
 
+# A TLS pre-shared key as Zabbix takes it: 16 to 256 bytes written in hex.
+_PSK_HEX: Final = re.compile(r"(?:[0-9a-fA-F]{2}){16,256}")
+
+
+def read_psk_file(path: Path) -> Secret:
+    """A PSK from a file only its owner can read; the message of a bad one never shows the key."""
+    key = read_secret_file(path)
+    if not _PSK_HEX.fullmatch(key.reveal()):
+        raise ConfigError(f"{path}: not a PSK (expected 32 to 512 hex digits, an even number)")
+    return key
+
+
 def read_secret_file(path: Path) -> Secret:
     """Read a secret from a file that only its owner can read.
 
