@@ -369,7 +369,9 @@ class FieldSchema:
                 elif len(entries) >= spec.max_entries and key not in entries:
                     problems.append(f"field {where}: more than {spec.max_entries} entries")
                 else:
-                    entries[key] = self._members(f"{name}.{key}.", item, self.accepted[name], problems)
+                    # Two items of one id (a port listed twice) merge by member, as updates do.
+                    members = self._members(f"{name}.{key}.", item, self.accepted[name], problems)
+                    entries.setdefault(key, {}).update(members)
             if entries:
                 kept[name] = entries
 
