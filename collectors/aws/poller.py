@@ -100,7 +100,7 @@ class AwsPoller:
         services: list[Service] = [
             EmrService(settings.emr, settings.discovery_interval),
             ServerlessService(settings.emr_serverless),
-            GlueService(settings.glue, settings.host, settings.scope),
+            GlueService(settings.glue, settings.host, settings.scope, clock),
             CrawlerService(settings.glue_crawlers, settings.host, settings.scope),
             WorkflowService(settings.glue_workflows, settings.host, settings.scope),
         ]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from trapline.collectors.aws.cloudwatch import Window
+from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers
 from trapline.collectors.aws.resources import (
     Cycle,
     Resource,
@@ -26,6 +28,7 @@ from trapline.collectors.aws.resources import (
     pages_until_known,
     routing,
 )
+from trapline.collectors.aws.schedule import Outcome
 from trapline.collectors.aws.session import ACCESS_DENIED, RESOURCE_GONE, Clients, error_code
 from trapline.collectors.aws.settings import ServiceSettings
 from trapline.core.model import Value
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
         StepSummaryTypeDef,
     )
     from mypy_boto3_emr_serverless.type_defs import ApplicationSummaryTypeDef, JobRunSummaryTypeDef
-    from mypy_boto3_glue.type_defs import JobRunTypeDef
+    from mypy_boto3_glue.type_defs import JobRunTypeDef, TriggerTypeDef
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ EMR_METRIC_STATES = frozenset({"RUNNING", "WAITING"})  # clusters that publish m
 GLUE_FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED", "TIMEOUT", "ERROR", "EXPIRED"})
 SERVERLESS_METRIC_STATES = frozenset({"STARTED"})
 _PAGE = 50
+TRIGGER_PAGE = 200  # GetTriggers' largest MaxResults (botocore's Glue service model)
 _TEXT_LIMIT = 2048  # longest error text sent to Zabbix
 
 
@@ -296,15 +300,23 @@ class GlueService:
 
     name = "glue"
 
-    def __init__(self, settings: ServiceSettings, host: str, scope: str = "") -> None:
+    def __init__(
+        self, settings: ServiceSettings, host: str, scope: str = "", clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.host = host
         self.scope = scope  # "<account label>/<region>" in the list form: the poller host holds many
+        self.clock = clock
         self.job_runs = RunTracker()
         self.last_success: dict[str, int] = {}
         self.active_until: dict[str, int] = {}  # job -> last epoch a run was seen running or ending
+        self.outcomes: dict[str, Outcome] = {}  # job -> how its newest finished run ended
+        self.triggers = JobTriggers()
+        self.due_sent: dict[str, Due | None] = {}  # job -> the missed start last sent (None: nothing due)
         self._job_arn: str | None = None  # "arn:<partition>:glue:<region>:<account>:job/", once known
         self._tags_denied = False  # GetTags refused once: said in the log, not again
+        self._triggers_denied = False  # GetTriggers refused once: missed runs are not judged
+        self._triggers_fresh = False  # read by this cycle's discovery: no second reading needed
 
     def discover(self, clients: Clients) -> list[Resource]:
         wanted = self.settings.filter
@@ -335,7 +347,33 @@ class GlueService:
                 }
                 found.append(Resource(self.name, name, name, self.host, param, lld, flags))
         self.job_runs.keep_only(r.id for r in found)
+        names = {r.id for r in found}
+        self.outcomes = {job: seen for job, seen in self.outcomes.items() if job in names}
+        self.due_sent = {job: due for job, due in self.due_sent.items() if job in names}
+        self.triggers.update(self._triggers(clients), int(self.clock()))
+        self._triggers_fresh = True
         return found
+
+    def _triggers(self, clients: Clients) -> list[TriggerTypeDef]:
+        """Every trigger of the account and region, or none while GetTriggers is not granted.
+
+        glue:GetTriggers came with the missed-run detection: a policy from before it costs that
+        detection (said once in the log), not the monitoring of the jobs.
+        """
+        try:
+            pages = clients.glue.get_paginator("get_triggers").paginate(
+                PaginationConfig={"PageSize": TRIGGER_PAGE}
+            )
+            return [t for page in pages for t in page.get("Triggers", [])]
+        except Exception as exc:
+            if error_code(exc) not in ACCESS_DENIED:
+                raise
+            if not self._triggers_denied:
+                log.warning(
+                    "glue:GetTriggers not granted: jobs that do not start are not detected (deploy/aws)"
+                )
+                self._triggers_denied = True
+            return []
 
     def _tags(self, clients: Clients, name: str) -> dict[str, str]:
         """The job's AWS tags (GetJobs does not return them), or none while GetTags is not granted.
@@ -360,6 +398,42 @@ class GlueService:
     def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
         for job in resources:
             cycle.guard(f"glue job runs {job.id}", partial(self._job_runs, clients, job, cycle))
+        self._report_due(clients, resources, cycle)
+
+    def _dues(self, resources: Sequence[Resource]) -> dict[str, Due | None]:
+        now = int(self.clock())
+        return {
+            job.id: self.triggers.due(job.id, self.active_until.get(job.id, 0), self.outcomes, {}, now)
+            for job in resources
+        }
+
+    def _report_due(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
+        """Each job's missed start (or that none is missed), when it changed.
+
+        Before a job is first said to be overdue the triggers are read again: one deactivated
+        since the last discovery must not make a job overdue.  Without that reading (it failed)
+        nothing new is said this cycle.
+        """
+        dues = self._dues(resources)
+        just_read, self._triggers_fresh = self._triggers_fresh, False
+        if not just_read and any(
+            due is not None and due != self.due_sent.get(job) for job, due in dues.items()
+        ):
+            triggers = cycle.guard("glue triggers", partial(self._triggers, clients))
+            if triggers is None:
+                dues = {job: due for job, due in dues.items() if due is None or due == self.due_sent.get(job)}
+            else:
+                self.triggers.update(triggers, int(self.clock()))
+                dues = self._dues(resources)
+        for job in resources:
+            if job.id in dues:
+                self._send_due(job, dues[job.id], cycle)
+
+    def _send_due(self, job: Resource, due: Due | None, cycle: Cycle) -> None:
+        if job.id in self.due_sent and self.due_sent[job.id] == due:
+            return
+        self.due_sent[job.id] = due
+        cycle.reading(job.host, job.key("glue.job.expected"), NOTHING_DUE if due is None else due.as_json())
 
     def _job_runs(self, clients: Clients, job: Resource, cycle: Cycle) -> None:
         paginator = clients.glue.get_paginator("get_job_runs")
@@ -382,6 +456,13 @@ class GlueService:
         if state == "SUCCEEDED" and ended and ended > self.last_success.get(job.id, 0):
             self.last_success[job.id] = ended
             cycle.reading(job.host, job.key("glue.job.last_success"), ended, ended, unit="unixtime")
+        known = self.outcomes.get(job.id)
+        if state in GLUE_FINAL_STATES and ended and (known is None or ended >= known.ended):
+            self.outcomes[job.id] = Outcome(state, ended)
+        due = self.due_sent.get(job.id)
+        if due is not None and self.active_until[job.id] >= due.at:
+            # The job ran: the problem resolves now, not at the next poll (events may come first).
+            self._send_due(job, None, cycle)
 
     def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
         # Only jobs that ran during the window have datapoints: asking for the

@@ -1,0 +1,207 @@
+"""Missed-run detection of Glue jobs: the triggers' promises (collectors/aws/missed.py) and the
+``glue.job.expected`` values the poller sends (collectors/aws/services.py).
+
+Trigger shapes (Name, Type, State, Schedule, Predicate, Actions, WorkflowName) and the trigger
+states are those of botocore's Glue service model (GetTriggers in the API reference).  moto (5.x)
+keeps triggers and their states (CreateTrigger, StartTrigger, StopTrigger, GetTriggers) and never
+fires a schedule, which is the job that did not start; a refused GetTriggers is a Stubber response.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from tests.test_aws_poller import _stubbed_clients, aws_env, readings, section  # noqa: F401 (fixture)
+from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers
+from trapline.collectors.aws.poller import AwsPoller
+from trapline.collectors.aws.schedule import Outcome
+from trapline.collectors.aws.session import ApiCalls, Clients
+from trapline.collectors.aws.settings import parse_settings
+
+pytestmark = pytest.mark.usefixtures("aws_env")  # no test here may reach a real AWS
+
+# Monday 2026-12-07 01:30 UTC: the poller starts half an hour before a 02:00 schedule.
+START = int(dt.datetime(2026, 12, 7, 1, 30, tzinfo=dt.UTC).timestamp())
+TICK = START + 30 * 60
+NIGHTLY = "cron(0 2 * * ? *)"
+
+
+def _trigger(name: str, kind: str = "SCHEDULED", state: str = "ACTIVATED", **more: Any) -> dict[str, Any]:
+    shape: dict[str, Any] = {"Name": name, "Type": kind, "State": state, "Actions": [{"JobName": "load"}]}
+    if kind == "SCHEDULED":
+        shape["Schedule"] = NIGHTLY
+    return {**shape, **more}
+
+
+def _watching(*triggers: dict[str, Any], at: int = START) -> JobTriggers:
+    watched = JobTriggers()
+    watched.update(triggers, at)  # type: ignore[arg-type]
+    return watched
+
+
+def test_a_schedule_makes_the_job_due_once_its_time_passed_without_a_run() -> None:
+    watched = _watching(_trigger("nightly"))
+    assert watched.due("load", 0, {}, {}, TICK - 1) is None
+    assert watched.due("load", 0, {}, {}, TICK) == Due(
+        TICK, f"trigger nightly: {NIGHTLY} at 2026-12-07 02:00 UTC"
+    )
+    assert watched.due("load", TICK + 20, {}, {}, TICK + 60) is None  # the run started 20 s after
+    assert watched.due("other", 0, {}, {}, TICK + 60) is None  # not one of the trigger's actions
+    # The run of the day before does not count for today.
+    assert watched.due("load", TICK - 86_400 + 30, {}, {}, TICK + 60) is not None
+
+
+def test_the_earliest_missed_time_stays_due_until_the_job_runs() -> None:
+    """An hourly schedule missed at 02:00 stays due at 02:00 at 03:15: the problem does not move."""
+    watched = _watching(_trigger("hourly", Schedule="cron(0 * * * ? *)"))
+    assert watched.due("load", 0, {}, {}, TICK + 75 * 60) == Due(
+        TICK, "trigger hourly: cron(0 * * * ? *) at 2026-12-07 02:00 UTC"
+    )
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        _trigger("off", state="DEACTIVATED"),
+        _trigger("never-started", state="CREATED"),  # created without StartOnCreation: it never fires
+        _trigger("by-hand", kind="ON_DEMAND"),
+        _trigger("in-flow", kind="CONDITIONAL", WorkflowName="etl", Predicate={"Conditions": []}),
+        _trigger("rate", Schedule="rate(1 hour)"),  # not a Glue schedule: not judged, not paged
+        _trigger("crawl-only", Actions=[{"CrawlerName": "raw"}]),
+    ],
+)
+def test_triggers_that_promise_no_start_of_the_job_are_quiet(trigger: dict[str, Any]) -> None:
+    assert _watching(trigger).due("load", 0, {}, {}, TICK + 86_400) is None
+
+
+def test_times_before_the_trigger_was_seen_activated_or_changed_are_not_judged() -> None:
+    watched = _watching(_trigger("nightly"), at=TICK + 60)  # first seen after today's time
+    assert watched.due("load", 0, {}, {}, TICK + 3600) is None
+    # The same definition seen again keeps its first sighting; a new schedule starts anew.
+    watched.update([_trigger("nightly")], TICK + 86_400)  # type: ignore[list-item]
+    assert watched.due("load", 0, {}, {}, TICK + 86_400) is not None
+    changed = TICK + 86_400 + 40 * 60  # 02:40, after the new 02:30 of that day
+    watched.update([_trigger("nightly", Schedule="cron(30 2 * * ? *)")], changed)  # type: ignore[list-item]
+    assert watched.due("load", 0, {}, {}, changed + 60) is None
+
+
+def test_a_conditional_job_is_due_once_its_predecessors_ended_as_required() -> None:
+    predicate = {
+        "Logical": "AND",
+        "Conditions": [{"LogicalOperator": "EQUALS", "JobName": "extract", "State": "SUCCEEDED"}],
+    }
+    watched = _watching(_trigger("after-extract", kind="CONDITIONAL", Predicate=predicate))
+    done = {"extract": Outcome("SUCCEEDED", TICK)}
+    assert watched.due("load", 0, done, {}, TICK + 60) == Due(
+        TICK, "trigger after-extract: extract SUCCEEDED at 2026-12-07 02:00 UTC"
+    )
+    assert watched.due("load", TICK + 5, done, {}, TICK + 60) is None  # it started 5 s later
+    assert watched.due("load", 0, {"extract": Outcome("FAILED", TICK)}, {}, TICK + 60) is None
+    # An outcome from before the poller watched the trigger is history, not a promise.
+    assert watched.due("load", 0, {"extract": Outcome("SUCCEEDED", START - 60)}, {}, TICK) is None
+
+
+# -- the poller against moto --------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = float(START)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def glue() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("glue", region_name="eu-west-1")
+        command = {"Name": "glueetl", "ScriptLocation": "s3://bucket/load.py"}
+        for job in ("load", "adhoc"):
+            client.create_job(Name=job, Role="arn:aws:iam::123456789012:role/glue", Command=command)
+        yield client
+
+
+def _poller(clock: Clock) -> AwsPoller:
+    only_glue = section(emr={"enabled": False}, emr_serverless={"enabled": False})
+    return AwsPoller(parse_settings("aws", only_glue), clock=clock)
+
+
+def _expected(poller: AwsPoller, job: str) -> list[dict[str, Any]]:
+    return [json.loads(str(r.value)) for r in readings(poller.cycle().items, f"glue.job.expected[{job}]")]
+
+
+def test_the_poller_says_a_scheduled_job_did_not_start_and_clears_it_when_it_runs(glue: Any) -> None:
+    glue.create_trigger(
+        Name="nightly",
+        Type="SCHEDULED",
+        Schedule=NIGHTLY,
+        Actions=[{"JobName": "load"}],
+        StartOnCreation=True,
+    )
+    glue.create_trigger(Name="by-hand", Type="ON_DEMAND", Actions=[{"JobName": "adhoc"}])
+    clock = Clock()
+    poller = _poller(clock)
+    first = poller.cycle().items
+    # Every job says once that nothing is due, so a problem left from before a restart resolves.
+    assert [r.value for r in readings(first, "glue.job.expected[load]")] == [NOTHING_DUE]
+    assert [r.value for r in readings(first, "glue.job.expected[adhoc]")] == [NOTHING_DUE]
+    clock.now = TICK + 120
+    assert _expected(poller, "load") == [
+        {"due": TICK, "why": f"trigger nightly: {NIGHTLY} at 2026-12-07 02:00 UTC"}
+    ]
+    assert _expected(poller, "load") == []  # unchanged: not sent again
+    assert poller.calls["glue:GetTriggers"] == 2  # discovery, and again before saying it is due
+    glue.start_job_run(JobName="load")
+    assert _expected(poller, "load") == [{"due": 0, "why": ""}]
+
+
+def test_a_schedule_deactivated_since_discovery_makes_no_job_due(glue: Any) -> None:
+    glue.create_trigger(
+        Name="nightly",
+        Type="SCHEDULED",
+        Schedule=NIGHTLY,
+        Actions=[{"JobName": "load"}],
+        StartOnCreation=True,
+    )
+    clock = Clock()
+    poller = _poller(clock)
+    poller.cycle()
+    glue.stop_trigger(Name="nightly")
+    clock.now = TICK + 120
+    assert _expected(poller, "load") == []
+    clock.now = TICK + 86_400 + 120
+    assert _expected(poller, "load") == []
+
+
+def test_a_policy_without_get_triggers_still_watches_the_jobs() -> None:
+    made: dict[str, Any] = {}
+
+    def factory(settings: Any, calls: ApiCalls) -> Clients:
+        clients, stubs = _stubbed_clients(settings, calls)
+        made.update(stubs)
+        stubs["glue"].add_response("get_jobs", {"Jobs": [{"Name": "load"}]})
+        stubs["sts"].add_response(
+            "get_caller_identity",
+            {"Account": "123456789012", "Arn": "arn:aws:iam::123456789012:user/t", "UserId": "u"},
+        )
+        stubs["glue"].add_response("get_tags", {"Tags": {}})
+        stubs["glue"].add_client_error("get_triggers", "AccessDeniedException", "not granted", 400)
+        stubs["glue"].add_response("get_job_runs", {"JobRuns": []})
+        for stub in stubs.values():
+            stub.activate()
+        return clients
+
+    only_glue = section(emr={"enabled": False}, emr_serverless={"enabled": False})
+    poller = AwsPoller(parse_settings("aws", only_glue), client_factory=factory, clock=Clock())
+    result = poller.cycle()
+    assert result.errors == []
+    assert [r.value for r in readings(result.items, "glue.job.expected[load]")] == [NOTHING_DUE]
+    made["glue"].assert_no_pending_responses()
