@@ -19,7 +19,7 @@ import pytest
 from moto import mock_aws
 
 from tests.test_aws_poller import _stubbed_clients, aws_env, readings, section  # noqa: F401 (fixture)
-from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers
+from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers, Seen
 from trapline.collectors.aws.poller import AwsPoller
 from trapline.collectors.aws.schedule import Outcome
 from trapline.collectors.aws.session import ApiCalls, Clients
@@ -40,6 +40,11 @@ def _trigger(name: str, kind: str = "SCHEDULED", state: str = "ACTIVATED", **mor
     return {**shape, **more}
 
 
+def _seen(now: int, load_active: int, jobs: dict[str, Outcome] | None = None) -> Seen:
+    """What the poller saw by ``now``: job "load" last active at ``load_active``, runs ended as ``jobs``."""
+    return Seen(now, {"load": load_active}, jobs or {})
+
+
 def _watching(*triggers: dict[str, Any], at: int = START) -> JobTriggers:
     watched = JobTriggers()
     watched.update(triggers, at)  # type: ignore[arg-type]
@@ -48,20 +53,20 @@ def _watching(*triggers: dict[str, Any], at: int = START) -> JobTriggers:
 
 def test_a_schedule_makes_the_job_due_once_its_time_passed_without_a_run() -> None:
     watched = _watching(_trigger("nightly"))
-    assert watched.due("load", 0, {}, {}, TICK - 1) is None
-    assert watched.due("load", 0, {}, {}, TICK) == Due(
+    assert watched.due("load", _seen(TICK - 1, 0)) is None
+    assert watched.due("load", _seen(TICK, 0)) == Due(
         TICK, f"trigger nightly: {NIGHTLY} at 2026-12-07 02:00 UTC"
     )
-    assert watched.due("load", TICK + 20, {}, {}, TICK + 60) is None  # the run started 20 s after
-    assert watched.due("other", 0, {}, {}, TICK + 60) is None  # not one of the trigger's actions
+    assert watched.due("load", _seen(TICK + 60, TICK + 20)) is None  # the run started 20 s after
+    assert watched.due("other", _seen(TICK + 60, 0)) is None  # not one of the trigger's actions
     # The run of the day before does not count for today.
-    assert watched.due("load", TICK - 86_400 + 30, {}, {}, TICK + 60) is not None
+    assert watched.due("load", _seen(TICK + 60, TICK - 86_400 + 30)) is not None
 
 
 def test_the_earliest_missed_time_stays_due_until_the_job_runs() -> None:
     """An hourly schedule missed at 02:00 stays due at 02:00 at 03:15: the problem does not move."""
     watched = _watching(_trigger("hourly", Schedule="cron(0 * * * ? *)"))
-    assert watched.due("load", 0, {}, {}, TICK + 75 * 60) == Due(
+    assert watched.due("load", _seen(TICK + 75 * 60, 0)) == Due(
         TICK, "trigger hourly: cron(0 * * * ? *) at 2026-12-07 02:00 UTC"
     )
 
@@ -78,18 +83,18 @@ def test_the_earliest_missed_time_stays_due_until_the_job_runs() -> None:
     ],
 )
 def test_triggers_that_promise_no_start_of_the_job_are_quiet(trigger: dict[str, Any]) -> None:
-    assert _watching(trigger).due("load", 0, {}, {}, TICK + 86_400) is None
+    assert _watching(trigger).due("load", _seen(TICK + 86_400, 0)) is None
 
 
 def test_times_before_the_trigger_was_seen_activated_or_changed_are_not_judged() -> None:
     watched = _watching(_trigger("nightly"), at=TICK + 60)  # first seen after today's time
-    assert watched.due("load", 0, {}, {}, TICK + 3600) is None
+    assert watched.due("load", _seen(TICK + 3600, 0)) is None
     # The same definition seen again keeps its first sighting; a new schedule starts anew.
     watched.update([_trigger("nightly")], TICK + 86_400)  # type: ignore[list-item]
-    assert watched.due("load", 0, {}, {}, TICK + 86_400) is not None
+    assert watched.due("load", _seen(TICK + 86_400, 0)) is not None
     changed = TICK + 86_400 + 40 * 60  # 02:40, after the new 02:30 of that day
     watched.update([_trigger("nightly", Schedule="cron(30 2 * * ? *)")], changed)  # type: ignore[list-item]
-    assert watched.due("load", 0, {}, {}, changed + 60) is None
+    assert watched.due("load", _seen(changed + 60, 0)) is None
 
 
 def test_a_conditional_job_is_due_once_its_predecessors_ended_as_required() -> None:
@@ -99,13 +104,13 @@ def test_a_conditional_job_is_due_once_its_predecessors_ended_as_required() -> N
     }
     watched = _watching(_trigger("after-extract", kind="CONDITIONAL", Predicate=predicate))
     done = {"extract": Outcome("SUCCEEDED", TICK)}
-    assert watched.due("load", 0, done, {}, TICK + 60) == Due(
+    assert watched.due("load", _seen(TICK + 60, 0, done)) == Due(
         TICK, "trigger after-extract: extract SUCCEEDED at 2026-12-07 02:00 UTC"
     )
-    assert watched.due("load", TICK + 5, done, {}, TICK + 60) is None  # it started 5 s later
-    assert watched.due("load", 0, {"extract": Outcome("FAILED", TICK)}, {}, TICK + 60) is None
+    assert watched.due("load", _seen(TICK + 60, TICK + 5, done)) is None  # it started 5 s later
+    assert watched.due("load", _seen(TICK + 60, 0, {"extract": Outcome("FAILED", TICK)})) is None
     # An outcome from before the poller watched the trigger is history, not a promise.
-    assert watched.due("load", 0, {"extract": Outcome("SUCCEEDED", START - 60)}, {}, TICK) is None
+    assert watched.due("load", _seen(TICK, 0, {"extract": Outcome("SUCCEEDED", START - 60)})) is None
 
 
 # -- the poller against moto --------------------------------------------------------------
@@ -122,15 +127,21 @@ class Clock:
 @pytest.fixture
 def glue() -> Iterator[Any]:
     with mock_aws():
-        client = boto3.client("glue", region_name="eu-west-1")
+        client: Any = boto3.client("glue", region_name="eu-west-1")
         command = {"Name": "glueetl", "ScriptLocation": "s3://bucket/load.py"}
         for job in ("load", "adhoc"):
             client.create_job(Name=job, Role="arn:aws:iam::123456789012:role/glue", Command=command)
         yield client
 
 
+def _nightly(glue: Any) -> None:
+    schedule = {"Type": "SCHEDULED", "Schedule": NIGHTLY, "StartOnCreation": True}
+    glue.create_trigger(Name="nightly", Actions=[{"JobName": "load"}], **schedule)
+
+
 def _poller(clock: Clock) -> AwsPoller:
-    only_glue = section(emr={"enabled": False}, emr_serverless={"enabled": False})
+    # Discovery once a week: what the tests see between discoveries is the triggers read again.
+    only_glue = section(emr={"enabled": False}, emr_serverless={"enabled": False}, discovery_interval=604_800)
     return AwsPoller(parse_settings("aws", only_glue), clock=clock)
 
 
@@ -139,13 +150,7 @@ def _expected(poller: AwsPoller, job: str) -> list[dict[str, Any]]:
 
 
 def test_the_poller_says_a_scheduled_job_did_not_start_and_clears_it_when_it_runs(glue: Any) -> None:
-    glue.create_trigger(
-        Name="nightly",
-        Type="SCHEDULED",
-        Schedule=NIGHTLY,
-        Actions=[{"JobName": "load"}],
-        StartOnCreation=True,
-    )
+    _nightly(glue)
     glue.create_trigger(Name="by-hand", Type="ON_DEMAND", Actions=[{"JobName": "adhoc"}])
     clock = Clock()
     poller = _poller(clock)
@@ -164,13 +169,7 @@ def test_the_poller_says_a_scheduled_job_did_not_start_and_clears_it_when_it_run
 
 
 def test_a_schedule_deactivated_since_discovery_makes_no_job_due(glue: Any) -> None:
-    glue.create_trigger(
-        Name="nightly",
-        Type="SCHEDULED",
-        Schedule=NIGHTLY,
-        Actions=[{"JobName": "load"}],
-        StartOnCreation=True,
-    )
+    _nightly(glue)
     clock = Clock()
     poller = _poller(clock)
     poller.cycle()

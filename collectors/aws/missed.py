@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from trapline.collectors.aws.schedule import Cron, CronError, Outcome, clock_text, predicate_fired
@@ -46,6 +46,16 @@ class Due:
 
 
 @dataclass(frozen=True, slots=True)
+class Seen:
+    """What the poller knows at ``now``: when each job was last seen active, how runs and crawls ended."""
+
+    now: int
+    active_until: Mapping[str, int]
+    jobs: Mapping[str, Outcome]
+    crawlers: Mapping[str, Outcome] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Watched:
     """An activated trigger that starts jobs at a knowable time."""
 
@@ -55,24 +65,18 @@ class Watched:
     predicate: Mapping[str, object] | None  # CONDITIONAL outside a workflow
     seen_since: int  # first seen activated with this definition
 
-    def due(
-        self,
-        job: str,
-        active_until: int,
-        jobs: Mapping[str, Outcome],
-        crawlers: Mapping[str, Outcome],
-        now: int,
-    ) -> Due | None:
-        """The start of ``job`` this trigger promised by ``now`` that has not been seen."""
+    def due(self, job: str, seen: Seen) -> Due | None:
+        """The start of ``job`` this trigger promised by ``seen.now`` that has not been seen."""
+        active_until = seen.active_until.get(job, 0)
         since = max(self.seen_since, active_until)
         if self.cron is not None:
             at = self.cron.next_after(dt.datetime.fromtimestamp(since, dt.UTC))
-            if at is None or at.timestamp() > now:
+            if at is None or at.timestamp() > seen.now:
                 return None
             when = int(at.timestamp())
             return Due(when, f"trigger {self.name}: {self.cron.text} at {clock_text(when)}")
         if self.predicate is not None:
-            fired = predicate_fired(self.predicate, jobs, crawlers)
+            fired = predicate_fired(self.predicate, seen.jobs, seen.crawlers)
             if fired is None or fired.at < self.seen_since or fired.at <= active_until:
                 return None
             return Due(fired.at, f"trigger {self.name}: {fired.why}")
@@ -128,16 +132,7 @@ class JobTriggers:
             return Watched(name, jobs, None, predicate, now)
         return None
 
-    def due(
-        self,
-        job: str,
-        active_until: int,
-        jobs: Mapping[str, Outcome],
-        crawlers: Mapping[str, Outcome],
-        now: int,
-    ) -> Due | None:
+    def due(self, job: str, seen: Seen) -> Due | None:
         """The earliest start of ``job`` that some trigger promised and that has not been seen."""
-        promised = (
-            w.due(job, active_until, jobs, crawlers, now) for w in self._watched.values() if job in w.jobs
-        )
+        promised = (w.due(job, seen) for w in self._watched.values() if job in w.jobs)
         return min((d for d in promised if d is not None), key=lambda d: d.at, default=None)

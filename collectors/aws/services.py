@@ -15,7 +15,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from trapline.collectors.aws.cloudwatch import Window
-from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers
+from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers, Seen
 from trapline.collectors.aws.resources import (
     Cycle,
     Resource,
@@ -401,11 +401,8 @@ class GlueService:
         self._report_due(clients, resources, cycle)
 
     def _dues(self, resources: Sequence[Resource]) -> dict[str, Due | None]:
-        now = int(self.clock())
-        return {
-            job.id: self.triggers.due(job.id, self.active_until.get(job.id, 0), self.outcomes, {}, now)
-            for job in resources
-        }
+        seen = Seen(int(self.clock()), self.active_until, self.outcomes)
+        return {job.id: self.triggers.due(job.id, seen) for job in resources}
 
     def _report_due(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
         """Each job's missed start (or that none is missed), when it changed.
