@@ -31,9 +31,9 @@ from tests.integration.test_aws_zabbix import (
     moto_credentials,
 )
 from tests.support.zabbix_fixtures import unique_name, wait_for_problems, wait_until
+from tests.test_aws_poller import section
 from trapline.collectors.aws.poller import AwsPoller
 from trapline.collectors.aws.settings import parse_settings
-from trapline.core.config import Section
 
 pytestmark = pytest.mark.integration
 
@@ -83,17 +83,12 @@ def test_jobs_that_did_not_start_page_with_why_and_resolve_when_they_run(
         StartOnCreation=True,
     )
 
-    data = {
-        "type": "aws",
-        "host": host,
-        "region": REGION,
-        "endpoint_url": moto_endpoint,
-        "max_attempts": 1,
-        "emr": {"enabled": False},
-        "emr_serverless": {"enabled": False},
-        "glue": {"name_regex": f"^{prefix}-"},
-    }
-    settings = parse_settings("aws", Section(Path("/etc/trapline/trapline.toml"), "collectors.aws", data))
+    off = {"enabled": False}
+    only_ours = {"name_regex": f"^{prefix}-"}
+    endpoint = {"endpoint_url": moto_endpoint, "max_attempts": 1}
+    settings = parse_settings(
+        "aws", section(host=host, region=REGION, emr=off, emr_serverless=off, glue=only_ours, **endpoint)
+    )
     clock = [time.time() - 600]  # the poller first sees the triggers before the scheduled time
     poller = AwsPoller(settings, clock=lambda: clock[0])
     account = Account(zabbix, api, moto_endpoint, host, hostid, poller, "", "")
