@@ -154,6 +154,7 @@ VERTICAL_READINGS = [
             json.dumps({"id": "jr_1", "state": "RUNNING", "started": 1}), 0, 0),
     Reading("aws", 'glue.job.run["nightly"]',
             json.dumps({"id": "jr_0", "state": "FAILED", "started": 0, "ended": 1}), 0, 0),
+    Reading("aws", 'glue.job.expected["nightly"]', json.dumps({"due": 1, "why": "trigger nightly"}), 0, 0),
     Reading("aws", "glue.crawler.crawl[raw]",
             json.dumps({"id": "c-1", "state": "FAILED", "started": 0, "ended": 1}), 0, 0),
     Reading("centre", 'trapline.bridge.deadletters["fleet"]', 0, 0, 0),
