@@ -17,6 +17,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from moto.emr.models import emr_backends
 
 from tests.test_aws_poller import _stubbed_clients, aws_env, readings, section  # noqa: F401 (fixture)
 from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers, Seen
@@ -25,7 +26,8 @@ from trapline.collectors.aws.schedule import Outcome
 from trapline.collectors.aws.session import ApiCalls, Clients
 from trapline.collectors.aws.settings import parse_settings
 
-pytestmark = pytest.mark.usefixtures("aws_env")  # no test here may reach a real AWS
+pytestmark = pytest.mark.usefixtures("aws_env")
+ACCOUNT = "123456789012"  # moto's account for any credentials  # no test here may reach a real AWS
 
 # Monday 2026-12-07 01:30 UTC: the poller starts half an hour before a 02:00 schedule.
 START = int(dt.datetime(2026, 12, 7, 1, 30, tzinfo=dt.UTC).timestamp())
@@ -204,3 +206,39 @@ def test_a_policy_without_get_triggers_still_watches_the_jobs() -> None:
     assert result.errors == []
     assert [r.value for r in readings(result.items, "glue.job.expected[load]")] == [NOTHING_DUE]
     made["glue"].assert_no_pending_responses()
+
+
+# -- EMR steps that do not start ------------------------------------------------------------
+
+
+def test_the_oldest_pending_step_is_sent_when_it_changes_and_cleared_when_none_waits() -> None:
+    """moto (5.x) answers ListSteps with the first step RUNNING and the later ones PENDING; StepSummary
+    (Status.State, Status.Timeline.CreationDateTime) as in botocore's EMR service model."""
+    step = {"ActionOnFailure": "CONTINUE", "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["true"]}}
+    with mock_aws():
+        emr: Any = boto3.client("emr", region_name="eu-west-1")
+        instances = {
+            "MasterInstanceType": "m5.xlarge",
+            "InstanceCount": 1,
+            "KeepJobFlowAliveWhenNoSteps": True,
+        }
+        cluster = emr.run_job_flow(
+            Name="nightly-etl",
+            ReleaseLabel="emr-6.15.0",
+            Instances=instances,
+            JobFlowRole="EMR_EC2_DefaultRole",
+            ServiceRole="EMR_DefaultRole",
+            Steps=[{**step, "Name": "load"}, {**step, "Name": "report"}],
+        )["JobFlowId"]
+        waiting = emr.list_steps(ClusterId=cluster, StepStates=["PENDING"])["Steps"][0]
+        created = int(waiting["Status"]["Timeline"]["CreationDateTime"].timestamp())
+        only_emr = section(emr_serverless={"enabled": False}, glue={"enabled": False}, emr={"metrics": False})
+        poller = AwsPoller(parse_settings("aws", only_emr))
+        host = f"emr-{cluster}"
+        sent = [json.loads(str(r.value)) for r in readings(poller.cycle().items, "emr.step.pending")]
+        assert [r.host for r in readings(poller.cycle().items, "emr.step.pending")] == []  # unchanged
+        # moto has no CancelSteps and never moves a step on: the waiting step starts in its backend.
+        emr_backends[ACCOUNT]["eu-west-1"].clusters[cluster].steps[1].state = "RUNNING"
+        cleared = [(r.host, r.value) for r in readings(poller.cycle().items, "emr.step.pending")]
+    assert sent == [{"since": created, "step": f"report ({waiting['Id']})"}]
+    assert cleared == [(host, '{"since":0,"step":""}')]

@@ -148,6 +148,7 @@ VERTICAL_READINGS = [
     Reading("aws-emr-j-1", "emr.cluster.state", "TERMINATED_WITH_ERRORS", 0, 0),
     Reading("aws-emr-j-1", "emr.step",
             json.dumps({"id": "s-1", "state": "FAILED", "started": 1, "ended": 2}), 0, 0),
+    Reading("aws-emr-j-1", "emr.step.pending", json.dumps({"since": 1, "step": "load (s-1)"}), 0, 0),
     Reading("aws-emr-serverless-00f1", "emr.serverless.job.run",
             json.dumps({"id": "00f1", "state": "CANCELLED", "started": 1, "ended": 2}), 0, 0),
     Reading("aws", 'glue.job.run["nightly"]',

@@ -8,6 +8,7 @@ from the collector's worker thread.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -125,6 +126,7 @@ class EmrService:
         self.steps = RunTracker()
         self.states: dict[str, str] = {}
         self._final: set[str] = set()  # clusters whose terminal state was reported
+        self.pending_sent: dict[str, str] = {}  # cluster -> its waiting step as last sent
         self._listed_at: int | None = None  # when the previous discovery listed clusters
 
     def _active(self, clients: Clients) -> list[ClusterSummaryTypeDef]:
@@ -161,8 +163,10 @@ class EmrService:
             host = f"{self.settings.host_prefix}{cluster_id}"
             lld = {"{#CLUSTERID}": cluster_id, "{#CLUSTERNAME}": name, "{#HOST}": host, **routing(tags)}
             found.append(Resource(self.name, cluster_id, name, host, None, lld))
-        self.steps.keep_only(r.id for r in found)
-        self._final &= {r.id for r in found}
+        ids = {r.id for r in found}
+        self.steps.keep_only(ids)
+        self._final &= ids
+        self.pending_sent = {c: sent for c, sent in self.pending_sent.items() if c in ids}
         self._listed_at = now
         return found
 
@@ -203,6 +207,31 @@ class EmrService:
         )
         steps = pages_until_known(self.steps, cluster.id, pages, lambda s: s.get("Id", ""))
         cycle.runs(cluster, "emr.step", self.steps.changes(cluster.id, [_step_run(s) for s in steps]))
+        self._report_pending(cluster, steps, cycle)
+
+    def _report_pending(self, cluster: Resource, steps: Sequence[StepSummaryTypeDef], cycle: Cycle) -> None:
+        """The cluster's oldest PENDING step and since when it waits, when that changes.
+
+        Its own item, not the step's run value: the run value is sent once per state change,
+        so a step that stays PENDING while another step ends would be hidden behind that newer
+        value.  The steps read are at least the newest page (ListSteps is newest first), which
+        is where pending steps are.
+        """
+        waiting = [
+            (epoch(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")) or 0, s)
+            for s in steps
+            if s.get("Status", {}).get("State") == "PENDING"
+        ]
+        oldest = min(waiting, key=lambda w: w[0], default=None)
+        since, step = (
+            (0, "")
+            if oldest is None
+            else (oldest[0], f"{oldest[1].get('Name', '')} ({oldest[1].get('Id', '')})")
+        )
+        value = json.dumps({"since": since, "step": step}, ensure_ascii=False, separators=(",", ":"))
+        if self.pending_sent.get(cluster.id) != value:
+            self.pending_sent[cluster.id] = value
+            cycle.reading(cluster.host, "emr.step.pending", value)
 
     def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
         return [r for r in resources if self.states.get(r.id) in EMR_METRIC_STATES]
