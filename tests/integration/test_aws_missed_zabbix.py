@@ -18,11 +18,19 @@ import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devtools.localzabbix import LocalZabbix
-from tests.integration.test_aws_moto import REGION, _post, client, make_job, moto_endpoint  # noqa: F401
+from tests.integration.test_aws_moto import (
+    REGION,
+    _moto_emr_cluster,
+    client,
+    make_cluster,
+    make_job,
+    moto_endpoint,  # noqa: F401 (fixture)
+)
 from tests.integration.test_aws_zabbix import (
     LLD_TIMEOUT,
     Account,
@@ -132,3 +140,73 @@ def test_jobs_that_did_not_start_page_with_why_and_resolve_when_they_run(
     clock[0] = time.time()
     assert account.cycle().errors == []
     wait_for_problems(api, [hostid], set(), timeout=30)
+
+
+def _steps(cluster_id: str) -> list[Any]:
+    steps: list[Any] = _moto_emr_cluster(cluster_id).steps
+    return steps
+
+
+@pytest.mark.usefixtures("credentials")
+def test_a_step_pending_on_an_idle_cluster_pages_and_one_queued_behind_a_running_step_does_not(
+    zabbix: LocalZabbix,
+    moto_endpoint: str,  # noqa: F811
+) -> None:
+    """moto keeps steps as EMR's ListSteps shows them (StepSummary: Status.State, Timeline) and never
+    moves one on: in its backend a waiting step is made two hours old, and then started."""
+    api = zabbix.api()
+    host, hostid = create_poller_host(zabbix, api, "aws-pending")
+    prefix = unique_name("p")
+    emr = client(moto_endpoint, "emr")
+    stuck, busy = (
+        make_cluster(emr, f"{prefix}-stuck", step=True),
+        make_cluster(emr, f"{prefix}-busy", step=True),
+    )
+    waiting = {
+        "Name": "report",
+        "ActionOnFailure": "CONTINUE",
+        "HadoopJarStep": {"Jar": "command-runner.jar"},
+    }
+    for cluster_id in (stuck, busy):
+        emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[waiting])  # PENDING behind the first
+        _steps(cluster_id)[1].creation_date_time -= dt.timedelta(hours=2)
+    off = {"enabled": False}
+    only_ours = {"name_regex": f"^{prefix}-", "metrics": False}
+    endpoint = {"endpoint_url": moto_endpoint, "max_attempts": 1}
+    settings = parse_settings(
+        "aws", section(host=host, region=REGION, emr=only_ours, emr_serverless=off, glue=off, **endpoint)
+    )
+    account = Account(zabbix, api, moto_endpoint, host, hostid, AwsPoller(settings), "", "")
+    assert account.cycle().errors == []
+    hosts = {cluster_id: f"emr-{cluster_id}" for cluster_id in (stuck, busy)}
+    wait_until(
+        lambda: (
+            all(items(api, h, "emr.step.pending.step") for h in hosts.values())
+            and len(api.trigger.get(search={"description": "Step pending"}, host=hosts[busy])) == 1
+        ),
+        timeout=LLD_TIMEOUT,
+        what="discovered clusters' pending-step items and triggers",
+    )
+    account.reload_with_dependents()
+    # The cluster hosts refused the first cycle's values (they did not exist yet): a new poller
+    # sends every value again, as a restarted one would.
+    account.poller = AwsPoller(settings)
+
+    # As EMR would say it: the stuck cluster's first step is done and it waits (WAITING) with
+    # "report" still PENDING; the busy one is RUNNING its first step.  (moto moves nothing on.)
+    _steps(stuck)[0].state = "COMPLETED"
+    _moto_emr_cluster(stuck).state = "WAITING"
+    _moto_emr_cluster(busy).state = "RUNNING"
+    assert account.cycle().errors == []
+    stuck_id, busy_id = account.hostid_of(hosts[stuck]), account.hostid_of(hosts[busy])
+    pending = _steps(stuck)[1]
+    wait_for_problems(
+        api,
+        [hostid, stuck_id, busy_id],
+        {(f"AWS EMR: Step report ({pending.id}) did not start: pending for more than 1h", "average")},
+        timeout=70,  # the timer's pass (30 s) for now()
+    )
+
+    pending.state = "RUNNING"
+    assert account.cycle().errors == []
+    wait_for_problems(api, [hostid, stuck_id, busy_id], set(), timeout=30)
