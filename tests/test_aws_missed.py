@@ -20,7 +20,7 @@ from moto import mock_aws
 from moto.emr.models import emr_backends
 
 from tests.test_aws_poller import _stubbed_clients, aws_env, readings, section  # noqa: F401 (fixture)
-from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers, Seen
+from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers, Seen, never_started
 from trapline.collectors.aws.poller import AwsPoller
 from trapline.collectors.aws.schedule import Outcome
 from trapline.collectors.aws.session import ApiCalls, Clients
@@ -242,3 +242,90 @@ def test_the_oldest_pending_step_is_sent_when_it_changes_and_cleared_when_none_w
         cleared = [(r.host, r.value) for r in readings(poller.cycle().items, "emr.step.pending")]
     assert sent == [{"since": created, "step": f"report ({waiting['Id']})"}]
     assert cleared == [(host, '{"since":0,"step":""}')]
+
+
+# -- workflow runs that ended with jobs never started ----------------------------------------
+
+# A WorkflowGraph as GetWorkflowRun(IncludeGraph=True) returns it (botocore's Glue model: Node with
+# Type, Name, UniqueId, TriggerDetails.Trigger, JobDetails.JobRuns, CrawlerDetails.Crawls).
+ENDED = dt.datetime(2026, 12, 7, 2, 10, tzinfo=dt.UTC)
+
+
+def _job_node(name: str, *states: str) -> dict[str, Any]:
+    runs = [{"Id": f"jr_{name}", "JobName": name, "JobRunState": s, "CompletedOn": ENDED} for s in states]
+    return {"Type": "JOB", "Name": name, "UniqueId": f"j-{name}", "JobDetails": {"JobRuns": runs}}
+
+
+def _conditional(name: str, after: str, state: str, action: str) -> dict[str, Any]:
+    condition = {"LogicalOperator": "EQUALS", "JobName": after, "State": state}
+    trigger = {
+        "Name": name,
+        "WorkflowName": "etl",
+        "Type": "CONDITIONAL",
+        "State": "ACTIVATED",
+        "Predicate": {"Logical": "ANY", "Conditions": [condition]},
+        "Actions": [{"JobName": action}],
+    }
+    return {"Type": "TRIGGER", "Name": name, "UniqueId": f"t-{name}", "TriggerDetails": {"Trigger": trigger}}
+
+
+GRAPH = {
+    "Nodes": [
+        _job_node("extract", "SUCCEEDED"),
+        _conditional("after-extract", "extract", "SUCCEEDED", "load"),
+        _job_node("load"),  # never ran
+        _conditional("on-failure", "extract", "FAILED", "alert"),
+        _job_node("alert"),  # the on-failure branch: rightly never ran
+    ]
+}
+MISSED = "load never started (trigger after-extract: extract SUCCEEDED at 2026-12-07 02:10 UTC)"
+
+
+def test_a_workflow_run_names_the_jobs_whose_trigger_held_and_that_never_ran() -> None:
+    assert never_started(GRAPH) == [MISSED]
+    ran = {"Nodes": [*GRAPH["Nodes"][:2], _job_node("load", "SUCCEEDED"), *GRAPH["Nodes"][3:]]}
+    assert never_started(ran) == []
+
+
+def test_the_poller_asks_for_the_graph_once_for_a_run_that_ended_with_actions_not_run() -> None:
+    made: dict[str, Any] = {}
+    done = {"TotalActions": 3, "SucceededActions": 1}  # two actions in no count: never started
+
+    def run(run_id: str, state: str, statistics: dict[str, int]) -> dict[str, Any]:
+        shape = {
+            "Name": "etl",
+            "WorkflowRunId": run_id,
+            "Status": state,
+            "StartedOn": ENDED,
+            "Statistics": statistics,
+        }
+        return {**shape, "CompletedOn": ENDED} if state != "RUNNING" else shape
+
+    def factory(settings: Any, calls: ApiCalls) -> Clients:
+        clients, stubs = _stubbed_clients(settings, calls)
+        made.update(stubs)
+        stubs["glue"].add_response("list_workflows", {"Workflows": ["etl"]})
+        stubs["glue"].add_response(
+            "get_workflow_runs", {"Runs": [run("wr_1", "RUNNING", {"TotalActions": 3})]}
+        )
+        stubs["glue"].add_response("get_workflow_runs", {"Runs": [run("wr_1", "COMPLETED", done)]})
+        graph_call = {"Name": "etl", "RunId": "wr_1", "IncludeGraph": True}
+        stubs["glue"].add_response(
+            "get_workflow_run", {"Run": {**run("wr_1", "COMPLETED", done), "Graph": GRAPH}}, graph_call
+        )
+        stubs["glue"].add_response("get_workflow_runs", {"Runs": [run("wr_1", "COMPLETED", done)]})
+        for stub in stubs.values():
+            stub.activate()
+        return clients
+
+    pipelines = {"emr": {"enabled": False}, "emr_serverless": {"enabled": False}, "glue": {"enabled": False}}
+    poller = AwsPoller(
+        parse_settings("aws", section(**pipelines, glue_workflows={"enabled": True})), client_factory=factory
+    )
+    key = "glue.workflow.run[etl]"
+    assert [json.loads(str(r.value))["state"] for r in readings(poller.cycle().items, key)] == ["RUNNING"]
+    (ended,) = [json.loads(str(r.value)) for r in readings(poller.cycle().items, key)]
+    assert (ended["actions_missed"], ended["error"]) == (1, MISSED)
+    assert ended["title"] == f"wr_1 COMPLETED: {MISSED}"
+    assert readings(poller.cycle().items, key) == []  # known: no second GetWorkflowRun
+    made["glue"].assert_no_pending_responses()

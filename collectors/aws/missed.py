@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trapline.collectors.aws.schedule import Cron, CronError, Outcome, clock_text, predicate_fired
 
@@ -136,3 +136,58 @@ class JobTriggers:
         """The earliest start of ``job`` that some trigger promised and that has not been seen."""
         promised = (w.due(job, seen) for w in self._watched.values() if job in w.jobs)
         return min((d for d in promised if d is not None), key=lambda d: d.at, default=None)
+
+
+def _newest_outcome(ends: Iterable[tuple[str, int | None]]) -> Outcome | None:
+    """The newest of (state, end) pairs that ended."""
+    ended = [(end, state) for state, end in ends if end is not None]
+    if not ended:
+        return None
+    end, state = max(ended)
+    return Outcome(state, end)
+
+
+def never_started(graph: Mapping[str, Any]) -> list[str]:
+    """Jobs of a finished workflow run that a conditional trigger should have started and did not.
+
+    ``graph`` is the run's WorkflowGraph (GetWorkflowRun with IncludeGraph): its job nodes carry
+    the run's job runs, its crawler nodes the run's crawls, its trigger nodes the triggers.  A
+    trigger whose predicate the run's own outcomes satisfy, with an action job that has no run in
+    the run, is a start that was promised and missed.  A branch whose predicate never held (an
+    on-failure path after a success) is how workflows are drawn, not a miss.
+    """
+    nodes: list[Mapping[str, Any]] = [n for n in graph.get("Nodes", []) if isinstance(n, Mapping)]
+    jobs: dict[str, Outcome] = {}
+    crawlers: dict[str, Outcome] = {}
+    ran: set[str] = set()
+    for node in nodes:
+        name = str(node.get("Name", ""))
+        if node.get("Type") == "JOB":
+            runs = node.get("JobDetails", {}).get("JobRuns", [])
+            if runs:
+                ran.add(name)
+            outcome = _newest_outcome((r.get("JobRunState", ""), _end(r.get("CompletedOn"))) for r in runs)
+        elif node.get("Type") == "CRAWLER":
+            crawls = node.get("CrawlerDetails", {}).get("Crawls", [])
+            outcome = _newest_outcome((c.get("State", ""), _end(c.get("CompletedOn"))) for c in crawls)
+        else:
+            continue
+        if outcome is not None:
+            (jobs if node.get("Type") == "JOB" else crawlers)[name] = outcome
+    missed = []
+    for node in nodes:
+        trigger = node.get("TriggerDetails", {}).get("Trigger", {}) if node.get("Type") == "TRIGGER" else {}
+        if trigger.get("Type") != "CONDITIONAL":
+            continue
+        fired = predicate_fired(trigger.get("Predicate", {}), jobs, crawlers)
+        if fired is None:
+            continue
+        for action in trigger.get("Actions", []):
+            job = action.get("JobName")
+            if job and job not in ran:
+                missed.append(f"{job} never started (trigger {trigger.get('Name', '')}: {fired.why})")
+    return missed
+
+
+def _end(value: object) -> int | None:
+    return int(value.timestamp()) if isinstance(value, dt.datetime) else None
