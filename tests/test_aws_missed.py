@@ -19,7 +19,7 @@ import pytest
 from moto import mock_aws
 from moto.emr.models import emr_backends
 
-from tests.test_aws_poller import _stubbed_clients, aws_env, readings, section  # noqa: F401 (fixture)
+from tests.test_aws_poller import CALLER, _stubbed_clients, aws_env, readings, section  # noqa: F401 (fixture)
 from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers, Seen, never_started
 from trapline.collectors.aws.poller import AwsPoller
 from trapline.collectors.aws.schedule import Outcome
@@ -329,3 +329,60 @@ def test_the_poller_asks_for_the_graph_once_for_a_run_that_ended_with_actions_no
     assert ended["title"] == f"wr_1 COMPLETED: {MISSED}"
     assert readings(poller.cycle().items, key) == []  # known: no second GetWorkflowRun
     made["glue"].assert_no_pending_responses()
+
+
+def test_a_trigger_conditional_on_a_crawl_reads_the_crawler_service() -> None:
+    """Crawler shapes (Crawler.LastCrawl, CrawlerMetrics) from botocore's Glue model, via Stubber:
+    moto has no GetCrawlerMetrics, whose run time gives the crawl's end."""
+    condition = {"LogicalOperator": "EQUALS", "CrawlerName": "raw", "CrawlState": "SUCCEEDED"}
+    trigger = _trigger("after-raw", kind="CONDITIONAL", Predicate={"Conditions": [condition]})
+    crawler = {
+        "Name": "raw",
+        "State": "READY",
+        "LastCrawl": {"Status": "SUCCEEDED", "StartTime": _at(START + 60)},
+    }
+    made: dict[str, Any] = {}
+
+    def factory(settings: Any, calls: ApiCalls) -> Clients:
+        clients, stubs = _stubbed_clients(settings, calls)
+        made.update(stubs)
+        glue = stubs["glue"]
+        glue.add_response("get_jobs", {"Jobs": [{"Name": "load"}]})  # cycle 1: discovery, health
+        stubs["sts"].add_response("get_caller_identity", CALLER)
+        glue.add_response("get_tags", {"Tags": {}})
+        glue.add_response("get_triggers", {"Triggers": [trigger]})
+        glue.add_response("get_job_runs", {"JobRuns": []})
+        for _ in range(2):  # crawler discovery, health
+            glue.add_response("get_crawlers", {"Crawlers": [crawler]})
+        glue.add_response(
+            "get_crawler_metrics",
+            {"CrawlerMetricsList": [{"CrawlerName": "raw", "LastRuntimeSeconds": 60.0}]},
+        )
+        glue.add_response("get_job_runs", {"JobRuns": []})  # cycle 2: the job is due, triggers read again
+        glue.add_response("get_triggers", {"Triggers": [trigger]})
+        glue.add_response("get_crawlers", {"Crawlers": [crawler]})
+        for stub in stubs.values():
+            stub.activate()
+        return clients
+
+    data = section(
+        emr={"enabled": False},
+        emr_serverless={"enabled": False},
+        glue_crawlers={"enabled": True},
+        discovery_interval=604_800,
+    )
+    clock = Clock()
+    poller = AwsPoller(parse_settings("aws", data), client_factory=factory, clock=clock)
+    first = poller.cycle()
+    assert first.errors == [] and [r.value for r in readings(first.items, "glue.job.expected[load]")] == [
+        NOTHING_DUE
+    ]
+    clock.now = START + 600
+    assert _expected(poller, "load") == [
+        {"due": START + 120, "why": "trigger after-raw: crawler raw SUCCEEDED at 2026-12-07 01:32 UTC"}
+    ]
+    made["glue"].assert_no_pending_responses()
+
+
+def _at(epoch: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)

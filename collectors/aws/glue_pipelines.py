@@ -22,6 +22,7 @@ from trapline.collectors.aws.resources import (
     job_label,
     key_param,
 )
+from trapline.collectors.aws.schedule import Outcome
 from trapline.collectors.aws.services import _PAGE, _run, _text, newest_runs
 from trapline.collectors.aws.session import Clients
 from trapline.collectors.aws.settings import ServiceSettings
@@ -81,6 +82,9 @@ class CrawlerService:
         self.scope = scope
         # crawler -> (crawl id, status) of the last crawl reported; a listed crawl is final already
         self.reported: dict[str, tuple[str, str]] = {}
+        # crawler -> how its last crawl ended, for the Glue triggers conditional on crawls (shared
+        # with GlueService, so changed in place)
+        self.outcomes: dict[str, Outcome] = {}
 
     def _crawlers(self, clients: Clients) -> Iterator[CrawlerTypeDef]:
         pages = clients.glue.get_paginator("get_crawlers").paginate(
@@ -98,6 +102,8 @@ class CrawlerService:
                 found.append(_resource(self.name, self.host, name, lld, "CRAWLER"))
         names = {r.id for r in found}
         self.reported = {name: seen for name, seen in self.reported.items() if name in names}
+        for gone in set(self.outcomes) - names:
+            del self.outcomes[gone]
         return found
 
     def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
@@ -128,8 +134,13 @@ class CrawlerService:
         if metrics is None:
             return  # not marked as reported: asked again next cycle
         for crawler, found in ended:
-            cycle.runs(crawler, "glue.crawler.crawl", [_crawl_run(found, metrics.get(crawler.id, {}))])
+            crawl = _crawl_run(found, metrics.get(crawler.id, {}))
+            cycle.runs(crawler, "glue.crawler.crawl", [crawl])
             self.reported[crawler.id] = _crawl_mark(found)
+            # Its end only when known (start + run time): a guessed end could make a job that ran
+            # after the crawl look as if it had not.
+            if "ended" in dict(crawl.values):
+                self.outcomes[crawler.id] = Outcome(crawl.state, int(dict(crawl.values)["ended"]))
 
     def _metrics(self, clients: Clients, names: Sequence[str]) -> dict[str, CrawlerMetricsTypeDef]:
         paginator = clients.glue.get_paginator("get_crawler_metrics")

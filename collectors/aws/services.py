@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -340,6 +340,7 @@ class GlueService:
         self.last_success: dict[str, int] = {}
         self.active_until: dict[str, int] = {}  # job -> last epoch a run was seen running or ending
         self.outcomes: dict[str, Outcome] = {}  # job -> how its newest finished run ended
+        self.crawl_outcomes: Mapping[str, Outcome] = {}  # the crawler service's, when it is on
         self.triggers = JobTriggers()
         self.due_sent: dict[str, Due | None] = {}  # job -> the missed start last sent (None: nothing due)
         self._job_arn: str | None = None  # "arn:<partition>:glue:<region>:<account>:job/", once known
@@ -430,7 +431,7 @@ class GlueService:
         self._report_due(clients, resources, cycle)
 
     def _dues(self, resources: Sequence[Resource]) -> dict[str, Due | None]:
-        seen = Seen(int(self.clock()), self.active_until, self.outcomes)
+        seen = Seen(int(self.clock()), self.active_until, self.outcomes, self.crawl_outcomes)
         return {job.id: self.triggers.due(job.id, seen) for job in resources}
 
     def _report_due(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
