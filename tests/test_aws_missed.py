@@ -19,6 +19,7 @@ import pytest
 from moto import mock_aws
 from moto.emr.models import emr_backends
 
+from tests.test_aws_glue_pipelines import _granted
 from tests.test_aws_poller import CALLER, _stubbed_clients, aws_env, readings, section  # noqa: F401 (fixture)
 from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers, Seen, never_started
 from trapline.collectors.aws.poller import AwsPoller
@@ -329,6 +330,9 @@ def test_the_poller_asks_for_the_graph_once_for_a_run_that_ended_with_actions_no
     assert ended["title"] == f"wr_1 COMPLETED: {MISSED}"
     assert readings(poller.cycle().items, key) == []  # known: no second GetWorkflowRun
     made["glue"].assert_no_pending_responses()
+    assert poller.calls["glue:GetWorkflowRun"] == 1 and "glue:GetWorkflowRun" in _granted(
+        "arn:aws:glue:*:*:workflow/*"
+    )
 
 
 def test_a_trigger_conditional_on_a_crawl_reads_the_crawler_service() -> None:
