@@ -132,6 +132,7 @@ def _glue_account(failing: set[str], cycles: int = 1) -> Any:
         stubs["glue"].add_response("get_jobs", {"Jobs": [{"Name": "load, orders"}]})
         stubs["sts"].add_response("get_caller_identity", {**CALLER, "Account": account})
         stubs["glue"].add_response("get_tags", {"Tags": {}})
+        stubs["glue"].add_response("get_triggers", {"Triggers": []})
         state = "FAILED" if s.scope in failing else "SUCCEEDED"
         run = {
             "Id": f"jr_{account}", "JobName": "load, orders", "JobRunState": state,
@@ -170,7 +171,7 @@ def test_one_job_name_in_two_accounts_is_two_item_sets_and_the_failure_stays_on_
     assert [(a["{#ACCOUNT}"], a["{#ACCOUNTID}"]) for a in accounts] == [
         ("prod", "111122223333"), ("test", "444455556666")
     ]
-    assert [r.value for r in readings(result.items, "aws.account.api.calls[prod]")] == [4]
+    assert [r.value for r in readings(result.items, "aws.account.api.calls[prod]")] == [5]
     assert result.errors == []
 
 
@@ -224,6 +225,7 @@ def test_jobs_of_one_name_never_share_a_key_whatever_the_labels_and_regions(
         stubs["glue"].add_response("get_jobs", {"Jobs": [{"Name": name}]})
         stubs["sts"].add_response("get_caller_identity", CALLER)
         stubs["glue"].add_response("get_tags", {"Tags": {}})
+        stubs["glue"].add_response("get_triggers", {"Triggers": []})
         stubs["glue"].add_response("get_job_runs", {"JobRuns": []})
         for stub in stubs.values():
             stub.activate()
@@ -351,4 +353,4 @@ def test_the_prometheus_exporter_labels_the_account_counters_by_account() -> Non
     assert 'trapline_aws_account_denied_total{account="prod",host="aws-test"} 1.0' in text
     assert 'trapline_aws_account_denied_total{account="test",host="aws-test"} 0.0' in text
     assert 'trapline_aws_account_throttles_total{account="test",host="aws-test"} 0.0' in text
-    assert 'trapline_aws_account_api_calls_total{account="test",host="aws-test"} 4.0' in text
+    assert 'trapline_aws_account_api_calls_total{account="test",host="aws-test"} 5.0' in text

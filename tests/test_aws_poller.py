@@ -315,6 +315,7 @@ def test_glue_jobs_carry_their_team_and_owner_tags_and_work_without_get_tags() -
         tags = {"Team": "data", "OWNER": "ann", "cost": "x"}  # AWS keys in any case
         stubs["glue"].add_response("get_tags", {"Tags": tags}, {"ResourceArn": arn + "load, orders"})
         stubs["glue"].add_client_error("get_tags", "AccessDeniedException", "not granted", 400)
+        stubs["glue"].add_response("get_triggers", {"Triggers": []})
         stubs["glue"].add_response("get_job_runs", {"JobRuns": []})
         stubs["glue"].add_response("get_job_runs", {"JobRuns": []})
         for stub in stubs.values():
@@ -402,6 +403,7 @@ def test_once_throttled_the_cycle_stops_calling_and_warns_once(caplog: pytest.Lo
         stubs["sts"].add_response("get_caller_identity", CALLER)
         for _ in jobs:
             stubs["glue"].add_response("get_tags", {"Tags": {}})
+        stubs["glue"].add_response("get_triggers", {"Triggers": []})
         stubs["glue"].add_client_error("get_job_runs", "ThrottlingException", "Rate exceeded", 400)
         for stub in stubs.values():
             stub.activate()

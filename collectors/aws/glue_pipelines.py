@@ -12,6 +12,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from trapline.collectors.aws.cloudwatch import Window
+from trapline.collectors.aws.missed import never_started
 from trapline.collectors.aws.resources import (
     Cycle,
     Resource,
@@ -21,6 +22,7 @@ from trapline.collectors.aws.resources import (
     job_label,
     key_param,
 )
+from trapline.collectors.aws.schedule import Outcome
 from trapline.collectors.aws.services import _PAGE, _run, _text, newest_runs
 from trapline.collectors.aws.session import Clients
 from trapline.collectors.aws.settings import ServiceSettings
@@ -80,6 +82,9 @@ class CrawlerService:
         self.scope = scope
         # crawler -> (crawl id, status) of the last crawl reported; a listed crawl is final already
         self.reported: dict[str, tuple[str, str]] = {}
+        # crawler -> how its last crawl ended, for the Glue triggers conditional on crawls (shared
+        # with GlueService, so changed in place)
+        self.outcomes: dict[str, Outcome] = {}
 
     def _crawlers(self, clients: Clients) -> Iterator[CrawlerTypeDef]:
         pages = clients.glue.get_paginator("get_crawlers").paginate(
@@ -97,6 +102,8 @@ class CrawlerService:
                 found.append(_resource(self.name, self.host, name, lld, "CRAWLER"))
         names = {r.id for r in found}
         self.reported = {name: seen for name, seen in self.reported.items() if name in names}
+        for gone in set(self.outcomes) - names:
+            del self.outcomes[gone]
         return found
 
     def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
@@ -127,8 +134,13 @@ class CrawlerService:
         if metrics is None:
             return  # not marked as reported: asked again next cycle
         for crawler, found in ended:
-            cycle.runs(crawler, "glue.crawler.crawl", [_crawl_run(found, metrics.get(crawler.id, {}))])
+            crawl = _crawl_run(found, metrics.get(crawler.id, {}))
+            cycle.runs(crawler, "glue.crawler.crawl", [crawl])
             self.reported[crawler.id] = _crawl_mark(found)
+            # Its end only when known (start + run time): a guessed end could make a job that ran
+            # after the crawl look as if it had not.
+            if "ended" in dict(crawl.values):
+                self.outcomes[crawler.id] = Outcome(crawl.state, int(dict(crawl.values)["ended"]))
 
     def _metrics(self, clients: Clients, names: Sequence[str]) -> dict[str, CrawlerMetricsTypeDef]:
         paginator = clients.glue.get_paginator("get_crawler_metrics")
@@ -207,15 +219,52 @@ class WorkflowService:
             )
         )
         runs = newest_runs(self.runs, workflow.id, pages, lambda r: r.get("WorkflowRunId", ""))
-        cycle.runs(
-            workflow, "glue.workflow.run", self.runs.changes(workflow.id, [_workflow_run(r) for r in runs])
-        )
+        missed: dict[str, list[str]] = {}
+        for run_id in self._ended_with_actions_not_run(workflow, runs):
+            found = cycle.guard(
+                f"glue workflow run {run_id}", partial(self._missed, clients, workflow, run_id)
+            )
+            if found:
+                missed[run_id] = found
+        values = [_workflow_run(r, missed.get(r.get("WorkflowRunId", ""), [])) for r in runs]
+        cycle.runs(workflow, "glue.workflow.run", self.runs.changes(workflow.id, values))
+
+    def _ended_with_actions_not_run(
+        self, workflow: Resource, runs: Sequence[WorkflowRunTypeDef]
+    ) -> list[str]:
+        """Runs about to be reported as ended whose counts leave actions that never ran.
+
+        Only these cost a GetWorkflowRun with the graph, once each (the next poll knows them).
+        """
+        reported = runs if self.runs.primed(workflow.id) else sorted(runs, key=_started)[-1:]
+        return [
+            r.get("WorkflowRunId", "")
+            for r in reported
+            if r.get("Status") in WORKFLOW_FINAL_STATES
+            and r.get("Status") != "STOPPED"  # stopped on purpose: what did not run was meant not to
+            and self.runs.state(workflow.id, r.get("WorkflowRunId", "")) != r.get("Status")
+            and _not_run(dict(r.get("Statistics", {}))) > 0  # type: ignore[arg-type]
+        ]
+
+    def _missed(self, clients: Clients, workflow: Resource, run_id: str) -> list[str]:
+        run = clients.glue.get_workflow_run(Name=workflow.id, RunId=run_id, IncludeGraph=True)["Run"]
+        return never_started(dict(run.get("Graph", {})))
 
     def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
         return []  # no CloudWatch metrics of workflows in the catalog
 
 
-def _workflow_run(run: WorkflowRunTypeDef) -> Run:
+def _started(run: WorkflowRunTypeDef) -> float:
+    return epoch(run.get("StartedOn")) or 0
+
+
+def _not_run(statistics: dict[str, int]) -> int:
+    """Actions of the run in no count: neither ran nor wait to run (never started)."""
+    counted = sum(statistics.get(field, 0) for field in ACTION_COUNTS if field != "TotalActions")
+    return statistics.get("TotalActions", 0) - counted
+
+
+def _workflow_run(run: WorkflowRunTypeDef, missed: Sequence[str] = ()) -> Run:
     state = run.get("Status", "UNKNOWN")
     started = epoch(run.get("StartedOn"))
     ended = epoch(run.get("CompletedOn")) if state in WORKFLOW_FINAL_STATES else None
@@ -224,9 +273,11 @@ def _workflow_run(run: WorkflowRunTypeDef) -> Run:
         extra.append(("duration", ended - started))
     statistics: dict[str, int] = dict(run.get("Statistics", {}))  # type: ignore[arg-type]
     extra.extend((name, statistics[field]) for field, name in ACTION_COUNTS.items() if field in statistics)
+    if missed:
+        extra.append(("actions_missed", len(missed)))
     error = _text(run.get("ErrorMessage"))
     if not error and state in WORKFLOW_FINAL_STATES:
-        error = _bad_actions(statistics)
+        error = _text("; ".join(part for part in (_bad_actions(statistics), *missed) if part))
     return _run(run.get("WorkflowRunId", ""), state, started, ended, error=error, extra=extra)
 
 

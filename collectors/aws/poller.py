@@ -97,11 +97,15 @@ class AwsPoller:
         self._client_factory = client_factory
         self._clock = clock
         self._clients: Clients | None = None
+        jobs = GlueService(settings.glue, settings.host, settings.scope, clock)
+        crawlers = CrawlerService(settings.glue_crawlers, settings.host, settings.scope)
+        if crawlers.settings.enabled:
+            jobs.crawl_outcomes = crawlers.outcomes  # for Glue triggers conditional on a crawl
         services: list[Service] = [
             EmrService(settings.emr, settings.discovery_interval),
             ServerlessService(settings.emr_serverless),
-            GlueService(settings.glue, settings.host, settings.scope),
-            CrawlerService(settings.glue_crawlers, settings.host, settings.scope),
+            jobs,
+            crawlers,
             WorkflowService(settings.glue_workflows, settings.host, settings.scope),
         ]
         self.services = [s for s in services if s.settings.enabled]

@@ -8,12 +8,15 @@ from the collector's worker thread.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from trapline.collectors.aws.cloudwatch import Window
+from trapline.collectors.aws.missed import NOTHING_DUE, Due, JobTriggers, Seen
 from trapline.collectors.aws.resources import (
     Cycle,
     Resource,
@@ -26,6 +29,7 @@ from trapline.collectors.aws.resources import (
     pages_until_known,
     routing,
 )
+from trapline.collectors.aws.schedule import Outcome
 from trapline.collectors.aws.session import ACCESS_DENIED, RESOURCE_GONE, Clients, error_code
 from trapline.collectors.aws.settings import ServiceSettings
 from trapline.core.model import Value
@@ -38,7 +42,7 @@ if TYPE_CHECKING:
         StepSummaryTypeDef,
     )
     from mypy_boto3_emr_serverless.type_defs import ApplicationSummaryTypeDef, JobRunSummaryTypeDef
-    from mypy_boto3_glue.type_defs import JobRunTypeDef
+    from mypy_boto3_glue.type_defs import JobRunTypeDef, TriggerTypeDef
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -55,6 +59,7 @@ EMR_METRIC_STATES = frozenset({"RUNNING", "WAITING"})  # clusters that publish m
 GLUE_FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED", "TIMEOUT", "ERROR", "EXPIRED"})
 SERVERLESS_METRIC_STATES = frozenset({"STARTED"})
 _PAGE = 50
+TRIGGER_PAGE = 200  # GetTriggers' largest MaxResults (botocore's Glue service model)
 _TEXT_LIMIT = 2048  # longest error text sent to Zabbix
 
 
@@ -121,6 +126,7 @@ class EmrService:
         self.steps = RunTracker()
         self.states: dict[str, str] = {}
         self._final: set[str] = set()  # clusters whose terminal state was reported
+        self.pending_sent: dict[str, str] = {}  # cluster -> its waiting step as last sent
         self._listed_at: int | None = None  # when the previous discovery listed clusters
 
     def _active(self, clients: Clients) -> list[ClusterSummaryTypeDef]:
@@ -157,8 +163,10 @@ class EmrService:
             host = f"{self.settings.host_prefix}{cluster_id}"
             lld = {"{#CLUSTERID}": cluster_id, "{#CLUSTERNAME}": name, "{#HOST}": host, **routing(tags)}
             found.append(Resource(self.name, cluster_id, name, host, None, lld))
-        self.steps.keep_only(r.id for r in found)
-        self._final &= {r.id for r in found}
+        ids = {r.id for r in found}
+        self.steps.keep_only(ids)
+        self._final &= ids
+        self.pending_sent = {c: sent for c, sent in self.pending_sent.items() if c in ids}
         self._listed_at = now
         return found
 
@@ -199,6 +207,31 @@ class EmrService:
         )
         steps = pages_until_known(self.steps, cluster.id, pages, lambda s: s.get("Id", ""))
         cycle.runs(cluster, "emr.step", self.steps.changes(cluster.id, [_step_run(s) for s in steps]))
+        self._report_pending(cluster, steps, cycle)
+
+    def _report_pending(self, cluster: Resource, steps: Sequence[StepSummaryTypeDef], cycle: Cycle) -> None:
+        """The cluster's oldest PENDING step and since when it waits, when that changes.
+
+        Its own item, not the step's run value: the run value is sent once per state change,
+        so a step that stays PENDING while another step ends would be hidden behind that newer
+        value.  The steps read are at least the newest page (ListSteps is newest first), which
+        is where pending steps are.
+        """
+        waiting = [
+            (epoch(s.get("Status", {}).get("Timeline", {}).get("CreationDateTime")) or 0, s)
+            for s in steps
+            if s.get("Status", {}).get("State") == "PENDING"
+        ]
+        oldest = min(waiting, key=lambda w: w[0], default=None)
+        since, step = (
+            (0, "")
+            if oldest is None
+            else (oldest[0], f"{oldest[1].get('Name', '')} ({oldest[1].get('Id', '')})")
+        )
+        value = json.dumps({"since": since, "step": step}, ensure_ascii=False, separators=(",", ":"))
+        if self.pending_sent.get(cluster.id) != value:
+            self.pending_sent[cluster.id] = value
+            cycle.reading(cluster.host, "emr.step.pending", value)
 
     def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
         return [r for r in resources if self.states.get(r.id) in EMR_METRIC_STATES]
@@ -296,15 +329,24 @@ class GlueService:
 
     name = "glue"
 
-    def __init__(self, settings: ServiceSettings, host: str, scope: str = "") -> None:
+    def __init__(
+        self, settings: ServiceSettings, host: str, scope: str = "", clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.host = host
         self.scope = scope  # "<account label>/<region>" in the list form: the poller host holds many
+        self.clock = clock
         self.job_runs = RunTracker()
         self.last_success: dict[str, int] = {}
         self.active_until: dict[str, int] = {}  # job -> last epoch a run was seen running or ending
+        self.outcomes: dict[str, Outcome] = {}  # job -> how its newest finished run ended
+        self.crawl_outcomes: Mapping[str, Outcome] = {}  # the crawler service's, when it is on
+        self.triggers = JobTriggers()
+        self.due_sent: dict[str, Due | None] = {}  # job -> the missed start last sent (None: nothing due)
         self._job_arn: str | None = None  # "arn:<partition>:glue:<region>:<account>:job/", once known
         self._tags_denied = False  # GetTags refused once: said in the log, not again
+        self._triggers_denied = False  # GetTriggers refused once: missed runs are not judged
+        self._triggers_fresh = False  # read by this cycle's discovery: no second reading needed
 
     def discover(self, clients: Clients) -> list[Resource]:
         wanted = self.settings.filter
@@ -335,7 +377,33 @@ class GlueService:
                 }
                 found.append(Resource(self.name, name, name, self.host, param, lld, flags))
         self.job_runs.keep_only(r.id for r in found)
+        names = {r.id for r in found}
+        self.outcomes = {job: seen for job, seen in self.outcomes.items() if job in names}
+        self.due_sent = {job: due for job, due in self.due_sent.items() if job in names}
+        self.triggers.update(self._triggers(clients), int(self.clock()))
+        self._triggers_fresh = True
         return found
+
+    def _triggers(self, clients: Clients) -> list[TriggerTypeDef]:
+        """Every trigger of the account and region, or none while GetTriggers is not granted.
+
+        glue:GetTriggers came with the missed-run detection: a policy from before it costs that
+        detection (said once in the log), not the monitoring of the jobs.
+        """
+        try:
+            pages = clients.glue.get_paginator("get_triggers").paginate(
+                PaginationConfig={"PageSize": TRIGGER_PAGE}
+            )
+            return [t for page in pages for t in page.get("Triggers", [])]
+        except Exception as exc:
+            if error_code(exc) not in ACCESS_DENIED:
+                raise
+            if not self._triggers_denied:
+                log.warning(
+                    "glue:GetTriggers not granted: jobs that do not start are not detected (deploy/aws)"
+                )
+                self._triggers_denied = True
+            return []
 
     def _tags(self, clients: Clients, name: str) -> dict[str, str]:
         """The job's AWS tags (GetJobs does not return them), or none while GetTags is not granted.
@@ -360,6 +428,39 @@ class GlueService:
     def health(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
         for job in resources:
             cycle.guard(f"glue job runs {job.id}", partial(self._job_runs, clients, job, cycle))
+        self._report_due(clients, resources, cycle)
+
+    def _dues(self, resources: Sequence[Resource]) -> dict[str, Due | None]:
+        seen = Seen(int(self.clock()), self.active_until, self.outcomes, self.crawl_outcomes)
+        return {job.id: self.triggers.due(job.id, seen) for job in resources}
+
+    def _report_due(self, clients: Clients, resources: Sequence[Resource], cycle: Cycle) -> None:
+        """Each job's missed start (or that none is missed), when it changed.
+
+        Before a job is first said to be overdue the triggers are read again: one deactivated
+        since the last discovery must not make a job overdue.  Without that reading (it failed)
+        nothing new is said this cycle.
+        """
+        dues = self._dues(resources)
+        just_read, self._triggers_fresh = self._triggers_fresh, False
+        if not just_read and any(
+            due is not None and due != self.due_sent.get(job) for job, due in dues.items()
+        ):
+            triggers = cycle.guard("glue triggers", partial(self._triggers, clients))
+            if triggers is None:
+                dues = {job: due for job, due in dues.items() if due is None or due == self.due_sent.get(job)}
+            else:
+                self.triggers.update(triggers, int(self.clock()))
+                dues = self._dues(resources)
+        for job in resources:
+            if job.id in dues:
+                self._send_due(job, dues[job.id], cycle)
+
+    def _send_due(self, job: Resource, due: Due | None, cycle: Cycle) -> None:
+        if job.id in self.due_sent and self.due_sent[job.id] == due:
+            return
+        self.due_sent[job.id] = due
+        cycle.reading(job.host, job.key("glue.job.expected"), NOTHING_DUE if due is None else due.as_json())
 
     def _job_runs(self, clients: Clients, job: Resource, cycle: Cycle) -> None:
         paginator = clients.glue.get_paginator("get_job_runs")
@@ -382,6 +483,13 @@ class GlueService:
         if state == "SUCCEEDED" and ended and ended > self.last_success.get(job.id, 0):
             self.last_success[job.id] = ended
             cycle.reading(job.host, job.key("glue.job.last_success"), ended, ended, unit="unixtime")
+        known = self.outcomes.get(job.id)
+        if state in GLUE_FINAL_STATES and ended and (known is None or ended >= known.ended):
+            self.outcomes[job.id] = Outcome(state, ended)
+        due = self.due_sent.get(job.id)
+        if due is not None and self.active_until[job.id] >= due.at:
+            # The job ran: the problem resolves now, not at the next poll (events may come first).
+            self._send_due(job, None, cycle)
 
     def metric_targets(self, resources: Sequence[Resource], window: Window) -> list[Resource]:
         # Only jobs that ran during the window have datapoints: asking for the

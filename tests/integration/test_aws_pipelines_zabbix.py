@@ -10,7 +10,9 @@ read back through the API.
 One scenario: a normal day (a crawl that succeeded, a workflow run still RUNNING with one failed
 action so far) stays quiet; a crawl that FAILED and the workflow run COMPLETED with that failed
 action open one problem each, named with the error text; the next successful crawl and the next
-clean run resolve both.
+clean run resolve both.  Then a run COMPLETED with a job that never started although its trigger's
+predecessor SUCCEEDED in the run (GetWorkflowRun's graph) opens the workflow's problem naming that
+job, the trigger and why; the next run resolves it.
 """
 
 from __future__ import annotations
@@ -175,8 +177,44 @@ def test_failed_crawl_and_workflow_run_page_with_their_error_and_resolve_on_the_
     assert error["lastvalue"] == ERROR  # the full text, quotes and all
 
     # The next crawl succeeds and a new run completes cleanly: both problems resolve.
-    cycle(
-        ("c-3", "SUCCEEDED", ""),
-        [_run("wr_2", "COMPLETED", 0, time.time() - 60), _run("wr_1", "COMPLETED", 1, started)],
-    )
+    clean = _run("wr_2", "COMPLETED", 0, time.time() - 60)
+    cycle(("c-3", "SUCCEEDED", ""), [clean, _run("wr_1", "COMPLETED", 1, started)])
     wait_for_problems(api, [hostid], set(), timeout=30)
+
+    # A run completes with one action in none of its counts: the poller reads that run's graph
+    # (GetWorkflowRun), where "load" never ran although "extract" SUCCEEDED as its trigger wants.
+    never_ran = {"TotalActions": 2, "SucceededActions": 1}
+    missed = {**_run("wr_3", "COMPLETED", 0, time.time() - 30), "Statistics": never_ran}
+    glue.cycle(None, [missed, clean])
+    stubs["glue"].add_response("get_workflow_run", {"Run": {**missed, "Graph": _graph()}})
+    assert account.cycle().errors == []
+    stubs["glue"].assert_no_pending_responses()
+    why = f"load never started (trigger after-extract: extract SUCCEEDED at {EXTRACTED:%Y-%m-%d %H:%M} UTC)"
+    problem = (f"AWS Glue: Workflow {WORKFLOW}: Run wr_3 COMPLETED: {why}", "average")
+    wait_for_problems(api, [hostid], {problem}, timeout=30)
+    # The next run completes with every action run: resolved.
+    cycle(None, [_run("wr_4", "COMPLETED", 0, time.time() - 10), missed])
+    wait_for_problems(api, [hostid], set(), timeout=30)
+
+
+# When "extract" ended in the graph below.
+EXTRACTED = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(minutes=5)
+
+
+def _graph() -> dict[str, Any]:
+    """The run's WorkflowGraph (GetWorkflowRun, IncludeGraph): extract, then load after it succeeded."""
+    runs = [{"Id": "jr_e", "JobName": "extract", "JobRunState": "SUCCEEDED", "CompletedOn": EXTRACTED}]
+    condition = {"LogicalOperator": "EQUALS", "JobName": "extract", "State": "SUCCEEDED"}
+    trigger = {
+        "Name": "after-extract",
+        "Type": "CONDITIONAL",
+        "Predicate": {"Conditions": [condition]},
+        "Actions": [{"JobName": "load"}],
+    }
+    return {
+        "Nodes": [
+            {"Type": "JOB", "Name": "extract", "JobDetails": {"JobRuns": runs}},
+            {"Type": "TRIGGER", "Name": "after-extract", "TriggerDetails": {"Trigger": trigger}},
+            {"Type": "JOB", "Name": "load", "JobDetails": {"JobRuns": []}},
+        ]
+    }
