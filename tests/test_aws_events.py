@@ -160,6 +160,38 @@ def test_event_before_the_first_poll_is_not_sent_again_by_it() -> None:
     assert glue.job_runs.changes("load", [_glue_run(api_run)]) == []  # type: ignore[arg-type]
 
 
+def test_a_poll_that_read_the_runs_just_before_the_final_event_does_not_send_them_backwards() -> None:
+    """The race of the two paths: a poll reads a run RUNNING, its FAILED event arrives and is sent,
+    then the poll reports what it read.  Sent, RUNNING would stand after FAILED (the run would look
+    unfinished, and later overdue).  The poll leaves the run out until it sees it FAILED too."""
+    poller, mapper = single()
+    watching(poller, glue=["load"])
+    glue = next(s for s in poller.services if isinstance(s, GlueService))
+    started = dt.datetime.fromtimestamp(T0 - 300, dt.UTC)
+    earlier = {
+        "Id": "jr_0",
+        "JobRunState": "SUCCEEDED",
+        "StartedOn": started - dt.timedelta(hours=1),
+        "CompletedOn": started - dt.timedelta(minutes=50),
+    }
+    running = {"Id": "jr_1", "JobRunState": "RUNNING", "StartedOn": started}
+    failed = running | {"JobRunState": "FAILED", "CompletedOn": dt.datetime.fromtimestamp(T0, dt.UTC)}
+    assert [r.id for r in glue.job_runs.changes("load", [_glue_run(earlier)])] == ["jr_0"]  # type: ignore[arg-type]
+
+    assert mapper.apply(glue_event("load", "jr_1", "FAILED")).verdict is Verdict.APPLIED
+    late = glue.job_runs.changes("load", [_glue_run(earlier), _glue_run(running)])  # type: ignore[arg-type]
+    assert late == []
+    assert glue.job_runs.state("load", "jr_1") == "FAILED"
+    # The next poll sees it FAILED: nothing new either, the event sent it.
+    assert glue.job_runs.changes("load", [_glue_run(earlier), _glue_run(failed)]) == []  # type: ignore[arg-type]
+    # An event that was not final (RUNNING) holds nothing back: the poll's FAILED goes out.
+    assert mapper.apply(glue_event("load", "jr_2", "RUNNING")).verdict is Verdict.APPLIED
+    second = failed | {"Id": "jr_2", "StartedOn": started + dt.timedelta(minutes=1)}
+    assert [r.state for r in glue.job_runs.changes("load", [_glue_run(earlier), _glue_run(second)])] == [
+        "FAILED"
+    ]  # type: ignore[arg-type]
+
+
 def test_glue_success_event_moves_last_success_as_polling_does() -> None:
     poller, mapper = single()
     watching(poller, glue=["load"])

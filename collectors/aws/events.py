@@ -322,7 +322,7 @@ class EventMapper:
             return Outcome(verdict)
         cycle = Cycle()
         if tracker is not None:
-            tracker.note(scope, run.id, state)
+            tracker.note(scope, run.id, state, final=rank == FINAL)
             cycle.runs(resource, kind.key, [run])
         if kind.service == "glue":
             watched.glue_run(resource, state, run.clock if rank == FINAL else None, cycle)

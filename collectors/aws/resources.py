@@ -148,6 +148,10 @@ class RunTracker:
         # Run states the event path sent for scopes no poll has seen yet: the first poll then
         # leaves out its newest run if an event already reported it in that state.
         self._noted: dict[str, dict[str, str]] = {}
+        # Final states the event path sent that no poll has seen yet.  A poll that read the
+        # runs just before the event arrived sees the run still going: it must not report that
+        # earlier state after the final one (the run would look unfinished, and overdue later).
+        self._ended: dict[str, dict[str, str]] = {}
         # The event path notes runs from the event loop while a poll runs in a worker thread.
         self._lock = threading.Lock()
 
@@ -163,20 +167,28 @@ class RunTracker:
         with self._lock:
             return self._states.get(scope, self._noted.get(scope, {})).get(run_id)
 
-    def note(self, scope: str, run_id: str, state: str) -> None:
-        """An event reported the run in ``state``: a poll must not report it in that state again."""
+    def note(self, scope: str, run_id: str, state: str, final: bool = False) -> None:
+        """An event reported the run in ``state``: a poll must not report it in that state again,
+        nor, when ``final``, in any other."""
         with self._lock:
             self._states.get(scope, self._noted.setdefault(scope, {}))[run_id] = state
+            if final:
+                self._ended.setdefault(scope, {})[run_id] = state
 
     def changes(self, scope: str, runs: Sequence[Run]) -> list[Run]:
         newest_first = sorted(runs, key=lambda r: r.started, reverse=True)
         with self._lock:
             previous = self._states.get(scope)
-            self._states[scope] = {r.id: r.state for r in newest_first}
+            ended = self._ended.pop(scope, {})
+            # Runs this poll saw in an earlier state than the final one an event sent.
+            behind = {r.id: ended[r.id] for r in newest_first if ended.get(r.id, r.state) != r.state}
+            if behind:
+                self._ended[scope] = behind  # until a poll catches up with them
+            self._states[scope] = {r.id: behind.get(r.id, r.state) for r in newest_first}
             noted = self._noted.pop(scope, {})
         if previous is None:
-            return [r for r in newest_first[:1] if noted.get(r.id) != r.state]
-        changed = [r for r in reversed(newest_first) if previous.get(r.id) != r.state]
+            return [r for r in newest_first[:1] if r.id not in behind and noted.get(r.id) != r.state]
+        changed = [r for r in reversed(newest_first) if r.id not in behind and previous.get(r.id) != r.state]
         # Sent in the order of their own clocks: Zabbix's last() is the newest by clock, so a
         # value sent after one with a later clock would leave the trigger judging the older run.
         return sorted(changed, key=lambda r: (r.clock, r.started))
@@ -184,7 +196,7 @@ class RunTracker:
     def keep_only(self, scopes: Iterable[str]) -> None:
         wanted = set(scopes)
         with self._lock:
-            for states in (self._states, self._noted):
+            for states in (self._states, self._noted, self._ended):
                 for scope in list(states):
                     if scope not in wanted:
                         del states[scope]
