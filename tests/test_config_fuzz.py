@@ -41,6 +41,9 @@ def _shipped_examples() -> list[str]:
         "@TRAPLINE_SERVERS@": "127.0.0.1:10051",
         "@OBD_DEVICE@": "/dev/elm327",
         "@UPLINK_COMMENT@": "via the local Zabbix proxy",
+        "@PSK_COMMENT@": "# ",  # the PSK lines as the proxy uplink leaves them
+        "@FLEET_PSK_IDENTITY@": "trapline-fleet",
+        "@FLEET_PSK_FILE@": "/etc/trapline/secrets/fleet.psk",
     }.items():
         deploy = deploy.replace(var, value)
     texts.append(deploy)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install trapline on a vehicle computer: Raspberry Pi OS bookworm (arm64) or Debian 12, as root.
+# Install trapline on a vehicle computer, as root: Raspberry Pi OS (arm64) or Debian, bookworm (12)
+# or trixie (13).
 #
 #   deploy/raspberrypi/install.sh --server zabbix.example.net --vehicle van-17 [options]
+#   deploy/raspberrypi/install.sh --direct --server zabbix.example.net --psk-file fleet.psk  (trixie)
 #
 # Idempotent: a second run with the same options changes nothing and says so. The options of
 # the last run are kept in /etc/trapline/install.env, so a re-run needs only what changes.
@@ -20,12 +22,17 @@ usage: install.sh [options]
   --vehicle NAME          Zabbix host of the vehicle (default: this machine's host name)
                                                                             (TRAPLINE_VEHICLE)
   --uplink proxy|direct   proxy (default): a Zabbix proxy on this machine buffers the data and
-                          talks PSK to the server; direct: trapline sends to the server itself
+                          talks PSK to the server; direct (trixie, Python 3.13): trapline talks
+                          PSK to the server itself and the van registers by autoregistration
                                                                             (TRAPLINE_UPLINK)
   --direct                same as --uplink direct
   --proxy-name NAME       the proxy's name in Zabbix (default: <vehicle>-proxy)
                                                                             (TRAPLINE_PROXY_NAME)
-  --psk-identity ID       PSK identity (default: the proxy name)          (TRAPLINE_PSK_IDENTITY)
+  --psk-identity ID       PSK identity (default: the proxy name; direct: trapline-fleet, the
+                          default of trapline provision --autoregistration) (TRAPLINE_PSK_IDENTITY)
+  --psk-file FILE         direct: the fleet's PSK (hex), as trapline provision --autoregistration
+                          --new-psk printed it; copied to the agent, never shown; required on
+                          the first direct run                              (TRAPLINE_PSK_FILE)
   --offline-buffer-hours N  how long the proxy keeps data while offline, 1-720 (default 72)
                                                                  (TRAPLINE_OFFLINE_BUFFER_HOURS)
   --elm327-mac MAC        a Bluetooth ELM327 bound to /dev/rfcomm0 (default: a USB ELM327,
@@ -42,6 +49,8 @@ prefix=/opt/trapline
 etc=/etc/trapline
 saved=$etc/install.env
 psk_file=/etc/zabbix/trapline-proxy.psk
+fleet_psk_file=$etc/secrets/fleet.psk
+fleet_identity_default=trapline-fleet  # trapline provision --autoregistration's default
 proxy_conf=/etc/zabbix/trapline_proxy.conf
 units=/etc/systemd/system
 # shellcheck source=deploy/install-lib.sh
@@ -50,10 +59,17 @@ source "$here/../install-lib.sh"
 # ---------------------------------------------------------------- options
 [ "$(id -u)" = 0 ] || die "run as root"
 # Saved options are defaults only: the environment and the flags below override them.
+# The PSK identity is the proxy's or the fleet's: it is kept only while the uplink stays.
+saved_uplink=
+saved_psk_identity=
 if [ -f "$saved" ]; then
     while IFS='=' read -r key value; do
         case $key in
-            TRAPLINE_[A-Z_]*) [ -n "${!key+x}" ] || printf -v "$key" '%s' "$value" ;;
+            TRAPLINE_PSK_IDENTITY) saved_psk_identity=$value ;;
+            TRAPLINE_[A-Z_]*)
+                [[ $key == TRAPLINE_UPLINK ]] && saved_uplink=$value
+                [ -n "${!key+x}" ] || printf -v "$key" '%s' "$value"
+                ;;
         esac
     done <"$saved"
 fi
@@ -66,6 +82,7 @@ offline_hours=${TRAPLINE_OFFLINE_BUFFER_HOURS:-72}
 elm327_mac=${TRAPLINE_ELM327_MAC:-usb}
 gps_device=${TRAPLINE_GPS_DEVICE:-/dev/ttyACM0}
 source=${TRAPLINE_SOURCE:-}
+new_fleet_psk=${TRAPLINE_PSK_FILE:-}
 
 while (($#)); do
     case $1 in
@@ -75,6 +92,7 @@ while (($#)); do
         --direct) uplink=direct ;;
         --proxy-name) proxy_name=${2:?}; shift ;;
         --psk-identity) psk_identity=${2:?}; shift ;;
+        --psk-file) new_fleet_psk=${2:?}; shift ;;
         --offline-buffer-hours) offline_hours=${2:?}; shift ;;
         --elm327-mac) elm327_mac=${2:?}; shift ;;
         --gps-device) gps_device=${2:?}; shift ;;
@@ -87,7 +105,12 @@ done
 
 vehicle=${vehicle:-$(hostname -s)}
 proxy_name=${proxy_name:-$vehicle-proxy}
-psk_identity=${psk_identity:-$proxy_name}
+[[ $uplink == "$saved_uplink" ]] && psk_identity=${psk_identity:-$saved_psk_identity}
+if [[ $uplink == direct ]]; then
+    psk_identity=${psk_identity:-$fleet_identity_default}
+else
+    psk_identity=${psk_identity:-$proxy_name}
+fi
 elm327_mac=${elm327_mac^^}
 [ "$elm327_mac" = USB ] && elm327_mac=usb
 
@@ -107,6 +130,33 @@ fi
 [[ $gps_device =~ ^/dev/[A-Za-z0-9/._-]+$ ]] || die "--gps-device: expected a /dev path"
 source=$(trapline_source "$source" "$(cd "$here/../.." && pwd)")
 
+# The release decides the Python, and only Python 3.13 (trixie) has TLS-PSK: say so before
+# changing anything, rather than leave an agent that refuses its config.
+release=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+case $release in
+    bookworm)
+        [[ $uplink == proxy ]] || die "--direct needs TLS-PSK from Python 3.13 (trixie); this is" \
+            "bookworm (Python 3.11): use the proxy uplink (leave out --direct), see README.md"
+        ;;
+    trixie) ;;
+    *) die "this is '${release:-unknown}'; expected Raspberry Pi OS or Debian bookworm (12) or trixie (13)" ;;
+esac
+if [[ $uplink == direct ]]; then
+    if [ -n "$new_fleet_psk" ]; then
+        [ -r "$new_fleet_psk" ] || die "--psk-file: cannot read $new_fleet_psk"
+        # Whitespace, a final newline above all, is the copy-and-paste's, not the key's.
+        fleet_psk=$(tr -d '[:space:]' <"$new_fleet_psk")
+        # Zabbix's rule for a PSK, as the agent's; the message never quotes the key.
+        [[ $fleet_psk =~ ^([0-9A-Fa-f]{2}){16,256}$ ]] ||
+            die "--psk-file: $new_fleet_psk is not a PSK (expected 32 to 512 hex digits, an even number)"
+    elif [ ! -s "$fleet_psk_file" ]; then
+        die "--psk-file is required on the first direct run: the fleet's key, as" \
+            "'trapline provision --autoregistration --new-psk' printed it"
+    fi
+elif [ -n "$new_fleet_psk" ]; then
+    die "--psk-file is for --direct only: the proxy's key is generated here"
+fi
+
 # systemd may be installed but not running (a chroot, an image build): then only enable units.
 if [ -d /run/systemd/system ]; then systemd_running=yes; else systemd_running=no; fi
 
@@ -117,7 +167,8 @@ render() {
         -e "s|@PROXY_NAME@|$proxy_name|g" -e "s|@PSK_IDENTITY@|$psk_identity|g" \
         -e "s|@OFFLINE_BUFFER_HOURS@|$offline_hours|g" -e "s|@GPS_DEVICE@|$gps_device|g" \
         -e "s|@OBD_DEVICE@|$obd_device|g" -e "s|@TRAPLINE_SERVERS@|$trapline_servers|g" \
-        -e "s|@UPLINK_COMMENT@|$uplink_comment|g" "$1"
+        -e "s|@UPLINK_COMMENT@|$uplink_comment|g" -e "s|@PSK_COMMENT@|$psk_comment|g" \
+        -e "s|@FLEET_PSK_IDENTITY@|$fleet_identity|g" -e "s|@FLEET_PSK_FILE@|$fleet_psk_file|g" "$1"
 }
 
 # put_rendered TEMPLATE DEST MODE OWNER:GROUP
@@ -138,9 +189,13 @@ fi
 if [[ $uplink == proxy ]]; then
     trapline_servers=127.0.0.1:10051
     uplink_comment="the Zabbix proxy on this machine (install.sh --uplink proxy)"
+    psk_comment="# "
+    fleet_identity=$fleet_identity_default
 else
     trapline_servers=$server
-    uplink_comment="straight to the Zabbix server (install.sh --uplink direct)"
+    uplink_comment="straight to the Zabbix server, TLS-PSK with the fleet's key (install.sh --direct)"
+    psk_comment=
+    fleet_identity=$psk_identity
 fi
 
 packages=(python3 python3-venv openssl gpsd udev systemd)
@@ -168,17 +223,38 @@ for secret in "$etc"/secrets/*; do
 done
 ensure_dir /var/lib/trapline 0750 trapline:trapline
 
+if [[ $uplink == direct && -n $new_fleet_psk ]]; then
+    key_tmp=$(mktemp)  # 0600 from the start: the key is never readable by others, not even briefly
+    printf '%s\n' "$fleet_psk" >"$key_tmp"
+    put_file "$key_tmp" "$fleet_psk_file" 0600 trapline:trapline
+    rm -f "$key_tmp"
+fi
+
 # ---------------------------------------------------------------- trapline in a virtualenv
 # mqtt too: a van may send through a broker ([mqtt] exporter, README "Scaling past one machine").
 install_trapline "$prefix" "$source" vehicle,mqtt
+if [[ $uplink == direct ]] &&
+    ! "$prefix/bin/python" -c 'from trapline.exporters.zabbix.client import PSK_SUPPORTED as ok; raise SystemExit(not ok)'; then
+    die "the direct uplink needs TLS-PSK, and $prefix/bin/python has none: use the proxy uplink"
+fi
 
 # ---------------------------------------------------------------- configuration
 if [ ! -e "$etc/trapline.toml" ]; then
     put_rendered "$here/trapline.toml.in" "$etc/trapline.toml" 0640 root:trapline
-elif ! grep -qF "servers = [\"$trapline_servers\"]" "$etc/trapline.toml"; then
-    # The config is the owner's after the first run: point out the mismatch, never rewrite it.
-    say "WARNING: $etc/trapline.toml does not send to $trapline_servers ($uplink uplink);"
-    say "         set [zabbix] servers = [\"$trapline_servers\"] there if that is what you want"
+else
+    # The config is the owner's after the first run: point out a mismatch, never rewrite it.
+    expected=("servers = [\"$trapline_servers\"]")
+    [[ $uplink == direct ]] && expected+=("tls_psk_identity = \"$psk_identity\""
+        "tls_psk_file = \"$fleet_psk_file\"" "autoregistration_host = \"$vehicle\"")
+    for line in "${expected[@]}"; do
+        grep -qxF "$line" "$etc/trapline.toml" ||
+            say "WARNING: $etc/trapline.toml lacks, for the $uplink uplink, in [zabbix]: $line"
+    done
+    # The local proxy takes plain trapper traffic: the fleet's PSK is for the server only.
+    if [[ $uplink == proxy ]] && grep -q '^tls_psk_' "$etc/trapline.toml"; then
+        say "WARNING: $etc/trapline.toml has tls_psk_* keys, which the proxy uplink does not use:" \
+            "comment them out in [zabbix]"
+    fi
 fi
 
 saved_tmp=$(mktemp)
@@ -276,9 +352,10 @@ if [[ $uplink == proxy ]]; then
         "--psk-identity $(printf '%q' "$psk_identity") --psk-file ./$(printf '%q' "$vehicle").psk" \
         "--url https://ZABBIX/ --token-file API_TOKEN_FILE"
 else
-    say "in Zabbix: host '$vehicle', sending straight to $server"
-    say "to add this van, run on the admin machine:"
-    say "  trapline provision $(printf '%q' "$vehicle") --url https://ZABBIX/ --token-file API_TOKEN_FILE"
+    say "in Zabbix: host '$vehicle' registers itself (autoregistration) with PSK identity" \
+        "'$psk_identity', key in $fleet_psk_file (not printed), sending straight to $server"
+    say "nothing to do per van: 'trapline provision --autoregistration', once per fleet, set up" \
+        "what registers it (README.md beside this script, 'Add a van')"
 fi
 exit 0
 }

@@ -323,6 +323,9 @@ def _install_config(tmp_path: Path, host: str, zabbix: LocalZabbix) -> Path:
         "@OBD_DEVICE@": "/dev/elm327",
         "@TRAPLINE_SERVERS@": f"{zabbix.trapper_host}:{zabbix.trapper_port}",
         "@UPLINK_COMMENT@": "direct to the test server",
+        "@PSK_COMMENT@": "# ",  # the PSK lines as the proxy uplink leaves them
+        "@FLEET_PSK_IDENTITY@": "trapline-fleet",
+        "@FLEET_PSK_FILE@": "/etc/trapline/secrets/fleet.psk",
         "/var/lib/trapline/spool.db": str(tmp_path / "spool.db"),
     }.items():
         text = text.replace(placeholder, value)
