@@ -708,9 +708,9 @@ def _cmd_autoregistration(args: argparse.Namespace) -> int:
         outcome = ensure_autoregistration_psk(api, psk)
         print(f"autoregistration PSK (identity {psk.identity}): {outcome.action}")
         if generated and outcome.action != "unchanged":
-            # Generated here, so the user needs it once: for every van's Pi.
-            print(f"  fleet PSK, on each van's Pi as root: umask 077; "
-                  f"echo {psk.key.reveal()} > /etc/trapline/secrets/fleet.psk")
+            # Generated here, so the user needs it once: the file every van's install takes.
+            print(f"  fleet PSK, for each van's install.sh --direct --psk-file fleet.psk: umask 077; "
+                  f"echo {psk.key.reveal()} > fleet.psk")
     _fleet_dashboard(api, args)
     return 0
 

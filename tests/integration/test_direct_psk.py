@@ -103,7 +103,10 @@ def test_provision_autoregistration_creates_the_action_once(
     assert cli.main(with_psk) == 0
     out = capsys.readouterr().out
     assert f"autoregistration PSK (identity {DEFAULT_FLEET_IDENTITY}): updated" in out
-    assert len(re.findall(r"^  fleet PSK, on each van's Pi as root: .*echo [0-9a-f]{64} > ", out, re.M)) == 1
+    # The line makes the file that deploy/raspberrypi/install.sh --direct --psk-file takes.
+    made = re.findall(r"^  fleet PSK, for each van's install.sh --direct --psk-file fleet.psk: "
+                      r"umask 077; echo [0-9a-f]{64} > fleet.psk$", out, re.M)
+    assert len(made) == 1, out
     assert int(api.autoregistration.get(output=["tls_accept"])["tls_accept"]) == 1 | TLS_PSK
     assert cli.main(with_psk) == 0
     out = capsys.readouterr().out
