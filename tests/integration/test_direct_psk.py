@@ -155,20 +155,42 @@ def _host(api: Any, name: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-@pytest.mark.integration
-def test_a_van_with_only_the_fleet_psk_appears_and_a_wrong_key_keeps_everything(
-    zabbix70: LocalZabbix, tmp_path: Path
-) -> None:
-    zabbix = zabbix70
+def accept_the_fleet(zabbix: LocalZabbix, identity: str, key: str) -> None:
+    """The autoregistration action and the server's autoregistration PSK, as provision sets them."""
     api = zabbix.api()
     ensure_autoregistration_action(api, unique_name("trapline-fleet"))
-    identity, key = unique_name("fleet-psk"), secrets.token_hex(32)
     # The server-wide autoregistration PSK is set here directly: the API never returns it,
     # so provision (which keeps a PSK already there) could not tell the test which one is set.
     api.autoregistration.update(tls_accept=1 | TLS_PSK, tls_psk_identity=identity, tls_psk=key)
     # The trapper finds PSK identities in the configuration cache: until its next sync it
     # answers "cannot find requested PSK identity".
     zabbix.config_cache_reload()
+
+
+def registered_van(zabbix: LocalZabbix, van: str) -> dict[str, Any]:
+    """The van's host, once autoregistration created it and the van's uptime reached history."""
+    api = zabbix.api()
+    host = wait_until(lambda: _host(api, van), timeout=APPEAR_TIMEOUT, interval=1.0,
+                      what="the van's host created by autoregistration")
+    assert host is not None  # wait_until returns only a found one
+    zabbix.config_cache_reload()
+    uptime = api.item.get(hostids=[host["hostid"]], filter={"key_": "trapline.uptime"},
+                          output=["itemid", "value_type"])
+    assert uptime, "the agent template's items are on the van's host"
+    wait_until(lambda: api.history.get(itemids=[uptime[0]["itemid"]],
+                                       history=int(uptime[0]["value_type"]), limit=1),
+               timeout=APPEAR_TIMEOUT, interval=1.0, what="the van's uptime in history")
+    return host
+
+
+@pytest.mark.integration
+def test_a_van_with_only_the_fleet_psk_appears_and_a_wrong_key_keeps_everything(
+    zabbix70: LocalZabbix, tmp_path: Path
+) -> None:
+    zabbix = zabbix70
+    api = zabbix.api()
+    identity, key = unique_name("fleet-psk"), secrets.token_hex(32)
+    accept_the_fleet(zabbix, identity, key)
 
     van = unique_name("direct-van")
     work = tmp_path / "van"
@@ -177,15 +199,7 @@ def test_a_van_with_only_the_fleet_psk_appears_and_a_wrong_key_keeps_everything(
         config = _van_config(zabbix, work, inner, van, identity=identity, key=key)
         with running_agent(Path(f"{inner}/trapline.toml"), work / "agent.log", python) as agent:
             assert config.exists()
-            host = wait_until(lambda: _host(api, van), timeout=APPEAR_TIMEOUT, interval=1.0,
-                              what="the van's host created by autoregistration")
-            zabbix.config_cache_reload()
-            uptime = api.item.get(hostids=[host["hostid"]], filter={"key_": "trapline.uptime"},
-                                  output=["itemid", "value_type"])
-            assert uptime, "the agent template's items are on the van's host"
-            wait_until(lambda: api.history.get(itemids=[uptime[0]["itemid"]],
-                                               history=int(uptime[0]["value_type"]), limit=1),
-                       timeout=APPEAR_TIMEOUT, interval=1.0, what="the van's uptime in history")
+            host = registered_van(zabbix, van)
             assert agent.terminate() == 0
         log = agent.output()
         assert {t["host"] for t in host["parentTemplates"]} == {VEHICLE_TEMPLATE, AGENT_TEMPLATE}

@@ -3,8 +3,10 @@
 Trixie's Python 3.13 speaks TLS-PSK, so the van needs no proxy: the script copies the
 fleet's key to the agent and writes the PSK and autoregistration keys into its config.
 Run twice (the second time with no option at all, from install.env), the second run must
-change nothing; the key is never printed. On bookworm (Python 3.11) ``--direct`` is refused
-before anything changes.
+change nothing; the key is never printed. Then the installed agent, as its own user, sends
+to a real Zabbix 7.0 that knows nothing of the van but the fleet's PSK and the
+autoregistration action: the van appears with its templates and its data arrives over
+TLS-PSK. On bookworm (Python 3.11) ``--direct`` is refused before anything changes.
 
 The chroots and their caches are the bookworm install test's (test_pi_install.py).
 """
@@ -12,6 +14,7 @@ The chroots and their caches are the bookworm install test's (test_pi_install.py
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import stat
 from collections.abc import Iterator
@@ -20,6 +23,8 @@ from typing import NamedTuple
 
 import pytest
 
+from devtools.localzabbix import LocalZabbix, namespace_command
+from tests.integration.test_direct_psk import accept_the_fleet, registered_van
 from tests.integration.test_pi_install import (
     SOURCE_IN_CHROOT,
     WATCHED,
@@ -28,6 +33,9 @@ from tests.integration.test_pi_install import (
     in_chroot,
     snapshot,
 )
+from tests.support.agent_process import running_agent
+from tests.support.zabbix_fixtures import unique_name
+from trapline.provision import AGENT_TEMPLATE, INVENTORY_AUTOMATIC, TLS_PSK, VEHICLE_TEMPLATE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -137,6 +145,32 @@ def test_the_agent_loads_the_psk_and_registration_settings(installed: Installed)
     assert (loaded["identity"], loaded["host"]) == (IDENTITY, VAN)
     assert loaded["metadata"].split()[:2] == ["trapline", "vehicle"]
     assert loaded["collectors"] == ["GpsCollector", "ObdCollector"], loaded
+
+
+def test_the_installed_van_appears_in_zabbix_70_by_autoregistration(
+    installed: Installed, zabbix70: LocalZabbix, tmp_path: Path
+) -> None:
+    root = installed.root
+    accept_the_fleet(zabbix70, IDENTITY, installed.key)  # with the key this van got
+    # The installed config as is, but for the test server's address (the install's name
+    # resolves nowhere) and a host name no earlier run used (a deleted host lingers in the
+    # server's cache). Its OBD adapter and gpsd are absent: the agent's own metrics remain.
+    van = unique_name("pi-van")
+    config = (root / "etc/trapline/trapline.toml").read_text()
+    config = config.replace(f'"{SERVER}"', f'"{zabbix70.trapper_address}"').replace(f'"{VAN}"', f'"{van}"')
+    test_config = root / "etc/trapline/zabbix70.toml"
+    test_config.write_text(config)
+    os.chown(test_config, 0, ids(root, "group", "trapline"))
+    test_config.chmod(0o640)  # as install.sh leaves trapline.toml
+    as_agent = ["setpriv", "--reuid=trapline", "--regid=trapline", "--init-groups"]
+    python = namespace_command(root, [], [*as_agent, "/opt/trapline/bin/python"])
+    with running_agent(Path("/etc/trapline/zabbix70.toml"), tmp_path / "agent.log", python) as agent:
+        host = registered_van(zabbix70, van)
+        assert agent.terminate() == 0
+    assert {t["host"] for t in host["parentTemplates"]} == {VEHICLE_TEMPLATE, AGENT_TEMPLATE}
+    assert int(host["inventory_mode"]) == INVENTORY_AUTOMATIC
+    assert int(host["tls_accept"]) == TLS_PSK
+    assert installed.key not in agent.output()
 
 
 def test_bookworm_refuses_direct_before_changing_anything() -> None:
