@@ -173,6 +173,31 @@ def test_the_installed_van_appears_in_zabbix_70_by_autoregistration(
     assert installed.key not in agent.output()
 
 
+def test_trixie_takes_the_proxy_uplink_and_a_switch_to_direct_names_what_the_config_lacks() -> None:
+    with fresh_chroot("trixie") as root:
+        proxy = in_chroot(root, [SCRIPT, "--server", SERVER, "--vehicle", VAN])
+        assert proxy.returncode == 0, (proxy.stdout + proxy.stderr)[-3000:]
+        # Zabbix 7.0's proxy (trixie's) validates its configuration file and stops.
+        validate = ["/usr/sbin/zabbix_proxy", "-c", "/etc/zabbix/trapline_proxy.conf", "-T"]
+        checked = in_chroot(root, validate, timeout=60)
+        assert "Validation successful" in checked.stdout + checked.stderr, checked.stdout + checked.stderr
+
+        key = secrets.token_hex(32)
+        place_key(root, key + "\n")
+        switched = in_chroot(root, [SCRIPT, "--direct", "--psk-file", KEY_IN_CHROOT])
+        assert switched.returncode == 0, (switched.stdout + switched.stderr)[-3000:]
+        # The config is the owner's: never rewritten, each missing line named once. The proxy's
+        # PSK identity is not carried over: the fleet's default is expected.
+        lacks = "WARNING: /etc/trapline/trapline.toml lacks, for the direct uplink, in [zabbix]: "
+        warned = [line.split(lacks, 1)[1] for line in switched.stdout.splitlines() if lacks in line]
+        expected = [f'servers = ["{SERVER}"]', 'tls_psk_identity = "trapline-fleet"',
+                    f'tls_psk_file = "/{INSTALLED_KEY}"', f'autoregistration_host = "{VAN}"']
+        assert warned == expected, switched.stdout
+        assert "changed: disabled zabbix-proxy.service" in switched.stdout
+        assert key not in switched.stdout + switched.stderr
+        assert (root / INSTALLED_KEY).read_text() == key + "\n"
+
+
 def test_bookworm_refuses_direct_before_changing_anything() -> None:
     with fresh_chroot("bookworm") as root:
         place_key(root, secrets.token_hex(32) + "\n")
