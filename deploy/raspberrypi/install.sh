@@ -136,7 +136,8 @@ release=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 case $release in
     bookworm)
         [[ $uplink == proxy ]] || die "--direct needs TLS-PSK from Python 3.13 (trixie); this is" \
-            "bookworm (Python 3.11): use the proxy uplink (leave out --direct), see README.md"
+            "bookworm (Python 3.11): use the proxy uplink (leave out --direct)," \
+            "README.md beside this script"
         ;;
     trixie) ;;
     *) die "this is '${release:-unknown}'; expected Raspberry Pi OS or Debian bookworm (12) or trixie (13)" ;;
@@ -233,8 +234,10 @@ fi
 # ---------------------------------------------------------------- trapline in a virtualenv
 # mqtt too: a van may send through a broker ([mqtt] exporter, README "Scaling past one machine").
 install_trapline "$prefix" "$source" vehicle,mqtt
-if [[ $uplink == direct ]] &&
-    ! "$prefix/bin/python" -c 'from trapline.exporters.zabbix.client import PSK_SUPPORTED as ok; raise SystemExit(not ok)'; then
+# The release check above stands for the Python; this asks the installed one itself (its ssl
+# may lack PSK, e.g. an OpenSSL built without it).
+has_psk='from trapline.exporters.zabbix.client import PSK_SUPPORTED; raise SystemExit(not PSK_SUPPORTED)'
+if [[ $uplink == direct ]] && ! "$prefix/bin/python" -c "$has_psk"; then
     die "the direct uplink needs TLS-PSK, and $prefix/bin/python has none: use the proxy uplink"
 fi
 
