@@ -1,5 +1,7 @@
 """Geofences set in Zabbix, in the host macro {$VEHICLE.GEOFENCES}, reach the van: real Zabbix 6.0
-and 7.0, the whole agent (``python -m trapline run``) and a real gpsd fed by gpsfake.
+and 7.0, the whole agent (``python -m trapline run``) and a real gpsd fed by gpsfake; and on
+7.0 through the van's own ``zabbix_proxy`` holding its PSK (a 6.0 proxy binary is not
+available here), which answers the agent's active checks from its copy of the configuration.
 
 The host is made by ``trapline provision`` with the shipped templates; the macro is set through
 the API, as a NOC admin would.  Its value has the shape of the GPS collector's ``geofences``
@@ -10,8 +12,10 @@ quote (comma, quote, brackets) and non-ASCII letters.  tests/data/route.nmea sta
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,11 @@ from devtools.localzabbix import LocalZabbix
 from tests.integration.test_gps_gpsfake import ROUTE, Gpsfake
 from tests.support.agent_process import running_agent, toml_config
 from tests.support.zabbix_fixtures import open_problems, unique_name, wait_for_problems, wait_until
-from trapline.provision import provision_vehicle
+from trapline.core.config import Secret
+from trapline.exporters.zabbix.active_checks import key_params
+from trapline.exporters.zabbix.client import ClusterClient, parse_cluster
+from trapline.exporters.zabbix.protocol import active_checks_request, frame, parse_active_checks_reply
+from trapline.provision import ProxyPsk, VehicleSettings, provision_van, provision_vehicle
 from trapline.templates import import_templates, shipped_templates
 
 pytestmark = pytest.mark.integration
@@ -177,3 +185,31 @@ def test_geofences_set_in_the_host_macro_reach_the_van_and_follow_it(
     discovered = {inside_key(n) for n in (CUSTOMER, TALLINN, DEPOT, "town")}
     discovered |= {k.replace("inside", "event", 1) for k in discovered}
     assert refused_keys(agent.output()) <= discovered
+
+
+def test_the_vans_proxy_hands_on_the_macro_and_its_changes(zabbix70: LocalZabbix) -> None:
+    zabbix = zabbix70
+    api = zabbix.api()
+    import_templates(api, TEMPLATES)
+    host = unique_name("proxy-van")
+    identity, key = f"{host}-psk", secrets.token_hex(32)
+    settings = VehicleSettings(f"{host}-proxy", create_proxy=True, psk=ProxyPsk(identity, Secret(key)))
+    van = Van(zabbix, api, host, provision_van(api, host, unique_name("Vehicles"), settings).host.objectid)
+    address = zabbix.add_proxy(f"{host}-proxy", psk=(identity, key))
+
+    def carried() -> list[str] | None:
+        """What the proxy's answer to the agent's active checks request carries in the macro's item."""
+        async def ask() -> list[str] | None:
+            client = ClusterClient(parse_cluster(address), timeout=5)
+            request = frame(active_checks_request(host, "trapline vehicle test"))
+            reply = await client.request(request, parse_active_checks_reply)
+            return key_params(reply.keys, "trapline.geofences") if reply.known else None
+        return asyncio.run(ask())
+
+    def handed_on(value: str) -> None:
+        van.set_macro(value)  # the proxy asks the server for its configuration every second
+        wait_until(lambda: carried() == [value], timeout=LIMIT, interval=1.0,
+                   what="the proxy's active checks to carry the macro")
+
+    handed_on(json.dumps({CUSTOMER: circle(*START, 1000)}, ensure_ascii=False))
+    handed_on(json.dumps({DEPOT: circle(*START, 500), TALLINN: circle(59.437, 24.7536, 5000)}))
