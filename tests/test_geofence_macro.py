@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -168,12 +169,12 @@ class Follower:
     name = "gps"
 
     def __init__(self) -> None:
-        self.told: list[list[str] | None] = []
+        self.told: list[Sequence[str] | None] = []
 
     def active_check(self) -> tuple[str, str]:
         return "van-17", ITEM
 
-    def active_check_params(self, params: list[str] | None) -> None:
+    def active_check_params(self, params: Sequence[str] | None) -> None:
         self.told.append(params)
 
 
