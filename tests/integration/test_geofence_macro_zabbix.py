@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyzabbix.api import ZabbixAPIException
 
 from devtools.localzabbix import LocalZabbix
 from tests.integration.test_gps_gpsfake import ROUTE, Gpsfake
 from tests.support.agent_process import running_agent, toml_config
 from tests.support.zabbix_fixtures import open_problems, unique_name, wait_for_problems, wait_until
+from trapline.collectors.gps.vehicle_derived import macro_geofences
 from trapline.core.config import Secret
 from trapline.exporters.zabbix.active_checks import key_params
 from trapline.exporters.zabbix.client import ClusterClient, parse_cluster
@@ -44,6 +46,7 @@ CUSTOMER = 'Kunde "7", Rīga [Hof]'  # holds the start of the route
 TALLINN = "Tallinn"  # far from it
 DEPOT = "Depot, Nord"  # the second value's only geofence; holds the start too
 BAD_MACRO = ("Vehicle: Geofence macro is not valid", "warning")
+MACRO_MAX = 2048  # characters of a macro value, in 6.0 and 7.0 (the API refuses more)
 # The config's own geofence, which must keep working whatever the macro says.
 TOWN = ["56.94 24.09", "56.96 24.09", "56.96 24.12", "56.94 24.12"]
 
@@ -151,6 +154,16 @@ def admin_edits_the_macro(van: Van) -> None:
     wait_for_problems(van.api, [van.hostid], set())
 
 
+def carried(address: str, host: str) -> list[str] | None:
+    """What the answer to an active checks request for ``host`` carries in the macro's item."""
+    async def ask() -> list[str] | None:
+        client = ClusterClient(parse_cluster(address), timeout=5)
+        request = frame(active_checks_request(host, "trapline vehicle test"))
+        reply = await client.request(request, parse_active_checks_reply)
+        return key_params(reply.keys, "trapline.geofences") if reply.known else None
+    return asyncio.run(ask())
+
+
 def test_geofences_set_in_the_host_macro_reach_the_van_and_follow_it(
     zabbix: LocalZabbix, tmp_path: Path
 ) -> None:
@@ -197,19 +210,26 @@ def test_the_vans_proxy_hands_on_the_macro_and_its_changes(zabbix70: LocalZabbix
     van = Van(zabbix, api, host, provision_van(api, host, unique_name("Vehicles"), settings).host.objectid)
     address = zabbix.add_proxy(f"{host}-proxy", psk=(identity, key))
 
-    def carried() -> list[str] | None:
-        """What the proxy's answer to the agent's active checks request carries in the macro's item."""
-        async def ask() -> list[str] | None:
-            client = ClusterClient(parse_cluster(address), timeout=5)
-            request = frame(active_checks_request(host, "trapline vehicle test"))
-            reply = await client.request(request, parse_active_checks_reply)
-            return key_params(reply.keys, "trapline.geofences") if reply.known else None
-        return asyncio.run(ask())
-
     def handed_on(value: str) -> None:
         van.set_macro(value)  # the proxy asks the server for its configuration every second
-        wait_until(lambda: carried() == [value], timeout=LIMIT, interval=1.0,
+        wait_until(lambda: carried(address, host) == [value], timeout=LIMIT, interval=1.0,
                    what="the proxy's active checks to carry the macro")
 
     handed_on(json.dumps({CUSTOMER: circle(*START, 1000)}, ensure_ascii=False))
     handed_on(json.dumps({DEPOT: circle(*START, 500), TALLINN: circle(59.437, 24.7536, 5000)}))
+
+
+def test_the_largest_value_zabbix_takes_arrives_whole(zabbix: LocalZabbix) -> None:
+    api = zabbix.api()
+    import_templates(api, TEMPLATES)
+    host = unique_name("van")
+    van = Van(zabbix, api, host, provision_vehicle(api, host, unique_name("Vehicles")).objectid)
+    fences: dict[str, dict[str, float]] = {}
+    while len(json.dumps({**fences, f'F"{len(fences)}"': circle(*START, 100)})) <= MACRO_MAX:
+        fences[f'F"{len(fences)}"'] = circle(*START, 100)
+    value = json.dumps(fences).ljust(MACRO_MAX)  # every quote escaped: the key is longer than 2048
+    van.set_macro(value)
+    assert carried(zabbix.trapper_address, host) == [value]
+    assert len(macro_geofences(value)) == len(fences)
+    with pytest.raises(ZabbixAPIException, match="too long"):
+        van.set_macro(value + " ")
