@@ -16,7 +16,8 @@ from trapline import cli
 from trapline.app.examples import ROLES
 from trapline.app.settings import load_settings
 
-EXPECTED_COLLECTORS = {"vehicle": 2, "mist": 1, "aws": 2, "bridge": 1, "demo": 1}
+# The vehicle's third is the poller that reads {$VEHICLE.GEOFENCES} for its gps collector.
+EXPECTED_COLLECTORS = {"vehicle": 3, "mist": 1, "aws": 2, "bridge": 1, "demo": 1}
 
 
 @pytest.mark.parametrize("role", sorted(ROLES))

@@ -20,6 +20,7 @@ from trapline.collectors.gps.vehicle_derived import (
     great_circle_m,
 )
 from trapline.core.config import ConfigError, Section
+from trapline.core.keys import split_params
 from trapline.wire.vehicle_state import VehicleState
 
 DEPOT = (56.9496, 24.1052)
@@ -116,7 +117,11 @@ def test_any_name_is_a_geofence_or_one_clear_config_error(name: str) -> None:
     except ConfigError as exc:
         assert "geofence name" in str(exc)
         return
-    assert fence.name == name and "," not in name and "]" not in name and '"' not in name
+    assert fence.name == name
+    # The key it is sent under names it back, read as Zabbix reads a key parameter.
+    fix = EdgeDerivations(DerivedSettings(geofences=(fence,))).update(0.0, 1.0, 2.0, 0.0)
+    (key,) = (k for k in fix if k.startswith("vehicle.geofence.inside["))
+    assert split_params(key[len("vehicle.geofence.inside[") : -1]) == [name]
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +25,15 @@ from typing import Any
 
 import gpsd
 
-from trapline.collectors.gps.vehicle_derived import GEOFENCE_DISCOVERY, DerivedSettings, EdgeDerivations
+from trapline.collectors.gps.vehicle_derived import (
+    GEOFENCE_DISCOVERY,
+    GEOFENCES_MACRO,
+    DerivedSettings,
+    EdgeDerivations,
+)
 from trapline.core.backoff import Backoff
 from trapline.core.blocking import BlockingWorker, DeadlineMissed
-from trapline.core.config import Section
+from trapline.core.config import ConfigError, Section
 from trapline.core.model import Discovery, Reading, Value
 from trapline.core.plugin import Outbox
 from trapline.wire.vehicle_state import DEFAULT_STATE_DIR, UnreadableState, open_state
@@ -37,6 +42,9 @@ log = logging.getLogger(__name__)
 
 _MPS_TO_KMH = 3.6
 _COORDINATE_DECIMALS = 6
+# The vehicle template's active item whose key carries {$VEHICLE.GEOFENCES}.
+GEOFENCES_ITEM = "trapline.geofences"
+MACRO_STATUS = "vehicle.geofence.macro.status"
 _GPSD_MODULE = threading.Lock()  # gpsd-py3's connection is module-global: one user at a time
 
 
@@ -164,6 +172,37 @@ class GpsCollector:
         self.settings = settings
         self.state = open_state(settings.state_dir, settings.host)
         self.derived: EdgeDerivations | None = None  # made once the state file is read
+        self._macro_seen: str | None = None  # the last {$VEHICLE.GEOFENCES} value the poller gave
+        self._macro_pending: str | None = None  # one not yet taken by run()
+
+    def active_check(self) -> tuple[str, str]:
+        return self.settings.host, GEOFENCES_ITEM
+
+    def active_check_params(self, params: Sequence[str] | None) -> None:
+        text = params[0] if params else ""
+        if text != self._macro_seen:
+            self._macro_seen = self._macro_pending = text
+
+    def _take_macro(self, out: Outbox) -> None:
+        """Apply a new {$VEHICLE.GEOFENCES}: its discovery and its status now, its states at the next fix.
+
+        A bad value keeps the geofences the macro gave before (and those of the config)."""
+        text, self._macro_pending = self._macro_pending, None
+        if text is None or self.derived is None:
+            return
+        host = self.settings.host
+        try:
+            changed = self.derived.set_macro_geofences(text)
+        except ConfigError as exc:
+            out.error(f"gps: {self.name}: {exc}", GEOFENCES_MACRO)
+            out.put(Reading.now(host, MACRO_STATUS, f"error: {exc}"))
+            return
+        out.resolved(GEOFENCES_MACRO, f"gps: {self.name}: {GEOFENCES_MACRO} is valid again")
+        count = len(self.derived.macro_fences)
+        out.put(Reading.now(host, MACRO_STATUS, f"ok: {count} geofences"))
+        if changed:
+            log.info("gps: %s: %d geofences from %s", self.name, count, GEOFENCES_MACRO)
+            out.put(Discovery.now(host, GEOFENCE_DISCOVERY, self.derived.discovery_rows()))
 
     async def run(self, out: Outbox) -> None:
         if self.derived is None:
@@ -208,6 +247,7 @@ class GpsCollector:
                 _drop_connection()
 
     async def _emit(self, out: Outbox, packet: Mapping[str, Any]) -> None:
+        self._take_macro(out)
         now = datetime.now(UTC)
         readings = fix_readings(packet, now)
         lat, lon = readings.get("gps.latitude"), readings.get("gps.longitude")

@@ -31,24 +31,29 @@ line from the last fix before it.  Whether the vehicle is inside each named
 geofence is kept there as well, so a restart inside one is not an entry.
 
 Named geofences (any number, beside the older home circle, which stays as it
-was) are ``geofences`` tables of the GPS collector's section: see ``sample.toml``.
+was) are ``geofences`` tables of the GPS collector's section, and the JSON object
+of the host's ``{$VEHICLE.GEOFENCES}`` macro in Zabbix: see ``sample.toml``.
 A polygon is tested in the plane of latitude and longitude (plenty for the size
 of a yard or a town, not for one that spans the antimeridian or a pole).
-Names are letters, digits, ``_``, ``.`` and ``-``: they end up in item keys.
+A name may hold any printable character (commas, quotes, brackets, any script) but
+``{`` (Zabbix would read a macro in the item key), starts and ends with no space and
+does not end in a backslash (Zabbix cannot quote that in a key); at most 128 characters.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
 
-from trapline.core.config import Section
+from trapline.core.config import ConfigError, Section
+from trapline.core.keys import lld_param
 from trapline.core.model import Value
 from trapline.wire.vehicle_state import VehicleState
 
@@ -58,7 +63,8 @@ _EARTH_RADIUS_M = 6_371_008.8
 
 Derived = dict[str, tuple[Value, str]]
 GEOFENCE_DISCOVERY = "vehicle.geofence.discovery"
-_FENCE_NAME = re.compile(r"[\w.-]+")
+GEOFENCES_MACRO = "{$VEHICLE.GEOFENCES}"
+_FENCE_NAME_MAX = 128  # characters; the name goes into item names and tag values (255 at most)
 
 
 def great_circle_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
@@ -86,6 +92,53 @@ def _inside_polygon(lat: float, lon: float, corners: Sequence[tuple[float, float
     return inside
 
 
+def _name_problem(name: str) -> str | None:
+    if not 0 < len(name) <= _FENCE_NAME_MAX:
+        return f"has 1 to {_FENCE_NAME_MAX} characters"
+    if not name.isprintable():
+        return "has no control characters"
+    if name != name.strip():
+        return "starts and ends with no space"
+    if "{" in name:
+        return "has no '{'"
+    if name.endswith("\\"):
+        return "does not end in a backslash"
+    return None
+
+
+def inside_key(name: str) -> str:
+    """``vehicle.geofence.inside[NAME]`` as Zabbix's LLD writes it from the prototype."""
+    return f"vehicle.geofence.inside[{lld_param(name)}]"
+
+
+def event_key(name: str) -> str:
+    """``vehicle.geofence.event[NAME]`` as Zabbix's LLD writes it from the prototype."""
+    return f"vehicle.geofence.event[{lld_param(name)}]"
+
+
+def macro_geofences(text: str, configured: Sequence[Geofence] = ()) -> tuple[Geofence, ...]:
+    """The geofences of a ``{$VEHICLE.GEOFENCES}`` value: a JSON object shaped as the
+    ``geofences`` tables of the config, read by the same code.  Empty text is none.
+
+    A name the config has too is a mistake in the macro, not an override: the van's own
+    config is what its installer tested.  Raises one :class:`ConfigError` for the value.
+    """
+    if not text.strip():
+        return ()
+    try:
+        data: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{GEOFENCES_MACRO}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{GEOFENCES_MACRO}: expected a JSON object of named geofences")
+    fences = Section(Path(GEOFENCES_MACRO), "geofences", data)
+    out = tuple(Geofence.from_section(name, sub) for name, sub in fences.subsections())
+    taken = {fence.name for fence in configured} & {fence.name for fence in out}
+    if taken:
+        raise ConfigError(f"{GEOFENCES_MACRO}: {sorted(taken)} already set in the GPS collector's config")
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Geofence:
     name: str
@@ -100,8 +153,9 @@ class Geofence:
 
     @classmethod
     def from_section(cls, name: str, section: Section) -> Geofence:
-        if not _FENCE_NAME.fullmatch(name):
-            raise section.error("", "a geofence name is letters, digits, '_', '.', '-' (used in item keys)")
+        problem = _name_problem(name)
+        if problem is not None:
+            raise section.error("", f"a geofence name {problem} (it goes into item keys)")
         if not section.has("polygon"):
             centre = _position(section, "latitude", section.number("latitude"), section.number("longitude"))
             radius = section.number("radius", minimum=0.1)
@@ -171,6 +225,8 @@ class Trip(msgspec.Struct):
     pending_distance: float = 0.0  # covered while a start was being confirmed
     last: tuple[float, float] | None = None  # the last fix
     inside: dict[str, bool] = {}  # per named geofence, at the last fix
+    # The last valid {$VEHICLE.GEOFENCES}: its geofences hold from the start, with no link.
+    geofences_macro: str = ""
 
 
 class EdgeDerivations:
@@ -179,15 +235,44 @@ class EdgeDerivations:
         self.state = state
         self.trip = Trip()
         self._over_since: float | None = None
+        self.macro_fences: tuple[Geofence, ...] = ()
         if state is not None and state.trips:
             try:
                 self.trip = msgspec.convert(state.trips, Trip)
             except msgspec.ValidationError as exc:
                 log.warning("%s: the saved trip is malformed (%s); starting parked", state.path, exc)
+        try:
+            self.macro_fences = macro_geofences(self.trip.geofences_macro, settings.geofences)
+        except ConfigError as exc:  # the config took one of its names since
+            log.warning("the saved %s is no longer valid (%s); waiting for Zabbix's", GEOFENCES_MACRO, exc)
+            self.trip.geofences_macro = ""
+
+    @property
+    def geofences(self) -> tuple[Geofence, ...]:
+        """The config's named geofences, then the host macro's."""
+        return self.settings.geofences + self.macro_fences
 
     def discovery_rows(self) -> list[dict[str, str]]:
         """The ``vehicle.geofence.discovery`` rows; empty without named geofences."""
-        return [{"{#GEOFENCE}": fence.name} for fence in self.settings.geofences]
+        return [{"{#GEOFENCE}": fence.name} for fence in self.geofences]
+
+    def set_macro_geofences(self, text: str) -> bool:
+        """Take a ``{$VEHICLE.GEOFENCES}`` value; True if its geofences changed.
+
+        Raises :class:`ConfigError` for a bad value, and keeps the geofences it had.
+        A geofence whose shape changed forgets where the vehicle was: its state is
+        recomputed at the next fix, with no entry or exit for a line that moved.
+        """
+        fences = macro_geofences(text, self.settings.geofences)
+        self.trip.geofences_macro = text
+        if fences == self.macro_fences:
+            return False
+        before = {fence.name: fence for fence in self.macro_fences}
+        for fence in fences:
+            if fence.name in before and before[fence.name] != fence:
+                self.trip.inside.pop(fence.name, None)
+        self.macro_fences = fences
+        return True
 
     def update(self, clock: float, lat: float, lon: float, speed_kmh: float) -> Derived:
         """Feed one fix; returns the readings to send for it."""
@@ -237,12 +322,12 @@ class EdgeDerivations:
     def _geofences(self, lat: float, lon: float) -> Derived:
         """Inside or outside each named geofence, and an event where that changed since the last fix."""
         out: Derived = {}
-        now = {fence.name: fence.contains(lat, lon) for fence in self.settings.geofences}
+        now = {fence.name: fence.contains(lat, lon) for fence in self.geofences}
         for name, inside in now.items():
-            out[f"vehicle.geofence.inside[{name}]"] = (int(inside), "")
+            out[inside_key(name)] = (int(inside), "")
             if self.trip.inside.get(name, inside) != inside:
-                out[f"vehicle.geofence.event[{name}]"] = ("entry" if inside else "exit", "")
-        self.trip.inside = now  # a geofence taken out of the config is forgotten
+                out[event_key(name)] = ("entry" if inside else "exit", "")
+        self.trip.inside = now  # a geofence taken out of the config or the macro is forgotten
         return out
 
     def _while_parked(self, clock: float, speed_kmh: float, step: float) -> Derived:

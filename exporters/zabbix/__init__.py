@@ -21,6 +21,8 @@ Sample configuration::
     # Register the host by active agent autoregistration (metadata "trapline vehicle 0.1.0")
     # autoregistration_host = "van-17"
     # autoregistration_role = "vehicle"
+    # How often to ask for the host's active checks ({$VEHICLE.GEOFENCES}), with a gps collector
+    # active_checks_interval = 60
     # Optional: explain refused values through the API
     # api_url = "https://zabbix.example.net/api_jsonrpc.php"
     # api_token_file = "/etc/trapline/zabbix-api-token"     (or api_user + api_password_file)
@@ -132,6 +134,7 @@ def build_destinations(section: Section) -> list[Destination]:
     timeout = section.number("timeout", 10.0, minimum=0.1)
     tls = _tls(section)
     registration = _registration(section)
+    active_checks_interval = section.number("active_checks_interval", 60.0, minimum=1.0)
     diagnoser = _diagnoser(section, timeout)
     section.done()
     destinations: list[Destination] = []
@@ -146,6 +149,7 @@ def build_destinations(section: Section) -> list[Destination]:
             ZabbixDestination(
                 f"zabbix[{entry}]", client, batch_size, concurrency, compress, diagnoser=diagnoser,
                 registration=AutoRegistration(client, *registration) if registration else None,
+                active_checks_interval=active_checks_interval,
             )
         )
     return destinations

@@ -212,6 +212,7 @@ class ZabbixDestination:
         diagnoser: Diagnoser | None = None,
         resend_delay: float = RESEND_DELAY,
         registration: AutoRegistration | None = None,
+        active_checks_interval: float = 60.0,
     ) -> None:
         if batch_size < 1 or concurrency < 1:
             raise ValueError("batch_size and concurrency must be >= 1")
@@ -223,6 +224,9 @@ class ZabbixDestination:
         self.diagnoser = diagnoser
         self.resend_delay = resend_delay
         self.registration = registration
+        # Not used here: the application's active checks poller asks through this
+        # destination's client (exporters/zabbix/active_checks.py).
+        self.active_checks_interval = active_checks_interval
         self.concurrency = concurrency
         self._good = _BoundedSet(_KEY_CACHE_MAX)
         self._diagnoses: set[asyncio.Task[None]] = set()

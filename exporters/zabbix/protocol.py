@@ -267,24 +267,32 @@ def active_checks_request(host: str, host_metadata: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ActiveChecksReply:
-    """Whether the server knows the host; ``info`` is its reason when it does not."""
+    """Whether the server knows the host; ``info`` is its reason when it does not.
+
+    ``keys`` are the keys of the host's active agent items, user macros resolved."""
 
     known: bool
     info: str = ""
+    keys: tuple[str, ...] = ()
 
 
 def parse_active_checks_reply(data: bytes) -> ActiveChecksReply:
     """Interpret the reply to :func:`active_checks_request`.
 
-    ``success`` (with the host's active items, which a trapper host has none of) means
-    the host exists; ``failed`` carries why not, e.g. ``host [van-17] not found`` while
+    ``success`` (with the host's active items, if it has any) means the host exists;
+    ``failed`` carries why not, e.g. ``host [van-17] not found`` while
     the autoregistration action has not created it yet.
     """
     doc = _json_object(data)
     response = doc.get("response")
     info = str(doc.get("info", ""))
     if response == "success":
-        return ActiveChecksReply(True)
+        checks = doc.get("data")
+        if not isinstance(checks, list):
+            return ActiveChecksReply(True)  # no list: no active items
+        return ActiveChecksReply(True, keys=tuple(
+            check["key"] for check in checks if isinstance(check, dict) and isinstance(check.get("key"), str)
+        ))
     if response == "failed":
         return ActiveChecksReply(False, info or "no reason given")
     raise ProtocolError(f"unknown response {response!r} in {data[:200]!r}")

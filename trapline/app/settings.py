@@ -16,8 +16,9 @@ from typing import Any
 from trapline.collectors import REGISTRY as COLLECTOR_TYPES
 from trapline.core import redact
 from trapline.core.config import Section, load_toml
-from trapline.core.plugin import Collector, Destination, Observer, PluginSpec
+from trapline.core.plugin import ActiveCheckFollower, Collector, Destination, Observer, PluginSpec
 from trapline.exporters import DESTINATIONS, OBSERVERS
+from trapline.exporters.zabbix.active_checks import active_checks_poller
 from trapline.middleware.filters import Filters
 from trapline.middleware.pipeline import Pipeline
 from trapline.middleware.settings import AgentSettings, SpoolSettings
@@ -105,6 +106,12 @@ def load_settings(path: Path) -> Settings:
                                     "one per agent")
         first_of_kind.setdefault(kind, name)
         settings.collectors.append(_build_collector(name, sec))
+    # Collectors steered from Zabbix (the GPS collector's {$VEHICLE.GEOFENCES}) learn it
+    # through the Zabbix exporter; the poller runs, and fails, as a collector of its own.
+    followers = [c for c in settings.collectors if isinstance(c, ActiveCheckFollower)]
+    poller = active_checks_poller(settings.destinations, followers)
+    if poller is not None:
+        settings.collectors.append(poller)
     settings.hosts = root.hosts
     return settings
 

@@ -8,23 +8,38 @@ def quote_param(value: str) -> str:
     return '"' + value.replace('"', '\\"') + '"'
 
 
+def lld_param(value: str) -> str:
+    """What Zabbix makes of an unquoted ``[{#MACRO}]`` parameter whose value is ``value``.
+
+    The server quotes the substituted value only when it must (it starts with a quote or
+    a space, or holds ``,`` or ``]``), and escapes only ``"``; checked against real 6.0
+    and 7.0 LLD.  A sender must use the very same text for its values to be accepted.
+    A value ending in a backslash cannot be quoted: Zabbix refuses to make that item.
+    """
+    if value.startswith(('"', " ")) or "," in value or "]" in value:
+        return quote_param(value)
+    return value
+
+
 def split_params(params: str) -> list[str]:
-    """The parameters inside a key's brackets, unquoted (``a,"b,c"`` -> ``["a", "b,c"]``)."""
+    """The parameters inside a key's brackets, unquoted (``a,"b,c"`` -> ``["a", "b,c"]``).
+
+    As Zabbix reads them: inside quotes only ``\\"`` is an escape (for ``"``); any other
+    backslash is kept as it is.  The server quotes user macro values so in the keys of
+    its active checks (a JSON value's own ``\\"`` arrives as ``\\\\"``).
+    """
     out: list[str] = []
     current: list[str] = []
     closed: str | None = None  # content of a quoted parameter once its quote closed
-    quoted = escaped = False
+    quoted = False
     for ch in params:
         if quoted:
-            if escaped:
+            if ch != '"':
                 current.append(ch)
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                quoted, closed, current = False, "".join(current), []
+            elif current and current[-1] == "\\":
+                current[-1] = '"'
             else:
-                current.append(ch)
+                quoted, closed, current = False, "".join(current), []
         elif ch == '"' and closed is None and not "".join(current).strip():
             quoted, current = True, []
         elif ch == ",":

@@ -84,6 +84,28 @@ class Collector(Protocol):
 CollectorFactory = Callable[[str, Section], Collector]
 
 
+@runtime_checkable
+class ActiveCheckFollower(Protocol):
+    """Optional: a collector steered by one active-agent item of its host, set in Zabbix.
+
+    A van holds no API token, but the server (or the van's proxy) tells an active agent
+    the keys of its host's active items with the user macros in them resolved.  The
+    application has the Zabbix exporter ask for them and hand this collector its item.
+    """
+
+    name: str
+
+    def active_check(self) -> tuple[str, str]:
+        """(host, key name) of the item this collector follows, e.g. ``("van-17", "trapline.geofences")``."""
+        ...
+
+    def active_check_params(self, params: Sequence[str] | None) -> None:
+        """The item's key parameters as the server resolved them; None: the host has no such item.
+
+        Called in the event loop, again at every poll; must not block."""
+        ...
+
+
 class Spooled(msgspec.Struct, frozen=True, gc=False):
     """A reading as it sits in the spool, waiting for one destination.
 
