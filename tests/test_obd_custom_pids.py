@@ -145,7 +145,8 @@ def test_the_vehicle_template_discovers_custom_pids_as_items_with_name_and_unit(
                                      {"{#PID}": "cyl_fuel_rate", "{#NAME}": "cyl_fuel_rate", "{#UNIT}": "mg"}]
 
     template = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))["zabbix_export"]["templates"][0]
-    macros = {m["macro"]: m["value"] for m in template["macros"]}
+    # A macro whose value is empty has no "value" in the YAML export.
+    macros = {m["macro"]: m.get("value", "") for m in template["macros"]}
     rule = next(r for r in template["discovery_rules"] if r["key"] == "obd.pid.discovery")
     prototype = next(p for p in rule["item_prototypes"] if p["key"] == "obd.pid[{#PID}]")
     for row in rows:
