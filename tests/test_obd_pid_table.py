@@ -11,8 +11,11 @@ turns an ELM327 line into messages, and the command object decodes them.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from functools import cache
 from itertools import product
+from pathlib import Path
 from typing import Any
 
 import obd
@@ -24,6 +27,7 @@ from obd.protocols import ISO_15765_4_11bit_500k
 from trapline.collectors.obd.catalog import DecodeError, PidSpec, pid_table
 
 # Rows python-OBD has no command for are checked against J1979 alone, below.
+REPO = Path(__file__).resolve().parents[1]
 OWN_ROWS = {"ODOMETER"}
 TABLE = {name: spec for name, spec in pid_table().items() if name not in OWN_ROWS}
 TWO_BYTE = [spec for spec in TABLE.values() if spec.size == 2]
@@ -83,6 +87,26 @@ def test_every_byte_value_decodes_as_python_obd_does(spec: PidSpec) -> None:
 @given(st.sampled_from(TWO_BYTE), st.binary(min_size=2, max_size=2))
 def test_any_two_byte_answer_decodes_as_python_obd_does(spec: PidSpec, data: bytes) -> None:
     check(spec, data)
+
+
+def test_descriptions_are_python_obds_so_item_names_stay_as_they_were() -> None:
+    # The table holds them so that the agent need not import python-OBD; LLD names items by them.
+    for name, spec in TABLE.items():
+        assert spec.description == obd.commands[name].desc, name
+
+
+def test_polling_imports_no_python_obd() -> None:
+    # python-OBD loads a unit library that is about a third of an idle agent's memory
+    # (bench/RESULTS.md): the collector may import it only to describe a trouble code.
+    code = (
+        "import sys\n"
+        "from trapline.collectors.obd import collector, payload\n"
+        "collector.pid_table()\n"
+        "assert 'obd' not in sys.modules, 'polling imported python-OBD'\n"
+        "assert 'Misfire' in payload.describe_dtc('P0301')\n"
+        "assert 'obd' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_rows_python_obd_lacks_are_exactly_the_listed_ones() -> None:

@@ -1,8 +1,8 @@
 """The table of mode 01 PIDs trapline polls (``pids.toml``): number, size, scaling, unit.
 
-Decoding is the linear SAE J1979 scaling written in the table, so the numbers
-need no third-party code.  python-OBD only lends the human-readable PID
-descriptions (keyed by its command names, which the table keeps).
+Decoding is the linear SAE J1979 scaling written in the table, and the table
+holds each PID's name and description too, so polling needs no third-party code:
+python-OBD is imported only to describe a trouble code (``payload.describe_dtc``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-
-import obd
 
 
 class DecodeError(ValueError):
@@ -54,7 +52,7 @@ def pid_table() -> Mapping[str, PidSpec]:
             pid=row["pid"],
             code=f"{row['pid']:02X}",
             size=row["bytes"],
-            description=row.get("description") or obd.commands[name].desc,
+            description=row["description"],
             unit=row["unit"],
             multiply=row.get("multiply", 1),
             divide=row.get("divide", 1),

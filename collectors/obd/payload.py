@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from obd.codes import DTC as DTC_DESCRIPTIONS
-
 MODE_01_ANSWER = 0x41
 MODE_03_ANSWER = 0x43
 MODE_07_ANSWER = 0x47
@@ -115,6 +113,10 @@ def decode_dtcs(payloads: Sequence[bytes], answer_byte: int) -> list[str]:
 
 def describe_dtc(code: str) -> str:
     """The generic SAE description, or a hint that the code is maker-specific."""
+    # python-OBD's table, imported at the first code: importing python-OBD loads its unit
+    # library too, most of an idle agent's memory, which a van without codes never needs.
+    from obd.codes import DTC as DTC_DESCRIPTIONS  # noqa: PLC0415
+
     return str(DTC_DESCRIPTIONS.get(code, "not a generic code (manufacturer specific)"))
 
 
