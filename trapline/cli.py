@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import http.client
 import importlib
 import logging
 import socket
@@ -117,7 +116,10 @@ def check_liveness(config: Path) -> int:
     holds it means the loop turns and its tasks run.  Cheap (one TOML read, one local HTTP
     request): the container health check calls it every 30 s.
     """
-    # Imported here: an agent without [prometheus] never loads prometheus_client.
+    # Imported here: an agent without [prometheus] never loads prometheus_client, and a
+    # running agent never needs an HTTP client (http.client pulls in the email package).
+    import http.client  # noqa: PLC0415
+
     from trapline.exporters.prometheus import exporter as prometheus  # noqa: PLC0415
 
     try:
