@@ -10,11 +10,21 @@ Then it attributes memory to imports: every top-level module the agent imports
 growth of VmRSS over a bare interpreter is reported, with the import time.
 
     python3 -m bench.rss [--settle 5] [--runs 3]
+
+With ``--tree A --tree B`` it compares two source trees instead, with the vehicle
+role only: an OBD collector polling an ELM327-emulator (started here, answering
+as a car) and a GPS collector whose gpsd is a closed port, as in a van before its
+first fix.  Agents of the two trees alternate (A, B, B, A, ...), each started from
+its tree; the figures are VmRSS and VmHWM after ``--settle`` seconds and the B/A
+ratios of same-round pairs.
+
+    python3 -m bench.rss --tree A --tree B [--settle 10] [--runs 6]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import socket
@@ -67,10 +77,37 @@ def status_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def run_agent(workdir: Path, with_collector: bool, settle: float) -> tuple[float, float]:
-    path, metrics_port = config(workdir, with_collector)
+def vehicle_config(workdir: Path, elm_port: int) -> Path:
+    """The vehicle role only: OBD on the emulator at ``elm_port``, GPS with no gpsd, Zabbix unreachable."""
+    text = (
+        '[agent]\nhost = "van-17"\n\n'
+        f'[spool]\npath = "{workdir / ("spool-" + str(time.time_ns()) + ".db")}"\n\n'
+        f'[zabbix]\nservers = ["127.0.0.1:{free_port()}"]\n\n'
+        '[collectors.obd]\ntype = "obd"\nhost = "van-17"\n'
+        f'device = "socket://127.0.0.1:{elm_port}"\nprotocol = "6"\nstate_dir = "{workdir}"\n\n'
+        '[collectors.obd.tiers.fast]\ninterval = 1.0\npids = ["SPEED", "RPM", "THROTTLE_POS"]\n\n'
+        '[collectors.obd.tiers.slow]\ninterval = 5.0\npids = ["COOLANT_TEMP", "FUEL_LEVEL"]\n\n'
+        f'[collectors.gps]\ntype = "gps"\nhost = "van-17"\nport = {free_port()}\n'
+    )
+    path = workdir / f"vehicle-{time.time_ns()}.toml"
+    path.write_text(text)
+    return path
+
+
+def run_agent(
+    workdir: Path, with_collector: bool, settle: float, tree: str | None = None, elm_port: int = 0
+) -> tuple[float, float]:
+    """VmRSS and VmHWM of an agent after ``settle`` s; from ``tree`` with the vehicle role if given."""
+    if tree is None:
+        path, metrics_port = config(workdir, with_collector)
+    else:
+        path, metrics_port = vehicle_config(workdir, elm_port), None
     proc = subprocess.Popen(
-        [*AGENT, "-c", str(path), "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*AGENT, "-c", str(path), "--log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tree,
+        env=None if tree is None else os.environ | {"PYTHONPATH": tree},
     )
     try:
         time.sleep(settle)
@@ -150,11 +187,53 @@ def attribution(workdir: Path, with_collector: bool, min_import_ms: float = 2.0)
     )
 
 
+def compare_trees(trees: list[str], settle: float, runs: int) -> str:
+    """Vehicle-role agents of two trees, alternated; medians and same-round B/A ratios."""
+    os.environ["ELM_LOG_CFG"] = "/nonexistent"  # else the emulator writes elm.log into the cwd
+    import elm  # noqa: PLC0415 - ELM327-emulator, only needed here
+
+    samples: list[list[tuple[float, float]]] = [[], []]
+    elm_port = free_port()
+    with tempfile.TemporaryDirectory(prefix="trapline-bench-") as tmp, elm.Elm(net_port=elm_port) as emulator:
+        emulator.set_sorted_obd_msg("car")
+        for run in range(runs):
+            for side in (0, 1) if run % 2 == 0 else (1, 0):
+                samples[side].append(run_agent(Path(tmp), False, settle, trees[side], elm_port))
+                print(
+                    f"run {run + 1} {'AB'[side]}: VmRSS {samples[side][-1][0]:.1f} MB, "
+                    f"VmHWM {samples[side][-1][1]:.1f} MB",
+                    flush=True,
+                )
+    rows = [
+        [
+            f"{'AB'[side]}: {trees[side]}",
+            f"{statistics.median(s[0] for s in got):.1f}",
+            f"{statistics.median(s[1] for s in got):.1f}",
+        ]
+        for side, got in enumerate(samples)
+    ]
+    ratios = [b[0] / a[0] for a, b in zip(*samples, strict=True)]
+    return (
+        table(["tree", "VmRSS MB (median)", "VmHWM MB (median)"], rows)
+        + f"\nB/A VmRSS per same-round pair: median {statistics.median(ratios):.3f} "
+        f"(range {min(ratios):.3f} - {max(ratios):.3f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settle", type=float, default=5.0, help="seconds before reading /proc")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tree", action="append", default=[], help="twice: compare two source trees")
     args = parser.parse_args()
+    if args.tree:
+        if len(args.tree) != 2:
+            parser.error("--tree takes exactly two trees")
+        print(f"# vehicle-role agent memory A/B: {args.runs} runs each, read after {args.settle:.0f} s")
+        print(machine(), flush=True)
+        print(compare_trees(args.tree, args.settle, args.runs))
+        print(machine())
+        return
     print(f"# agent memory: {args.runs} runs per case, read after {args.settle:.0f} s")
     print(machine(), flush=True)
     rows = []

@@ -18,6 +18,15 @@ Beside values/s the bench reports the CPU each side spent per value: the sender'
 start of a run until the server has written everything).
 
     python3 -m bench.sender [--values 100000] [--items 1000] [--runs 5]
+
+With ``--tree A --tree B`` it compares the trapline sender of two source trees
+instead (e.g. a ``git archive`` of an older main and this checkout): one Zabbix,
+one process per run that imports the tree's own ``bench/sender.py`` and sends
+through that tree's ``trapline_sender`` (default spool batch), runs alternating
+A, B, B, A...  The figures are the sender CPU per value and the B/A ratios of
+same-round pairs.
+
+    python3 -m bench.sender --tree A --tree B [--values 100000] [--items 1000] [--runs 6]
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import re
 import resource
@@ -434,12 +444,122 @@ def report(field: list[Contender], values: int) -> str:
     )
 
 
+# Run in a fresh interpreter with the tree first on sys.path, so that the tree's own
+# bench/sender.py (which has known trapline's API in each version) does the sending.
+# Trees from before bench/ became a package import their helpers as top-level modules,
+# hence the tree's bench folder on the path too.
+_TREE_WORKER = """
+import asyncio, importlib.util, json, sys
+tree = sys.argv[1]
+port, items, values, clock = (int(a) for a in sys.argv[2:6])
+sys.path[:0] = [tree, tree + "/bench"]
+# By file, not by package name: an installed checkout's bench package would win over an
+# older tree's bench folder, which is no package.
+spec = importlib.util.spec_from_file_location("sender_under_test", tree + "/bench/sender.py")
+s = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(s)
+keys = [f"bench.v[{i}]" for i in range(items)]
+
+async def run():
+    dest = s.new_destination(port)
+    # Learn the keys first, as the tree's own bench does before its measured runs.
+    warm_up = [s.Reading(s.HOST, k, 0, clock - 1, i) for i, k in enumerate(keys)]
+    await s.trapline_sender(dest, s.PIPELINE_BATCH)(warm_up)
+    readings = [s.Reading(s.HOST, keys[i % items], i, clock, i) for i in range(values)]
+    outcome = await s.trapline_sender(dest, s.PIPELINE_BATCH)(readings)
+    await dest.close()
+    return outcome
+
+o = asyncio.run(run())
+print(json.dumps({"seconds": o.seconds, "cpu": o.cpu, "processed": o.processed, "failed": o.failed}))
+"""
+
+
+def tree_run(stack: LocalZabbix, tree: str, items: int, values: int, clock: int) -> Outcome:
+    """One measured run of ``tree``'s sender in a process of its own; server CPU measured from here."""
+    wait_drained(stack)
+    server = server_side(stack)
+    server_cpu = cpu_of(server)
+    argv = [
+        sys.executable,
+        "-c",
+        _TREE_WORKER,
+        tree,
+        str(stack.trapper_port),
+        str(items),
+        str(values),
+        str(clock),
+    ]
+    out = subprocess.run(
+        argv, capture_output=True, text=True, check=False, env=os.environ | {"PYTHONPATH": tree}
+    )
+    if out.returncode:
+        raise RuntimeError(f"the sender of {tree} failed: {out.stderr[-2000:]}")
+    wait_drained(stack)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    outcome = Outcome(result["seconds"], result["processed"], result["failed"], cpu=result["cpu"])
+    outcome.server_cpu = cpu_of(server) - server_cpu
+    return outcome
+
+
+def compare_trees(stack: LocalZabbix, trees: list[str], items: int, values: int, runs: int) -> str:
+    """Alternate the trees' senders (A, B, B, A, ...); medians and same-round B/A ratios."""
+    clock = int(time.time()) - 86_400  # two seconds per run: the warm-up's and the run's
+    results: list[list[Outcome]] = [[], []]
+    for run_index in range(runs):
+        for side in (0, 1) if run_index % 2 == 0 else (1, 0):
+            clock += 2
+            outcome = tree_run(stack, trees[side], items, values, clock)
+            results[side].append(outcome)
+            print(
+                f"run {run_index + 1} {'AB'[side]}: {values / outcome.seconds:,.0f} values/s, processed "
+                f"{outcome.processed}, failed {outcome.failed}, "
+                f"CPU {outcome.cpu / values * 1e6:.2f} us/value, "
+                f"server CPU {outcome.server_cpu / values * 1e6:.1f} us/value",
+                flush=True,
+            )
+    rows: list[list[Any]] = []
+    for side, outcomes in enumerate(results):
+        cpu = [o.cpu / values * 1e6 for o in outcomes]
+        rates = [values / o.seconds for o in outcomes]
+        ok = all(o.processed == values and o.failed == 0 for o in outcomes)
+        rows.append(
+            [
+                f"{'AB'[side]}: {trees[side]}",
+                f"{median(cpu):.2f}",
+                f"{median(rates):,.0f}",
+                f"{median([o.server_cpu / values * 1e6 for o in outcomes]):.1f}",
+                "all" if ok else "MISMATCH",
+            ]
+        )
+    cpu_ratios = [b.cpu / a.cpu for a, b in zip(*results, strict=True)]
+    rate_ratios = [a.seconds / b.seconds for a, b in zip(*results, strict=True)]
+    return (
+        table(["tree", "sender CPU us/value", "values/s", "server CPU us/value", f"{values} stored"], rows)
+        + f"\nB/A sender CPU per same-round pair: median {median(cpu_ratios):.3f} "
+        f"(range {min(cpu_ratios):.3f} - {max(cpu_ratios):.3f}); "
+        f"B/A values/s: median {median(rate_ratios):.3f} "
+        f"(range {min(rate_ratios):.3f} - {max(rate_ratios):.3f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--values", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--tree", action="append", default=[], help="twice: compare two source trees")
     args = parser.parse_args()
+    if args.tree:
+        if len(args.tree) != 2:
+            parser.error("--tree takes exactly two trees")
+        print(f"# sender A/B: {args.values} values over {args.items} items, {args.runs} runs each")
+        print(machine(), flush=True)
+        with LocalZabbix("6.0") as stack:
+            create_host(stack, args.items)
+            print(compare_trees(stack, args.tree, args.items, args.values, args.runs))
+        print(machine())
+        return
     print(f"# sender throughput: {args.values} values over {args.items} items, {args.runs} runs each")
     print(machine(), flush=True)
     with LocalZabbix("6.0") as stack, tempfile.TemporaryDirectory(prefix="trapline-bench-") as tmp:
