@@ -1,0 +1,125 @@
+"""deploy/raspberrypi/install.sh on the Pi's own architecture: arm64 Debian bookworm under qemu-user.
+
+The amd64 test (test_pi_install.py) proves the install and its sandbox; this one proves
+what only the Pi's architecture can: every dependency installs on aarch64 (apt packages,
+and pip finds or builds msgspec, lz4, orjson for it), and the installed agent starts
+there.  Emulated code runs several times slower, so the test keeps to install-and-start.
+
+It needs qemu-user-static and binfmt-support on the host (scripts/setup-debian.sh
+installs them) and a binfmt_misc registration for aarch64, which it makes itself if
+missing.  Durations cold and warm: bench/RESULTS.md, "Pi install under qemu-user".
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_pi_install import fresh_chroot, in_chroot, install_twice
+from tests.support.peers import missing_peer, need_binary
+
+# A cold run debootstraps arm64 (its second stage emulated) and installs everything
+# under emulation: far beyond the suite's 600 s per test.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
+
+ARCH = "arm64"
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+# The name binfmt-support registers qemu-user-static's aarch64 interpreter under.
+BINFMT_ENTRY = "qemu-aarch64"
+# One install.sh run under emulation: apt unpacking and pip dominate.
+INSTALL_TIMEOUT = 1500
+# What the agent imports on a van: the vehicle collectors, the middleware and the exporters
+# the installed config can name (zabbix, prometheus, mqtt), with their compiled libraries.
+VEHICLE_MODULES = (
+    "trapline.cli",
+    "trapline.collectors.obd",
+    "trapline.collectors.gps",
+    "trapline.middleware.pipeline",
+    "trapline.middleware.spool",
+    "trapline.exporters.zabbix",
+    "trapline.exporters.prometheus",
+    "trapline.exporters.mqtt",
+    "msgspec",
+    "orjson",
+    "lz4.frame",
+    "obd",
+    "serial",
+    "gpsd",
+    "paho.mqtt.client",
+)
+
+
+def binfmt_enabled() -> bool:
+    entry = BINFMT / BINFMT_ENTRY
+    return entry.exists() and entry.read_text().splitlines()[0] == "enabled"
+
+
+def ensure_emulation() -> None:
+    """Make the kernel run aarch64 binaries through qemu-user, or fail (skip off CI) saying why."""
+    if binfmt_enabled():
+        return
+    need_binary("qemu-aarch64-static")
+    update_binfmts = need_binary("update-binfmts")
+    # A container or a machine without systemd's proc-sys-fs-binfmt_misc.mount has it empty.
+    if not (BINFMT / "register").exists():
+        argv = ["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)]
+        mount = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if mount.returncode:
+            missing_peer(f"cannot mount binfmt_misc on {BINFMT}: {mount.stderr.strip()}")
+    argv = [update_binfmts, "--enable", BINFMT_ENTRY]
+    enable = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if not binfmt_enabled():
+        missing_peer(f"update-binfmts --enable {BINFMT_ENTRY} did not register it: {enable.stderr.strip()}")
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[tuple[Path, str, str]]:
+    """An arm64 bookworm chroot after two runs of install.sh."""
+    ensure_emulation()
+    with fresh_chroot("bookworm", ARCH) as root:
+        yield root, *install_twice(root, ARCH, INSTALL_TIMEOUT)
+
+
+def run_in(root: Path, argv: list[str], timeout: float = 300) -> str:
+    result = in_chroot(root, argv, timeout, ARCH)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result.stdout
+
+
+def test_the_chroot_is_aarch64_and_so_is_the_virtualenv(installed: tuple[Path, str, str]) -> None:
+    root = installed[0]
+    assert run_in(root, ["uname", "-m"]).strip() == "aarch64"
+    machine = "import platform, sys; print(platform.machine(), sys.version_info[:2])"
+    assert run_in(root, ["/opt/trapline/bin/python", "-c", machine]).strip() == "aarch64 (3, 11)"
+
+
+def test_every_runtime_module_of_the_vehicle_role_imports(installed: tuple[Path, str, str]) -> None:
+    # An amd64 build of a compiled library cannot load into this aarch64 interpreter: the
+    # import itself proves pip installed the right one.  The spool's round trip runs the
+    # compiled msgspec and lz4 code too, not only their loaders.
+    script = (
+        "import importlib, sys\n"
+        f"for name in {VEHICLE_MODULES!r}: importlib.import_module(name)\n"
+        "import lz4.frame, msgspec\n"
+        "row = msgspec.msgpack.encode({'key': 'obd.pid[RPM]', 'value': 812.5})\n"
+        "assert msgspec.msgpack.decode(lz4.frame.decompress(lz4.frame.compress(row))) == "
+        "{'key': 'obd.pid[RPM]', 'value': 812.5}\n"
+        "print(len(sys.modules))\n"
+    )
+    assert int(run_in(installed[0], ["/opt/trapline/bin/python", "-c", script])) > len(VEHICLE_MODULES)
+
+
+def test_the_agent_reports_its_version_and_loads_its_config(installed: tuple[Path, str, str]) -> None:
+    root = installed[0]
+    assert run_in(root, ["/opt/trapline/bin/trapline", "--version"]).startswith("trapline ")
+    load = (
+        "import json; from pathlib import Path; from trapline.app.settings import load_settings; "
+        "s = load_settings(Path('/etc/trapline/trapline.toml')); "
+        "print(json.dumps(sorted(type(c).__name__ for c in s.collectors)))"
+    )
+    collectors = json.loads(run_in(root, ["/opt/trapline/bin/python", "-c", load]))
+    assert any("Obd" in name for name in collectors) and any("Gps" in name for name in collectors), collectors
