@@ -117,9 +117,10 @@ def chroot() -> Iterator[Path]:
         yield work
 
 
-def in_chroot(
-    root: Path, argv: Sequence[str], timeout: float = 600, arch: str | None = None
-) -> subprocess.CompletedProcess[str]:
+def chroot_command(
+    root: Path, argv: Sequence[str], arch: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The host command and environment that run ``argv`` in ``root`` with the caches of ``arch``."""
     binds = [
         (apt_archives(arch), "/var/cache/apt/archives"),
         (pip_cache(arch), "/var/cache/pip"),
@@ -127,7 +128,13 @@ def in_chroot(
     env = {**BASE_ENV, "DEBIAN_FRONTEND": "noninteractive", "PIP_CACHE_DIR": "/var/cache/pip"}
     env["HOME"] = "/root"  # pip and apt look for their per-user files there
     env["PIP_CERT"] = CA_IN_CHROOT
-    command = namespace_command(root, binds, argv)
+    return namespace_command(root, binds, argv), env
+
+
+def in_chroot(
+    root: Path, argv: Sequence[str], timeout: float = 600, arch: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    command, env = chroot_command(root, argv, arch)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 

@@ -13,13 +13,16 @@ missing.  Durations cold and warm: bench/RESULTS.md, "Pi install under qemu-user
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_pi_install import fresh_chroot, in_chroot, install_twice
+from tests.integration.test_pi_install import chroot_command, fresh_chroot, ids, in_chroot, install_twice
 from tests.support.peers import missing_peer, need_binary
 
 # A cold run debootstraps arm64 (its second stage emulated) and installs everything
@@ -32,6 +35,8 @@ BINFMT = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_ENTRY = "qemu-aarch64"
 # One install.sh run under emulation: apt unpacking and pip dominate.
 INSTALL_TIMEOUT = 1500
+# A bound for an agent that never reaches its first delivery round, not an expected duration.
+AGENT_RUN_LIMIT = 300
 # What the agent imports on a van: the vehicle collectors, the middleware and the exporters
 # the installed config can name (zabbix, prometheus, mqtt), with their compiled libraries.
 VEHICLE_MODULES = (
@@ -123,3 +128,43 @@ def test_the_agent_reports_its_version_and_loads_its_config(installed: tuple[Pat
     )
     collectors = json.loads(run_in(root, ["/opt/trapline/bin/python", "-c", load]))
     assert any("Obd" in name for name in collectors) and any("Gps" in name for name in collectors), collectors
+
+
+def test_the_installed_agent_runs_and_stops_cleanly(installed: tuple[Path, str, str]) -> None:
+    """The vehicle role's agent, as its unit starts it, until a delivery round; then SIGTERM.
+
+    Nothing answers here (no adapter, no gpsd, no proxy): the collectors retry, the agent's
+    own readings go through the pipeline into the spool, the exporter finds no proxy and keeps
+    them, and SIGTERM commits what is in memory and exits 0, all on aarch64.
+    """
+    root = installed[0]
+    agent = ["/opt/trapline/bin/trapline", "run", "-c", "/etc/trapline/trapline.toml", "--log-level", "info"]
+    # A network namespace of its own: the agent's 127.0.0.1:10051 must not reach some other
+    # test's Zabbix on this host.  setpriv, as the unit's User=: exec, no forking in between.
+    argv = ["unshare", "--net", "setpriv", "--reuid=trapline", "--regid=trapline", "--init-groups", *agent]
+    command, env = chroot_command(root, argv, ARCH)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    limit = threading.Timer(AGENT_RUN_LIMIT, process.kill)
+    limit.start()
+    log: list[str] = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "values kept" in line and not any("values kept" in seen for seen in log):
+                process.send_signal(signal.SIGTERM)
+            log.append(line)
+        status = process.wait()
+    finally:
+        limit.cancel()
+        process.kill()
+    output = "".join(log)
+    assert status == 0, output[-3000:]
+    started = (
+        "trapline running: 2 collectors, 1 destinations, 0 observers,"
+        " spool /var/lib/trapline/spool.db (0 waiting)"
+    )
+    assert started in output, output[-3000:]
+    stopped = re.search(r"stopped; (\d+) readings stay in the spool", output)
+    assert stopped and int(stopped.group(1)) > 0, output[-3000:]
+    spool = root / "var/lib/trapline/spool.db"
+    assert spool.stat().st_uid == ids(root, "passwd", "trapline")
