@@ -75,10 +75,18 @@ def ensure_emulation() -> None:
         mount = subprocess.run(argv, capture_output=True, text=True, check=False)
         if mount.returncode:
             missing_peer(f"cannot mount binfmt_misc on {BINFMT}: {mount.stderr.strip()}")
-    argv = [update_binfmts, "--enable", BINFMT_ENTRY]
-    enable = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if not binfmt_enabled():
-        missing_peer(f"update-binfmts --enable {BINFMT_ENTRY} did not register it: {enable.stderr.strip()}")
+    entry = BINFMT / BINFMT_ENTRY
+    if entry.exists():
+        # Registered but switched off: update-binfmts --enable only says "already enabled".
+        try:
+            entry.write_text("1")
+        except OSError as exc:
+            missing_peer(f"cannot switch {entry} on: {exc.strerror}")
+    else:
+        argv = [update_binfmts, "--enable", BINFMT_ENTRY]
+        enable = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if not binfmt_enabled():
+            missing_peer(f"update-binfmts --enable {BINFMT_ENTRY} failed: {enable.stderr.strip()}")
 
 
 @pytest.fixture(scope="module")
