@@ -11,6 +11,7 @@ packages=(
     postgresql zabbix-server-pgsql zabbix-frontend-php php-pgsql php-cli php8.2-cgi
     zabbix-agent            # ships the C zabbix_sender the benchmarks compare against
     debootstrap             # Zabbix 7.0 runs in a Debian trixie chroot
+    qemu-user-static binfmt-support  # the Pi install test on arm64, the armhf refusal (test_pi_install_arm64.py)
     gpsd gpsd-clients       # gpsfake replays NMEA through a real gpsd
     mosquitto mosquitto-clients prometheus
     chromium                # headless: the README's screenshots of the demo's frontend

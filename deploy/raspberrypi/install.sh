@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install trapline on a vehicle computer, as root: Raspberry Pi OS (arm64) or Debian, bookworm (12)
-# or trixie (13).
+# Install trapline on a vehicle computer, as root: Raspberry Pi OS (64-bit) or Debian, arm64 or
+# amd64, bookworm (12) or trixie (13).
 #
 #   deploy/raspberrypi/install.sh --server zabbix.example.net --vehicle van-17 [options]
 #   deploy/raspberrypi/install.sh --direct --server zabbix.example.net --psk-file fleet.psk  (trixie)
@@ -57,6 +57,11 @@ units=/etc/systemd/system
 source "$here/../install-lib.sh"
 
 # ---------------------------------------------------------------- options
+# 64-bit only: PyPI has no 32-bit ARM (armv7l) wheels of msgspec and lz4, and a Pi has no
+# compiler to build them. README.md beside this script, "Pi models and OS variants".
+machine_arch=$(dpkg --print-architecture)
+[[ $machine_arch == arm64 || $machine_arch == amd64 ]] ||
+    die "$machine_arch is not supported (64-bit only): install Raspberry Pi OS (64-bit), for a Pi 3, 4, 5 or Zero 2 W"
 [ "$(id -u)" = 0 ] || die "run as root"
 # Saved options are defaults only: the environment and the flags below override them.
 # The PSK identity is the proxy's or the fleet's: it is kept only while the uplink stays.

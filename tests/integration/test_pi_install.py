@@ -5,7 +5,9 @@ trapline and its dependencies from PyPI, the proxy, the units); the second run
 must change nothing.  Then systemd checks the agent's unit and its sandbox.
 
 Caches under /var/cache/trapline keep later runs short: the debootstrapped base
-system (copied, never modified), apt's downloaded packages and pip's cache.
+system (copied, never modified), apt's downloaded packages and pip's cache, one set
+per architecture (``arch``: None is the host's own; test_pi_install_arm64.py runs
+the same install on arm64 under qemu-user).
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path("/var/cache/trapline")
 READY = ".trapline-ready"
-APT_ARCHIVES = CACHE / "pi-apt-archives"
-PIP_CACHE = CACHE / "pi-pip"
 SOURCE_IN_CHROOT = "/srv/trapline"
 BT_MAC = "00:1D:A5:68:98:8B"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -48,14 +48,27 @@ MAX_EXPOSURE = 2.0
 WATCHED = ("etc", "opt/trapline", "var/lib/trapline", "var/lib/zabbix", "usr/local/share/doc/trapline")
 
 
-def ensure_base(suite: str = "bookworm") -> Path:
-    """A minimal Debian ``suite``, built once with debootstrap and kept read-only in the cache."""
-    base = CACHE / f"{suite}-pi-base"
+def arch_suffix(arch: str | None) -> str:
+    """What sets a foreign architecture's caches apart; the host's own keep their plain names."""
+    return f"-{arch}" if arch else ""
+
+
+def apt_archives(arch: str | None = None) -> Path:
+    return CACHE / f"pi-apt-archives{arch_suffix(arch)}"
+
+
+def pip_cache(arch: str | None = None) -> Path:
+    return CACHE / f"pi-pip{arch_suffix(arch)}"
+
+
+def ensure_base(suite: str = "bookworm", arch: str | None = None) -> Path:
+    """A minimal Debian ``suite`` for ``arch``, built once with debootstrap, kept read-only in the cache."""
+    base = CACHE / f"{suite}{arch_suffix(arch)}-pi-base"
     if (base / READY).exists():
         return base
     need_binary("debootstrap")
     CACHE.mkdir(parents=True, exist_ok=True)
-    with (CACHE / f"{suite}-pi-base.lock").open("w") as lock:
+    with base.with_name(base.name + ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (base / READY).exists():
             return base
@@ -63,7 +76,9 @@ def ensure_base(suite: str = "bookworm") -> Path:
         shutil.rmtree(building, ignore_errors=True)
         log = base.with_name(base.name + ".build.log")
         with log.open("wb") as out:
-            argv = ["debootstrap", "--variant=minbase", suite, str(building), configured_debian_mirror()]
+            foreign = [f"--arch={arch}"] if arch else []
+            mirror = configured_debian_mirror()
+            argv = ["debootstrap", *foreign, "--variant=minbase", suite, str(building), mirror]
             if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode:
                 missing_peer(f"debootstrap of {suite} failed (the Debian mirror?), see {log}")
         (building / READY).write_text("")
@@ -72,10 +87,10 @@ def ensure_base(suite: str = "bookworm") -> Path:
 
 
 @contextlib.contextmanager
-def fresh_chroot(suite: str = "bookworm") -> Iterator[Path]:
+def fresh_chroot(suite: str = "bookworm", arch: str | None = None) -> Iterator[Path]:
     """A throw-away copy of the ``suite`` base with this checkout in it, removed afterwards."""
-    base = ensure_base(suite)
-    work = CACHE / f"pi-install-test.{suite}.{os.getpid()}"
+    base = ensure_base(suite, arch)
+    work = CACHE / f"pi-install-test.{suite}{arch_suffix(arch)}.{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     subprocess.run(["cp", "-a", str(base), str(work)], check=True)
     # Package scripts and install.sh alike must not start services here.
@@ -88,8 +103,8 @@ def fresh_chroot(suite: str = "bookworm") -> Iterator[Path]:
     # A copy, not a bind mount: other work in the checkout must not change it between the runs.
     ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*_cache", ".hypothesis", "build")
     shutil.copytree(REPO, work / SOURCE_IN_CHROOT.lstrip("/"), symlinks=True, ignore=ignore)
-    APT_ARCHIVES.joinpath("partial").mkdir(parents=True, exist_ok=True)
-    PIP_CACHE.mkdir(parents=True, exist_ok=True)
+    apt_archives(arch).joinpath("partial").mkdir(parents=True, exist_ok=True)
+    pip_cache(arch).mkdir(parents=True, exist_ok=True)
     try:
         yield work
     finally:
@@ -102,15 +117,24 @@ def chroot() -> Iterator[Path]:
         yield work
 
 
-def in_chroot(root: Path, argv: Sequence[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def chroot_command(
+    root: Path, argv: Sequence[str], arch: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The host command and environment that run ``argv`` in ``root`` with the caches of ``arch``."""
     binds = [
-        (APT_ARCHIVES, "/var/cache/apt/archives"),
-        (PIP_CACHE, "/var/cache/pip"),
+        (apt_archives(arch), "/var/cache/apt/archives"),
+        (pip_cache(arch), "/var/cache/pip"),
     ]
     env = {**BASE_ENV, "DEBIAN_FRONTEND": "noninteractive", "PIP_CACHE_DIR": "/var/cache/pip"}
     env["HOME"] = "/root"  # pip and apt look for their per-user files there
     env["PIP_CERT"] = CA_IN_CHROOT
-    command = namespace_command(root, binds, argv)
+    return namespace_command(root, binds, argv), env
+
+
+def in_chroot(
+    root: Path, argv: Sequence[str], timeout: float = 600, arch: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    command, env = chroot_command(root, argv, arch)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -138,23 +162,33 @@ def ids(root: Path, database: str, name: str) -> int:
     raise AssertionError(f"{name} missing from the chroot's /etc/{database}")
 
 
-@pytest.fixture(scope="module")
-def installed(chroot: Path) -> tuple[Path, str, str]:
-    """The chroot after two runs: the first with options, the second with none (install.env)."""
+def install_twice(root: Path, arch: str | None = None, timeout: float = 600) -> tuple[str, str]:
+    """install.sh twice in ``root``: the first run with options, the second with none (install.env).
+
+    The second run must change nothing; returns the output of each.
+    """
     script = f"{SOURCE_IN_CHROOT}/deploy/raspberrypi/install.sh"
     first = in_chroot(
-        chroot,
+        root,
         [script, "--server", "zbx.example.net:10051", "--vehicle", "van-17", "--elm327-mac", BT_MAC],
+        timeout,
+        arch,
     )
     assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
-    before = snapshot(chroot)
-    second = in_chroot(chroot, [script])
+    before = snapshot(root)
+    second = in_chroot(root, [script], timeout, arch)
     assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-    after = snapshot(chroot)
+    after = snapshot(root)
     differences = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert differences == [], f"the second run changed: {differences[:20]}"
     assert "done: 0 change(s)" in second.stdout, second.stdout
-    return chroot, first.stdout + first.stderr, second.stdout + second.stderr
+    return first.stdout + first.stderr, second.stdout + second.stderr
+
+
+@pytest.fixture(scope="module")
+def installed(chroot: Path) -> tuple[Path, str, str]:
+    """The chroot after two runs of install.sh."""
+    return chroot, *install_twice(chroot)
 
 
 def test_second_run_changes_nothing_and_secrets_stay_hidden(installed: tuple[Path, str, str]) -> None:
