@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from trapline import provision
-from trapline.collectors.gps.collector import fix_readings
+from trapline.collectors.gps.collector import MACRO_STATUS, fix_readings
 from trapline.collectors.gps.vehicle_derived import (
     GEOFENCE_DISCOVERY,
     DerivedSettings,
@@ -376,7 +376,8 @@ def test_template_items_are_exactly_what_the_collectors_send(tmp_path: Path) -> 
     assert "vehicle.trip.last.distance" in derived
     # Calculated items are the server's own arithmetic over these: nothing sends them.
     sent = {item["key"] for item in _template()["items"] if item["type"] == "TRAP"}
-    assert sent == OBD_KEYS | gps_keys | derived
+    # The status of {$VEHICLE.GEOFENCES}, sent by the GPS collector when Zabbix hands it the macro.
+    assert sent == OBD_KEYS | gps_keys | derived | {MACRO_STATUS}
     assert {item["type"] for item in _template()["items"]} == {"TRAP", "CALCULATED"}
 
 
