@@ -378,7 +378,10 @@ def test_template_items_are_exactly_what_the_collectors_send(tmp_path: Path) -> 
     sent = {item["key"] for item in _template()["items"] if item["type"] == "TRAP"}
     # The status of {$VEHICLE.GEOFENCES}, sent by the GPS collector when Zabbix hands it the macro.
     assert sent == OBD_KEYS | gps_keys | derived | {MACRO_STATUS}
-    assert {item["type"] for item in _template()["items"]} == {"TRAP", "CALCULATED"}
+    assert {item["type"] for item in _template()["items"]} == {"TRAP", "CALCULATED", "ZABBIX_ACTIVE"}
+    # The one active item carries {$VEHICLE.GEOFENCES} to the agent in its key; it gets no value.
+    active = [item["key"] for item in _template()["items"] if item["type"] == "ZABBIX_ACTIVE"]
+    assert active == ['trapline.geofences["{$VEHICLE.GEOFENCES}"]']
 
 
 def test_discovery_rules_match_the_collector() -> None:
