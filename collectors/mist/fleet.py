@@ -549,7 +549,9 @@ class _Device:
     """One device, kept small: at 10,000 APs every byte here counts 10,000 times.
 
     The merged state is kept as the JSON sent to Zabbix (text), not as a tree
-    of dicts; identity fields are copied out for LLD rows and labels.
+    of dicts: half the memory, and a full update is encoded straight from its
+    struct (bench/RESULTS.md, "The Mist fleet state: text or plain data").
+    Identity fields are copied out for LLD rows and labels.
     """
 
     __slots__ = (
