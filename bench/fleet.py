@@ -65,7 +65,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench._util import machine, table
+from bench._util import machine, table, wait_for_count
 from bench.mqtt import Broker, cpu_by_part, start_bridges, stop
 from bench.mqtt import Setup as BridgeSetup
 from bench.sender import wait_drained
@@ -401,16 +401,7 @@ class Arrivals(threading.Thread):
 
 def wait_stored(api: Any, first: int, last: int, expected: int) -> int:
     """Poll until `expected` rows with clocks in [first, last] are stored (or nothing new for a while)."""
-    count, last_count, last_change = 0, -1, time.monotonic()
-    while True:
-        count = stored_between(api, first, last)
-        if count >= expected:
-            return count
-        if count != last_count:
-            last_count, last_change = count, time.monotonic()
-        elif time.monotonic() - last_change > STALL_LIMIT:
-            return count
-        time.sleep(1.0)
+    return wait_for_count(lambda: stored_between(api, first, last), expected, STALL_LIMIT, 1.0)
 
 
 # -- one fleet size --------------------------------------------------------------------------
