@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import random
 import resource
 import struct
@@ -94,6 +95,8 @@ SESSION_EXPIRY = 86400  # the edge's default
 CONNECTS_PER_SECOND = 500  # a fleet coming online; mosquitto's listen backlog is not the test
 STALL_LIMIT = 30.0  # seconds without a new stored row before a run is declared short
 TOPICS = Topics("trapline")
+CORE_BUDGET = 0.7  # sizing: the share of its core a process is planned to use
+PROXY_CORES = 4  # sizing: cores of a proxy machine
 
 
 # -- the few MQTT 5 packets a van needs (OASIS MQTT Version 5.0, chapters 1.5 and 3) ---------
@@ -549,6 +552,44 @@ def report(outcomes: list[Outcome]) -> str:
     )
 
 
+def sizing(o: Outcome, fleets: tuple[int, ...] = (10_000, 100_000)) -> str:
+    """Cores, bridges and proxies for larger fleets, scaled from one run's CPU per reading.
+
+    Assumptions (also in bench/RESULTS.md): CPU per reading stays what it was in
+    this run (bridges and Zabbix batch at least as well at higher rates); a
+    process is planned at CORE_BUDGET of its core (a bridge is one Python process,
+    a mosquitto node one thread); a Zabbix proxy spends per reading what this
+    server and its PostgreSQL spent (it too parses, preprocesses and writes every
+    value to its database), on a PROXY_CORES-core machine; and there is one spare
+    bridge and one spare proxy so that one can fail.
+    """
+    w = o.window
+    per_van = w.offered / o.vans
+    cost = {part: w.cpu[part] / (w.stored * w.seconds) for part in ("broker", "bridges", "zabbix")}
+    rows = []
+    for fleet in fleets:
+        rate = fleet * per_van
+        cores = {part: rate * seconds for part, seconds in cost.items()}
+        rows.append([
+            f"{fleet:,}",
+            f"{rate:,.0f}",
+            f"{fleet / ROUND:,.0f}",
+            f"{cores['broker']:.2f}",
+            f"{cores['bridges']:.2f}",
+            f"{math.ceil(cores['bridges'] / CORE_BUDGET) + 1}",
+            f"{cores['zabbix']:.1f}",
+            f"{math.ceil(cores['zabbix'] / (PROXY_CORES * CORE_BUDGET)) + 1}",
+        ])
+    return table(
+        [
+            "vans", "readings/s", "messages/s", "broker cores", "bridge cores",
+            f"bridges (at {CORE_BUDGET:.0%} of a core, +1)", "Zabbix+DB cores per tier",
+            f"proxies ({PROXY_CORES} cores at {CORE_BUDGET:.0%}, +1)",
+        ],
+        rows,
+    )
+
+
 def frontend_pids() -> list[int]:
     """The PHP frontend's processes (the bench's API calls), so their CPU is not counted as Zabbix's."""
     found = []
@@ -618,6 +659,9 @@ def main() -> None:
         outcomes = asyncio.run(bench(stack, fleet, args, Path(tmp)))
     print()
     print(report(outcomes))
+    print()
+    print(f"sizing from the {outcomes[-1].vans:,}-van run:")
+    print(sizing(outcomes[-1]))
     print(machine())
 
 
