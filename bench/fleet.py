@@ -70,7 +70,7 @@ from bench._util import machine, table, wait_for_count
 from bench.mqtt import Broker, cpu_by_part, start_bridges, stop
 from bench.mqtt import Setup as BridgeSetup
 from bench.sender import wait_drained
-from devtools.localzabbix import LocalZabbix
+from devtools.localzabbix import LocalZabbix, log_tail
 from trapline.collectors.gps.collector import fix_readings
 from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations
 from trapline.collectors.obd.catalog import pid_table
@@ -254,6 +254,7 @@ class Van:
         self.writer: asyncio.StreamWriter | None = None
         self.reader: asyncio.StreamReader | None = None
         self.pending: dict[int, asyncio.Future[int]] = {}
+        self.acks: asyncio.Task[None] | None = None  # the loop keeps only a weak reference to a task
         self.next_id = 0
 
     async def connect(self) -> None:
@@ -263,7 +264,7 @@ class Van:
         kind, body = await read_packet(self.reader)
         if kind != CONNACK or body[1] != 0:
             raise ConnectionError(f"{self.agent}: CONNACK {kind} {body.hex()}")
-        asyncio.get_running_loop().create_task(self._acks())
+        self.acks = asyncio.get_running_loop().create_task(self._acks())
         await self.publish(status, ONLINE, retain=True)
 
     async def _acks(self) -> None:
@@ -319,6 +320,8 @@ class Van:
             slot += ROUND
 
     def close(self) -> None:
+        if self.acks is not None:
+            self.acks.cancel()
         if self.writer is not None:
             self.writer.close()  # no DISCONNECT: the broker keeps the session, as after a van goes dark
 
@@ -622,6 +625,7 @@ def server_config(db_syncers: int) -> dict[str, str]:
         "CacheSize": "512M",
         "HistoryCacheSize": "128M",
         "HistoryIndexCacheSize": "64M",
+        "TrendCacheSize": "64M",
     }
 
 
@@ -666,7 +670,11 @@ def main() -> None:
         fleet = Fleet(hostids, marker_items(stack, hostids))
         print(f"{len(hostids)} hosts x {len(van_keys())} items created in {time.monotonic() - started:.0f}s",
               flush=True)
-        outcomes = asyncio.run(bench(stack, fleet, args, Path(tmp)))
+        try:
+            outcomes = asyncio.run(bench(stack, fleet, args, Path(tmp)))
+        except Exception:
+            print(log_tail(stack.server_log), flush=True)  # the stack's directory goes with it
+            raise
     print()
     print(report(outcomes))
     print()
