@@ -678,8 +678,9 @@ def main() -> None:
     print()
     print(report(outcomes))
     print()
-    print(f"sizing from the {outcomes[-1].vans:,}-van run:")
-    print(sizing(outcomes[-1]))
+    largest = max(outcomes, key=lambda o: o.vans)
+    print(f"sizing from the {largest.vans:,}-van run:")
+    print(sizing(largest))
     print(machine())
 
 
