@@ -24,7 +24,7 @@ The centre is one deployment for all fleet sizes: mosquitto (tests/support,
 bridges as ``bench.mqtt`` runs them, sending to a local Zabbix 6.0 with caches sized for the fleet
 (``--db-syncers`` history syncers).  Each fleet size N runs in three steps:
 
-1. connect N vans (the first N of the hosts; those of a smaller run reconnect
+1. connect N vans (the first N of the hosts; those of an earlier phase reconnect
    to their sessions) and let them publish ``--warmup`` rounds, then wait until
    Zabbix stored all of it: a bridge sends a (host, key) it has not seen
    accepted in a request of its own, so a new fleet costs one request per item
@@ -43,7 +43,7 @@ thus late by up to one poll interval (0.5 s), plus the API call; older readings
 in the same message are older by their age at the edge (up to 10 s, batching
 by design), which is not counted.
 
-    flock /tmp/trapline-bench.lock python3 -m bench.fleet [--vans 100 1000 5000] [--seconds 60]
+    flock /tmp/trapline-bench.lock python3 -m bench.fleet [--vans 5000 1000 100] [--seconds 60]
         [--warmup 3] [--sample 200] [--poll 0.5] [--db-syncers 4]
 """
 
@@ -650,7 +650,9 @@ async def bench(stack: LocalZabbix, fleet: Fleet, args: argparse.Namespace, work
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vans", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument(  # largest first: later phases reuse vans whose items the bridges know
+        "--vans", type=int, nargs="+", default=[5000, 1000, 100]
+    )
     parser.add_argument("--seconds", type=float, default=60.0, help="measured window per fleet size")
     parser.add_argument("--warmup", type=int, default=3, help="rounds of 10 s before the window")
     parser.add_argument("--sample", type=int, default=200, help="vans whose arrivals are watched")
