@@ -44,3 +44,17 @@ def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
+
+
+def wait_for_count(count: Callable[[], int], expected: int, stall_limit: float, interval: float) -> int:
+    """Poll `count` until it reaches `expected` or stays put for `stall_limit` seconds; the last count."""
+    last, last_change = -1, time.monotonic()
+    while True:
+        current = count()
+        if current >= expected:
+            return current
+        if current != last:
+            last, last_change = current, time.monotonic()
+        elif time.monotonic() - last_change > stall_limit:
+            return current
+        time.sleep(interval)

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._util import machine, median, table
+from bench._util import machine, median, table, wait_for_count
 from bench.sender import HOST, PIPELINE_BATCH, Clocks, create_host, new_destination, wait_drained
 from devtools.localzabbix import LocalZabbix
 from tests.support.mosquitto import Mosquitto
@@ -279,16 +279,7 @@ class Counter:
 
     def wait_for(self, clock: int, expected: int) -> int:
         """Poll until `expected` rows of `clock` are stored (or nothing new came for STALL_LIMIT s)."""
-        last, last_change = -1, time.monotonic()
-        while True:
-            count = self.stored(clock)
-            if count >= expected:
-                return count
-            if count != last:
-                last, last_change = count, time.monotonic()
-            elif time.monotonic() - last_change > STALL_LIMIT:
-                return count
-            time.sleep(0.2)
+        return wait_for_count(lambda: self.stored(clock), expected, STALL_LIMIT, 0.2)
 
 
 # -- one run -------------------------------------------------------------------------
