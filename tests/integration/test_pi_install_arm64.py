@@ -177,7 +177,8 @@ def test_the_installed_agent_runs_and_stops_cleanly(installed: tuple[Path, str, 
     output = "".join(log)
     assert status == 0, output[-3000:]
     started = (
-        "trapline running: 2 collectors, 1 destinations, 0 observers,"
+        # OBD, GPS and the active checks poller that brings the GPS collector {$VEHICLE.GEOFENCES}
+        "trapline running: 3 collectors, 1 destinations, 0 observers,"
         " spool /var/lib/trapline/spool.db (0 waiting)"
     )
     assert started in output, output[-3000:]

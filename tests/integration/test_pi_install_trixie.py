@@ -144,7 +144,8 @@ def test_the_agent_loads_the_psk_and_registration_settings(installed: Installed)
     assert loaded["python"] == [3, 13]
     assert (loaded["identity"], loaded["host"]) == (IDENTITY, VAN)
     assert loaded["metadata"].split()[:2] == ["trapline", "vehicle"]
-    assert loaded["collectors"] == ["GpsCollector", "ObdCollector"], loaded
+    # The GPS collector follows {$VEHICLE.GEOFENCES}: the active checks poller comes with it.
+    assert loaded["collectors"] == ["ActiveChecksPoller", "GpsCollector", "ObdCollector"], loaded
 
 
 def test_the_installed_van_appears_in_zabbix_70_by_autoregistration(
