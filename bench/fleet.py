@@ -43,8 +43,20 @@ thus late by up to one poll interval (0.5 s), plus the API call; older readings
 in the same message are older by their age at the edge (up to 10 s, batching
 by design), which is not counted.
 
+Two more questions, two options:
+
+- ``--tree A --tree B`` (one fleet size): the same fleet against bridges started
+  from two source trees, alternating A B, B A... for ``--runs`` pairs, each run
+  with a fresh broker and bridges in front of the same Zabbix; each tree's medians
+  and the B/A ratios of the pairs (bridge CPU per reading, stored rate, latency).
+- ``--proxy MODE``: the bridges send to a Zabbix 7.0 proxy (SQLite, ProxyBufferMode
+  ``MODE``, sized as the server) that monitors the vans, with a 7.0 server behind
+  it; the proxy's CPU is counted apart, and the sizing takes the proxy's cost per
+  reading from it instead of assuming the server's.
+
     flock /tmp/trapline-bench.lock python3 -m bench.fleet [--vans 5000 1000 100] [--seconds 60]
-        [--warmup 3] [--sample 200] [--poll 0.5] [--db-syncers 4]
+        [--warmup 3] [--sample 200] [--poll 0.5] [--db-syncers 4] [--proxy disk|hybrid|memory]
+        [--tree A --tree B --runs 3]
 """
 
 from __future__ import annotations
@@ -66,10 +78,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench._util import machine, table, wait_for_count
+from bench._util import machine, median, table, wait_for_count
 from bench.mqtt import Broker, cpu_by_part, start_bridges, stop
 from bench.mqtt import Setup as BridgeSetup
-from bench.sender import wait_drained
+from bench.sender import C_SENDER, wait_drained
 from devtools.localzabbix import LocalZabbix, log_tail
 from trapline.collectors.gps.collector import fix_readings
 from trapline.collectors.gps.vehicle_derived import DerivedSettings, EdgeDerivations
@@ -97,6 +109,9 @@ STALL_LIMIT = 30.0  # seconds without a new stored row before a run is declared 
 TOPICS = Topics("trapline")
 CORE_BUDGET = 0.7  # sizing: the share of its core a process is planned to use
 PROXY_CORES = 4  # sizing: cores of a proxy machine
+PROXY_NAME = "bench-fleet-proxy"
+PROXY_ACTIVE = 0  # proxy.create operating_mode (7.0 API)
+MONITORED_BY_PROXY = 1  # host.create monitored_by (7.0 API)
 
 
 # -- the few MQTT 5 packets a van needs (OASIS MQTT Version 5.0, chapters 1.5 and 3) ---------
@@ -350,12 +365,18 @@ class Fleet:
     markers: dict[str, str]  # itemid of a sampled van's MARKER -> host
 
 
-def create_fleet(stack: LocalZabbix, vans: int) -> list[str]:
-    """A template of trapper items for every key a van sends, and `vans` hosts linked to it."""
+def create_fleet(stack: LocalZabbix, vans: int, proxyid: str | None = None) -> list[str]:
+    """A template of trapper items for every key a van sends, and `vans` hosts linked to it.
+
+    With `proxyid` (7.0) the hosts are monitored by that proxy.
+    """
+    monitored = {} if proxyid is None else {"monitored_by": MONITORED_BY_PROXY, "proxyid": proxyid}
     api = stack.api()
     api.host.update(hostid="10084", status=1)  # the default host polls an agent that is not there
     group = api.hostgroup.create(name="bench fleet")["groupids"][0]
-    template = api.template.create(host="bench fleet van", groups=[{"groupid": group}])["templateids"][0]
+    # 6.2 and later keep templates in template groups of their own.
+    holder = group if stack.version == "6.0" else api.templategroup.create(name="bench fleet")["groupids"][0]
+    template = api.template.create(host="bench fleet van", groups=[{"groupid": holder}])["templateids"][0]
     api.item.create(*[
         {"hostid": template, "name": key, "key_": key, "type": ITEM_TYPE_TRAPPER, "value_type": HISTORY_FLOAT}
         for key in van_keys()
@@ -363,7 +384,8 @@ def create_fleet(stack: LocalZabbix, vans: int) -> list[str]:
     hostids: list[str] = []
     for start in range(0, vans, 250):
         hosts = [
-            {"host": f"van-{i:05d}", "groups": [{"groupid": group}], "templates": [{"templateid": template}]}
+            {"host": f"van-{i:05d}", "groups": [{"groupid": group}], "templates": [{"templateid": template}],
+             **monitored}
             for i in range(start, min(vans, start + 250))
         ]
         hostids += api.host.create(*hosts)["hostids"]
@@ -510,7 +532,13 @@ class Centre:
         return Window(seconds, acked / seconds, (rows_after - rows_before) / seconds, cpu)
 
 
-PARTS = ("edge", "broker", "bridges", "zabbix", "api")
+PARTS = ("edge", "broker", "bridges", "proxy", "zabbix", "api")  # "proxy" only with --proxy
+HEADINGS = {"edge": "generator cores (us/rdg)", "broker": "broker", "bridges": "2 bridges", "proxy": "proxy",
+            "zabbix": "Zabbix+PG", "api": "API polls"}
+
+
+def parts_of(o: Outcome) -> list[str]:
+    return [part for part in PARTS if part in o.window.cpu]
 
 
 def latency(o: Outcome, fraction: float) -> str:
@@ -523,15 +551,20 @@ def describe(o: Outcome) -> str:
         f"{o.vans} vans: offered {w.offered:,.0f} readings/s, stored {w.stored:,.0f}/s, "
         f"latency p50 {latency(o, 0.5)}s p99 {latency(o, 0.99)}s ({len(o.latencies)} samples), "
         f"stored {o.stored}/{o.acked}, refused {o.refused}, warm-up {o.learn_seconds:.0f}s, CPU s: "
-        + ", ".join(f"{part} {w.cpu[part]:.1f}" for part in PARTS)
+        + ", ".join(f"{part} {w.cpu[part]:.1f}" for part in parts_of(o))
     )
 
 
+def per_reading_us(o: Outcome, part: str) -> float:
+    w = o.window
+    return w.cpu[part] / (w.stored * w.seconds) * 1e6
+
+
 def report(outcomes: list[Outcome]) -> str:
+    parts = parts_of(outcomes[0])
     rows = []
     for o in outcomes:
         w = o.window
-        readings = w.stored * w.seconds
         rows.append([
             f"{o.vans:,}",
             f"{w.offered:,.0f}",
@@ -540,7 +573,7 @@ def report(outcomes: list[Outcome]) -> str:
             latency(o, 0.99),
             latency(o, 1.0),
             len(o.latencies),
-            *(f"{w.cpu[p] / w.seconds:.2f} ({w.cpu[p] / readings * 1e6:.1f})" for p in PARTS),
+            *(f"{w.cpu[p] / w.seconds:.2f} ({per_reading_us(o, p):.1f})" for p in parts),
             f"{sum(w.cpu.values()) / w.seconds:.2f}",
             f"{o.stored}/{o.acked}" + (" OK" if o.stored == o.acked else " MISMATCH"),
             f"{o.learn_seconds:.0f}",
@@ -548,11 +581,34 @@ def report(outcomes: list[Outcome]) -> str:
     return table(
         [
             "vans", "readings/s offered", "readings/s stored", "latency p50 s", "p99 s", "max s", "samples",
-            "generator cores (us/rdg)", "broker", "2 bridges", "Zabbix+PG", "API polls", "cores busy",
-            "stored/acked", "warm-up backlog s",
+            *(HEADINGS[p] for p in parts), "cores busy", "stored/acked", "warm-up backlog s",
         ],
         rows,
     )
+
+
+def compare(a: list[Outcome], b: list[Outcome]) -> str:
+    """Each tree's medians, and the B/A ratios of the pairs (A then B in one pair, B then A in the next)."""
+
+    def figures(o: Outcome) -> dict[str, float]:
+        return {
+            "bridge us/reading": per_reading_us(o, "bridges"),
+            "readings/s stored": o.window.stored,
+            "latency p50 s": percentile(o.latencies, 0.5),
+            "latency p99 s": percentile(o.latencies, 0.99),
+            "warm-up backlog s": o.learn_seconds,
+        }
+
+    names = list(figures(a[0]))
+    rows: list[list[object]] = []
+    for label, side in (("A", a), ("B", b)):
+        each = [figures(o) for o in side]
+        rows.append([label, *(f"{median([f[name] for f in each]):,.2f}" for name in names),
+                     " ".join("OK" if o.stored == o.acked else "MISMATCH" for o in side)])
+    pairs = list(zip(a, b, strict=True))
+    ratios = [[figures(two)[name] / figures(one)[name] for one, two in pairs] for name in names]
+    rows.append(["B/A", *(f"{median(r):.2f} ({min(r):.2f}-{max(r):.2f})" for r in ratios), ""])
+    return table(["tree", *names, "stored/acked per run"], rows)
 
 
 def sizing(o: Outcome, fleets: tuple[int, ...] = (10_000, 100_000)) -> str:
@@ -561,18 +617,22 @@ def sizing(o: Outcome, fleets: tuple[int, ...] = (10_000, 100_000)) -> str:
     Assumptions (also in bench/RESULTS.md): CPU per reading stays what it was in
     this run (bridges and Zabbix batch at least as well at higher rates); a
     process is planned at CORE_BUDGET of its core (a bridge is one Python process,
-    a mosquitto node one thread); a Zabbix proxy spends per reading what this
-    server and its PostgreSQL spent (it too parses, preprocesses and writes every
-    value to its database), on a PROXY_CORES-core machine; and there is one spare
-    bridge and one spare proxy so that one can fail.
+    a mosquitto node one thread); a proxy machine has PROXY_CORES cores; and there
+    is one spare bridge and one spare proxy so that one can fail.  A run with a
+    proxy measured the proxy's cost per reading; without one, a proxy is taken to
+    spend what the server and its PostgreSQL spent (it too takes in, preprocesses
+    and writes every value).
     """
     w = o.window
     per_van = w.offered / o.vans
-    cost = {part: w.cpu[part] / (w.stored * w.seconds) for part in ("broker", "bridges", "zabbix")}
+    cost = {part: w.cpu[part] / (w.stored * w.seconds) for part in ("broker", "bridges", "proxy", "zabbix")
+            if part in w.cpu}
+    proxy_cost = cost.get("proxy", cost["zabbix"])
     rows = []
     for fleet in fleets:
         rate = fleet * per_van
         cores = {part: rate * seconds for part, seconds in cost.items()}
+        proxy_cores = rate * proxy_cost
         rows.append([
             f"{fleet:,}",
             f"{rate:,.0f}",
@@ -580,14 +640,15 @@ def sizing(o: Outcome, fleets: tuple[int, ...] = (10_000, 100_000)) -> str:
             f"{cores['broker']:.2f}",
             f"{cores['bridges']:.2f}",
             f"{math.ceil(cores['bridges'] / CORE_BUDGET) + 1}",
-            f"{cores['zabbix']:.1f}",
-            f"{math.ceil(cores['zabbix'] / (PROXY_CORES * CORE_BUDGET)) + 1}",
+            f"{proxy_cores:.2f}" + ("" if "proxy" in cost else " (assumed)"),
+            f"{math.ceil(proxy_cores / (PROXY_CORES * CORE_BUDGET)) + 1}",
+            f"{cores['zabbix']:.2f}",
         ])
     return table(
         [
             "vans", "readings/s", "messages/s", "broker cores", "bridge cores",
-            f"bridges (at {CORE_BUDGET:.0%} of a core, +1)", "Zabbix+DB cores per tier",
-            f"proxies ({PROXY_CORES} cores at {CORE_BUDGET:.0%}, +1)",
+            f"bridges (at {CORE_BUDGET:.0%} of a core, +1)", "proxy cores",
+            f"proxies ({PROXY_CORES} cores at {CORE_BUDGET:.0%}, +1)", "server + DB cores",
         ],
         rows,
     )
@@ -603,15 +664,29 @@ def frontend_pids() -> list[int]:
     return found
 
 
+@dataclass(frozen=True)
+class Uplink:
+    """Where the bridges send: the server's trapper, or a proxy's (whose CPU is then counted apart)."""
+
+    port: int
+    proxy_pid: int | None = None
+
+
 @contextlib.contextmanager
-def centre(stack: LocalZabbix, workdir: Path, fleet: Fleet, args: argparse.Namespace) -> Iterator[Centre]:
+def centre(
+    stack: LocalZabbix, workdir: Path, fleet: Fleet, args: argparse.Namespace, uplink: Uplink, *,
+    tree: str | None = None,
+) -> Iterator[Centre]:
+    """A fresh broker and two bridges (of `tree`, or this tree) in front of the stack."""
     broker = Broker(workdir, inflight=20, queued=0)
     broker.start()
     bridges: list[subprocess.Popen[bytes]] = []
     try:
-        start_bridges(bridges, BridgeSetup(BRIDGES, 0, 0), workdir, broker, stack.trapper_port)
+        start_bridges(bridges, BridgeSetup(BRIDGES, 0, 0, tree=tree), workdir, broker, uplink.port)
         assert broker.process is not None
         parts = {"broker": [broker.process.pid], "bridges": [b.pid for b in bridges], "api": frontend_pids()}
+        if uplink.proxy_pid is not None:
+            parts["proxy"] = [uplink.proxy_pid]
         yield Centre(stack, broker, parts, fleet, args)
     finally:
         stop(bridges)
@@ -629,6 +704,16 @@ def server_config(db_syncers: int) -> dict[str, str]:
     }
 
 
+def proxy_config(db_syncers: int, buffer_mode: str) -> dict[str, str]:
+    """The proxy sized as the server is (a proxy keeps no trends), buffering values in `buffer_mode`."""
+    settings = {
+        key: value for key, value in server_config(db_syncers).items() if key != "TrendCacheSize"
+    } | {"StartTrappers": "5", "ProxyBufferMode": buffer_mode}
+    if buffer_mode != "disk":
+        settings["ProxyMemoryBufferSize"] = "256M"  # 0, the default, is refused with memory buffering
+    return settings
+
+
 def raise_file_limit(vans: int) -> None:
     """A socket per van here and one per van in mosquitto (which inherits this limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -638,14 +723,58 @@ def raise_file_limit(vans: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), hard))
 
 
-async def bench(stack: LocalZabbix, fleet: Fleet, args: argparse.Namespace, workdir: Path) -> list[Outcome]:
+def add_fleet_proxy(stack: LocalZabbix, args: argparse.Namespace) -> tuple[str, Uplink]:
+    """A 7.0 proxy for the fleet, registered on the server; its id and the uplink through it."""
+    address = stack.add_proxy(PROXY_NAME, settings=proxy_config(args.db_syncers, args.proxy))
+    port = address.rsplit(":", 1)[1]
+    # No local address: the API takes one only for a proxy in a proxy group.
+    proxyid: str = stack.api().proxy.create(name=PROXY_NAME, operating_mode=PROXY_ACTIVE)["proxyids"][0]
+    return proxyid, Uplink(int(port), stack.proxy_pid(PROXY_NAME))
+
+
+def wait_proxy_knows(port: int, host: str, timeout: float = 120.0) -> None:
+    """Until the proxy accepts a value for `host` (it fetches the hosts from the server every second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sent = subprocess.run(
+            [C_SENDER, "-z", "127.0.0.1", "-p", str(port), "-s", host, "-k", "obd.voltage", "-o", "13.9"],
+            capture_output=True, text=True, check=False,
+        )
+        if "processed: 1" in sent.stdout:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the proxy did not learn {host} in {timeout:.0f}s: {sent.stdout.strip()}")
+        time.sleep(2.0)
+
+
+async def bench(
+    stack: LocalZabbix, fleet: Fleet, args: argparse.Namespace, workdir: Path, uplink: Uplink
+) -> list[Outcome]:
     outcomes = []
-    with centre(stack, workdir, fleet, args) as running:
+    with centre(stack, workdir, fleet, args, uplink) as running:
         for count in args.vans:
             outcome = await running.run(count)
             print(describe(outcome), flush=True)
             outcomes.append(outcome)
     return outcomes
+
+
+async def bench_trees(
+    stack: LocalZabbix, fleet: Fleet, args: argparse.Namespace, workdir: Path, uplink: Uplink
+) -> tuple[list[Outcome], list[Outcome]]:
+    """One fleet size, bridges of tree A and of tree B in turn: A B, then B A, ... (`--runs` pairs).
+
+    Each run has a centre of its own (fresh broker and bridges), so both trees start
+    with bridges that know no items and with vans whose sessions are new.
+    """
+    results: tuple[list[Outcome], list[Outcome]] = ([], [])  # by position: an A/A run keeps two lists
+    for pair in range(args.runs):
+        for side in (0, 1) if pair % 2 == 0 else (1, 0):
+            with centre(stack, workdir, fleet, args, uplink, tree=args.tree[side]) as running:
+                outcome = await running.run(args.vans[0])
+            print(f"pair {pair + 1}, tree {'AB'[side]}: {describe(outcome)}", flush=True)
+            results[side].append(outcome)
+    return results
 
 
 def main() -> None:
@@ -658,31 +787,60 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=200, help="vans whose arrivals are watched")
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between arrival polls")
     parser.add_argument("--db-syncers", type=int, default=4, help="Zabbix StartDBSyncers (6.0 default: 4)")
+    parser.add_argument(
+        "--proxy", choices=("disk", "hybrid", "memory"),
+        help="send through a Zabbix 7.0 proxy with this ProxyBufferMode (a 7.0 server behind it)",
+    )
+    parser.add_argument(
+        "--tree", action="append", default=[], help="source tree of the bridges; twice: compare A and B"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="with --tree: A/B pairs, alternating order")
     args = parser.parse_args()
+    if len(args.tree) not in (0, 2):
+        parser.error("--tree: give two trees to compare, or none")
+    if args.tree and len(args.vans) != 1:
+        parser.error("--tree: give one fleet size (--vans N)")
     raise_file_limit(max(args.vans))
-    print(f"# fleet: {args.vans} vans, one message per van every {ROUND:.0f}s, {BRIDGES} bridges")
+    version = "6.0" if args.proxy is None else "7.0"
+    via = "" if args.proxy is None else f" through a {args.proxy}-buffered proxy"
+    trees = f", bridges of A = {args.tree[0]} and B = {args.tree[1]}" if args.tree else ""
+    print(f"# fleet: {args.vans} vans, one message per van every {ROUND:.0f}s, {BRIDGES} bridges{via}{trees}")
     print(machine(), flush=True)
     with (
-        LocalZabbix("6.0", server_config=server_config(args.db_syncers)) as stack,
+        LocalZabbix(version, server_config=server_config(args.db_syncers)) as stack,
         tempfile.TemporaryDirectory(prefix="trapline-bench-fleet-") as tmp,
     ):
         print(f"Zabbix {stack.package_version}, trapper {stack.trapper_address}", flush=True)
         started = time.monotonic()
-        hostids = create_fleet(stack, max(args.vans))
+        proxyid, uplink = None, Uplink(stack.trapper_port)
+        if args.proxy is not None:
+            proxyid, uplink = add_fleet_proxy(stack, args)
+        hostids = create_fleet(stack, max(args.vans), proxyid)
         fleet = Fleet(hostids, marker_items(stack, hostids))
+        if proxyid is not None:
+            wait_proxy_knows(uplink.port, f"van-{max(args.vans) - 1:05d}")
         print(f"{len(hostids)} hosts x {len(van_keys())} items created in {time.monotonic() - started:.0f}s",
               flush=True)
         try:
-            outcomes = asyncio.run(bench(stack, fleet, args, Path(tmp)))
+            if args.tree:
+                a, b = asyncio.run(bench_trees(stack, fleet, args, Path(tmp), uplink))
+            else:
+                outcomes = asyncio.run(bench(stack, fleet, args, Path(tmp), uplink))
         except Exception:
             print(log_tail(stack.server_log), flush=True)  # the stack's directory goes with it
             raise
     print()
-    print(report(outcomes))
-    print()
-    largest = max(outcomes, key=lambda o: o.vans)
-    print(f"sizing from the {largest.vans:,}-van run:")
-    print(sizing(largest))
+    if args.tree:
+        print(f"A = {args.tree[0]}, B = {args.tree[1]}, {args.vans[0]:,} vans, {args.runs} pairs")
+        print(compare(a, b))
+        print()
+        print(report([*a, *b]))
+    else:
+        print(report(outcomes))
+        print()
+        largest = max(outcomes, key=lambda o: o.vans)
+        print(f"sizing from the {largest.vans:,}-van run:")
+        print(sizing(largest))
     print(machine())
 
 

@@ -899,13 +899,16 @@ class LocalZabbix:
 
     # -- 7.0 proxies -----------------------------------------------------------------------
 
-    def add_proxy(self, name: str, psk: tuple[str, str] | None = None) -> str:
+    def add_proxy(
+        self, name: str, psk: tuple[str, str] | None = None, settings: Mapping[str, str] | None = None
+    ) -> str:
         """Start an active 7.0 ``zabbix_proxy`` (SQLite) named ``name``; its trapper address.
 
         Register it through the API (``proxy.create`` with this address as
         ``local_address``/``local_port``) before or after: it asks the server for its
         configuration every second.  With ``psk`` (identity, hex key) it talks to the
-        server only over TLS with that pre-shared key, as a van's proxy does.
+        server only over TLS with that pre-shared key, as a van's proxy does.  ``settings``
+        override the test proxy's (a benchmark sizes processes, caches and buffer mode).
         """
         if self.version != "7.0":
             raise LocalZabbixError("proxies are set up for the 7.0 stack only")
@@ -919,6 +922,7 @@ class LocalZabbix:
             "Hostname": name,
             "DBName": f"{INNER_STACK_DIR}/{daemon}.db",
             **PROXY_SETTINGS,
+            **(settings or {}),
         }
         if psk is not None:
             identity, key = psk
@@ -933,6 +937,10 @@ class LocalZabbix:
 
     def proxy_address(self, name: str) -> str:
         return f"{self.trapper_host}:{self._ports[f'zabbix_proxy-{name}']}"
+
+    def proxy_pid(self, name: str) -> int:
+        """The process that runs proxy ``name`` (its workers are descendants of it)."""
+        return self._children[f"zabbix_proxy-{name}"].pid
 
     def proxy_log(self, name: str) -> Path:
         return self._log(f"zabbix_proxy-{name}")

@@ -24,11 +24,15 @@ from bench.fleet import (
     MAX_PAYLOAD,
     PUBLISH,
     TOPICS,
+    Outcome,
     VanState,
+    Window,
+    compare,
     connect_packet,
     puback_of,
     publish_packet,
     read_packet,
+    sizing,
     van_keys,
     varint,
 )
@@ -128,3 +132,40 @@ def test_a_round_is_one_edge_message_the_bridge_accepts() -> None:
         # 10 s of the sample config: 4 fast PIDs every second, 2 GPS fixes, the slow tier every third.
         assert sum(r.key.startswith("obd.pid[") for r in readings) == 40 + (5 if round_no == 0 else 0)
     assert {r.key for r in readings} <= set(van_keys())
+
+
+def _outcome(cpu: dict[str, float], latencies: list[float], stored_per_second: float = 1000.0) -> Outcome:
+    window = Window(seconds=10.0, offered=stored_per_second, stored=stored_per_second, cpu=cpu)
+    readings = int(stored_per_second * 10)
+    return Outcome(100, 2.0, latencies, window, readings, readings, 0)
+
+
+def _cells(markdown: str) -> dict[str, str]:
+    """The last row of a Markdown table, by heading."""
+    lines = markdown.splitlines()
+    headings, row = ([c.strip() for c in line.strip("|").split("|")] for line in (lines[0], lines[-1]))
+    return dict(zip(headings, row, strict=True))
+
+
+def test_sizing_uses_a_measured_proxy_and_marks_an_assumed_one() -> None:
+    # 10,000 readings in the window: 0.05 CPU s is 5 us per reading.
+    base = {"edge": 0.01, "broker": 0.001, "bridges": 0.05, "zabbix": 0.1, "api": 0.01}
+    assumed = _cells(sizing(_outcome(base, [1.0]), fleets=(1000,)))
+    measured = _cells(sizing(_outcome(base | {"proxy": 0.02}, [1.0]), fleets=(1000,)))
+    # 1,000 vans at the run's 10 readings/s per van: 10,000/s; without a proxy in the run, a
+    # proxy is taken to cost what the server did (10 us): 0.1 cores.
+    assert assumed["proxy cores"] == "0.10 (assumed)"
+    # Measured at 2 us per reading: 0.02 cores; the server's own figure stays apart.
+    assert measured["proxy cores"] == "0.02"
+    assert assumed["server + DB cores"] == measured["server + DB cores"] == "0.10"
+    assert assumed["bridge cores"] == "0.05"
+
+
+def test_compare_pairs_each_run_of_b_with_the_run_of_a_in_its_pair() -> None:
+    a = [_outcome({"bridges": 0.10}, [1.0, 2.0]), _outcome({"bridges": 0.20}, [1.0, 2.0])]
+    b = [_outcome({"bridges": 0.05}, [1.0, 2.0]), _outcome({"bridges": 0.20}, [1.0, 2.0])]
+    ratios = _cells(compare(a, b))
+    # bridge us/reading B/A: 0.5 in the first pair, 1.0 in the second: median 0.75.
+    assert ratios["tree"] == "B/A"
+    assert ratios["bridge us/reading"] == "0.75 (0.50-1.00)"
+    assert ratios["readings/s stored"] == "1.00 (1.00-1.00)"
