@@ -1,0 +1,112 @@
+"""One mosquitto, many vans: memory and CPU per connected and per parked van (issue 22's large fleets).
+
+The fleet bench (bench/fleet.py) measured the broker's CPU per reading; what a fleet of
+100,000 vans asks of a broker beyond that is holding the connections and the sessions.
+This bench connects N vans to a fresh mosquitto (tests/support, as bench.fleet runs it),
+each exactly as bench.fleet's vans (and so the edge) connect: own client id, MQTT 5,
+persistent session (one day), retained Last Will ``offline``, then ``online`` retained.
+It reads the broker's resident memory, CPU time and open sockets (/proc) at four points:
+
+1. started, no client;
+2. all N connected (connect rate: bench.fleet's 500 a second);
+3. after ``--hold`` seconds idle (shorter than 1.5 keep-alives, so no ping is due);
+4. after every van dropped its connection without DISCONNECT, as a van does when the
+   ignition cuts its power: the broker publishes each Will and keeps each session
+   (a parked van), so this is what a fleet that is mostly parked costs.
+
+    flock /tmp/trapline-bench.lock python3 -m bench.connections [--vans 18000] [--hold 60]
+
+The vans' file limit is the bench's: one socket per van here and one in mosquitto
+(which inherits the limit), so N stops at the hard limit (``ulimit -Hn``) less 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench._util import machine, table
+from bench.fleet import Tally, Van, VanState, connect_all, raise_file_limit
+from bench.mqtt import Broker
+
+SETTLE = 2.0  # seconds for the broker to finish publishing Wills before it is read
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    when: str
+    rss_kb: int
+    cpu_seconds: float
+    sockets: int
+
+
+def broker_state(pid: int, when: str) -> BrokerState:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (proc(5): fields 14 and 15)
+    sockets = sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if fd.readlink().name.startswith("socket:"))
+    return BrokerState(when, rss_kb, ticks / 100, sockets)  # USER_HZ is 100 on Linux
+
+
+async def measure(broker: Broker, vans: int, hold: float) -> list[BrokerState]:
+    assert broker.process is not None
+    pid = broker.process.pid
+    rng = random.Random(vans)
+    fleet = [Van(VanState(i, rng), broker.port, Tally(), sampled=False) for i in range(vans)]
+    states = [broker_state(pid, "started, no van")]
+    began = time.monotonic()
+    try:
+        await connect_all(fleet)
+        print(f"{vans} vans connected in {time.monotonic() - began:.0f}s", flush=True)
+        states.append(broker_state(pid, "all connected"))
+        await asyncio.sleep(hold)
+        states.append(broker_state(pid, f"after {hold:.0f}s idle"))
+    finally:
+        for van in fleet:
+            van.close()  # no DISCONNECT: the broker publishes the Will and keeps the session
+    await asyncio.sleep(SETTLE)
+    states.append(broker_state(pid, "all dropped: Wills sent, sessions kept"))
+    return states
+
+
+def report(states: list[BrokerState], vans: int) -> str:
+    empty = states[0]
+    rows = [
+        [
+            s.when,
+            f"{s.rss_kb / 1024:,.1f}",
+            f"{(s.rss_kb - empty.rss_kb) * 1024 / vans:,.0f}",
+            f"{s.cpu_seconds - empty.cpu_seconds:.2f}",
+            s.sockets,
+        ]
+        for s in states
+    ]
+    return table(["broker", "RSS MB", "bytes per van over empty", "CPU s since start", "sockets"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vans", type=int, default=18_000)
+    parser.add_argument("--hold", type=float, default=60.0, help="seconds idle; keep below 90 (keep-alive)")
+    args = parser.parse_args()
+    raise_file_limit(args.vans)
+    print(machine(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="trapline-bench-connections-") as tmp:
+        broker = Broker(Path(tmp), inflight=20, queued=0)
+        broker.start()
+        try:
+            states = asyncio.run(measure(broker, args.vans, args.hold))
+        finally:
+            broker.stop()
+    print(report(states, args.vans))
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()
