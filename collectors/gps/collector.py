@@ -199,9 +199,10 @@ class GpsCollector:
             return
         out.resolved(GEOFENCES_MACRO, f"gps: {self.name}: {GEOFENCES_MACRO} is valid again")
         count = len(self.derived.macro_fences)
-        out.put(Reading.now(host, MACRO_STATUS, f"ok: {count} geofences"))
+        fences = f"{count} geofence" + ("" if count == 1 else "s")
+        out.put(Reading.now(host, MACRO_STATUS, f"ok: {fences}"))
         if changed:
-            log.info("gps: %s: %d geofences from %s", self.name, count, GEOFENCES_MACRO)
+            log.info("gps: %s: %s from %s", self.name, fences, GEOFENCES_MACRO)
             out.put(Discovery.now(host, GEOFENCE_DISCOVERY, self.derived.discovery_rows()))
 
     async def run(self, out: Outbox) -> None:

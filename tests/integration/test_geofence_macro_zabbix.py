@@ -137,7 +137,7 @@ def admin_edits_the_macro(van: Van) -> None:
     van.wait_for("the new geofence's value", lambda items: items.get(depot, {}).get("lastvalue") == "1")
     van.wait_for("the old geofences lost to discovery", lambda items: all(
         items[inside_key(name)]["itemDiscovery"]["ts_delete"] != "0" for name in (CUSTOMER, TALLINN)))
-    assert van.last("vehicle.geofence.macro.status") == "ok: 1 geofences"
+    assert van.last("vehicle.geofence.macro.status") == "ok: 1 geofence"
     assert BAD_MACRO not in open_problems(van.api, [van.hostid])  # a normal day: quiet
 
     # A typo: one warning; the config's geofence and the last valid macro's keep working.
