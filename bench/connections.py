@@ -9,7 +9,9 @@ It reads the broker's resident memory, CPU time and open sockets (/proc) at four
 
 1. started, no client;
 2. all N connected (connect rate: bench.fleet's 500 a second);
-3. after ``--hold`` seconds idle (shorter than 1.5 keep-alives, so no ping is due);
+3. after ``--hold`` seconds idle: every van sends one PINGREQ once all are connected
+   (the broker drops a client silent for 1.5 keep-alives, 90 s, and connecting 18,000
+   vans takes 36 s), so keep ``--hold`` below 90;
 4. after every van dropped its connection without DISCONNECT, as a van does when the
    ignition cuts its power: the broker publishes each Will and keeps each session
    (a parked van), so this is what a fleet that is mostly parked costs.
@@ -35,6 +37,7 @@ from bench.fleet import Tally, Van, VanState, connect_all, raise_file_limit
 from bench.mqtt import Broker
 
 SETTLE = 2.0  # seconds for the broker to finish publishing Wills before it is read
+PINGREQ = bytes([0xC0, 0x00])  # MQTT 5.0, 3.12: no variable header, no payload
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ async def measure(broker: Broker, vans: int, hold: float) -> list[BrokerState]:
         await connect_all(fleet)
         print(f"{vans} vans connected in {time.monotonic() - began:.0f}s", flush=True)
         states.append(broker_state(pid, "all connected"))
+        for van in fleet:
+            assert van.writer is not None
+            van.writer.write(PINGREQ)  # the answer, PINGRESP, is read and passed over by the van
         await asyncio.sleep(hold)
         states.append(broker_state(pid, f"after {hold:.0f}s idle"))
     finally:
