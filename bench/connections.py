@@ -34,7 +34,8 @@ from pathlib import Path
 
 from bench._util import machine, table
 from bench.fleet import Tally, Van, VanState, connect_all, raise_file_limit
-from bench.mqtt import Broker
+from bench.mqtt import Broker, process_table
+from bench.rss import status_mb
 
 SETTLE = 2.0  # seconds for the broker to finish publishing Wills before it is read
 PINGREQ = bytes([0xC0, 0x00])  # MQTT 5.0, 3.12: no variable header, no payload
@@ -43,18 +44,14 @@ PINGREQ = bytes([0xC0, 0x00])  # MQTT 5.0, 3.12: no variable header, no payload
 @dataclass(frozen=True)
 class BrokerState:
     when: str
-    rss_kb: int
+    rss_mb: float
     cpu_seconds: float
     sockets: int
 
 
 def broker_state(pid: int, when: str) -> BrokerState:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime (proc(5): fields 14 and 15)
     sockets = sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if fd.readlink().name.startswith("socket:"))
-    return BrokerState(when, rss_kb, ticks / 100, sockets)  # USER_HZ is 100 on Linux
+    return BrokerState(when, status_mb(pid)[0], process_table()[pid][1], sockets)
 
 
 async def measure(broker: Broker, vans: int, hold: float) -> list[BrokerState]:
@@ -86,8 +83,8 @@ def report(states: list[BrokerState], vans: int) -> str:
     rows = [
         [
             s.when,
-            f"{s.rss_kb / 1024:,.1f}",
-            f"{(s.rss_kb - empty.rss_kb) * 1024 / vans:,.0f}",
+            f"{s.rss_mb:,.1f}",
+            f"{(s.rss_mb - empty.rss_mb) * 1024 * 1024 / vans:,.0f}",
             f"{s.cpu_seconds - empty.cpu_seconds:.2f}",
             s.sockets,
         ]

@@ -625,14 +625,14 @@ def sizing(o: Outcome, fleets: tuple[int, ...] = (10_000, 100_000)) -> str:
     """
     w = o.window
     per_van = w.offered / o.vans
-    cost = {part: w.cpu[part] / (w.stored * w.seconds) for part in ("broker", "bridges", "proxy", "zabbix")
-            if part in w.cpu}
-    proxy_cost = cost.get("proxy", cost["zabbix"])
+    measured = [part for part in ("broker", "bridges", "proxy", "zabbix") if part in w.cpu]
+    cost_us = {part: per_reading_us(o, part) for part in measured}
+    proxy_cost_us = cost_us.get("proxy", cost_us["zabbix"])
     rows = []
     for fleet in fleets:
         rate = fleet * per_van
-        cores = {part: rate * seconds for part, seconds in cost.items()}
-        proxy_cores = rate * proxy_cost
+        cores = {part: rate * us / 1e6 for part, us in cost_us.items()}
+        proxy_cores = rate * proxy_cost_us / 1e6
         rows.append([
             f"{fleet:,}",
             f"{rate:,.0f}",
@@ -640,7 +640,7 @@ def sizing(o: Outcome, fleets: tuple[int, ...] = (10_000, 100_000)) -> str:
             f"{cores['broker']:.2f}",
             f"{cores['bridges']:.2f}",
             f"{math.ceil(cores['bridges'] / CORE_BUDGET) + 1}",
-            f"{proxy_cores:.2f}" + ("" if "proxy" in cost else " (assumed)"),
+            f"{proxy_cores:.2f}" + ("" if "proxy" in cost_us else " (assumed)"),
             f"{math.ceil(proxy_cores / (PROXY_CORES * CORE_BUDGET)) + 1}",
             f"{cores['zabbix']:.2f}",
         ])

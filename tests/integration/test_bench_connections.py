@@ -29,5 +29,5 @@ def test_every_van_holds_a_broker_socket_until_it_drops(tmp_path: Path) -> None:
     assert connected.sockets == idle.sockets == empty.sockets + VANS
     assert dropped.sockets == empty.sockets
     # Sessions are kept after the drop (a parked van): the broker does not shrink back to empty.
-    assert connected.rss_kb > empty.rss_kb and dropped.rss_kb > empty.rss_kb
+    assert connected.rss_mb > empty.rss_mb and dropped.rss_mb > empty.rss_mb
     assert len(report([empty, connected, idle, dropped], VANS).splitlines()) == 2 + 4
