@@ -38,6 +38,8 @@ from bench.mqtt import Broker, process_table
 from bench.rss import status_mb
 
 SETTLE = 2.0  # seconds for the broker to finish publishing Wills before it is read
+CLOSE_WAIT = "08"  # /proc/net/tcp states: the peer closed, this side has not yet
+LISTEN = "0A"
 PINGREQ = bytes([0xC0, 0x00])  # MQTT 5.0, 3.12: no variable header, no payload
 
 
@@ -49,9 +51,53 @@ class BrokerState:
     sockets: int
 
 
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().name
+        except FileNotFoundError:  # closed while the folder was read
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
 def broker_state(pid: int, when: str) -> BrokerState:
-    sockets = sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if fd.readlink().name.startswith("socket:"))
-    return BrokerState(when, status_mb(pid)[0], process_table()[pid][1], sockets)
+    return BrokerState(when, status_mb(pid)[0], process_table()[pid][1], len(socket_inodes(pid)))
+
+
+def unsettled_connections(pid: int) -> int:
+    """Connections the broker has yet to finish with.
+
+    Those its peer closed that it still holds (CLOSE_WAIT), and those waiting in its
+    listening socket's accept queue (for a listening socket, /proc/net/tcp's rx_queue).
+    """
+    inodes = socket_inodes(pid)
+    count = 0
+    for table_file in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table_file).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] not in inodes:
+                continue
+            if fields[3] == CLOSE_WAIT:
+                count += 1
+            elif fields[3] == LISTEN:
+                count += int(fields[4].split(":")[1], 16)
+    return count
+
+
+async def settled_state(pid: int, when: str) -> BrokerState:
+    """The broker's state once it has accepted and closed what its peers closed, so the count is exact.
+
+    Before the first van, the port probe that saw the broker ready may still be queued or
+    open on the broker's side; after the drop, so may some of the vans' connections.
+    """
+    for _ in range(200):  # 10 s at most; it is milliseconds on a quiet machine
+        if not unsettled_connections(pid):
+            break
+        await asyncio.sleep(0.05)
+    return broker_state(pid, when)
 
 
 async def measure(broker: Broker, vans: int, hold: float) -> list[BrokerState]:
@@ -59,7 +105,7 @@ async def measure(broker: Broker, vans: int, hold: float) -> list[BrokerState]:
     pid = broker.process.pid
     rng = random.Random(vans)
     fleet = [Van(VanState(i, rng), broker.port, Tally(), sampled=False) for i in range(vans)]
-    states = [broker_state(pid, "started, no van")]
+    states = [await settled_state(pid, "started, no van")]
     began = time.monotonic()
     try:
         await connect_all(fleet)
@@ -74,7 +120,7 @@ async def measure(broker: Broker, vans: int, hold: float) -> list[BrokerState]:
         for van in fleet:
             van.close()  # no DISCONNECT: the broker publishes the Will and keeps the session
     await asyncio.sleep(SETTLE)
-    states.append(broker_state(pid, "all dropped: Wills sent, sessions kept"))
+    states.append(await settled_state(pid, "all dropped: Wills sent, sessions kept"))
     return states
 
 
