@@ -13,7 +13,7 @@ demo: setup
 
 lint: setup
 	ruff check .
-	mypy -p trapline -p devtools
+	mypy -p trapline -p devtools -p bench
 
 test: lint
 	python -m pytest -q --durations=20

@@ -391,9 +391,9 @@ def throughput(args: argparse.Namespace) -> str:
 
     rows, request_rows = [], []
     for name, pairs in results.items():
-        measured = [m for _, m in pairs]
-        cpu_us = [m.cpu / m.updates * 1e6 for m in measured]
-        wall = [m.updates / m.seconds for m in measured]
+        rounds = [m for _, m in pairs]
+        cpu_us = [m.cpu / m.updates * 1e6 for m in rounds]
+        wall = [m.updates / m.seconds for m in rounds]
         rows.append(
             [
                 f"{name}: {args.updates} updates, {args.aps} APs",
@@ -402,7 +402,7 @@ def throughput(args: argparse.Namespace) -> str:
                 f"{median(cpu_us):.1f}",
                 f"{min(cpu_us):.1f} - {max(cpu_us):.1f}",
                 f"{1e6 / median(cpu_us):,.0f}",
-                f"{median([m.wire_bytes / m.updates for m in measured]):,.0f}"
+                f"{median([m.wire_bytes / m.updates for m in rounds]):,.0f}"
                 if not name.startswith("direct")
                 else "-",
             ]

@@ -258,6 +258,10 @@ CLIENTS: dict[str, list[str]] = {
 BASELINE = "python-OBD Async, delay_cmds=0"
 
 
+def values_rate(result: dict[str, float]) -> float:
+    return result["values"] / result["seconds"]
+
+
 def throughput(workdir: Path, runs: int, duration: float, latency: float) -> None:
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in CLIENTS}
     for run in range(runs):
@@ -270,19 +274,21 @@ def throughput(workdir: Path, runs: int, duration: float, latency: float) -> Non
                     raise RuntimeError(f"{name} failed: {done.stderr[-800:]}")
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 samples[name].append(result)
-                rate = result["values"] / result["seconds"]
-                print(f"run {run + 1} {name}: {rate:.1f} values/s, errors {result['errors']:.0f}", flush=True)
+                print(
+                    f"run {run + 1} {name}: {values_rate(result):.1f} values/s, "
+                    f"errors {result['errors']:.0f}",
+                    flush=True,
+                )
 
-    def rate(result: dict[str, float]) -> float:
-        return result["values"] / result["seconds"]
-
-    base = median([rate(r) for r in samples[BASELINE]])
+    base = median([values_rate(r) for r in samples[BASELINE]])
     rows = []
     for name, results in samples.items():
-        rates = [rate(r) for r in results]
+        rates = [values_rate(r) for r in results]
         per_value_ms = median([1000 * r["cpu"] / max(r["values"], 1) for r in results])
         # same-run pairs: this client's run i over the baseline's run i
-        pairs = median([rate(r) / rate(b) for r, b in zip(results, samples[BASELINE], strict=True)])
+        pairs = median(
+            [values_rate(r) / values_rate(b) for r, b in zip(results, samples[BASELINE], strict=True)]
+        )
         target = SPEEDUP_TARGETS.get(name)
         met = target is not None and median(rates) / base >= target
         verdict = "-" if target is None else f">= {target:g}x: {'met' if met else 'MISSED'}"

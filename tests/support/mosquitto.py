@@ -13,6 +13,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 from tests.support.peers import free_port, missing_peer, need_binary, wait_port
 
@@ -56,7 +57,7 @@ class Mosquitto:
         config.write_text("\n".join(lines) + "\n")
         return config
 
-    def start(self) -> Mosquitto:
+    def start(self) -> Self:
         config = self._write_config()
         self.process = subprocess.Popen([self.binary, "-c", str(config)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
