@@ -11,13 +11,13 @@ import asyncio
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
 from bench.connections import broker_state, measure, report, settled_state
 from bench.mqtt import Broker
+from tests.support.zabbix_fixtures import wait_until
 
 VANS = 60
 
@@ -45,14 +45,15 @@ def test_the_baseline_waits_for_a_probe_the_broker_has_not_finished_with(tmp_pat
     assert broker.process is not None
     pid = broker.process.pid
     try:
-        quiet = broker_state(pid, "quiet").sockets
+        quiet = asyncio.run(settled_state(pid, "quiet")).sockets  # start()'s own port probe closed
         probe = socket.create_connection(("127.0.0.1", broker.port))
-        time.sleep(0.2)  # accepted: the broker holds its end
+        accepted = quiet + 1  # the broker holds its end
+        wait_until(lambda: broker_state(pid, "accepted").sockets == accepted, what="the probe accepted")
         os.kill(pid, signal.SIGSTOP)  # so the broker cannot close its end when the probe closes
         probe.close()
         queued = socket.create_connection(("127.0.0.1", broker.port))  # and this one waits to be accepted
         queued.close()
-        assert broker_state(pid, "stopped").sockets == quiet + 1
+        assert broker_state(pid, "stopped").sockets == accepted
 
         async def resume_later() -> int:
             asyncio.get_running_loop().call_later(0.5, os.kill, pid, signal.SIGCONT)
